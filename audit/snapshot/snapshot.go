@@ -1,0 +1,457 @@
+// Package snapshot defines flowaudit's versioned snapshot file: what the
+// datapath observed on one or more interfaces during a time window. It is the
+// only thing that crosses from the live recorder (package bpf) to the audit
+// engine, so an audit can run offline, on another machine, without root.
+//
+// The format is documented in docs/SNAPSHOT.md.
+package snapshot
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FormatVersion is the snapshot format version written by this build.
+const FormatVersion = 1
+
+// ErrFormat is wrapped by every error about a malformed snapshot file.
+var ErrFormat = errors.New("malformed snapshot")
+
+// Direction tells who initiated the traffic of a flow, relative to the
+// recording host.
+type Direction uint8
+
+const (
+	// Unknown: neither socket state, handshake nor port heuristic could tell
+	// (for example non-first IP fragments).
+	Unknown Direction = iota
+	// Inbound: a peer connects to a service on this host.
+	Inbound
+	// Outbound: this host connects to a service on the peer.
+	Outbound
+)
+
+var directionNames = [...]string{"unknown", "inbound", "outbound"}
+
+func (d Direction) String() string {
+	if int(d) < len(directionNames) {
+		return directionNames[d]
+	}
+	return "direction(" + strconv.Itoa(int(d)) + ")"
+}
+
+// ParseDirection parses the names produced by String.
+func ParseDirection(s string) (Direction, error) {
+	for i, n := range directionNames {
+		if s == n {
+			return Direction(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown direction %q (want inbound, outbound or unknown)", s)
+}
+
+func (d Direction) MarshalText() ([]byte, error) {
+	if int(d) >= len(directionNames) {
+		return nil, fmt.Errorf("invalid direction %d", d)
+	}
+	return []byte(d.String()), nil
+}
+
+func (d *Direction) UnmarshalText(b []byte) error {
+	v, err := ParseDirection(string(b))
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
+
+// Proto is an IP protocol number (IPPROTO_*).
+type Proto uint8
+
+// Protocol numbers flowaudit names.
+const (
+	ICMP   Proto = 1
+	TCP    Proto = 6
+	UDP    Proto = 17
+	GRE    Proto = 47
+	ESP    Proto = 50
+	AH     Proto = 51
+	ICMPv6 Proto = 58
+	SCTP   Proto = 132
+)
+
+var protoNames = map[Proto]string{
+	ICMP: "icmp", TCP: "tcp", UDP: "udp", GRE: "gre", ESP: "esp", AH: "ah",
+	ICMPv6: "icmpv6", SCTP: "sctp",
+}
+
+// String returns the lower-case protocol name, or "ip-N" for protocols
+// without a name here.
+func (p Proto) String() string {
+	if n, ok := protoNames[p]; ok {
+		return n
+	}
+	return "ip-" + strconv.Itoa(int(p))
+}
+
+// HasPorts reports whether flows of this protocol carry a service port.
+func (p Proto) HasPorts() bool { return p == TCP || p == UDP || p == SCTP }
+
+// IsICMP reports whether p is ICMP or ICMPv6; their flows carry
+// type<<8|code in the port field.
+func (p Proto) IsICMP() bool { return p == ICMP || p == ICMPv6 }
+
+// ParseProto accepts a protocol name ("tcp", "gre", …), "ip-N" or a decimal
+// protocol number 0–255.
+func ParseProto(s string) (Proto, error) {
+	ls := strings.ToLower(s)
+	for p, n := range protoNames {
+		if n == ls {
+			return p, nil
+		}
+	}
+	ls = strings.TrimPrefix(ls, "ip-")
+	n, err := strconv.ParseUint(ls, 10, 8)
+	if err != nil {
+		return 0, fmt.Errorf("unknown protocol %q", s)
+	}
+	return Proto(n), nil
+}
+
+func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+func (p *Proto) UnmarshalText(b []byte) error {
+	v, err := ParseProto(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
+// Evidence counts the TCP and ICMP packets that tell whether a service port
+// is open, closed or filtered. "In"/"Out" are packet directions on the wire.
+type Evidence struct {
+	// For inbound flows (a peer connects to a local port).
+	SynIn           uint64 `json:"syn_in,omitempty"`
+	SynAckOut       uint64 `json:"synack_out,omitempty"`
+	RstOut          uint64 `json:"rst_out,omitempty"`
+	ICMPClosedOut   uint64 `json:"icmp_closed_out,omitempty"`   // we answered port-unreachable
+	ICMPFilteredOut uint64 `json:"icmp_filtered_out,omitempty"` // we answered admin-prohibited / other unreachable
+	// For outbound flows (this host connects to a remote port).
+	SynOut         uint64 `json:"syn_out,omitempty"`
+	SynAckIn       uint64 `json:"synack_in,omitempty"`
+	RstIn          uint64 `json:"rst_in,omitempty"`
+	ICMPClosedIn   uint64 `json:"icmp_closed_in,omitempty"`
+	ICMPFilteredIn uint64 `json:"icmp_filtered_in,omitempty"`
+}
+
+// Add adds o to e.
+func (e *Evidence) Add(o Evidence) {
+	e.SynIn += o.SynIn
+	e.SynAckOut += o.SynAckOut
+	e.RstOut += o.RstOut
+	e.ICMPClosedOut += o.ICMPClosedOut
+	e.ICMPFilteredOut += o.ICMPFilteredOut
+	e.SynOut += o.SynOut
+	e.SynAckIn += o.SynAckIn
+	e.RstIn += o.RstIn
+	e.ICMPClosedIn += o.ICMPClosedIn
+	e.ICMPFilteredIn += o.ICMPFilteredIn
+}
+
+// Flow is the traffic of one (interface, direction, protocol, service port,
+// peer) key over the snapshot window.
+type Flow struct {
+	Interface string    `json:"iface"`
+	Direction Direction `json:"direction"`
+	// DirectionInferred is set when neither socket state nor a handshake
+	// told the direction and the port heuristic (well-known vs ephemeral)
+	// decided.
+	DirectionInferred bool  `json:"direction_inferred,omitempty"`
+	Proto             Proto `json:"proto"`
+	// Port is the service port for TCP/UDP/SCTP, type<<8|code for ICMP and
+	// ICMPv6, and 0 for other protocols and non-first fragments.
+	Port uint16 `json:"port"`
+	// Fragment marks non-first IP fragments, which carry no L4 header.
+	Fragment bool       `json:"fragment,omitempty"`
+	Peer     netip.Addr `json:"peer"`
+
+	PacketsIn  uint64    `json:"packets_in"`
+	BytesIn    uint64    `json:"bytes_in"`
+	PacketsOut uint64    `json:"packets_out"`
+	BytesOut   uint64    `json:"bytes_out"`
+	FirstSeen  time.Time `json:"first_seen"`
+	LastSeen   time.Time `json:"last_seen"`
+	Evidence   Evidence  `json:"evidence"`
+}
+
+// Packets returns the packets seen in both directions.
+func (f *Flow) Packets() uint64 { return f.PacketsIn + f.PacketsOut }
+
+// Bytes returns the bytes seen in both directions.
+func (f *Flow) Bytes() uint64 { return f.BytesIn + f.BytesOut }
+
+// Interface describes one interface the programs were attached to.
+type Interface struct {
+	Name  string `json:"name"`
+	Index int    `json:"index"`
+	// Ingress is the ingress attach mode: "xdp-native", "xdp-generic" or
+	// "tc"; Egress is "tcx" or "clsact". Empty for replayed captures.
+	Ingress   string       `json:"ingress,omitempty"`
+	Egress    string       `json:"egress,omitempty"`
+	Addresses []netip.Addr `json:"addresses,omitempty"`
+}
+
+// Socket is a local listening TCP socket or bound UDP socket seen via
+// sock_diag during the window.
+type Socket struct {
+	Proto Proto      `json:"proto"`
+	Addr  netip.Addr `json:"addr"`
+	Port  uint16     `json:"port"`
+}
+
+// Stats are the datapath's own counters. Any non-zero loss counter means
+// the snapshot is incomplete, and every report says so.
+type Stats struct {
+	// FlowCapacity is the max_entries of the flow map; FlowEntries how many
+	// were in use when the snapshot was read.
+	FlowCapacity uint32 `json:"flow_capacity"`
+	FlowEntries  uint32 `json:"flow_entries"`
+	// FlowInsertFailed counts packets whose flow could not be inserted
+	// because the map was full (their counts are lost).
+	FlowInsertFailed uint64 `json:"flow_insert_failed"`
+	// FlowEvictions counts flows the kernel evicted (LRU maps only).
+	FlowEvictions uint64 `json:"flow_evictions"`
+	// ConnInsertFailed counts connection-orientation entries that could not
+	// be stored; affected packets fall back to the port heuristic.
+	ConnInsertFailed uint64 `json:"conn_insert_failed"`
+	// Packets seen, per hook.
+	PacketsIngress uint64 `json:"packets_ingress"`
+	PacketsEgress  uint64 `json:"packets_egress"`
+	// Truncated counts packets whose headers ended early (counted under the
+	// deepest protocol that could be read).
+	Truncated uint64 `json:"truncated"`
+	// NonIP counts non-IP frames per ethertype (hex key, e.g. "0x0806").
+	NonIP map[string]Counter `json:"non_ip,omitempty"`
+}
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Lossy reports whether any packet's accounting was lost.
+func (s *Stats) Lossy() bool {
+	return s.FlowInsertFailed > 0 || s.FlowEvictions > 0
+}
+
+// Snapshot is the content of a snapshot file.
+type Snapshot struct {
+	Version int `json:"version"`
+	Tool    struct {
+		Name    string `json:"name"`
+		Version string `json:"version"`
+	} `json:"tool"`
+	Hostname string `json:"hostname,omitempty"`
+	Kernel   string `json:"kernel,omitempty"`
+	// Source is "live" for a recording or "replay:<file>" for a capture.
+	Source     string      `json:"source"`
+	Interfaces []Interface `json:"interfaces"`
+	Start      time.Time   `json:"start"`
+	End        time.Time   `json:"end"`
+	// EphemeralPorts is the local ephemeral port range used by the
+	// direction heuristic (net.ipv4.ip_local_port_range).
+	EphemeralPorts [2]uint16 `json:"ephemeral_ports"`
+	Listening      []Socket  `json:"listening,omitempty"`
+	Stats          Stats     `json:"stats"`
+	Flows          []Flow    `json:"flows"`
+}
+
+// Window returns the length of the observation window.
+func (s *Snapshot) Window() time.Duration { return s.End.Sub(s.Start) }
+
+// LocalAddrs returns the addresses of all recorded interfaces, sorted.
+func (s *Snapshot) LocalAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, i := range s.Interfaces {
+		out = append(out, i.Addresses...)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Less(out[b]) })
+	return out
+}
+
+// Sort orders flows deterministically: interface, direction, protocol,
+// port, peer.
+func (s *Snapshot) Sort() {
+	sort.Slice(s.Flows, func(i, j int) bool { return flowLess(&s.Flows[i], &s.Flows[j]) })
+	sort.Slice(s.Listening, func(i, j int) bool {
+		a, b := s.Listening[i], s.Listening[j]
+		if a.Proto != b.Proto {
+			return a.Proto < b.Proto
+		}
+		if a.Port != b.Port {
+			return a.Port < b.Port
+		}
+		return a.Addr.Less(b.Addr)
+	})
+}
+
+func flowLess(a, b *Flow) bool {
+	if a.Interface != b.Interface {
+		return a.Interface < b.Interface
+	}
+	if a.Direction != b.Direction {
+		return a.Direction < b.Direction
+	}
+	if a.Proto != b.Proto {
+		return a.Proto < b.Proto
+	}
+	if a.Port != b.Port {
+		return a.Port < b.Port
+	}
+	if a.Fragment != b.Fragment {
+		return !a.Fragment
+	}
+	if a.DirectionInferred != b.DirectionInferred {
+		return !a.DirectionInferred
+	}
+	return a.Peer.Less(b.Peer)
+}
+
+// Validate checks the invariants a reader relies on.
+func (s *Snapshot) Validate() error {
+	if s.Version != FormatVersion {
+		return fmt.Errorf("%w: version %d, this build reads version %d", ErrFormat, s.Version, FormatVersion)
+	}
+	if !s.End.IsZero() && s.End.Before(s.Start) {
+		return fmt.Errorf("%w: window end %s before start %s", ErrFormat, s.End.Format(time.RFC3339), s.Start.Format(time.RFC3339))
+	}
+	for i := range s.Flows {
+		f := &s.Flows[i]
+		if !f.Peer.IsValid() {
+			return fmt.Errorf("%w: flow %d: missing peer address", ErrFormat, i)
+		}
+		if f.Direction > Outbound {
+			return fmt.Errorf("%w: flow %d: invalid direction %d", ErrFormat, i, f.Direction)
+		}
+		if f.Port != 0 && !f.Proto.HasPorts() && !f.Proto.IsICMP() {
+			return fmt.Errorf("%w: flow %d: protocol %s carries no port but port is %d", ErrFormat, i, f.Proto, f.Port)
+		}
+	}
+	return nil
+}
+
+// Read parses and validates a snapshot. name is used in error messages.
+func Read(r io.Reader, name string) (*Snapshot, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var s Snapshot
+	if err := dec.Decode(&s); err != nil {
+		return nil, fmt.Errorf("%s: %w: %s", name, ErrFormat, describeJSONError(data, dec, err))
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%s: %w: trailing data after the snapshot object", name, ErrFormat)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &s, nil
+}
+
+// ReadFile reads and validates the snapshot at path.
+func ReadFile(path string) (*Snapshot, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot: %w", err)
+	}
+	defer f.Close()
+	return Read(f, path)
+}
+
+// describeJSONError turns a decoding error into "line L, col C: …".
+func describeJSONError(data []byte, dec *json.Decoder, err error) string {
+	off := dec.InputOffset()
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		off = se.Offset
+	case errors.As(err, &te):
+		off = te.Offset
+	}
+	line, col := LineCol(data, off)
+	return fmt.Sprintf("line %d, column %d: %v", line, col, err)
+}
+
+// LineCol converts a byte offset in data to a 1-based line and column.
+func LineCol(data []byte, off int64) (line, col int) {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	line = 1 + bytes.Count(data[:off], []byte("\n"))
+	col = int(off) - bytes.LastIndexByte(data[:off], '\n')
+	return line, col
+}
+
+// Write encodes s as indented JSON.
+func Write(w io.Writer, s *Snapshot) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+// WriteFile writes s to path atomically: a temporary file in the same
+// directory is written, synced and renamed over path, so a reader never
+// sees a partial snapshot and an existing file survives a failed write.
+func WriteFile(path string, s *Snapshot) error {
+	return AtomicWrite(path, func(w io.Writer) error { return Write(w, s) })
+}
+
+// AtomicWrite writes a file through fn with temp file + fsync + rename.
+// Reports and rule files use it too.
+func AtomicWrite(path string, fn func(io.Writer) error) (err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err = fn(tmp); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = tmp.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
