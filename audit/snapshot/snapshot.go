@@ -296,7 +296,7 @@ func (s *Snapshot) LocalAddrs() []netip.Addr {
 // Sort orders flows deterministically: interface, direction, protocol,
 // port, peer.
 func (s *Snapshot) Sort() {
-	sort.Slice(s.Flows, func(i, j int) bool { return flowLess(&s.Flows[i], &s.Flows[j]) })
+	SortFlows(s.Flows)
 	sort.Slice(s.Listening, func(i, j int) bool {
 		a, b := s.Listening[i], s.Listening[j]
 		if a.Proto != b.Proto {
@@ -307,6 +307,11 @@ func (s *Snapshot) Sort() {
 		}
 		return a.Addr.Less(b.Addr)
 	})
+}
+
+// SortFlows orders flows deterministically (see Snapshot.Sort).
+func SortFlows(flows []Flow) {
+	sort.Slice(flows, func(i, j int) bool { return flowLess(&flows[i], &flows[j]) })
 }
 
 func flowLess(a, b *Flow) bool {

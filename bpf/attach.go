@@ -1,0 +1,305 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Ingress attach modes.
+const (
+	IngressAuto       = ""            // XDP native, then XDP generic, then TC
+	IngressXDPNative  = "xdp-native"  // driver mode only
+	IngressXDPGeneric = "xdp-generic" // skb mode only
+	IngressTC         = "tc"          // TC ingress (tcx, then clsact)
+)
+
+// Egress attach modes.
+const (
+	EgressAuto   = ""       // tcx, then clsact
+	EgressTCX    = "tcx"    // tcx link only (kernel ≥ 6.6)
+	EgressClsact = "clsact" // legacy cls_bpf filter on a clsact qdisc
+)
+
+// AttachOptions choose how to attach to one interface.
+type AttachOptions struct {
+	Ingress string
+	Egress  string
+	// ReplaceXDP allows detaching another program's netlink-attached XDP
+	// program. Without it, Attach refuses and names that program.
+	ReplaceXDP bool
+}
+
+// Attachment is flowaudit attached to one interface.
+type Attachment struct {
+	Iface string
+	Index int
+	// Ingress is the mode used: "xdp-native", "xdp-generic", "tcx" or "clsact".
+	Ingress string
+	// Egress is "tcx" or "clsact".
+	Egress string
+
+	links   []link.Link
+	filters []netlink.Filter
+	nl      *netlink.Handle
+}
+
+// legacy filter identity: our own priority and handle on clsact.
+const (
+	legacyPrio   = 0xfa17 // arbitrary, recognisable in `tc filter show`
+	legacyHandle = 0xfa
+)
+
+// inNS runs fn on an OS thread in the collector's network namespace:
+// interface indexes in bpf_link_create and netlink are per namespace.
+func (c *Collector) inNS(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cur, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("get network namespace: %w", err)
+	}
+	defer cur.Close()
+	if !cur.Equal(c.ns) {
+		if err := netns.Set(c.ns); err != nil {
+			return fmt.Errorf("enter network namespace: %w", err)
+		}
+		defer netns.Set(cur) //nolint:errcheck // restoring our own namespace
+	}
+	return fn()
+}
+
+// Attach attaches the ingress and egress programs to iface.
+func (c *Collector) Attach(iface string, opts AttachOptions) (*Attachment, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	nlLink, err := c.nl.LinkByName(iface)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil, fmt.Errorf("attach %s: %w", iface, ErrInterfaceNotFound)
+		}
+		return nil, fmt.Errorf("attach %s: look up interface: %w", iface, err)
+	}
+	idx := nlLink.Attrs().Index
+	if _, ok := c.attached[idx]; ok {
+		return nil, fmt.Errorf("attach %s: %w", iface, ErrAlreadyAttached)
+	}
+	a := &Attachment{Iface: iface, Index: idx, nl: c.nl}
+	err = c.inNS(func() error {
+		if err := c.attachIngress(a, nlLink, opts); err != nil {
+			return err
+		}
+		return c.attachEgress(a, opts.Egress)
+	})
+	if err != nil {
+		a.detach()
+		return nil, fmt.Errorf("attach %s: %w", iface, err)
+	}
+	c.attached[idx] = a
+	c.log.Info("attached", zap.String("iface", iface), zap.Int("ifindex", idx),
+		zap.String("ingress", a.Ingress), zap.String("egress", a.Egress))
+	return a, nil
+}
+
+// Attachments returns the interfaces currently attached.
+func (c *Collector) Attachments() []*Attachment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*Attachment, 0, len(c.attached))
+	for _, a := range c.attached {
+		out = append(out, a)
+	}
+	return out
+}
+
+// Detach removes flowaudit from one interface.
+func (c *Collector) Detach(iface string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for idx, a := range c.attached {
+		if a.Iface == iface {
+			delete(c.attached, idx)
+			return a.detach()
+		}
+	}
+	return fmt.Errorf("detach %s: %w", iface, ErrInterfaceNotFound)
+}
+
+// existingXDP describes an XDP program already on the interface, or "".
+func existingXDP(l netlink.Link) (id uint32, desc string) {
+	x := l.Attrs().Xdp
+	if x == nil || !x.Attached || x.ProgId == 0 {
+		return 0, ""
+	}
+	desc = fmt.Sprintf("program id %d", x.ProgId)
+	if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId)); err == nil {
+		if info, err := p.Info(); err == nil && info.Name != "" {
+			desc = fmt.Sprintf("%q (program id %d)", info.Name, x.ProgId)
+		}
+		p.Close()
+	}
+	return x.ProgId, desc
+}
+
+func (c *Collector) attachIngress(a *Attachment, l netlink.Link, opts AttachOptions) error {
+	mode := opts.Ingress
+	if mode != IngressTC {
+		if id, desc := existingXDP(l); id != 0 {
+			if !opts.ReplaceXDP {
+				if mode == IngressAuto {
+					// Leave the other program alone and count at TC ingress instead.
+					c.log.Warn("another XDP program is attached; counting ingress at TC instead (use --replace-xdp to replace it)",
+						zap.String("iface", a.Iface), zap.String("xdp", desc))
+					return c.attachTC(a, ebpf.AttachTCXIngress, "", &a.Ingress)
+				}
+				return fmt.Errorf("%w: %s; not replacing it (ask with --replace-xdp, or use --ingress tc)", ErrXDPInUse, desc)
+			}
+			if err := netlink.LinkSetXdpFd(l, -1); err != nil { // runs inside inNS
+				return fmt.Errorf("%w: %s; could not detach it (a bpf_link owns it?): %v", ErrXDPInUse, desc, err)
+			}
+			c.log.Warn("detached the existing XDP program as asked", zap.String("iface", a.Iface), zap.String("xdp", desc))
+		}
+	}
+	try := func(flags link.XDPAttachFlags, name string) error {
+		lk, err := link.AttachXDP(link.XDPOptions{Program: c.objs.FlowauditXdp, Interface: a.Index, Flags: flags})
+		if err != nil {
+			return err
+		}
+		a.links = append(a.links, lk)
+		a.Ingress = name
+		return nil
+	}
+	switch mode {
+	case IngressXDPNative:
+		return wrapPerm(try(link.XDPDriverMode, IngressXDPNative), "attach XDP (native)")
+	case IngressXDPGeneric:
+		return wrapPerm(try(link.XDPGenericMode, IngressXDPGeneric), "attach XDP (generic)")
+	case IngressTC:
+		return c.attachTC(a, ebpf.AttachTCXIngress, "", &a.Ingress)
+	case IngressAuto:
+		errNative := try(link.XDPDriverMode, IngressXDPNative)
+		if errNative == nil {
+			return nil
+		}
+		if errors.Is(errNative, unix.EPERM) {
+			return fmt.Errorf("attach XDP: %w", ErrPermission)
+		}
+		c.log.Warn("native XDP unavailable, trying generic mode", zap.String("iface", a.Iface), zap.Error(errNative))
+		errGeneric := try(link.XDPGenericMode, IngressXDPGeneric)
+		if errGeneric == nil {
+			return nil
+		}
+		c.log.Warn("generic XDP unavailable, counting ingress at TC", zap.String("iface", a.Iface), zap.Error(errGeneric))
+		return c.attachTC(a, ebpf.AttachTCXIngress, "", &a.Ingress)
+	default:
+		return fmt.Errorf("unknown ingress mode %q (want xdp-native, xdp-generic or tc)", mode)
+	}
+}
+
+func (c *Collector) attachEgress(a *Attachment, mode string) error {
+	switch mode {
+	case EgressAuto, EgressTCX, EgressClsact:
+	default:
+		return fmt.Errorf("unknown egress mode %q (want tcx or clsact)", mode)
+	}
+	return c.attachTC(a, ebpf.AttachTCXEgress, mode, &a.Egress)
+}
+
+// attachTC attaches a TC program with tcx, falling back to a cls_bpf filter
+// on clsact when tcx is missing (kernel < 6.6) or when mode asks for it.
+func (c *Collector) attachTC(a *Attachment, at ebpf.AttachType, mode string, used *string) error {
+	prog := c.objs.FlowauditTcEgress
+	if at == ebpf.AttachTCXIngress {
+		prog = c.objs.FlowauditTcIngress
+	}
+	if mode != EgressClsact {
+		lk, err := link.AttachTCX(link.TCXOptions{Interface: a.Index, Program: prog, Attach: at})
+		if err == nil {
+			a.links = append(a.links, lk)
+			*used = EgressTCX
+			return nil
+		}
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("attach tcx: %w", ErrPermission)
+		}
+		if mode == EgressTCX {
+			return fmt.Errorf("attach tcx: %w", err)
+		}
+		c.log.Warn("tcx unavailable, falling back to clsact + cls_bpf (not auto-detached if flowaudit is killed)",
+			zap.String("iface", a.Iface), zap.Error(err))
+	}
+	if err := c.attachClsact(a, prog, at == ebpf.AttachTCXIngress); err != nil {
+		return err
+	}
+	*used = EgressClsact
+	return nil
+}
+
+func (c *Collector) attachClsact(a *Attachment, prog *ebpf.Program, ingress bool) error {
+	// Add clsact only if missing; an existing qdisc (and the filters of
+	// other tools on it) is never replaced or deleted.
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: a.Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := c.nl.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return wrapPerm(err, "add clsact qdisc")
+	}
+	parent := uint32(netlink.HANDLE_MIN_EGRESS)
+	if ingress {
+		parent = netlink.HANDLE_MIN_INGRESS
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: a.Index,
+			Parent:    parent,
+			Handle:    legacyHandle,
+			Protocol:  unix.ETH_P_ALL,
+			Priority:  legacyPrio,
+		},
+		Fd:           prog.FD(),
+		Name:         "flowaudit",
+		DirectAction: true,
+	}
+	if err := c.nl.FilterAdd(f); err != nil {
+		return wrapPerm(err, "add cls_bpf filter")
+	}
+	a.filters = append(a.filters, f)
+	return nil
+}
+
+func wrapPerm(err error, what string) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("%s: %w", what, ErrPermission)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func (a *Attachment) detach() error {
+	var errs []error
+	for _, l := range a.links {
+		errs = append(errs, l.Close())
+	}
+	a.links = nil
+	for _, f := range a.filters {
+		if err := a.nl.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("remove cls_bpf filter from %s: %w", a.Iface, err))
+		}
+	}
+	a.filters = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,305 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Default map sizes. A flow is (interface, direction, protocol, service
+// port, peer): an appliance with a few thousand peers uses a few thousand
+// entries; the default leaves room for scans.
+const (
+	DefaultFlowEntries = 65536
+	DefaultConnEntries = 65536
+)
+
+// Options configure Open.
+type Options struct {
+	// FlowEntries is the flow map's max_entries (default DefaultFlowEntries).
+	FlowEntries uint32
+	// ConnEntries is the connection-orientation LRU's max_entries.
+	ConnEntries uint32
+	// FlowMapType overrides the flow map type. Zero keeps the shipped
+	// choice (ebpf.Hash with atomic adds); the benchmarks compare
+	// ebpf.PerCPUHash, ebpf.LRUHash and ebpf.LRUCPUHash.
+	FlowMapType ebpf.MapType
+	// EphemeralPorts overrides the range the port heuristic treats as
+	// client ports. Zero reads net.ipv4.ip_local_port_range.
+	EphemeralPorts [2]uint16
+	// Logger receives attach decisions and warnings (default: no-op).
+	Logger *zap.Logger
+}
+
+// Collector owns the loaded programs and maps and the interfaces they are
+// attached to. It is safe for concurrent use.
+type Collector struct {
+	objs      flowauditObjects
+	log       *zap.Logger
+	flowType  ebpf.MapType
+	ephemeral [2]uint16
+	ns        netns.NsHandle // network namespace Open ran in
+	nl        *netlink.Handle
+
+	mu       sync.Mutex
+	attached map[int]*Attachment
+	closed   bool
+	boot     clock
+}
+
+// Open loads the programs and maps into the kernel. It does not attach
+// anything yet. The caller's network namespace at the time of Open is the
+// one Attach and the socket refresh use.
+func Open(opts Options) (*Collector, error) {
+	if opts.FlowEntries == 0 {
+		opts.FlowEntries = DefaultFlowEntries
+	}
+	if opts.ConnEntries == 0 {
+		opts.ConnEntries = DefaultConnEntries
+	}
+	if opts.FlowMapType == ebpf.UnspecifiedMap {
+		opts.FlowMapType = ebpf.Hash
+	}
+	switch opts.FlowMapType {
+	case ebpf.Hash, ebpf.PerCPUHash, ebpf.LRUHash, ebpf.LRUCPUHash:
+	default:
+		return nil, fmt.Errorf("flow map type %s not supported", opts.FlowMapType)
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.EphemeralPorts == [2]uint16{} {
+		r, err := readEphemeralRange()
+		if err != nil {
+			opts.Logger.Warn("cannot read ephemeral port range, using 32768-60999", zap.Error(err))
+			r = [2]uint16{32768, 60999}
+		}
+		opts.EphemeralPorts = r
+	}
+	if opts.EphemeralPorts[0] > opts.EphemeralPorts[1] {
+		return nil, fmt.Errorf("ephemeral port range %d-%d: low end above high end", opts.EphemeralPorts[0], opts.EphemeralPorts[1])
+	}
+
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("remove memlock limit: %w", ErrPermission)
+		}
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+
+	spec, err := loadFlowaudit()
+	if err != nil {
+		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	spec.Maps["flows"].MaxEntries = opts.FlowEntries
+	spec.Maps["flows"].Type = opts.FlowMapType
+	spec.Maps["conns"].MaxEntries = opts.ConnEntries
+	percpu := opts.FlowMapType == ebpf.PerCPUHash || opts.FlowMapType == ebpf.LRUCPUHash
+	for name, v := range map[string]any{
+		"ephemeral_lo":  opts.EphemeralPorts[0],
+		"ephemeral_hi":  opts.EphemeralPorts[1],
+		"percpu_values": boolU8(percpu),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+
+	c := &Collector{
+		log:       opts.Logger,
+		flowType:  opts.FlowMapType,
+		ephemeral: opts.EphemeralPorts,
+		attached:  map[int]*Attachment{},
+		boot:      newClock(),
+	}
+	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+		if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("load objects: %w", ErrPermission)
+		}
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load objects: verifier: %+v", ve)
+		}
+		return nil, fmt.Errorf("load objects: %w", err)
+	}
+
+	runtime.LockOSThread()
+	c.ns, err = netns.Get()
+	runtime.UnlockOSThread()
+	if err != nil {
+		c.objs.Close()
+		return nil, fmt.Errorf("get network namespace: %w", err)
+	}
+	c.nl, err = netlink.NewHandleAt(c.ns)
+	if err != nil {
+		c.ns.Close()
+		c.objs.Close()
+		return nil, fmt.Errorf("netlink handle: %w", err)
+	}
+	c.logMemory()
+	return c, nil
+}
+
+func boolU8(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// readEphemeralRange reads net.ipv4.ip_local_port_range (also used for IPv6).
+func readEphemeralRange() ([2]uint16, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return [2]uint16{}, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return [2]uint16{}, fmt.Errorf("ip_local_port_range: unexpected %q", strings.TrimSpace(string(b)))
+	}
+	lo, err1 := strconv.ParseUint(f[0], 10, 16)
+	hi, err2 := strconv.ParseUint(f[1], 10, 16)
+	if err1 != nil || err2 != nil {
+		return [2]uint16{}, fmt.Errorf("ip_local_port_range: unexpected %q", strings.TrimSpace(string(b)))
+	}
+	return [2]uint16{uint16(lo), uint16(hi)}, nil
+}
+
+// MapMemory is the kernel memory one map uses, as the kernel reports it.
+type MapMemory struct {
+	Name       string
+	Type       ebpf.MapType
+	MaxEntries uint32
+	Bytes      uint64
+}
+
+// Memory reports the memory of every map (bpf_map_info memlock).
+func (c *Collector) Memory() []MapMemory {
+	var out []MapMemory
+	for _, m := range []struct {
+		name string
+		m    *ebpf.Map
+	}{
+		{"flows", c.objs.Flows}, {"conns", c.objs.Conns}, {"local_ports", c.objs.LocalPorts},
+		{"stats", c.objs.Stats}, {"ethertypes", c.objs.Ethertypes},
+	} {
+		mm := MapMemory{Name: m.name, Type: m.m.Type(), MaxEntries: m.m.MaxEntries()}
+		if info, err := m.m.Info(); err == nil {
+			mm.Bytes, _ = info.Memlock()
+		}
+		out = append(out, mm)
+	}
+	return out
+}
+
+func (c *Collector) logMemory() {
+	var total uint64
+	fields := []zap.Field{}
+	for _, m := range c.Memory() {
+		total += m.Bytes
+		fields = append(fields, zap.String(m.Name, fmt.Sprintf("%s %d entries %s", m.Type, m.MaxEntries, humanBytes(m.Bytes))))
+	}
+	fields = append(fields, zap.String("total", humanBytes(total)))
+	c.log.Info("maps loaded", fields...)
+}
+
+func humanBytes(b uint64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", b)
+}
+
+// EphemeralPorts returns the client port range the heuristic uses.
+func (c *Collector) EphemeralPorts() [2]uint16 { return c.ephemeral }
+
+// Close detaches from every interface and unloads programs and maps.
+func (c *Collector) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	var errs []error
+	for idx, a := range c.attached {
+		errs = append(errs, a.detach())
+		delete(c.attached, idx)
+	}
+	if c.nl != nil {
+		c.nl.Close()
+	}
+	c.ns.Close()
+	errs = append(errs, c.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Reset empties every map: flows, connection orientations, local ports,
+// ethertype and statistics counters. Replay and tests use it between runs;
+// a live recording never needs it.
+func (c *Collector) Reset() error {
+	for _, m := range []*ebpf.Map{c.objs.Flows, c.objs.Conns, c.objs.Ethertypes} {
+		if err := clearMap(m); err != nil {
+			return err
+		}
+	}
+	if err := c.SetLocalPorts(nil); err != nil {
+		return err
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("possible CPUs: %w", err)
+	}
+	zero := make([]uint64, ncpu)
+	for i := uint32(0); i < c.objs.Stats.MaxEntries(); i++ {
+		if err := c.objs.Stats.Update(i, zero, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("reset stats: %w", err)
+		}
+	}
+	return nil
+}
+
+func clearMap(m *ebpf.Map) error {
+	var keys [][]byte
+	var prev []byte
+	for {
+		next := make([]byte, m.KeySize())
+		var err error
+		if prev == nil {
+			err = m.NextKey(nil, &next)
+		} else {
+			err = m.NextKey(prev, &next)
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reset %s: %w", m, err)
+		}
+		keys = append(keys, next)
+		prev = next
+	}
+	for _, key := range keys {
+		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("reset %s: %w", m, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,552 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * flowaudit datapath: count packets and bytes per (interface, direction,
+ * protocol, service port, peer) with handshake evidence, at XDP (ingress)
+ * and TC (egress; ingress when XDP cannot attach).
+ *
+ * Every program returns XDP_PASS / TCX_NEXT: flowaudit never drops or
+ * changes a packet. See docs/ARCHITECTURE.md for the design.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include "parse.h"
+
+#ifndef TCX_NEXT
+#define TCX_NEXT -1 /* == TC_ACT_UNSPEC: continue, also for legacy cls_bpf */
+#endif
+
+/* TCP flag bits as in byte 13 of the header. */
+#define TCP_FLAG_SYN_BYTE 0x02
+#define TCP_FLAG_RST_BYTE 0x04
+#define TCP_FLAG_ACK_BYTE 0x10
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* enum direction: keep in sync with snapshot.Direction. */
+enum direction {
+	DIR_UNKNOWN = 0,
+	DIR_INBOUND = 1,  /* the peer connects to a local service */
+	DIR_OUTBOUND = 2, /* this host connects to a service on the peer */
+};
+
+/* flow_key.flags */
+#define FLOW_F_INFERRED (1 << 0) /* direction from the port heuristic */
+#define FLOW_F_FRAGMENT (1 << 1) /* non-first fragment, port 0 */
+
+/*
+ * struct flow_key is the flow map key. Explicit padding, zero-initialised
+ * before use so that hashing sees no stack garbage. Go: bpfFlowKey.
+ */
+struct flow_key {
+	__u8 peer[16]; /* IPv6, or IPv4 as ::ffff:a.b.c.d */
+	__u32 ifindex;
+	__u16 port; /* service port; ICMP: type<<8|code; 0: none */
+	__u8 proto; /* IP protocol number */
+	__u8 dir;   /* enum direction */
+	__u8 flags; /* FLOW_F_* */
+	__u8 pad[3];
+};
+
+/*
+ * struct flow_value: counters of one flow. "in"/"out" are packet directions
+ * on the wire, independent of who initiated the flow. Go: bpfFlowValue.
+ */
+struct flow_value {
+	__u64 packets_in;
+	__u64 bytes_in;
+	__u64 packets_out;
+	__u64 bytes_out;
+	__u64 first_ns; /* CLOCK_MONOTONIC */
+	__u64 last_ns;
+	/* Evidence for inbound flows. */
+	__u32 syn_in;
+	__u32 synack_out;
+	__u32 rst_out;
+	__u32 icmp_closed_out;
+	__u32 icmp_filtered_out;
+	/* Evidence for outbound flows. */
+	__u32 syn_out;
+	__u32 synack_in;
+	__u32 rst_in;
+	__u32 icmp_closed_in;
+	__u32 icmp_filtered_in;
+};
+
+/* struct conn_key: orientation of one connection (5-tuple minus our address). Go: bpfConnKey. */
+struct conn_key {
+	__u8 peer[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* struct ethertype_value: non-IP frames per ethertype. Go: bpfEthertypeValue. */
+struct ethertype_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* enum stat: indexes of the per-CPU stats array. Go: bpfStat. */
+enum stat {
+	STAT_PACKETS_INGRESS = 0,
+	STAT_PACKETS_EGRESS,
+	STAT_FLOW_NEW,           /* new flow keys inserted */
+	STAT_FLOW_INSERT_FAILED, /* packets lost to a full flow map */
+	STAT_CONN_INSERT_FAILED,
+	STAT_TRUNCATED,
+	STAT_NON_IP,
+	STAT_ETHERTYPE_INSERT_FAILED,
+	STAT_MAX,
+};
+
+/* Local service ports, filled from sock_diag: one bit per (protocol, port). */
+#define LP_WORDS 1024 /* 65536 / 64 */
+struct local_port_set {
+	__u64 tcp[LP_WORDS];
+	__u64 udp[LP_WORDS];
+	__u64 sctp[LP_WORDS];
+};
+
+/*
+ * Map sizes are defaults; the Go loader sets max_entries from its options.
+ * flows is a plain hash updated with atomics; the loader may switch it to a
+ * per-CPU or LRU variant for the benchmarks (docs/ARCHITECTURE.md).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, __u32); /* enum direction */
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct local_port_set);
+} local_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32); /* ethertype, host order */
+	__type(value, struct ethertype_value);
+} ethertypes SEC(".maps");
+
+/* Set by the loader before load (rodata). */
+volatile const __u16 ephemeral_lo = 32768; /* net.ipv4.ip_local_port_range */
+volatile const __u16 ephemeral_hi = 60999;
+volatile const __u8 percpu_values = 0; /* flows is per-CPU: plain adds suffice */
+
+/* Force BTF for the types userspace needs (bpf2go -type). */
+const enum stat *unused_stat __attribute__((unused));
+const enum direction *unused_direction __attribute__((unused));
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += 1; /* per-CPU: no atomics needed */
+}
+
+#define ADD(field, n)                                         \
+	do {                                                  \
+		if (percpu_values)                            \
+			(field) += (n);                       \
+		else                                          \
+			__sync_fetch_and_add(&(field), (n));  \
+	} while (0)
+
+static __always_inline int port_is_local(__u8 proto, __u16 port)
+{
+	__u32 zero = 0;
+	struct local_port_set *lp = bpf_map_lookup_elem(&local_ports, &zero);
+	__u64 *words;
+
+	if (!lp)
+		return 0;
+	switch (proto) {
+	case IPPROTO_TCP:
+		words = lp->tcp;
+		break;
+	case IPPROTO_UDP:
+		words = lp->udp;
+		break;
+	case IPPROTO_SCTP:
+		words = lp->sctp;
+		break;
+	default:
+		return 0;
+	}
+	return (words[(port >> 6) & (LP_WORDS - 1)] >> (port & 63)) & 1;
+}
+
+static __always_inline int is_ephemeral(__u16 port)
+{
+	return port >= ephemeral_lo && port <= ephemeral_hi;
+}
+
+/* struct verdict: direction decision for one packet. */
+struct verdict {
+	__u16 port;
+	__u8 dir;
+	__u8 flags;
+};
+
+static __always_inline void remember(struct conn_key *ck, __u32 dir)
+{
+	if (bpf_map_update_elem(&conns, ck, &dir, BPF_ANY))
+		stat_inc(STAT_CONN_INSERT_FAILED);
+}
+
+/*
+ * decide: who initiated the flow this packet belongs to, and so which port
+ * is the service port. In order of trust:
+ *   1. TCP SYN / SYN-ACK (and remember the connection's orientation);
+ *   2. a local listening/bound socket on our port (sock_diag, from userspace);
+ *   3. the orientation remembered for this connection;
+ *   4. UDP/SCTP sent from a port with no local socket: we are the client;
+ *   5. the port heuristic (ephemeral range vs not, then lower port), flagged.
+ * learn == 0 for ICMP-embedded packets: look, do not remember.
+ */
+static __always_inline struct verdict decide(struct tuple *t, int egress, int learn)
+{
+	struct verdict v = {};
+	struct conn_key ck = {};
+	__u16 lport = egress ? t->sport : t->dport;
+	__u16 rport = egress ? t->dport : t->sport;
+	__u32 *known;
+
+	__builtin_memcpy(ck.peer, egress ? t->dst : t->src, 16);
+	ck.local_port = lport;
+	ck.remote_port = rport;
+	ck.proto = t->proto;
+
+	if (t->proto == IPPROTO_TCP && (t->tcp_flags & TCP_FLAG_SYN_BYTE)) {
+		/* SYN alone opens, SYN-ACK answers. */
+		int opener_is_peer = !(t->tcp_flags & TCP_FLAG_ACK_BYTE) ? !egress : egress;
+
+		v.dir = opener_is_peer ? DIR_INBOUND : DIR_OUTBOUND;
+		if (learn)
+			remember(&ck, v.dir);
+		goto out;
+	}
+	if (port_is_local(t->proto, lport)) {
+		v.dir = DIR_INBOUND;
+		goto out;
+	}
+	known = bpf_map_lookup_elem(&conns, &ck);
+	if (known) {
+		v.dir = *known;
+		goto out;
+	}
+	if (t->proto != IPPROTO_TCP && egress && learn) {
+		v.dir = DIR_OUTBOUND;
+		remember(&ck, v.dir);
+		goto out;
+	}
+	v.flags = FLOW_F_INFERRED;
+	if (is_ephemeral(lport) != is_ephemeral(rport))
+		v.dir = is_ephemeral(lport) ? DIR_OUTBOUND : DIR_INBOUND;
+	else if (lport != rport)
+		v.dir = lport < rport ? DIR_INBOUND : DIR_OUTBOUND;
+	else
+		v.dir = DIR_INBOUND; /* same port both ends (e.g. NTP 123↔123) */
+out:
+	v.port = v.dir == DIR_OUTBOUND ? rport : lport;
+	return v;
+}
+
+/* Evidence increments for one packet, computed before the map update. */
+struct evidence {
+	__u8 syn_in, synack_out, rst_out, syn_out, synack_in, rst_in;
+	__u8 closed_out, filtered_out, closed_in, filtered_in;
+};
+
+static __always_inline struct flow_value *flow_get(struct flow_key *k)
+{
+	struct flow_value *val = bpf_map_lookup_elem(&flows, k);
+	struct flow_value init = {};
+	long err;
+
+	if (val)
+		return val;
+	init.first_ns = bpf_ktime_get_coarse_ns();
+	err = bpf_map_update_elem(&flows, k, &init, BPF_NOEXIST);
+	if (err == 0)
+		stat_inc(STAT_FLOW_NEW);
+	else if (err != -17 /* EEXIST: another CPU won the race */) {
+		stat_inc(STAT_FLOW_INSERT_FAILED);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&flows, k);
+}
+
+static __always_inline void flow_account(struct flow_key *k, int egress, __u64 len, __u32 segs,
+					 struct evidence *ev)
+{
+	struct flow_value *val = flow_get(k);
+
+	if (!val)
+		return;
+	if (segs) {
+		if (egress) {
+			ADD(val->packets_out, segs);
+			ADD(val->bytes_out, len);
+		} else {
+			ADD(val->packets_in, segs);
+			ADD(val->bytes_in, len);
+		}
+		val->last_ns = bpf_ktime_get_coarse_ns();
+	}
+	if (!ev)
+		return;
+	if (ev->syn_in)
+		ADD(val->syn_in, 1);
+	if (ev->synack_out)
+		ADD(val->synack_out, 1);
+	if (ev->rst_out)
+		ADD(val->rst_out, 1);
+	if (ev->syn_out)
+		ADD(val->syn_out, 1);
+	if (ev->synack_in)
+		ADD(val->synack_in, 1);
+	if (ev->rst_in)
+		ADD(val->rst_in, 1);
+	if (ev->closed_out)
+		ADD(val->icmp_closed_out, 1);
+	if (ev->filtered_out)
+		ADD(val->icmp_filtered_out, 1);
+	if (ev->closed_in)
+		ADD(val->icmp_closed_in, 1);
+	if (ev->filtered_in)
+		ADD(val->icmp_filtered_in, 1);
+}
+
+static __always_inline int is_echo(struct tuple *t, __u8 *request_type)
+{
+	if (t->proto == IPPROTO_ICMP && (t->icmp_type == ICMP_ECHO || t->icmp_type == ICMP_ECHOREPLY)) {
+		*request_type = ICMP_ECHO;
+		return t->icmp_type == ICMP_ECHO ? 1 : 2;
+	}
+	if (t->proto == IPPROTO_ICMPV6 &&
+	    (t->icmp_type == ICMPV6_ECHO_REQUEST || t->icmp_type == ICMPV6_ECHO_REPLY)) {
+		*request_type = ICMPV6_ECHO_REQUEST;
+		return t->icmp_type == ICMPV6_ECHO_REQUEST ? 1 : 2;
+	}
+	return 0;
+}
+
+/* Destination-unreachable classification: 1 closed (port unreachable), 2 filtered/other. */
+static __always_inline int unreach_class(struct tuple *t)
+{
+	if (t->proto == IPPROTO_ICMP && t->icmp_type == ICMP_DEST_UNREACH)
+		return t->icmp_code == ICMP_PORT_UNREACH ? 1 : 2;
+	if (t->proto == IPPROTO_ICMPV6 && t->icmp_type == ICMPV6_DEST_UNREACH)
+		return t->icmp_code == ICMPV6_PORT_UNREACH ? 1 : 2;
+	return 0;
+}
+
+/*
+ * icmp_error_evidence: a destination-unreachable error quotes the packet
+ * that caused it. Attribute closed/filtered evidence to that original flow:
+ * our error going out answers a peer's attempt (inbound flow); an error
+ * coming in answers our attempt (outbound flow).
+ */
+static __always_inline void icmp_error_evidence(struct hdr_cursor *nh, void *data_end,
+						 struct tuple *outer, int egress, __u32 ifindex)
+{
+	int cls = unreach_class(outer);
+	struct tuple inner = {};
+	struct flow_key k = {};
+	struct evidence ev = {};
+	struct verdict v;
+
+	if (!cls)
+		return;
+	if (parse_ip(nh, data_end, outer->family == 4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6),
+		     &inner) < 0)
+		return;
+	if (!(inner.pflags & P_HAVE_L4) || (inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP &&
+					     inner.proto != IPPROTO_SCTP))
+		return;
+	/* The quoted packet travelled the other way. */
+	v = decide(&inner, !egress, 0);
+	if (egress) {
+		if (v.dir != DIR_INBOUND)
+			return;
+		__builtin_memcpy(k.peer, inner.src, 16);
+		ev.closed_out = cls == 1;
+		ev.filtered_out = cls == 2;
+	} else {
+		if (v.dir != DIR_OUTBOUND)
+			return;
+		__builtin_memcpy(k.peer, inner.dst, 16);
+		ev.closed_in = cls == 1;
+		ev.filtered_in = cls == 2;
+	}
+	k.ifindex = ifindex;
+	k.port = v.port;
+	k.proto = inner.proto;
+	k.dir = v.dir;
+	k.flags = v.flags;
+	flow_account(&k, egress, 0, 0, &ev);
+}
+
+static __always_inline void count_ethertype(__be16 proto, __u64 len)
+{
+	__u32 key = bpf_ntohs(proto);
+	struct ethertype_value *v = bpf_map_lookup_elem(&ethertypes, &key);
+	struct ethertype_value init = {};
+
+	stat_inc(STAT_NON_IP);
+	if (!v) {
+		/* EEXIST cannot happen on a per-CPU map; a full map shows below. */
+		bpf_map_update_elem(&ethertypes, &key, &init, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&ethertypes, &key);
+		if (!v) {
+			stat_inc(STAT_ETHERTYPE_INSERT_FAILED);
+			return;
+		}
+	}
+	v->packets += 1; /* per-CPU map */
+	v->bytes += len;
+}
+
+/*
+ * handle: the whole per-packet path, shared by XDP and TC. data/data_end
+ * bound the linear packet; len is the full frame length; segs the number
+ * of wire packets (GSO) the frame stands for.
+ */
+static __always_inline void handle(void *data, void *data_end, int egress, __u32 ifindex, __u64 len,
+				   __u32 segs)
+{
+	struct hdr_cursor nh = {.pos = data};
+	struct tuple t = {};
+	struct flow_key k = {};
+	struct evidence ev = {};
+	struct verdict v = {};
+	__be16 ethertype;
+	__u8 req;
+	int echo;
+
+	stat_inc(egress ? STAT_PACKETS_EGRESS : STAT_PACKETS_INGRESS);
+	if (parse_ethhdr(&nh, data_end, &ethertype) < 0) {
+		stat_inc(STAT_TRUNCATED);
+		count_ethertype(0, len);
+		return;
+	}
+	if (ethertype != bpf_htons(ETH_P_IP) && ethertype != bpf_htons(ETH_P_IPV6)) {
+		count_ethertype(ethertype, len);
+		return;
+	}
+	if (parse_ip(&nh, data_end, ethertype, &t) < 0) {
+		stat_inc(STAT_TRUNCATED);
+		count_ethertype(ethertype, len);
+		return;
+	}
+	if (t.pflags & P_TRUNCATED)
+		stat_inc(STAT_TRUNCATED);
+
+	k.ifindex = ifindex;
+	k.proto = t.proto;
+	__builtin_memcpy(k.peer, egress ? t.dst : t.src, 16);
+
+	if (t.pflags & P_FRAGMENT) {
+		k.flags = FLOW_F_FRAGMENT;
+		k.dir = DIR_UNKNOWN;
+	} else if (!(t.pflags & P_HAVE_L4)) {
+		k.dir = DIR_UNKNOWN; /* portless protocol, or ports cut off */
+	} else if (t.proto == IPPROTO_ICMP || t.proto == IPPROTO_ICMPV6) {
+		echo = is_echo(&t, &req);
+		if (echo) {
+			/* Request and reply share the request's key. */
+			k.port = (__u16)req << 8;
+			k.dir = (echo == 1) == !egress ? DIR_INBOUND : DIR_OUTBOUND;
+		} else {
+			k.port = (__u16)t.icmp_type << 8 | t.icmp_code;
+			k.dir = DIR_UNKNOWN;
+			icmp_error_evidence(&nh, data_end, &t, egress, ifindex);
+		}
+	} else {
+		v = decide(&t, egress, 1);
+		k.dir = v.dir;
+		k.port = v.port;
+		k.flags = v.flags;
+		if (t.proto == IPPROTO_TCP) {
+			__u8 f = t.tcp_flags;
+			int syn = f & TCP_FLAG_SYN_BYTE, ack = f & TCP_FLAG_ACK_BYTE;
+			int rst = f & TCP_FLAG_RST_BYTE;
+
+			if (v.dir == DIR_INBOUND) {
+				ev.syn_in = !egress && syn && !ack;
+				ev.synack_out = egress && syn && ack;
+				ev.rst_out = egress && rst;
+			} else if (v.dir == DIR_OUTBOUND) {
+				ev.syn_out = egress && syn && !ack;
+				ev.synack_in = !egress && syn && ack;
+				ev.rst_in = !egress && rst;
+			}
+		}
+	}
+	flow_account(&k, egress, len, segs, &ev);
+}
+
+SEC("xdp")
+int flowaudit_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	handle(data, data_end, 0, ctx->ingress_ifindex, data_end - data, 1);
+	return XDP_PASS;
+}
+
+/* Headers we may need from a non-linear skb; pulled without changing content. */
+#define PULL_LEN 256
+
+static __always_inline void handle_skb(struct __sk_buff *skb, int egress)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
+
+	if (data_end - data < PULL_LEN && skb->len > data_end - data) {
+		bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	handle(data, data_end, egress, skb->ifindex, skb->len, segs);
+}
+
+SEC("tcx/egress")
+int flowaudit_tc_egress(struct __sk_buff *skb)
+{
+	handle_skb(skb, 1);
+	return TCX_NEXT;
+}
+
+SEC("tcx/ingress")
+int flowaudit_tc_ingress(struct __sk_buff *skb)
+{
+	handle_skb(skb, 0);
+	return TCX_NEXT;
+}

@@ -1,0 +1,206 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+)
+
+// tcpListen is TCP_LISTEN in the kernel's tcp_states.h; TCP_CLOSE (7) is
+// what an unconnected UDP socket reports.
+const (
+	tcpListen = 10
+	udpClose  = 7
+)
+
+// dumpRetries bounds retries of a sock_diag dump interrupted by concurrent
+// socket changes (NLM_F_DUMP_INTR).
+const dumpRetries = 5
+
+// ListSockets returns the local services: listening TCP sockets and bound,
+// unconnected UDP sockets, IPv4 and IPv6, from sock_diag in the collector's
+// network namespace. UDP sockets bound inside the ephemeral range are left
+// out: they are almost always clients using sendto(), and counting them as
+// services would turn client traffic into "inbound" flows.
+func (c *Collector) ListSockets() ([]snapshot.Socket, error) {
+	var out []snapshot.Socket
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		tcp, err := retryDump(func() ([]*netlink.Socket, error) { return c.nl.SocketDiagTCP(fam) })
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag tcp: %w", err)
+		}
+		for _, s := range tcp {
+			if s.State == tcpListen {
+				out = append(out, toSocket(snapshot.TCP, s))
+			}
+		}
+		udp, err := retryDump(func() ([]*netlink.Socket, error) { return c.nl.SocketDiagUDP(fam) })
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag udp: %w", err)
+		}
+		for _, s := range udp {
+			if s.State != udpClose || s.ID.DestinationPort != 0 {
+				continue // connected: a client
+			}
+			if p := s.ID.SourcePort; p >= c.ephemeral[0] && p <= c.ephemeral[1] {
+				continue
+			}
+			out = append(out, toSocket(snapshot.UDP, s))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Proto != out[j].Proto {
+			return out[i].Proto < out[j].Proto
+		}
+		if out[i].Port != out[j].Port {
+			return out[i].Port < out[j].Port
+		}
+		return out[i].Addr.Less(out[j].Addr)
+	})
+	return dedupSockets(out), nil
+}
+
+func dedupSockets(in []snapshot.Socket) []snapshot.Socket {
+	out := in[:0]
+	for i, s := range in {
+		if i > 0 && s == in[i-1] {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func retryDump(fn func() ([]*netlink.Socket, error)) ([]*netlink.Socket, error) {
+	var err error
+	for i := 0; i < dumpRetries; i++ {
+		var socks []*netlink.Socket
+		socks, err = fn()
+		if err == nil {
+			return socks, nil
+		}
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("dump interrupted %d times: %w", dumpRetries, err)
+}
+
+func toSocket(p snapshot.Proto, s *netlink.Socket) snapshot.Socket {
+	a, _ := netip.AddrFromSlice(s.ID.Source)
+	if s.ID.Source == nil || s.ID.Source.Equal(net.IPv4zero) {
+		a = netip.IPv4Unspecified()
+	}
+	return snapshot.Socket{Proto: p, Addr: a.Unmap(), Port: s.ID.SourcePort}
+}
+
+// SetLocalPorts replaces the local-service port set the programs consult
+// first when deciding a packet's direction.
+func (c *Collector) SetLocalPorts(socks []snapshot.Socket) error {
+	var set flowauditLocalPortSet
+	for _, s := range socks {
+		var words *[1024]uint64
+		switch s.Proto {
+		case snapshot.TCP:
+			words = &set.Tcp
+		case snapshot.UDP:
+			words = &set.Udp
+		case snapshot.SCTP:
+			words = &set.Sctp
+		default:
+			continue
+		}
+		words[s.Port>>6] |= 1 << (s.Port & 63)
+	}
+	if err := c.objs.LocalPorts.Update(uint32(0), &set, 0); err != nil {
+		return fmt.Errorf("update local ports: %w", err)
+	}
+	return nil
+}
+
+// RefreshSockets lists the local services and loads them into the kernel.
+func (c *Collector) RefreshSockets() ([]snapshot.Socket, error) {
+	socks, err := c.ListSockets()
+	if err != nil {
+		return nil, err
+	}
+	return socks, c.SetLocalPorts(socks)
+}
+
+// SocketRefresher keeps the kernel's local-port set current and remembers
+// every service socket seen while it ran.
+type SocketRefresher struct {
+	c    *Collector
+	seen map[snapshot.Socket]struct{}
+	done chan struct{}
+	stop context.CancelFunc
+}
+
+// StartSocketRefresh refreshes now (an error here is returned) and then
+// every interval until Stop.
+func (c *Collector) StartSocketRefresh(interval time.Duration) (*SocketRefresher, error) {
+	r := &SocketRefresher{c: c, seen: map[snapshot.Socket]struct{}{}, done: make(chan struct{})}
+	socks, err := c.RefreshSockets()
+	if err != nil {
+		return nil, err
+	}
+	r.add(socks)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.stop = cancel
+	go func() {
+		defer close(r.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				socks, err := c.RefreshSockets()
+				if err != nil {
+					c.log.Warn("refresh local sockets", zap.Error(err))
+					continue
+				}
+				r.add(socks)
+			}
+		}
+	}()
+	return r, nil
+}
+
+func (r *SocketRefresher) add(socks []snapshot.Socket) {
+	r.c.mu.Lock()
+	defer r.c.mu.Unlock()
+	for _, s := range socks {
+		r.seen[s] = struct{}{}
+	}
+}
+
+// Seen returns every service socket seen so far, sorted.
+func (r *SocketRefresher) Seen() []snapshot.Socket {
+	r.c.mu.Lock()
+	out := make([]snapshot.Socket, 0, len(r.seen))
+	for s := range r.seen {
+		out = append(out, s)
+	}
+	r.c.mu.Unlock()
+	snap := snapshot.Snapshot{Listening: out}
+	snap.Sort()
+	return snap.Listening
+}
+
+// Stop ends the refresh loop and waits for it.
+func (r *SocketRefresher) Stop() {
+	r.stop()
+	<-r.done
+}
