@@ -76,8 +76,8 @@ func k6(dir snapshot.Direction, p snapshot.Proto, port uint16) key {
 	return key{dir: dir, proto: p, port: port, peer: peer6}
 }
 
-func (k key) inf() key  { k.inferred = true; return k }
-func (k key) frg() key  { k.frag = true; return k }
+func (k key) inf() key   { k.inferred = true; return k }
+func (k key) frg() key   { k.frag = true; return k }
 func pi(n uint64) counts { return counts{pin: n} }
 
 const (
