@@ -21,17 +21,17 @@ const (
 	IngressTC         = "tc"          // TC ingress (tcx, then clsact)
 )
 
-// Egress attach modes.
+// TC attach modes, for egress and for ingress when XDP is not used.
 const (
-	EgressAuto   = ""       // tcx, then clsact
-	EgressTCX    = "tcx"    // tcx link only (kernel ≥ 6.6)
-	EgressClsact = "clsact" // legacy cls_bpf filter on a clsact qdisc
+	TCAuto   = ""       // tcx, then clsact
+	TCX      = "tcx"    // tcx link only (kernel ≥ 6.6)
+	TCClsact = "clsact" // legacy cls_bpf filter on a clsact qdisc
 )
 
 // AttachOptions choose how to attach to one interface.
 type AttachOptions struct {
 	Ingress string
-	Egress  string
+	TC      string
 	// ReplaceXDP allows detaching another program's netlink-attached XDP
 	// program. Without it, Attach refuses and names that program.
 	ReplaceXDP bool
@@ -100,7 +100,7 @@ func (c *Collector) Attach(iface string, opts AttachOptions) (*Attachment, error
 		if err := c.attachIngress(a, nlLink, opts); err != nil {
 			return err
 		}
-		return c.attachEgress(a, opts.Egress)
+		return c.attachEgress(a, opts.TC)
 	})
 	if err != nil {
 		a.detach()
@@ -161,7 +161,7 @@ func (c *Collector) attachIngress(a *Attachment, l netlink.Link, opts AttachOpti
 					// Leave the other program alone and count at TC ingress instead.
 					c.log.Warn("another XDP program is attached; counting ingress at TC instead (use --replace-xdp to replace it)",
 						zap.String("iface", a.Iface), zap.String("xdp", desc))
-					return c.attachTC(a, ebpf.AttachTCXIngress, "", &a.Ingress)
+					return c.attachTC(a, ebpf.AttachTCXIngress, opts.TC, &a.Ingress)
 				}
 				return fmt.Errorf("%w: %s; not replacing it (ask with --replace-xdp, or use --ingress tc)", ErrXDPInUse, desc)
 			}
@@ -186,7 +186,7 @@ func (c *Collector) attachIngress(a *Attachment, l netlink.Link, opts AttachOpti
 	case IngressXDPGeneric:
 		return wrapPerm(try(link.XDPGenericMode, IngressXDPGeneric), "attach XDP (generic)")
 	case IngressTC:
-		return c.attachTC(a, ebpf.AttachTCXIngress, "", &a.Ingress)
+		return c.attachTC(a, ebpf.AttachTCXIngress, opts.TC, &a.Ingress)
 	case IngressAuto:
 		errNative := try(link.XDPDriverMode, IngressXDPNative)
 		if errNative == nil {
@@ -201,7 +201,7 @@ func (c *Collector) attachIngress(a *Attachment, l netlink.Link, opts AttachOpti
 			return nil
 		}
 		c.log.Warn("generic XDP unavailable, counting ingress at TC", zap.String("iface", a.Iface), zap.Error(errGeneric))
-		return c.attachTC(a, ebpf.AttachTCXIngress, "", &a.Ingress)
+		return c.attachTC(a, ebpf.AttachTCXIngress, opts.TC, &a.Ingress)
 	default:
 		return fmt.Errorf("unknown ingress mode %q (want xdp-native, xdp-generic or tc)", mode)
 	}
@@ -209,9 +209,9 @@ func (c *Collector) attachIngress(a *Attachment, l netlink.Link, opts AttachOpti
 
 func (c *Collector) attachEgress(a *Attachment, mode string) error {
 	switch mode {
-	case EgressAuto, EgressTCX, EgressClsact:
+	case TCAuto, TCX, TCClsact:
 	default:
-		return fmt.Errorf("unknown egress mode %q (want tcx or clsact)", mode)
+		return fmt.Errorf("unknown TC mode %q (want tcx or clsact)", mode)
 	}
 	return c.attachTC(a, ebpf.AttachTCXEgress, mode, &a.Egress)
 }
@@ -223,17 +223,17 @@ func (c *Collector) attachTC(a *Attachment, at ebpf.AttachType, mode string, use
 	if at == ebpf.AttachTCXIngress {
 		prog = c.objs.FlowauditTcIngress
 	}
-	if mode != EgressClsact {
+	if mode != TCClsact {
 		lk, err := link.AttachTCX(link.TCXOptions{Interface: a.Index, Program: prog, Attach: at})
 		if err == nil {
 			a.links = append(a.links, lk)
-			*used = EgressTCX
+			*used = TCX
 			return nil
 		}
 		if errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("attach tcx: %w", ErrPermission)
 		}
-		if mode == EgressTCX {
+		if mode == TCX {
 			return fmt.Errorf("attach tcx: %w", err)
 		}
 		c.log.Warn("tcx unavailable, falling back to clsact + cls_bpf (not auto-detached if flowaudit is killed)",
@@ -242,7 +242,7 @@ func (c *Collector) attachTC(a *Attachment, at ebpf.AttachType, mode string, use
 	if err := c.attachClsact(a, prog, at == ebpf.AttachTCXIngress); err != nil {
 		return err
 	}
-	*used = EgressClsact
+	*used = TCClsact
 	return nil
 }
 

@@ -142,7 +142,9 @@ func Open(opts Options) (*Collector, error) {
 		c.objs.Close()
 		return nil, fmt.Errorf("get network namespace: %w", err)
 	}
-	c.nl, err = netlink.NewHandleAt(c.ns)
+	// NETLINK_INET_DIAG must be listed: a family missing here would be
+	// opened in whatever namespace the calling thread happens to be in.
+	c.nl, err = netlink.NewHandleAt(c.ns, unix.NETLINK_ROUTE, unix.NETLINK_INET_DIAG)
 	if err != nil {
 		c.ns.Close()
 		c.objs.Close()

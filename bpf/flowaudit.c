@@ -83,6 +83,13 @@ struct conn_key {
 	__u8 pad[3];
 };
 
+/* struct conn_value: what decide() concluded for the connection. Go: bpfConnValue. */
+struct conn_value {
+	__u8 dir;   /* enum direction */
+	__u8 flags; /* FLOW_F_INFERRED if the first packet needed the heuristic */
+	__u8 pad[2];
+};
+
 /* struct ethertype_value: non-IP frames per ethertype. Go: bpfEthertypeValue. */
 struct ethertype_value {
 	__u64 packets;
@@ -126,7 +133,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct conn_key);
-	__type(value, __u32); /* enum direction */
+	__type(value, struct conn_value);
 } conns SEC(".maps");
 
 struct {
@@ -211,9 +218,11 @@ struct verdict {
 	__u8 flags;
 };
 
-static __always_inline void remember(struct conn_key *ck, __u32 dir)
+static __always_inline void remember(struct conn_key *ck, __u8 dir, __u8 flags)
 {
-	if (bpf_map_update_elem(&conns, ck, &dir, BPF_ANY))
+	struct conn_value cv = {.dir = dir, .flags = flags};
+
+	if (bpf_map_update_elem(&conns, ck, &cv, BPF_ANY))
 		stat_inc(STAT_CONN_INSERT_FAILED);
 }
 
@@ -224,7 +233,8 @@ static __always_inline void remember(struct conn_key *ck, __u32 dir)
  *   2. a local listening/bound socket on our port (sock_diag, from userspace);
  *   3. the orientation remembered for this connection;
  *   4. UDP/SCTP sent from a port with no local socket: we are the client;
- *   5. the port heuristic (ephemeral range vs not, then lower port), flagged.
+ *   5. the port heuristic (ephemeral range vs not, then lower port), flagged,
+ *      and for UDP/SCTP remembered so the answers join the same flow.
  * learn == 0 for ICMP-embedded packets: look, do not remember.
  */
 static __always_inline struct verdict decide(struct tuple *t, int egress, int learn)
@@ -233,7 +243,7 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 	struct conn_key ck = {};
 	__u16 lport = egress ? t->sport : t->dport;
 	__u16 rport = egress ? t->dport : t->sport;
-	__u32 *known;
+	struct conn_value *known;
 
 	__builtin_memcpy(ck.peer, egress ? t->dst : t->src, 16);
 	ck.local_port = lport;
@@ -246,7 +256,7 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 
 		v.dir = opener_is_peer ? DIR_INBOUND : DIR_OUTBOUND;
 		if (learn)
-			remember(&ck, v.dir);
+			remember(&ck, v.dir, 0);
 		goto out;
 	}
 	if (port_is_local(t->proto, lport)) {
@@ -255,12 +265,13 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 	}
 	known = bpf_map_lookup_elem(&conns, &ck);
 	if (known) {
-		v.dir = *known;
+		v.dir = known->dir;
+		v.flags = known->flags;
 		goto out;
 	}
 	if (t->proto != IPPROTO_TCP && egress && learn) {
 		v.dir = DIR_OUTBOUND;
-		remember(&ck, v.dir);
+		remember(&ck, v.dir, 0);
 		goto out;
 	}
 	v.flags = FLOW_F_INFERRED;
@@ -270,6 +281,8 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 		v.dir = lport < rport ? DIR_INBOUND : DIR_OUTBOUND;
 	else
 		v.dir = DIR_INBOUND; /* same port both ends (e.g. NTP 123↔123) */
+	if (t->proto != IPPROTO_TCP && learn)
+		remember(&ck, v.dir, v.flags);
 out:
 	v.port = v.dir == DIR_OUTBOUND ? rport : lport;
 	return v;

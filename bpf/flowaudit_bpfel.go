@@ -22,6 +22,13 @@ type flowauditConnKey struct {
 	Pad        [3]uint8
 }
 
+type flowauditConnValue struct {
+	_     structs.HostLayout
+	Dir   uint8
+	Flags uint8
+	Pad   [2]uint8
+}
+
 type flowauditDirection uint32
 
 const (
