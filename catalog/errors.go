@@ -123,6 +123,7 @@ func yamlError(file string, err error) *Error {
 	msg := ye.GetMessage()
 	var te *yaml.TypeError
 	var oe *yaml.OverflowError
+	var ue *yaml.UnexpectedNodeTypeError
 	switch {
 	case strings.Contains(msg, "already defined at"):
 		msg = dupKey.Replace(msg)
@@ -135,6 +136,11 @@ func yamlError(file string, err error) *Error {
 		}
 	case strings.HasPrefix(msg, "unknown field"):
 		msg = strings.Replace(msg, "unknown field", "unknown key", 1)
+	case errors.As(err, &ue):
+		msg = fmt.Sprintf("want %s, got %s", nodeKind(ue.Expected), nodeKind(ue.Actual))
+		if tk != nil && tk.Value != "" {
+			msg += fmt.Sprintf(" (at %q)", tk.Value)
+		}
 	case errors.As(err, &te):
 		val := ""
 		if tk != nil {
@@ -163,6 +169,24 @@ func goTypeName(t string) string {
 		return "a number"
 	}
 	return t
+}
+
+func nodeKind(t ast.NodeType) string {
+	switch t {
+	case ast.MappingType, ast.MappingValueType:
+		return "a mapping"
+	case ast.SequenceType:
+		return "a list"
+	case ast.StringType, ast.LiteralType:
+		return "a string"
+	case ast.IntegerType, ast.FloatType:
+		return "a number"
+	case ast.BoolType:
+		return "true or false"
+	case ast.NullType:
+		return "nothing"
+	}
+	return t.String()
 }
 
 func unwrap(n ast.Node) ast.Node {
