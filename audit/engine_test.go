@@ -1,0 +1,379 @@
+package audit
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/catalog"
+)
+
+var t0 = time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)
+
+// flow builds a snapshot flow: dir "in"/"out"/"?", proto, port, peer.
+func flow(dir, proto string, port uint16, peer string, pin, pout uint64, ev snapshot.Evidence) snapshot.Flow {
+	d := map[string]snapshot.Direction{"in": snapshot.Inbound, "out": snapshot.Outbound, "?": snapshot.Unknown}[dir]
+	p, err := snapshot.ParseProto(proto)
+	if err != nil {
+		panic(err)
+	}
+	return snapshot.Flow{Interface: "eth0", Direction: d, Proto: p, Port: port, Peer: netip.MustParseAddr(peer),
+		PacketsIn: pin, PacketsOut: pout, BytesIn: pin * 100, BytesOut: pout * 100,
+		FirstSeen: t0.Add(time.Minute), LastSeen: t0.Add(2 * time.Minute), Evidence: ev}
+}
+
+func synAck(n uint64) snapshot.Evidence { return snapshot.Evidence{SynIn: n, SynAckOut: n} }
+
+func snap(window time.Duration, flows ...snapshot.Flow) *snapshot.Snapshot {
+	return &snapshot.Snapshot{Version: snapshot.FormatVersion, Source: "live", Start: t0, End: t0.Add(window),
+		Interfaces: []snapshot.Interface{{Name: "eth0", Index: 2}}, Stats: snapshot.Stats{FlowCapacity: 65536, FlowEntries: uint32(len(flows))},
+		Flows: flows}
+}
+
+// The healthy baseline of the server role: every required rule used by
+// documented peers, with the answers client traffic produces.
+func serverBaseline() []snapshot.Flow {
+	return []snapshot.Flow{
+		flow("in", "tcp", 22, "192.0.2.10", 40, 38, synAck(2)),
+		flow("in", "tcp", 9000, "10.1.4.4", 120, 110, synAck(5)),
+		flow("in", "tcp", 9000, "fd00:1::7", 12, 11, synAck(1)),
+		flow("in", "udp", 514, "10.2.0.9", 500, 0, snapshot.Evidence{}),
+		flow("in", "tcp", 40001, "10.3.0.5", 80, 70, synAck(1)),
+		// The server checks for updates: replies come back to ephemeral ports,
+		// the flow is the outbound 443 one.
+		flow("out", "tcp", 443, "203.0.113.80", 30, 25, snapshot.Evidence{SynOut: 1, SynAckIn: 1}),
+		// Neighbour discovery and an ICMP error: infrastructure, not audited.
+		flow("?", "icmpv6", 135<<8, "fe80::1", 3, 3, snapshot.Evidence{}),
+		flow("?", "icmp", 3<<8|3, "10.2.0.9", 0, 1, snapshot.Evidence{}),
+	}
+}
+
+type want struct {
+	kind Kind
+	sev  Severity
+	id   string // finding ID
+}
+
+type engineCase struct {
+	name   string
+	role   string
+	conds  map[string]bool
+	snap   *snapshot.Snapshot
+	noSite bool
+	// want lists every finding of severity ≥ low; info findings are
+	// checked only if wantInfo is set.
+	want     []want
+	wantInfo []want
+	check    func(t *testing.T, r *Report)
+}
+
+func loadTestMatrix(t *testing.T, role string, conds map[string]bool) (*catalog.Matrix, *catalog.Site) {
+	t.Helper()
+	c, err := catalog.LoadFiles("testdata/engine/testapp.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, v, err := c.Resolve("testapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := p.Effective(v, role, conds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site, err := catalog.LoadSite("testdata/engine/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, site
+}
+
+func engineCases() []engineCase {
+	with := func(extra ...snapshot.Flow) *snapshot.Snapshot {
+		return snap(10*time.Minute, append(serverBaseline(), extra...)...)
+	}
+	without := func(drop uint16) []snapshot.Flow {
+		var out []snapshot.Flow
+		for _, f := range serverBaseline() {
+			if f.Port != drop {
+				out = append(out, f)
+			}
+		}
+		return out
+	}
+	var scan []snapshot.Flow
+	for p := uint16(1000); p < 1020; p++ {
+		scan = append(scan, flow("in", "tcp", p, "198.51.100.66", 1, 1, snapshot.Evidence{SynIn: 1, RstOut: 1}))
+	}
+	scan = append(scan, flow("in", "tcp", 22, "198.51.100.66", 1, 0, snapshot.Evidence{SynIn: 1}))
+	scan = append(scan, flow("in", "tcp", 9000, "198.51.100.66", 1, 0, snapshot.Evidence{SynIn: 1}))
+	lossy := with()
+	lossy.Stats.FlowInsertFailed = 7
+
+	return []engineCase{
+		{name: "clean baseline: no findings", role: "server", snap: with(),
+			// The update check matches an optional rule whose DNS peer the site does not bind.
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.server.updates"}},
+			check: func(t *testing.T, r *Report) {
+				if r.Infrastructure.Packets != 7 {
+					t.Errorf("infrastructure packets = %d, want 7", r.Infrastructure.Packets)
+				}
+				st := ruleStatusByID(r)
+				if st["t1.server.ssh"] != StatusSeen || st["t1.server.agent"] != StatusSeen || st["t1.server.updates"] != StatusUnverified ||
+					st["t1.server.web"] != StatusNotSeen {
+					t.Errorf("rule statuses: %v", st)
+				}
+			}},
+		{name: "undocumented port answering: unexpected-open-port", role: "server",
+			snap: with(flow("in", "tcp", 6379, "10.1.4.4", 6, 5, synAck(1))),
+			want: []want{{UnexpectedOpenPort, High, "unexpected-open-port/tcp/6379"}}},
+		{name: "undocumented udp port answering", role: "server",
+			snap: with(flow("in", "udp", 161, "10.2.0.9", 4, 4, snapshot.Evidence{})),
+			want: []want{{UnexpectedOpenPort, High, "unexpected-open-port/udp/161"}}},
+		{name: "undocumented listener without traffic; loopback listener ignored", role: "server",
+			snap: func() *snapshot.Snapshot {
+				s := with()
+				s.Listening = []snapshot.Socket{
+					{Proto: snapshot.TCP, Addr: netip.MustParseAddr("0.0.0.0"), Port: 22},
+					{Proto: snapshot.TCP, Addr: netip.MustParseAddr("::"), Port: 8080},
+					{Proto: snapshot.TCP, Addr: netip.MustParseAddr("127.0.0.1"), Port: 631},
+				}
+				return s
+			}(),
+			want: []want{{UnexpectedOpenPort, Medium, "unexpected-open-port/tcp/8080"}}},
+		{name: "listener that also answered: one high finding, marked listening", role: "server",
+			snap: func() *snapshot.Snapshot {
+				s := with(flow("in", "tcp", 6379, "10.1.4.4", 6, 5, synAck(1)))
+				s.Listening = []snapshot.Socket{{Proto: snapshot.TCP, Addr: netip.MustParseAddr("0.0.0.0"), Port: 6379}}
+				return s
+			}(),
+			want: []want{{UnexpectedOpenPort, High, "unexpected-open-port/tcp/6379"}},
+			check: func(t *testing.T, r *Report) {
+				if !r.Findings[0].Evidence.Listening {
+					t.Error("finding not marked listening")
+				}
+			}},
+		{name: "undocumented outbound flow", role: "server",
+			snap: with(flow("out", "udp", 53, "8.8.8.8", 10, 10, snapshot.Evidence{})),
+			want: []want{{UndocumentedFlow, Medium, "undocumented-flow/outbound/udp/53"}}},
+		{name: "refused attempt on an undocumented port: low", role: "server",
+			snap: with(flow("in", "tcp", 23, "10.1.4.4", 1, 1, snapshot.Evidence{SynIn: 1, RstOut: 1})),
+			want: []want{{UndocumentedFlow, Low, "undocumented-flow/inbound/tcp/23"}}},
+		{name: "ping answered: low", role: "server",
+			snap: with(flow("in", "icmp", 8<<8, "10.1.4.4", 3, 3, snapshot.Evidence{})),
+			want: []want{{UndocumentedFlow, Low, "undocumented-flow/inbound/icmp/2048"}}},
+		{name: "undocumented GRE", role: "server",
+			snap: with(flow("?", "gre", 0, "10.3.0.1", 100, 100, snapshot.Evidence{})),
+			want: []want{{UndocumentedFlow, Medium, "undocumented-flow/unknown/gre/0"}}},
+		{name: "ssh from outside ADMIN_IP: peer-out-of-zone", role: "server",
+			snap: with(flow("in", "tcp", 22, "10.1.4.4", 9, 8, synAck(1))),
+			want: []want{{PeerOutOfZone, High, "peer-out-of-zone/t1.server.ssh/tcp/22"}},
+			check: func(t *testing.T, r *Report) {
+				f := r.Findings[0]
+				if f.Rule == nil || f.Rule.ID != "t1.server.ssh" || f.Evidence.Peers != 1 || f.Evidence.TopPeers[0].Addr.String() != "10.1.4.4" {
+					t.Errorf("finding %+v", f)
+				}
+				if st := ruleStatusByID(r)["t1.server.ssh"]; st != StatusSeen {
+					t.Errorf("ssh status %s: documented admin traffic exists", st)
+				}
+			}},
+		{name: "required rule without traffic: missing-required states the window", role: "server",
+			snap: snap(10*time.Minute, without(9000)...),
+			want: []want{{MissingRequired, Medium, "missing-required/t1.server.agent"}},
+			check: func(t *testing.T, r *Report) {
+				if !strings.Contains(r.Findings[0].Summary, "10m0s") {
+					t.Errorf("summary does not state the window: %s", r.Findings[0].Summary)
+				}
+			}},
+		{name: "required port refused: required-port-closed", role: "server",
+			snap: snap(10*time.Minute, append(without(9000), flow("in", "tcp", 9000, "10.1.4.4", 3, 3, snapshot.Evidence{SynIn: 3, RstOut: 3}))...),
+			want: []want{{RequiredPortClosed, High, "required-port-closed/t1.server.agent"}}},
+		{name: "required port silent: required-port-filtered", role: "server",
+			snap: snap(10*time.Minute, append(without(9000), flow("in", "tcp", 9000, "10.1.4.4", 3, 0, snapshot.Evidence{SynIn: 3}))...),
+			want: []want{{RequiredPortFiltered, High, "required-port-filtered/t1.server.agent"}}},
+		{name: "required udp port answered with port unreachable: closed", role: "server",
+			snap: snap(10*time.Minute, append(without(514), flow("in", "udp", 514, "10.2.0.9", 5, 0, snapshot.Evidence{ICMPClosedOut: 5}))...),
+			want: []want{{RequiredPortClosed, High, "required-port-closed/t1.server.syslog"}}},
+		{name: "one-way udp syslog is not 'filtered'", role: "server", snap: with(), want: nil},
+		{name: "required port open for some peers, refused for others: fine", role: "server",
+			snap: with(flow("in", "tcp", 9000, "10.1.9.9", 1, 1, snapshot.Evidence{SynIn: 1, RstOut: 1})), want: nil},
+		{name: "deprecated port in use (sensor, release 1.5)", role: "sensor",
+			snap: snap(10*time.Minute,
+				flow("in", "tcp", 22, "192.0.2.10", 5, 5, synAck(1)),
+				flow("in", "udp", 514, "10.2.0.9", 5, 0, snapshot.Evidence{}),
+				flow("out", "tcp", 40001, "10.9.0.1", 50, 50, snapshot.Evidence{SynOut: 1, SynAckIn: 1}),
+				flow("in", "tcp", 9391, "10.9.0.1", 10, 10, synAck(1))),
+			want: []want{{DeprecatedPort, Medium, "deprecated-port/t1.sensor.scanner"}}},
+		{name: "scanner reported once, its probes not one by one", role: "server",
+			snap: with(scan...),
+			want: []want{{ScanSuspected, Medium, "scan-suspected/198.51.100.66"}},
+			check: func(t *testing.T, r *Report) {
+				if n := len(r.Findings[0].Evidence.Ports); n != 22 {
+					t.Errorf("scan lists %d ports, want 22", n)
+				}
+			}},
+		{name: "map full: audit-incomplete high", role: "server", snap: lossy,
+			want: []want{{AuditIncomplete, High, "audit-incomplete/map-full"}}},
+		{name: "short window", role: "server", snap: snap(20*time.Second, serverBaseline()...),
+			want: []want{{AuditIncomplete, Medium, "audit-incomplete/short-window"}}},
+		{name: "vpn mode: tunnel in use is informational, plain ports not required", role: "sensor", conds: map[string]bool{"vpn": true},
+			snap: snap(10*time.Minute,
+				flow("in", "tcp", 22, "192.0.2.10", 5, 5, synAck(1)),
+				flow("in", "udp", 514, "10.2.0.9", 5, 0, snapshot.Evidence{}),
+				flow("out", "tcp", 33800, "10.9.0.1", 500, 400, snapshot.Evidence{SynOut: 1, SynAckIn: 1})),
+			want:     nil,
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.sensor.vpn"}}},
+		{name: "vpn off: sensor without events to the server is missing them", role: "sensor",
+			snap: snap(10*time.Minute,
+				flow("in", "tcp", 22, "192.0.2.10", 5, 5, synAck(1)),
+				flow("in", "udp", 514, "10.2.0.9", 5, 0, snapshot.Evidence{})),
+			want: []want{{MissingRequired, Medium, "missing-required/t1.sensor.events"}}},
+		{name: "all-in-one: sensor-server traffic is internal, not required", role: "aio",
+			snap: snap(10*time.Minute,
+				flow("in", "tcp", 22, "192.0.2.10", 5, 5, synAck(1)),
+				flow("in", "tcp", 9000, "10.1.4.4", 5, 5, synAck(1)),
+				flow("in", "udp", 514, "10.2.0.9", 5, 0, snapshot.Evidence{}),
+				flow("?", "gre", 0, "10.3.0.1", 10, 10, snapshot.Evidence{})),
+			want:     nil,
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.sensor.wccp"}}},
+		{name: "replies and ephemeral ports never become findings", role: "server",
+			snap: with(
+				// Outbound HTTPS with many ephemeral source ports folds into one flow per peer.
+				flow("out", "tcp", 443, "203.0.113.81", 300, 280, snapshot.Evidence{SynOut: 20, SynAckIn: 20}),
+				// A mid-stream connection whose direction the heuristic inferred.
+				func() snapshot.Flow {
+					f := flow("in", "tcp", 9000, "10.1.4.5", 30, 30, snapshot.Evidence{})
+					f.DirectionInferred = true
+					return f
+				}()),
+			want: nil,
+			check: func(t *testing.T, r *Report) {
+				for _, row := range r.Observed {
+					if !row.Documented {
+						t.Errorf("undocumented row %+v", row)
+					}
+				}
+			}},
+		{name: "without a site: peers unverified, no out-of-zone", role: "server", noSite: true,
+			snap: with(flow("in", "tcp", 22, "10.1.4.4", 9, 8, synAck(1))), want: nil,
+			check: func(t *testing.T, r *Report) {
+				if st := ruleStatusByID(r)["t1.server.ssh"]; st != StatusUnverified {
+					t.Errorf("ssh status %s, want unverified", st)
+				}
+			}},
+		{name: "fragments are counted, not audited", role: "server",
+			snap: with(func() snapshot.Flow {
+				f := flow("?", "udp", 0, "10.2.0.9", 4, 0, snapshot.Evidence{})
+				f.Fragment = true
+				return f
+			}()), want: nil,
+			check: func(t *testing.T, r *Report) {
+				if r.Unclassified.Packets != 4 {
+					t.Errorf("unclassified = %d", r.Unclassified.Packets)
+				}
+			}},
+	}
+}
+
+func ruleStatusByID(r *Report) map[string]string {
+	m := map[string]string{}
+	for _, rs := range r.Rules {
+		m[rs.Rule.ID] = rs.Status
+	}
+	return m
+}
+
+func TestEngine(t *testing.T) {
+	for _, tc := range engineCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			m, site := loadTestMatrix(t, tc.role, tc.conds)
+			if tc.noSite {
+				site = nil
+			}
+			if err := tc.snap.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			r, err := Run(tc.snap, Options{Matrix: m, Site: site, Now: func() time.Time { return t0 }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got, gotInfo []string
+			for _, f := range r.Findings {
+				s := fmt.Sprintf("%s %s %s", f.Kind, f.Severity, f.ID)
+				if f.Severity >= Low {
+					got = append(got, s)
+				} else {
+					gotInfo = append(gotInfo, s)
+				}
+				if f.Summary == "" {
+					t.Errorf("finding %s has no summary", f.ID)
+				}
+			}
+			if d := diffStrings(got, wantStrings(tc.want)); d != "" {
+				t.Errorf("findings ≥ low differ:\n%s", d)
+			}
+			if tc.wantInfo != nil {
+				if d := diffStrings(gotInfo, wantStrings(tc.wantInfo)); d != "" {
+					t.Errorf("info findings differ:\n%s", d)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, r)
+			}
+			for _, f := range r.Findings {
+				t.Logf("%s %s: %s", f.Severity, f.ID, f.Summary)
+			}
+		})
+	}
+}
+
+func wantStrings(ws []want) []string {
+	var out []string
+	for _, w := range ws {
+		out = append(out, fmt.Sprintf("%s %s %s", w.kind, w.sev, w.id))
+	}
+	return out
+}
+
+func diffStrings(got, want []string) string {
+	sort.Strings(got)
+	sort.Strings(want)
+	g, w := map[string]bool{}, map[string]bool{}
+	for _, s := range got {
+		g[s] = true
+	}
+	for _, s := range want {
+		w[s] = true
+	}
+	var lines []string
+	for _, s := range want {
+		if !g[s] {
+			lines = append(lines, "- "+s)
+		}
+	}
+	for _, s := range got {
+		if !w[s] {
+			lines = append(lines, "+ "+s)
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func TestRunNeedsMatrix(t *testing.T) {
+	if _, err := Run(snap(time.Minute), Options{}); err != ErrNoMatrix {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestAtLeast(t *testing.T) {
+	r := &Report{Findings: []Finding{{Severity: High}, {Severity: Low}, {Severity: Info}}}
+	for s, n := range map[Severity]int{Info: 3, Low: 2, Medium: 1, High: 1} {
+		if got := r.AtLeast(s); got != n {
+			t.Errorf("AtLeast(%s) = %d, want %d", s, got, n)
+		}
+	}
+}
