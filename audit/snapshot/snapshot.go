@@ -390,19 +390,78 @@ func ReadFile(path string) (*Snapshot, error) {
 	return Read(f, path)
 }
 
-// describeJSONError turns a decoding error into "line L, col C: …".
+// describeJSONError turns a decoding error into "line L, column C: …".
+// Errors from a value's own parser (a bad address, protocol or direction)
+// carry no offset, so the element holding it is located by a second pass.
 func describeJSONError(data []byte, dec *json.Decoder, err error) string {
-	off := dec.InputOffset()
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &se):
-		off = se.Offset
+		line, col := LineCol(data, se.Offset)
+		return fmt.Sprintf("line %d, column %d: %v", line, col, err)
 	case errors.As(err, &te):
-		off = te.Offset
+		line, col := LineCol(data, te.Offset)
+		return fmt.Sprintf("line %d, column %d: %v", line, col, err)
 	}
-	line, col := LineCol(data, off)
+	if where := locateValueError(data); where != "" {
+		return where + ": " + err.Error()
+	}
+	line, col := LineCol(data, dec.InputOffset())
 	return fmt.Sprintf("line %d, column %d: %v", line, col, err)
+}
+
+// locateValueError decodes the top-level keys one by one, and the elements
+// of the array-valued ones one by one, and returns where the first one
+// fails: "line L, column C (flows[3])".
+func locateValueError(data []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	elem := map[string]func() any{
+		"flows":      func() any { return new(Flow) },
+		"listening":  func() any { return new(Socket) },
+		"interfaces": func() any { return new(Interface) },
+	}
+	var probe Snapshot
+	for dec.More() {
+		kt, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		key, _ := kt.(string)
+		at := func(off int64, what string) string {
+			off += int64(len(data[off:]) - len(bytes.TrimLeft(data[off:], " \t\r\n:,")))
+			line, col := LineCol(data, off)
+			return fmt.Sprintf("line %d, column %d (%s)", line, col, what)
+		}
+		start := dec.InputOffset()
+		if mk, ok := elem[key]; ok {
+			if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+				return at(start, key)
+			}
+			for i := 0; dec.More(); i++ {
+				off := dec.InputOffset()
+				if err := dec.Decode(mk()); err != nil {
+					return at(off, fmt.Sprintf("%s[%d]", key, i))
+				}
+			}
+			if _, err := dec.Token(); err != nil {
+				return ""
+			}
+			continue
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return at(start, key)
+		}
+		one, _ := json.Marshal(map[string]json.RawMessage{key: raw})
+		if err := json.Unmarshal(one, &probe); err != nil {
+			return at(start, key)
+		}
+	}
+	return ""
 }
 
 // LineCol converts a byte offset in data to a 1-based line and column.
