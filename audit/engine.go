@@ -444,17 +444,17 @@ func (a *auditor) undocumented(s service, o *obs) {
 	case s.dir == snapshot.Inbound && v == stateOpen:
 		f.ID = fmt.Sprintf("unexpected-open-port/%s/%d", s.proto, s.port)
 		f.Kind, f.Severity = UnexpectedOpenPort, High
-		f.Summary = fmt.Sprintf("%s/%s answers peers (%d) but the matrix documents no such inbound port for role %s",
-			s.proto, port, ev.Peers, a.o.Matrix.Role)
+		f.Summary = fmt.Sprintf("%s/%s answers %s but the matrix documents no such inbound port for role %s",
+			s.proto, port, plural(ev.Peers, "peer"), a.o.Matrix.Role)
 		if s.proto.IsICMP() {
 			f.Kind, f.Severity = UndocumentedFlow, Low
 			f.ID = fmt.Sprintf("undocumented-flow/%s/%s/%d", s.dir, s.proto, s.port)
-			f.Summary = fmt.Sprintf("this host answers %s echo (ping) from %d peers; the matrix does not document it", s.proto, ev.Peers)
+			f.Summary = fmt.Sprintf("this host answers %s echo (ping) from %s; the matrix does not document it", s.proto, plural(ev.Peers, "peer"))
 		}
 	case s.dir == snapshot.Inbound:
 		f.ID = fmt.Sprintf("undocumented-flow/%s/%s/%d", s.dir, s.proto, s.port)
 		f.Kind, f.Severity = UndocumentedFlow, Low
-		f.Summary = fmt.Sprintf("%d peers tried undocumented inbound %s/%s and got no service (%s)", ev.Peers, s.proto, port, v)
+		f.Summary = fmt.Sprintf("%s tried undocumented inbound %s/%s and got no service (%s)", plural(ev.Peers, "peer"), s.proto, port, v)
 	default:
 		f.ID = fmt.Sprintf("undocumented-flow/%s/%s/%d", s.dir, s.proto, s.port)
 		f.Kind, f.Severity = UndocumentedFlow, Medium
@@ -462,10 +462,10 @@ func (a *auditor) undocumented(s service, o *obs) {
 		if s.dir == snapshot.Unknown {
 			what = "exchanges"
 		}
-		f.Summary = fmt.Sprintf("this host %s %s/%s with %d peers; the matrix does not document it for role %s",
-			what, s.proto, port, ev.Peers, a.o.Matrix.Role)
+		f.Summary = fmt.Sprintf("this host %s %s/%s with %s; the matrix does not document it for role %s",
+			what, s.proto, port, plural(ev.Peers, "peer"), a.o.Matrix.Role)
 		if s.dir == snapshot.Unknown {
-			f.Summary = fmt.Sprintf("%s traffic with %d peers; the matrix does not document %s for role %s", s.proto, ev.Peers, s.proto, a.o.Matrix.Role)
+			f.Summary = fmt.Sprintf("%s traffic with %s; the matrix does not document %s for role %s", s.proto, plural(ev.Peers, "peer"), s.proto, a.o.Matrix.Role)
 		}
 	}
 	if o.inferred {
@@ -488,7 +488,7 @@ func (a *auditor) outOfZone(ro *ruleObs, s service, o *obs) {
 	a.add(&Finding{
 		ID: fmt.Sprintf("peer-out-of-zone/%s/%s/%d", r.ID, s.proto, s.port), Kind: PeerOutOfZone, Severity: sev,
 		Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Rule: refOf(r), Evidence: ev,
-		Summary: fmt.Sprintf("%d peers outside %s %s %s/%s (%s)", ev.Peers, r.Peer, what, s.proto, portLabel(s.proto, s.port), r.Purpose),
+		Summary: fmt.Sprintf("%s outside %s %s %s/%s (%s)", plural(ev.Peers, "peer"), r.Peer, what, s.proto, portLabel(s.proto, s.port), r.Purpose),
 	})
 }
 
@@ -540,16 +540,16 @@ func (a *auditor) ruleFindings() {
 			f := base
 			f.ID, f.Kind, f.Severity = "required-port-closed/"+r.ID, RequiredPortClosed, High
 			f.Evidence = all.evidence(a.o.TopPeers)
-			f.Summary = fmt.Sprintf("required %s/%s (%s) is closed: %d peers were refused (RST or ICMP port unreachable)",
-				r.ProtoString(), r.PortString(), r.Purpose, f.Evidence.Peers)
+			f.Summary = fmt.Sprintf("required %s/%s (%s) is closed: %s refused (RST or ICMP port unreachable)",
+				r.ProtoString(), r.PortString(), r.Purpose, plural(f.Evidence.Peers, "peer was", "peers were"))
 			a.add(&f)
 			continue
 		case stateFiltered:
 			f := base
 			f.ID, f.Kind, f.Severity = "required-port-filtered/"+r.ID, RequiredPortFiltered, High
 			f.Evidence = all.evidence(a.o.TopPeers)
-			f.Summary = fmt.Sprintf("required %s/%s (%s) is filtered: %d peers sent connection attempts that got no answer or an ICMP prohibited",
-				r.ProtoString(), r.PortString(), r.Purpose, f.Evidence.Peers)
+			f.Summary = fmt.Sprintf("required %s/%s (%s) is filtered: attempts from %s got no answer or an ICMP prohibited",
+				r.ProtoString(), r.PortString(), r.Purpose, plural(f.Evidence.Peers, "peer"))
 			a.add(&f)
 			continue
 		}
@@ -615,4 +615,16 @@ func (a *auditor) listeners() {
 				s.Proto, s.Port, s.Addr, a.o.Matrix.Role),
 		})
 	}
+}
+
+// plural formats a count with its noun: plural(1, "peer") = "1 peer",
+// plural(2, "peer") = "2 peers"; an explicit plural form may follow.
+func plural(n int, one string, many ...string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	if len(many) > 0 {
+		return fmt.Sprintf("%d %s", n, many[0])
+	}
+	return fmt.Sprintf("%d %ss", n, one)
 }
