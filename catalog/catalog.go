@@ -364,3 +364,37 @@ func (m *Matrix) Find(dir snapshot.Direction, p snapshot.Proto, port uint16) []R
 	}
 	return out
 }
+
+// ParseConditions turns condition switches as a user types them ("vpn",
+// "!vpn", "ha=false") into the map Effective takes. Names are checked by
+// Effective, not here.
+func ParseConditions(list []string) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		val := true
+		if n, ok := strings.CutPrefix(s, "!"); ok {
+			s, val = n, false
+		} else if n, v, ok := strings.Cut(s, "="); ok {
+			switch strings.ToLower(v) {
+			case "true", "on", "yes", "1":
+			case "false", "off", "no", "0":
+				val = false
+			default:
+				return nil, fmt.Errorf("condition %q: want NAME, !NAME or NAME=true|false", s)
+			}
+			s = n
+		}
+		if !reLowerID.MatchString(s) {
+			return nil, fmt.Errorf("bad condition name %q", s)
+		}
+		if prev, dup := out[s]; dup && prev != val {
+			return nil, fmt.Errorf("condition %q switched both on and off", s)
+		}
+		out[s] = val
+	}
+	return out, nil
+}

@@ -424,10 +424,10 @@ func parseFile(name string, data []byte) (*fileResult, ErrorList) {
 		fam.Profiles = append(fam.Profiles, Profile{Name: p.ID, Description: p.Description, Roles: p.Roles})
 	}
 
-	cite := func(c *rawCitation, path ...any) Citation {
+	cite := func(label string, c *rawCitation, path ...any) Citation {
 		ln := d.line(path...)
 		if c == nil {
-			e.add(ln, "missing citation")
+			e.add(ln, "%smissing citation", label)
 			return Citation{}
 		}
 		doc, ok := docs[c.Doc]
@@ -436,10 +436,10 @@ func parseFile(name string, data []byte) (*fileResult, ErrorList) {
 			for id := range docs {
 				ids[id] = true
 			}
-			e.add(d.line(append(path, "doc")...), "citation of unknown document %q%s", c.Doc, known(ids))
+			e.add(d.line(append(path, "doc")...), "%scitation of unknown document %q%s", label, c.Doc, known(ids))
 		}
 		if c.Section == "" {
-			e.add(ln, "citation of %q: missing section", c.Doc)
+			e.add(ln, "%scitation of %q: missing section", label, c.Doc)
 		}
 		return Citation{Doc: c.Doc, Title: doc.Title, Source: doc.Source, URL: doc.URL, Section: c.Section, Quote: c.Quote, Note: c.Note}
 	}
@@ -454,7 +454,7 @@ func parseFile(name string, data []byte) (*fileResult, ErrorList) {
 			e.add(ln, "duplicate reading %q", r.ID)
 		}
 		seenRead[r.ID] = true
-		c := cite(r.Citation, "readings", i, "citation")
+		c := cite(fmt.Sprintf("reading %q: ", r.ID), r.Citation, "readings", i, "citation")
 		if r.Citation != nil && r.Citation.Note == "" {
 			e.add(ln, "reading %q: missing note", r.ID)
 		}
@@ -482,7 +482,7 @@ func parseFile(name string, data []byte) (*fileResult, ErrorList) {
 
 // parseRule checks one written rule and returns it expanded: one rule per
 // role, plus the mirrored rule for a peer role.
-func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[string]*RoleInfo, roleSet, zones, conds map[string]bool, cite func(*rawCitation, ...any) Citation) []Rule {
+func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[string]*RoleInfo, roleSet, zones, conds map[string]bool, cite func(string, *rawCitation, ...any) Citation) []Rule {
 	at := func(k ...any) int { return d.line(append([]any{"rules", i}, k...)...) }
 	ln := at()
 	nerr := len(e.list)
@@ -530,8 +530,12 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 
 	protos := parseProtos(e, at, label, rr.Proto)
 	var ports []PortRange
-	if len(protos) > 0 {
+	switch {
+	case len(protos) > 0:
 		ports = parsePorts(e, at, label, protos, rr.Ports, rr.Types)
+	case rr.Ports != nil:
+		// Still report bad ports when the protocol is bad.
+		parseRanges(e, at, "ports", label, rr.Ports, 65535, "port")
 	}
 
 	peer := Peer{}
@@ -627,10 +631,10 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 	if strings.TrimSpace(rr.Purpose) == "" {
 		e.add(ln, "%s: missing purpose", label)
 	}
-	c := cite(rr.Citation, "rules", i, "citation")
+	c := cite(label+": ", rr.Citation, "rules", i, "citation")
 	var also []Citation
 	for j := range rr.SeeAlso {
-		also = append(also, cite(&rr.SeeAlso[j], "rules", i, "see_also", j))
+		also = append(also, cite(label+": see_also: ", &rr.SeeAlso[j], "rules", i, "see_also", j))
 	}
 	if len(e.list) > nerr {
 		return nil
