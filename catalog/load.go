@@ -647,6 +647,7 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 		Citation: c, SeeAlso: also, Source: SourcePos{File: d.file, Line: ln},
 		inForce: inForce, deprecated: depr, hasDepr: rr.Deprecated != "",
 	}
+	sort.Slice(ports, func(a, b int) bool { return ports[a].Lo < ports[b].Lo })
 	var out []Rule
 	for _, role := range ruleRoles {
 		r := base
@@ -658,6 +659,11 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 			m.Role = peer.Role
 			m.MirrorOf = r.ID
 			m.Peer = Peer{Kind: PeerRole, Role: role, Zone: roles[role].Zone}
+			if len(ruleRoles) > 1 && m.Requirement == Required {
+				// The peer talks to one of the rule's roles (a
+				// master or a probe), not to each.
+				m.Requirement = Optional
+			}
 			if dir == snapshot.Inbound {
 				m.Direction = snapshot.Outbound
 				m.ID = fam.ID + "." + peer.Role + "." + rr.ID + ".to-" + role
