@@ -135,7 +135,6 @@ type fileResult struct {
 // adds a family, and families must not overlap in versions.
 func LoadFiles(paths ...string) (*Catalog, error) {
 	var files []namedData
-	var list ErrorList
 	for _, p := range paths {
 		data, err := os.ReadFile(p)
 		if err != nil {
@@ -143,15 +142,7 @@ func LoadFiles(paths ...string) (*Catalog, error) {
 		}
 		files = append(files, namedData{p, data})
 	}
-	c, err := load(files)
-	if err != nil {
-		if el, ok := err.(ErrorList); ok {
-			list = append(list, el...)
-			return nil, list.sorted()
-		}
-		return nil, err
-	}
-	return c, nil
+	return load(files)
 }
 
 // LoadFS is LoadFiles for files in an fs.FS; names in errors and rule

@@ -330,6 +330,26 @@ func TestMerge(t *testing.T) {
 	if _, _, err := m.Resolve("utmstack@11"); err != nil {
 		t.Error(err)
 	}
+	// A user family for a new release of a built-in product joins it.
+	v12 := strings.NewReplacer("id: demo\n", "id: utmstack\n", "name: Demo appliance", "name: UTMStack", "id: demo1", "id: utmstack12", `">=1 <2"`, `">=12 <13"`, `"1.5"`, `"12"`, `">=1.2"`, `">=12.1"`).Replace(baseCatalog)
+	u12, err := Parse("v12.yaml", []byte(v12))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m12, err := Merge(b, u12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, v, err := m12.Resolve("utmstack")
+	if err != nil || v.String() != "12" || len(p.Families()) != 3 {
+		t.Fatalf("utmstack with 12: %v %v", v, err)
+	}
+	if _, _, err := m12.Resolve("utm@10"); err != nil {
+		t.Errorf("alias and old family after merge: %v", err)
+	}
+	if bp, _ := b.Product("utmstack"); len(bp.Families()) != 2 {
+		t.Error("Merge modified the built-in catalog")
+	}
 	// A user family overlapping a built-in one is refused.
 	clash := strings.NewReplacer("id: demo\n", "id: utmstack\n", "name: Demo appliance", "name: UTMStack", `">=1 <2"`, `">=11.2 <12"`, `"1.5"`, `"11.2"`, `">=1.2"`, `">=11.3"`).Replace(baseCatalog)
 	cu, err := Parse("clash.yaml", []byte(clash))
