@@ -1,0 +1,405 @@
+package audit
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flowaudit/flowaudit/catalog"
+)
+
+// SARIF output (docs/REPORTS.md): one run, one reportingDescriptor per
+// finding kind, one result per finding. Every result points at the catalog
+// file and line of its matrix rule; a finding without a rule points at
+// line 1 of the matrix's catalog file.
+
+const (
+	sarifSchema  = "https://json.schemastore.org/sarif-2.1.0.json"
+	sarifVersion = "2.1.0"
+	// InformationURI is where flowaudit is documented.
+	InformationURI = "https://github.com/flowaudit/flowaudit"
+	// sarifFingerprint is the partialFingerprints key holding the finding ID.
+	sarifFingerprint = "flowauditFindingId/v1"
+)
+
+type sarifLog struct {
+	Schema  string     `json:"$schema"`
+	Version string     `json:"version"`
+	Runs    []sarifRun `json:"runs"`
+}
+
+type sarifRun struct {
+	Tool              sarifTool         `json:"tool"`
+	Invocations       []sarifInvocation `json:"invocations"`
+	AutomationDetails sarifAutomation   `json:"automationDetails"`
+	Results           []sarifResult     `json:"results"`
+	ColumnKind        string            `json:"columnKind"`
+	Properties        map[string]any    `json:"properties"`
+}
+
+type sarifTool struct {
+	Driver sarifDriver `json:"driver"`
+}
+
+type sarifDriver struct {
+	Name           string                `json:"name"`
+	Version        string                `json:"version,omitempty"`
+	InformationURI string                `json:"informationUri"`
+	Rules          []sarifReportingDescr `json:"rules"`
+}
+
+type sarifReportingDescr struct {
+	ID               string         `json:"id"`
+	Name             string         `json:"name"`
+	ShortDescription sarifText      `json:"shortDescription"`
+	FullDescription  sarifText      `json:"fullDescription"`
+	Help             sarifText      `json:"help"`
+	Properties       map[string]any `json:"properties"`
+}
+
+type sarifText struct {
+	Text string `json:"text"`
+}
+
+type sarifInvocation struct {
+	ExecutionSuccessful bool   `json:"executionSuccessful"`
+	EndTimeUTC          string `json:"endTimeUtc,omitempty"`
+}
+
+type sarifAutomation struct {
+	ID string `json:"id"`
+}
+
+type sarifResult struct {
+	RuleID              string            `json:"ruleId"`
+	RuleIndex           int               `json:"ruleIndex"`
+	Level               string            `json:"level"`
+	Message             sarifText         `json:"message"`
+	Locations           []sarifLocation   `json:"locations"`
+	PartialFingerprints map[string]string `json:"partialFingerprints"`
+	Properties          map[string]any    `json:"properties"`
+}
+
+type sarifLocation struct {
+	PhysicalLocation sarifPhysical `json:"physicalLocation"`
+	Message          *sarifText    `json:"message,omitempty"`
+}
+
+type sarifPhysical struct {
+	ArtifactLocation sarifArtifact `json:"artifactLocation"`
+	Region           sarifRegion   `json:"region"`
+}
+
+type sarifArtifact struct {
+	URI string `json:"uri"`
+}
+
+type sarifRegion struct {
+	StartLine int `json:"startLine"`
+}
+
+// kindInfo documents a finding kind for SARIF rule descriptors and the
+// HTML report.
+type kindInfo struct {
+	Short, Help string
+}
+
+var kindDocs = map[Kind]kindInfo{
+	AuditIncomplete: {
+		"The snapshot may not show all traffic, so findings may be missing.",
+		"The datapath's flow map was full (packets not counted, flows evicted), the observation window was shorter than the minimum, or connection orientations could not be stored. Record again with a larger --max-flows or a longer window before relying on the absence of findings.",
+	},
+	UnexpectedOpenPort: {
+		"An inbound port the matrix does not document answers peers or has a listening socket.",
+		"Traffic to an undocumented inbound port was answered (SYN-ACK or reply packets), or a local socket listens on it on a non-loopback address. Close the service or firewall the port, or document it in a site-specific catalog if it is intended.",
+	},
+	PeerOutOfZone: {
+		"A documented port is used by peers outside the zone the matrix allows.",
+		"The port is in the matrix, but only for peers in a zone or role the site file binds; these peers are outside it. Restrict the firewall rule to the documented zone, or fix the site file if the peers belong in the zone.",
+	},
+	RequiredPortClosed: {
+		"A port the matrix requires refused connections (RST or ICMP port unreachable).",
+		"Peers that the deployment needs were refused on a required port: the service is not running or not listening on the expected address. Start the service or fix its bind address.",
+	},
+	RequiredPortFiltered: {
+		"Connection attempts to a required port got no answer or an ICMP prohibited.",
+		"Peers tried a required port and a firewall dropped or rejected the attempts. Open the port for the documented zone.",
+	},
+	UndocumentedFlow: {
+		"Traffic the matrix does not document for this role.",
+		"This host exchanged traffic on a service the vendor matrix does not list for the audited role (outbound connections, unanswered inbound attempts, ICMP echo, other protocols). Check whether it is needed; document it in a site-specific catalog or block it.",
+	},
+	DeprecatedPort: {
+		"Traffic on a port the vendor document says is no longer used in this release.",
+		"The rule is listed for this release only as deprecated. Traffic on it points at a leftover configuration or an outdated peer; migrate it to the current port.",
+	},
+	ScanSuspected: {
+		"One peer tried many undocumented or out-of-zone ports without an answer.",
+		"A single peer reached at least the --scan-ports number of distinct undocumented or out-of-zone inbound ports and was refused or ignored: a port scan, reported once instead of once per port.",
+	},
+	MissingRequired: {
+		"A rule the matrix requires showed no traffic in the observation window.",
+		"The document requires this traffic for the role, but none was seen with the documented peers. The peer may be down, misconfigured or blocked upstream, or the window was too short for rare traffic.",
+	},
+	OptionalInUse: {
+		"An optional or conditional rule of the matrix was in use (informational).",
+		"Documented traffic that a working deployment does not always show was seen. Nothing to fix; listed so the audit shows which optional features are active.",
+	},
+}
+
+func docOf(k Kind) kindInfo {
+	if d, ok := kindDocs[k]; ok {
+		return d
+	}
+	return kindInfo{Short: string(k), Help: string(k)}
+}
+
+// sarifLevel maps a severity to a SARIF result level.
+func sarifLevel(s Severity) string {
+	switch s {
+	case High:
+		return "error"
+	case Medium:
+		return "warning"
+	}
+	return "note"
+}
+
+// WriteSARIF writes r as a SARIF 2.1.0 log. catalogRoot, if not empty, is
+// the directory catalog file paths are made relative to; built-in catalog
+// files always read "catalog/data/<file>.yaml" (their place in the
+// repository).
+func WriteSARIF(w io.Writer, r *Report, catalogRoot string) error {
+	log := buildSARIF(r, catalogRoot)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(log)
+}
+
+func buildSARIF(r *Report, catalogRoot string) sarifLog {
+	kindIndex := map[Kind]int{}
+	rules := make([]sarifReportingDescr, 0, len(Kinds))
+	for i, k := range Kinds {
+		kindIndex[k] = i
+		d := docOf(k)
+		rules = append(rules, sarifReportingDescr{
+			ID: string(k), Name: kindName(k),
+			ShortDescription: sarifText{d.Short}, FullDescription: sarifText{d.Help}, Help: sarifText{d.Help},
+			Properties: map[string]any{"tags": []string{"network", "port-matrix"}},
+		})
+	}
+
+	matrixFile, matrixMsg := matrixLocation(r)
+	results := make([]sarifResult, 0, len(r.Findings))
+	for _, f := range r.Findings {
+		idx, ok := kindIndex[f.Kind]
+		if !ok {
+			idx = -1 // a kind this build does not describe; ruleId still names it
+		}
+		loc := sarifLocation{PhysicalLocation: sarifPhysical{
+			ArtifactLocation: sarifArtifact{URI: sarifURI(matrixFile, catalogRoot)},
+			Region:           sarifRegion{StartLine: 1},
+		}, Message: &sarifText{matrixMsg}}
+		if f.Rule != nil && f.Rule.Source.File != "" {
+			loc.PhysicalLocation.ArtifactLocation.URI = sarifURI(f.Rule.Source.File, catalogRoot)
+			loc.PhysicalLocation.Region.StartLine = max(1, f.Rule.Source.Line)
+			loc.Message = &sarifText{ruleLocationText(f.Rule)}
+		}
+		props := map[string]any{
+			"severity":  f.Severity.String(),
+			"direction": f.Direction.String(),
+			"packets":   f.Evidence.Packets,
+			"bytes":     f.Evidence.Bytes,
+			"peers":     f.Evidence.Peers,
+		}
+		if f.Proto != "" {
+			props["proto"] = f.Proto
+		}
+		if f.Port != "" {
+			props["port"] = f.Port
+		}
+		if len(f.Evidence.TopPeers) > 0 {
+			top := make([]string, len(f.Evidence.TopPeers))
+			for i, p := range f.Evidence.TopPeers {
+				top[i] = p.Addr.String()
+			}
+			props["topPeers"] = top
+		}
+		if len(f.Evidence.Ports) > 0 {
+			props["ports"] = f.Evidence.Ports
+		}
+		if !f.Evidence.FirstSeen.IsZero() {
+			props["firstSeen"] = f.Evidence.FirstSeen.UTC().Format(time.RFC3339)
+		}
+		if !f.Evidence.LastSeen.IsZero() {
+			props["lastSeen"] = f.Evidence.LastSeen.UTC().Format(time.RFC3339)
+		}
+		if f.Evidence.Listening {
+			props["listening"] = true
+		}
+		if f.Evidence.DirectionInferred {
+			props["directionInferred"] = true
+		}
+		if f.Rule != nil {
+			props["matrixRule"] = f.Rule.ID
+		}
+		results = append(results, sarifResult{
+			RuleID: string(f.Kind), RuleIndex: idx, Level: sarifLevel(f.Severity),
+			Message:             sarifText{f.Summary},
+			Locations:           []sarifLocation{loc},
+			PartialFingerprints: map[string]string{sarifFingerprint: f.ID},
+			Properties:          props,
+		})
+	}
+
+	ifaces := make([]string, 0, len(r.Snapshot.Interfaces))
+	for _, i := range r.Snapshot.Interfaces {
+		ifaces = append(ifaces, i.Name)
+	}
+	conds := r.Matrix.Conditions
+	if conds == nil {
+		conds = []string{}
+	}
+	runProps := map[string]any{
+		"matrix": map[string]any{
+			"product": r.Matrix.Product, "version": r.Matrix.Version, "role": r.Matrix.Role,
+			"conditions": conds, "rules": r.Matrix.Rules,
+		},
+		"snapshot": map[string]any{
+			"source": r.Snapshot.Source, "hostname": r.Snapshot.Hostname, "interfaces": ifaces,
+			"start": r.Snapshot.Start.UTC().Format(time.RFC3339), "end": r.Snapshot.End.UTC().Format(time.RFC3339),
+			"window": r.Snapshot.Window, "flows": r.Snapshot.Flows, "incomplete": r.Snapshot.Stats.Lossy(),
+		},
+		"counts": r.Counts,
+	}
+	if r.Site != "" {
+		runProps["site"] = r.Site
+	}
+	inv := sarifInvocation{ExecutionSuccessful: true}
+	if !r.Generated.IsZero() {
+		inv.EndTimeUTC = r.Generated.UTC().Format(time.RFC3339)
+	}
+	name := r.Tool.Name
+	if name == "" {
+		name = "flowaudit"
+	}
+	return sarifLog{
+		Schema: sarifSchema, Version: sarifVersion,
+		Runs: []sarifRun{{
+			Tool: sarifTool{Driver: sarifDriver{
+				Name: name, Version: r.Tool.Version, InformationURI: InformationURI, Rules: rules,
+			}},
+			Invocations: []sarifInvocation{inv},
+			// The category code scanning keeps results apart by: one per
+			// audited matrix.
+			AutomationDetails: sarifAutomation{ID: fmt.Sprintf("flowaudit/%s@%s/%s/", r.Matrix.Product, r.Matrix.Version, r.Matrix.Role)},
+			Results:           results,
+			ColumnKind:        "unicodeCodePoints",
+			Properties:        runProps,
+		}},
+	}
+}
+
+// kindName turns "unexpected-open-port" into "UnexpectedOpenPort", the
+// reportingDescriptor name.
+func kindName(k Kind) string {
+	var b strings.Builder
+	for _, part := range strings.Split(string(k), "-") {
+		if part == "" {
+			continue
+		}
+		b.WriteString(strings.ToUpper(part[:1]) + part[1:])
+	}
+	return b.String()
+}
+
+// matrixLocation is where findings without a rule point: the catalog file
+// of the matrix, found as the file of its first rule (a matrix comes from
+// one product family, one file). Empty when the matrix has no rules.
+func matrixLocation(r *Report) (file, msg string) {
+	for _, rs := range r.Rules {
+		if rs.Rule.Source.File != "" {
+			file = rs.Rule.Source.File
+			break
+		}
+	}
+	msg = fmt.Sprintf("no rule of the %s %s matrix for role %s documents this", r.Matrix.ProductName, r.Matrix.Version, r.Matrix.Role)
+	if file == "" {
+		// No rule to take a file from: name the matrix instead, as a
+		// relative reference so the log stays valid.
+		file = "catalog/" + r.Matrix.Product
+		msg += " (the matrix has no rules, so no catalog file is known)"
+	}
+	return file, msg
+}
+
+func ruleLocationText(rr *RuleRef) string {
+	s := "matrix rule " + rr.ID
+	if c := citationText(rr.Citation); c != "" {
+		s += ", cited from " + c
+	}
+	return s
+}
+
+// citationText is "doc § section".
+func citationText(c catalog.Citation) string {
+	switch {
+	case c.Doc == "":
+		return ""
+	case c.Section == "":
+		return c.Doc
+	}
+	return c.Doc + " § " + c.Section
+}
+
+var builtinCatalogFiles = sync.OnceValue(func() map[string]bool {
+	out := map[string]bool{}
+	for name := range catalog.BuiltinFiles() {
+		out[name] = true
+	}
+	return out
+})
+
+// sarifURI maps a catalog source file to an artifact URI:
+//
+//   - built-in catalog files keep their repository path
+//     ("catalog/data/utmstack-v11.yaml");
+//   - with a root, other files are made relative to it when they are
+//     inside it;
+//   - relative paths stay relative (forward slashes, percent-encoded);
+//   - an absolute path that cannot be made relative becomes a file:// URI.
+func sarifURI(file, root string) string {
+	if builtinCatalogFiles()[file] {
+		return escapePath(file)
+	}
+	p := file
+	if root != "" {
+		absRoot, err1 := filepath.Abs(root)
+		absFile, err2 := filepath.Abs(file)
+		if err1 == nil && err2 == nil {
+			rel, err := filepath.Rel(absRoot, absFile)
+			if err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+				p = rel
+			} else {
+				p = absFile
+			}
+		}
+	}
+	p = filepath.Clean(p)
+	if filepath.IsAbs(p) {
+		u := url.URL{Scheme: "file", Path: filepath.ToSlash(p)}
+		return u.String()
+	}
+	return escapePath(filepath.ToSlash(p))
+}
+
+// escapePath percent-encodes a relative slash path as a URI reference.
+func escapePath(p string) string {
+	u := url.URL{Path: p}
+	return u.String()
+}
