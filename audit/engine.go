@@ -294,8 +294,8 @@ func (a *auditor) flows(rep *Report) {
 	// Classify every flow first; scanners are decided on the whole picture.
 	type hit struct {
 		f        *snapshot.Flow
-		rule     *ruleObs // matched rule (in zone or unverified), nil if none
-		outOf    *ruleObs // documented port, peer outside every matching rule's zone
+		rules    []*ruleObs // matched rules (in zone or unverified)
+		outOf    *ruleObs   // documented port, peer outside every matching rule's zone
 		undocSvc bool
 	}
 	var hits []hit
@@ -306,7 +306,7 @@ func (a *auditor) flows(rep *Report) {
 			if len(cands) == 0 {
 				h.undocSvc = true
 			} else {
-				h.rule, h.outOf = a.matchPeer(cands, f.Peer)
+				h.rules, h.outOf = a.matchPeer(cands, f.Peer)
 			}
 			hits = append(hits, h)
 		}
@@ -347,8 +347,10 @@ func (a *auditor) flows(rep *Report) {
 				undoc[s] = newObs()
 			}
 			undoc[s].add(f)
-		case h.rule != nil:
-			h.rule.inZone.add(f)
+		case len(h.rules) > 0:
+			for _, ro := range h.rules {
+				ro.inZone.add(f)
+			}
 		case h.outOf != nil:
 			h.outOf.outZone.add(f)
 			if outOfZone[h.outOf] == nil {
@@ -359,7 +361,7 @@ func (a *auditor) flows(rep *Report) {
 			}
 			outOfZone[h.outOf][s].add(f)
 		}
-		rep.addCell(s, h.rule != nil || h.outOf != nil, f, a.o.Site)
+		rep.addCell(s, len(h.rules) > 0 || h.outOf != nil, f, a.o.Site)
 	}
 
 	for s, o := range undoc {
@@ -397,26 +399,34 @@ func (a *auditor) candidates(s service) []*ruleObs {
 	return out
 }
 
-// matchPeer picks the rule a peer's traffic falls under: one whose bound
-// peer contains it, else one whose peer the site does not bind
+// matchPeer finds the rules a peer's traffic falls under: every candidate
+// whose bound peer contains it (an address in two zones satisfies both
+// rules), else every candidate whose peer the site does not bind
 // (unverified). If every candidate's peer is bound and none contains it,
 // the peer is out of zone (outOf is the first such rule).
-func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match, outOf *ruleObs) {
-	var unbound *ruleObs
+func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match []*ruleObs, outOf *ruleObs) {
+	var unbound []*ruleObs
 	for _, ro := range cands {
 		ok, bound := a.contains(ro.rule.Peer, peer)
 		switch {
 		case bound && ok:
-			ro.anyBound = true
-			return ro, nil
-		case !bound && unbound == nil:
-			unbound = ro
-		case bound && outOf == nil:
+			match = append(match, ro)
+		case !bound:
+			unbound = append(unbound, ro)
+		case outOf == nil:
 			outOf = ro
 		}
 	}
-	if unbound != nil {
-		unbound.unbound = true
+	if len(match) > 0 {
+		for _, ro := range match {
+			ro.anyBound = true
+		}
+		return match, nil
+	}
+	if len(unbound) > 0 {
+		for _, ro := range unbound {
+			ro.unbound = true
+		}
 		return unbound, nil
 	}
 	return nil, outOf
@@ -481,14 +491,13 @@ func (a *auditor) outOfZone(ro *ruleObs, s service, o *obs) {
 	if s.dir != snapshot.Inbound {
 		sev = Medium
 	}
-	what := "reach"
+	summary := fmt.Sprintf("%s outside %s reached %s/%s (%s)", plural(ev.Peers, "peer"), r.Peer, s.proto, portLabel(s.proto, s.port), r.Purpose)
 	if s.dir == snapshot.Outbound {
-		what = "are reached by"
+		summary = fmt.Sprintf("this host reached %s outside %s on %s/%s (%s)", plural(ev.Peers, "peer"), r.Peer, s.proto, portLabel(s.proto, s.port), r.Purpose)
 	}
 	a.add(&Finding{
 		ID: fmt.Sprintf("peer-out-of-zone/%s/%s/%d", r.ID, s.proto, s.port), Kind: PeerOutOfZone, Severity: sev,
-		Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Rule: refOf(r), Evidence: ev,
-		Summary: fmt.Sprintf("%s outside %s %s %s/%s (%s)", plural(ev.Peers, "peer"), r.Peer, what, s.proto, portLabel(s.proto, s.port), r.Purpose),
+		Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Rule: refOf(r), Evidence: ev, Summary: summary,
 	})
 }
 

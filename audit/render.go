@@ -1,0 +1,176 @@
+package audit
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// Formats a report can be written in.
+var Formats = []string{"table", "json", "html", "junit", "sarif"}
+
+// RenderOptions tune the human formats.
+type RenderOptions struct {
+	// Color enables ANSI colour in the table (only on a terminal).
+	Color bool
+	// CatalogRoot is the directory SARIF paths of built-in catalog files
+	// are relative to (the repository root: "catalog/data/…").
+	CatalogRoot string
+}
+
+// Write renders r in format.
+func Write(w io.Writer, r *Report, format string, o RenderOptions) error {
+	switch format {
+	case "table":
+		return WriteTable(w, r, o.Color)
+	case "json":
+		return WriteJSON(w, r)
+	case "html":
+		return WriteHTML(w, r)
+	case "junit":
+		return WriteJUnit(w, r)
+	case "sarif":
+		return WriteSARIF(w, r, o.CatalogRoot)
+	}
+	return fmt.Errorf("unknown report format %q (want %s)", format, strings.Join(Formats, ", "))
+}
+
+// WriteJSON writes the versioned JSON report.
+func WriteJSON(w io.Writer, r *Report) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+const (
+	ansiReset  = "\x1b[0m"
+	ansiBold   = "\x1b[1m"
+	ansiRed    = "\x1b[31m"
+	ansiYellow = "\x1b[33m"
+	ansiCyan   = "\x1b[36m"
+	ansiGrey   = "\x1b[90m"
+)
+
+func sevColor(s Severity) string {
+	switch s {
+	case High:
+		return ansiBold + ansiRed
+	case Medium:
+		return ansiYellow
+	case Low:
+		return ansiCyan
+	}
+	return ansiGrey
+}
+
+// WriteTable writes the terminal report: header, findings, then the
+// documented matrix with what was observed per rule.
+func WriteTable(w io.Writer, r *Report, color bool) error {
+	c := func(code, s string) string {
+		if !color {
+			return s
+		}
+		return code + s + ansiReset
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n", c(ansiBold, "flowaudit: "+r.Title()))
+	ifaces := make([]string, 0, len(r.Snapshot.Interfaces))
+	for _, i := range r.Snapshot.Interfaces {
+		ifaces = append(ifaces, i.Name)
+	}
+	fmt.Fprintf(&b, "snapshot: %s on %s [%s], window %s (%s – %s), %d flows\n",
+		r.Snapshot.Source, orDash(r.Snapshot.Hostname), strings.Join(ifaces, ","), r.Snapshot.Window,
+		r.Snapshot.Start.Format("2006-01-02 15:04:05Z07:00"), r.Snapshot.End.Format("15:04:05Z07:00"), r.Snapshot.Flows)
+	st := r.Snapshot.Stats
+	mapLine := fmt.Sprintf("map: %d/%d entries, %d inserts failed, %d evicted", st.FlowEntries, st.FlowCapacity, st.FlowInsertFailed, st.FlowEvictions)
+	if st.Lossy() {
+		mapLine = c(ansiBold+ansiRed, mapLine+"  INCOMPLETE")
+	}
+	fmt.Fprintln(&b, mapLine)
+	if r.Site != "" {
+		fmt.Fprintf(&b, "site: %s\n", r.Site)
+	} else {
+		fmt.Fprintln(&b, "site: none (zones unbound: peer checks unverified)")
+	}
+	fmt.Fprintf(&b, "findings: %d high, %d medium, %d low, %d info\n\n",
+		r.Counts["high"], r.Counts["medium"], r.Counts["low"], r.Counts["info"])
+
+	if len(r.Findings) > 0 {
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SEVERITY\tKIND\tDIR\tSERVICE\tPEERS\tPACKETS\tEXPLANATION")
+		for _, f := range r.Findings {
+			svc := "-"
+			if f.Proto != "" {
+				svc = f.Proto + "/" + f.Port
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", c(sevColor(f.Severity), f.Severity.String()), f.Kind, dirShort(f.Direction.String()),
+				svc, peersCell(f), f.Evidence.Packets, f.Summary)
+		}
+		tw.Flush()
+		fmt.Fprintln(&b)
+	}
+
+	fmt.Fprintln(&b, c(ansiBold, "documented matrix vs observed"))
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RULE\tDIR\tSERVICE\tPEER\tREQ\tSTATUS\tPEERS\tPACKETS")
+	for _, rs := range r.Rules {
+		req := rs.Rule.Requirement.String()
+		if rs.Rule.Condition != "" {
+			req += "(" + rs.Rule.Condition + ")"
+		}
+		status := rs.Status
+		switch status {
+		case StatusClosed, StatusFiltered, StatusOutOfZone, StatusDeprecated:
+			status = c(ansiRed, status)
+		case StatusNotSeen:
+			status = c(ansiGrey, status)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%d\t%d\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
+			rs.Rule.Peer, req, status, rs.Evidence.Peers, rs.Evidence.Packets)
+	}
+	tw.Flush()
+	if r.Infrastructure.Packets > 0 || r.Unclassified.Packets > 0 {
+		fmt.Fprintf(&b, "\nnot audited: %d packets of ICMP errors / neighbour discovery, %d packets of IP fragments\n",
+			r.Infrastructure.Packets, r.Unclassified.Packets)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func dirShort(d string) string {
+	switch d {
+	case "inbound":
+		return "in"
+	case "outbound":
+		return "out"
+	}
+	return "?"
+}
+
+// peersCell shows up to three top peers and how many more there are.
+func peersCell(f Finding) string {
+	if f.Evidence.Peers == 0 {
+		return "-"
+	}
+	var s []string
+	for i, p := range f.Evidence.TopPeers {
+		if i == 3 {
+			break
+		}
+		s = append(s, p.Addr.String())
+	}
+	out := strings.Join(s, ",")
+	if n := f.Evidence.Peers - len(s); n > 0 {
+		out += fmt.Sprintf(" +%d", n)
+	}
+	return out
+}
