@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/flowaudit/flowaudit/audit"
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+)
+
+func init() {
+	register(&command{
+		name:    "audit",
+		summary: "compare observed traffic with the documented matrix of a role",
+		run:     runAudit,
+	})
+}
+
+const auditExamples = `  # Offline, from a snapshot recorded earlier (no root needed)
+  flowaudit audit --matrix utmstack@11 --role manager --site site.yaml --snapshot snap.json
+
+  # Live for 15 minutes, HTML report for the auditors
+  flowaudit audit -m usm@5.8 -r sensor --site site.yaml -i eth0 -d 15m --format html --out report.html
+
+  # In CI: SARIF for code scanning, fail only on high findings
+  flowaudit audit -m vsos -r scanning-server --snapshot snap.json --format sarif --out flowaudit.sarif --fail-on high
+
+Exit codes: 0 no findings at or above --fail-on, 2 findings, 1 error.`
+
+// auditFlags are the flags of the audit subcommand that watch shares.
+type auditFlags struct {
+	mf        matrixFlags
+	minWindow time.Duration
+	scanPorts int
+}
+
+func (a *auditFlags) register(fs *pflag.FlagSet) {
+	a.mf.register(fs)
+	fs.DurationVar(&a.minWindow, "min-window", audit.DefaultMinWindow, "a shorter observation window is reported as audit-incomplete")
+	fs.IntVar(&a.scanPorts, "scan-ports", audit.DefaultScanPorts, "distinct refused ports from one peer that make it a suspected scanner")
+}
+
+func (a *auditFlags) options(r *resolved) audit.Options {
+	return audit.Options{Matrix: r.matrix, Site: r.site, MinWindow: a.minWindow, ScanPorts: a.scanPorts, ToolVersion: Version()}
+}
+
+func runAudit(e *env, args []string) error {
+	var (
+		af       auditFlags
+		lf       liveFlags
+		snapPath string
+		saveSnap string
+		format   string
+		out      string
+		failOn   string
+	)
+	fs := newFlagSet(e, "audit", "flowaudit audit --matrix PRODUCT[@VERSION] --role ROLE [--site FILE] (--snapshot FILE | --iface IFACE --duration D) [flags]", auditExamples)
+	af.register(fs)
+	lf.register(fs, 10*time.Minute)
+	fs.StringVarP(&snapPath, "snapshot", "s", "", "audit this snapshot file instead of recording")
+	fs.StringVar(&saveSnap, "save-snapshot", "", "when recording live, also write the snapshot here")
+	fs.StringVarP(&format, "format", "f", "table", "report format: "+strings.Join(audit.Formats, ", "))
+	fs.StringVarP(&out, "out", "o", "", "write the report to this file (atomically) instead of stdout")
+	fs.StringVar(&failOn, "fail-on", "low", "exit 2 when a finding has this severity or more: info, low, medium, high")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	threshold, err := audit.ParseSeverity(failOn)
+	if err != nil {
+		return fmt.Errorf("--fail-on: %w", err)
+	}
+	if !contains(audit.Formats, format) {
+		return fmt.Errorf("--format %q: want one of %s", format, strings.Join(audit.Formats, ", "))
+	}
+	live := len(lf.ifaces) > 0
+	switch {
+	case snapPath == "" && !live:
+		return errors.New("give --snapshot FILE, or --iface to record live")
+	case snapPath != "" && live:
+		return errors.New("--snapshot and --iface exclude each other")
+	case saveSnap != "" && !live:
+		return errors.New("--save-snapshot only applies when recording live (--iface)")
+	}
+	res, err := af.mf.resolve()
+	if err != nil {
+		return err
+	}
+
+	var snap *snapshot.Snapshot
+	if live {
+		if err := lf.validate(); err != nil {
+			return err
+		}
+		ctx, stop := signalContext()
+		defer stop()
+		var prog io.Writer
+		if isTerminal(e.stderr) {
+			prog = e.stderr
+		}
+		if snap, err = recordLive(ctx, e, &lf, prog); err != nil {
+			return err
+		}
+		if saveSnap != "" {
+			if err := snapshot.WriteFile(saveSnap, snap); err != nil {
+				return err
+			}
+		}
+	} else if snap, err = snapshot.ReadFile(snapPath); err != nil {
+		return err
+	}
+
+	rep, err := audit.Run(snap, af.options(res))
+	if err != nil {
+		return err
+	}
+	cwd, _ := os.Getwd()
+	ro := audit.RenderOptions{Color: out == "" && format == "table" && isTerminal(e.stdout), CatalogRoot: cwd}
+	if out == "" {
+		var buf bytes.Buffer
+		if err := audit.Write(&buf, rep, format, ro); err != nil {
+			return err
+		}
+		if _, err := e.stdout.Write(buf.Bytes()); err != nil {
+			return err
+		}
+	} else {
+		if err := snapshot.AtomicWrite(out, func(w io.Writer) error { return audit.Write(w, rep, format, ro) }); err != nil {
+			return err
+		}
+		abs, _ := filepath.Abs(out)
+		e.log.Info("report written", zap.String("file", abs), zap.String("format", format))
+	}
+	e.log.Info("audit done", zap.String("matrix", rep.Title()), zap.Int("high", rep.Counts["high"]),
+		zap.Int("medium", rep.Counts["medium"]), zap.Int("low", rep.Counts["low"]), zap.Int("info", rep.Counts["info"]))
+	if n := rep.AtLeast(threshold); n > 0 {
+		return fmt.Errorf("%d findings at or above %s: %w", n, threshold, errFindings)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"github.com/flowaudit/flowaudit/catalog"
+)
+
+// matrixFlags select the documented matrix and the site: shared by audit,
+// watch and rules.
+type matrixFlags struct {
+	matrix     string
+	role       string
+	site       string
+	conditions []string
+	catalogs   []string
+}
+
+func (m *matrixFlags) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&m.matrix, "matrix", "m", "", "product[@version] of the documented matrix (see flowaudit catalog list)")
+	fs.StringVarP(&m.role, "role", "r", "", "role of the audited host in that product (e.g. manager, sensor)")
+	fs.StringVar(&m.site, "site", "", "site file binding the matrix's zones and roles to addresses")
+	fs.StringSliceVar(&m.conditions, "conditions", nil, "conditions switched on (e.g. vpn,ha); see flowaudit catalog show")
+	fs.StringSliceVar(&m.catalogs, "catalog", nil, "extra catalog file(s), merged with the built-in ones")
+}
+
+// given reports whether a matrix was asked for.
+func (m *matrixFlags) given() bool { return m.matrix != "" }
+
+// resolved is the outcome of matrixFlags.resolve.
+type resolved struct {
+	cat     *catalog.Catalog
+	product *catalog.Product
+	version catalog.Version
+	matrix  *catalog.Matrix
+	site    *catalog.Site
+}
+
+func (m *matrixFlags) resolve() (*resolved, error) {
+	if m.matrix == "" {
+		return nil, errors.New("--matrix is required")
+	}
+	if m.role == "" {
+		return nil, errors.New("--role is required")
+	}
+	cat, err := catalog.Builtin()
+	if err != nil {
+		return nil, fmt.Errorf("built-in catalog: %w", err)
+	}
+	if len(m.catalogs) > 0 {
+		extra, err := catalog.LoadFiles(m.catalogs...)
+		if err != nil {
+			return nil, err
+		}
+		if cat, err = catalog.Merge(cat, extra); err != nil {
+			return nil, err
+		}
+	}
+	p, v, err := cat.Resolve(m.matrix)
+	if err != nil {
+		return nil, err
+	}
+	conds, err := catalog.ParseConditions(m.conditions)
+	if err != nil {
+		return nil, fmt.Errorf("--conditions: %w", err)
+	}
+	mx, err := p.Effective(v, m.role, conds)
+	if err != nil {
+		return nil, err
+	}
+	r := &resolved{cat: cat, product: p, version: v, matrix: mx}
+	if m.site != "" {
+		s, err := catalog.LoadSite(m.site)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Check(p, v); err != nil {
+			return nil, err
+		}
+		r.site = s
+	}
+	return r, nil
+}
