@@ -11,7 +11,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build generate check-clang test test-short lint clean
+.PHONY: all build generate check-clang test test-short lint clean demo
 
 all: build
 
@@ -26,6 +26,12 @@ check-clang:
 # Regenerate the bpf2go output (bpf/flowaudit_bpfel.{go,o}); commit it.
 generate: check-clang
 	cd bpf && $(GO) generate ./...
+
+# The lab demo (root): a simulated UTMStack v11 manager in network
+# namespaces, recorded and audited. MATRIX=, ROLE=, CONDITIONS=, SITE=,
+# DURATION=, OUT= pick another matrix or change the run (see demo/run.sh).
+demo: build
+	$(foreach v,MATRIX ROLE CONDITIONS SITE DURATION OUT,$(if $(filter command line,$(origin $(v))),$(v)='$($(v))')) ./demo/run.sh
 
 # The whole suite, kernel tests included (root). This is what CI runs.
 test:
