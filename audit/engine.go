@@ -603,7 +603,9 @@ func mergeObs(dst, src *obs) {
 }
 
 // listeners reports local sockets listening on undocumented ports on a
-// non-loopback address, even without traffic in the window.
+// non-loopback address. Traffic that reached such a socket without an
+// answer (one-way UDP) was delivered to a listening service, so its
+// undocumented-flow finding becomes an unexpected-open-port.
 func (a *auditor) listeners() {
 	for _, s := range a.snap.Listening {
 		if s.Addr.IsLoopback() {
@@ -615,6 +617,19 @@ func (a *auditor) listeners() {
 		id := fmt.Sprintf("unexpected-open-port/%s/%d", s.Proto, s.Port)
 		if f, ok := a.findings[id]; ok {
 			f.Evidence.Listening = true
+			continue
+		}
+		undocID := fmt.Sprintf("undocumented-flow/%s/%s/%d", snapshot.Inbound, s.Proto, s.Port)
+		if u, ok := a.findings[undocID]; ok {
+			delete(a.findings, undocID)
+			ev := u.Evidence
+			ev.Listening = true
+			a.add(&Finding{
+				ID: id, Kind: UnexpectedOpenPort, Severity: High, Direction: snapshot.Inbound,
+				Proto: s.Proto.String(), Port: portLabel(s.Proto, s.Port), Evidence: ev,
+				Summary: fmt.Sprintf("a local socket listens on %s/%d (%s) and received traffic from %s, but the matrix documents no such inbound port for role %s",
+					s.Proto, s.Port, s.Addr, plural(ev.Peers, "peer"), a.o.Matrix.Role),
+			})
 			continue
 		}
 		a.add(&Finding{

@@ -157,6 +157,18 @@ func engineCases() []engineCase {
 					t.Error("finding not marked listening")
 				}
 			}},
+		{name: "one-way udp to an undocumented listener: open, high", role: "server",
+			snap: func() *snapshot.Snapshot {
+				s := with(flow("in", "udp", 2055, "10.2.0.9", 3, 0, snapshot.Evidence{}))
+				s.Listening = []snapshot.Socket{{Proto: snapshot.UDP, Addr: netip.MustParseAddr("0.0.0.0"), Port: 2055}}
+				return s
+			}(),
+			want: []want{{UnexpectedOpenPort, High, "unexpected-open-port/udp/2055"}},
+			check: func(t *testing.T, r *Report) {
+				if f := r.Findings[0]; !f.Evidence.Listening || f.Evidence.Packets != 3 {
+					t.Errorf("finding %+v", f)
+				}
+			}},
 		{name: "undocumented outbound flow", role: "server",
 			snap: with(flow("out", "udp", 53, "8.8.8.8", 10, 10, snapshot.Evidence{})),
 			want: []want{{UndocumentedFlow, Medium, "undocumented-flow/outbound/udp/53"}}},

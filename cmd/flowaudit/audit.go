@@ -29,7 +29,7 @@ const auditExamples = `  # Offline, from a snapshot recorded earlier (no root ne
   flowaudit audit --matrix utmstack@11 --role manager --site site.yaml --snapshot snap.json
 
   # Live for 15 minutes, HTML report for the auditors
-  flowaudit audit -m usm@5.8 -r sensor --site site.yaml -i eth0 -d 15m --format html --out report.html
+  flowaudit audit -m usm@5.6.5 -r sensor --site site.yaml -i eth0 -d 15m --format html --out report.html
 
   # In CI: SARIF for code scanning, fail only on high findings
   flowaudit audit -m vsos -r scanning-server --snapshot snap.json --format sarif --out flowaudit.sarif --fail-on high
