@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -192,4 +194,187 @@ func TestE2ERecordAndAudit(t *testing.T) {
 	if status["lab1.server.https"] != audit.StatusSeen || status["lab1.server.syslog"] != audit.StatusSeen {
 		t.Errorf("rule status %v", status)
 	}
+}
+
+// startInNS starts the flowaudit binary inside h's namespace with JSON logs
+// and returns the command and a channel of its log lines.
+func startInNS(t *testing.T, ctx context.Context, h *testenv.Host, args ...string) (*exec.Cmd, <-chan string) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.Name, flowauditBinary(t), "--log-format", "json"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1000)
+	go func() {
+		s := bufio.NewScanner(stderr)
+		for s.Scan() {
+			lines <- s.Text()
+		}
+		close(lines)
+	}()
+	return cmd, lines
+}
+
+// waitLog reads lines until one contains want (or the stream ends).
+func waitLog(t *testing.T, lines <-chan string, want string) []string {
+	t.Helper()
+	var seen []string
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("log ended before %q:\n%s", want, strings.Join(seen, "\n"))
+			}
+			seen = append(seen, l)
+			if strings.Contains(l, want) {
+				return seen
+			}
+		case <-timeout:
+			t.Fatalf("no %q in 20 s:\n%s", want, strings.Join(seen, "\n"))
+		}
+	}
+}
+
+// dialN makes n TCP connections from h to addr (bounded by a timeout each).
+func dialN(t *testing.T, h *testenv.Host, addr netip.AddrPort, n int) {
+	t.Helper()
+	if err := h.Do(func() error {
+		for i := 0; i < n; i++ {
+			c, err := net.DialTimeout("tcp", addr.String(), 2*time.Second)
+			if err != nil {
+				return err
+			}
+			c.Close()
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestE2ERecordInterrupted: Ctrl-C (SIGINT) stops a recording cleanly and
+// the snapshot recorded so far is kept.
+func TestE2ERecordInterrupted(t *testing.T) {
+	a, b := testenv.NewPair(t)
+	snapPath := filepath.Join(t.TempDir(), "snap.json")
+	ln := listenIn(t, a, netip.AddrPortFrom(a.IPv4, 8443))
+	_ = ln
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd, lines := startInNS(t, ctx, a, "record", "--iface", a.Iface, "--duration", "10m", "--out", snapPath)
+	waitLog(t, lines, `"msg":"recording"`)
+	dialN(t, b, netip.AddrPortFrom(a.IPv4, 8443), 3)
+	time.Sleep(time.Second)
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	logged := waitLog(t, lines, `"msg":"snapshot written"`)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("record after SIGINT: %v\n%s", err, strings.Join(logged, "\n"))
+	}
+	if !strings.Contains(strings.Join(logged, "\n"), "interrupted") {
+		t.Errorf("no 'interrupted' warning:\n%s", strings.Join(logged, "\n"))
+	}
+	snap, err := snapshot.ReadFile(snapPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := snap.Window(); w > time.Minute {
+		t.Errorf("window %s: the interrupted recording should be seconds long", w)
+	}
+	found := false
+	for _, f := range snap.Flows {
+		if f.Direction == snapshot.Inbound && f.Proto == snapshot.TCP && f.Port == 8443 && f.Evidence.SynIn == 3 {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the 3 connections to 8443 are not in the snapshot: %+v", snap.Flows)
+	}
+}
+
+// TestE2EWatch: watch logs a new finding once, when first seen, and keeps
+// periodic snapshots in --snapshot-dir.
+func TestE2EWatch(t *testing.T) {
+	a, b := testenv.NewPair(t)
+	dir := t.TempDir()
+	listenIn(t, a, netip.AddrPortFrom(a.IPv4, 8443))
+	listenIn(t, a, netip.AddrPortFrom(a.IPv4, 6379))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	abs := func(p string) string { s, _ := filepath.Abs(p); return s }
+	cmd, lines := startInNS(t, ctx, a, "watch", "--iface", a.Iface, "--catalog", abs("testdata/lab-catalog.yaml"),
+		"--matrix", "labapp", "--role", "server", "--site", abs("testdata/lab-site.yaml"),
+		"--interval", "1s", "--duration", "5s", "--settle", "1h", "--snapshot-dir", dir, "--keep", "3")
+	waitLog(t, lines, `"msg":"watching"`)
+	for i := 0; i < 3; i++ { // the same finding, three times over three intervals
+		dialN(t, b, netip.AddrPortFrom(a.IPv4, 6379), 1)
+		dialN(t, b, netip.AddrPortFrom(a.IPv4, 8443), 1)
+		time.Sleep(1100 * time.Millisecond)
+	}
+	var logged []string
+	for l := range lines {
+		logged = append(logged, l)
+	}
+	err := cmd.Wait()
+	all := strings.Join(logged, "\n")
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitFindings {
+		t.Fatalf("watch exit: %v (want %d)\n%s", err, exitFindings, all)
+	}
+	if n := strings.Count(all, `"id":"unexpected-open-port/tcp/6379"`); n != 1 {
+		t.Errorf("finding logged %d times, want once:\n%s", n, all)
+	}
+	// Held back while unsettled, reported by the final evaluation.
+	if n := strings.Count(all, `"id":"missing-required/lab1.server.ssh"`); n != 1 {
+		t.Errorf("missing-required logged %d times, want once at the end:\n%s", n, all)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) == 0 || len(ents) > 3 {
+		t.Fatalf("%d snapshots in --snapshot-dir, want 1..3 (--keep 3)", len(ents))
+	}
+	if _, err := snapshot.ReadFile(filepath.Join(dir, ents[len(ents)-1].Name())); err != nil {
+		t.Errorf("periodic snapshot unreadable: %v", err)
+	}
+}
+
+// TestE2ENotRoot: without privileges the error says what is needed.
+func TestE2ENotRoot(t *testing.T) {
+	testenv.RequireBPF(t)
+	bin := flowauditBinary(t)
+	cmd := exec.Command(bin, "record", "--iface", "lo", "--duration", "1s", "--out", filepath.Join(t.TempDir(), "s.json"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitError {
+		t.Fatalf("exit: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "needs root, or CAP_BPF") {
+		t.Errorf("error does not say what is needed:\n%s", out)
+	}
+}
+
+func listenIn(t *testing.T, h *testenv.Host, addr netip.AddrPort) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := h.Do(func() (err error) { ln, err = net.Listen("tcp", addr.String()); return }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for i := 0; i < 1000; i++ { // bounded
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln
 }

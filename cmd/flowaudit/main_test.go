@@ -15,6 +15,10 @@ func tempDirNoCleanup() (string, error) {
 		if err != nil {
 			return "", err
 		}
+		// Readable by all: TestE2ENotRoot runs the binary as nobody.
+		if err := os.Chmod(d, 0o755); err != nil {
+			return "", err
+		}
 		binDir = d
 	}
 	return binDir, nil
