@@ -1,0 +1,138 @@
+package audit
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/catalog"
+)
+
+// FlowKind is how the audit engine sees one flow against a matrix.
+type FlowKind uint8
+
+const (
+	// FlowInfrastructure: ICMP errors, neighbour discovery, router and
+	// multicast listener messages; counted, never audited.
+	FlowInfrastructure FlowKind = iota
+	// FlowUnclassified: non-first fragments and port-carrying flows of
+	// unknown direction.
+	FlowUnclassified
+	// FlowUndocumented: no matrix rule has the flow's direction, protocol
+	// and port.
+	FlowUndocumented
+	// FlowDocumented: a rule has the port and its (bound) peer contains
+	// the flow's peer.
+	FlowDocumented
+	// FlowUnverified: a rule has the port but the site binds none of the
+	// matching rules' peers, so the peer cannot be checked.
+	FlowUnverified
+	// FlowOutOfZone: rules have the port, the site binds their peers, and
+	// none contains the flow's peer.
+	FlowOutOfZone
+)
+
+var flowKindNames = [...]string{"infrastructure", "unclassified", "undocumented", "documented", "unverified", "out-of-zone"}
+
+func (k FlowKind) String() string {
+	if int(k) < len(flowKindNames) {
+		return flowKindNames[k]
+	}
+	return "flowkind(?)"
+}
+
+// Flow states, from the handshake evidence of a flow (FlowClass.State).
+const (
+	StateOpen       = "open"       // answered: SYN-ACK, or packets back
+	StateClosed     = "closed"     // RST or ICMP port unreachable
+	StateFiltered   = "filtered"   // SYN without any answer, or ICMP admin-prohibited
+	StateUnanswered = "unanswered" // traffic, no answer and no refusal (normal for one-way UDP)
+)
+
+// FlowClass is the engine's classification of one snapshot flow.
+type FlowClass struct {
+	Flow *snapshot.Flow
+	Kind FlowKind
+	// Rules are the matrix rules the flow falls under: for
+	// FlowDocumented every rule whose bound peer contains the flow's peer,
+	// for FlowUnverified every matching rule whose peer the site does not
+	// bind, for FlowOutOfZone every rule whose port it used.
+	Rules []*catalog.Rule
+	// State is one of the State* constants.
+	State string
+}
+
+// Classify tells, for every flow of snap, whether the matrix documents it
+// and whether its peer is in the documented zone, with the same rules the
+// audit engine applies (Run): infrastructure and unclassified traffic is
+// set apart, a flow's candidate rules are those with its direction,
+// protocol and port, and a peer is in zone when the site binds a
+// candidate's peer and contains the address. m may be nil: every
+// auditable flow is then undocumented. The result is in snap.Flows order.
+func Classify(snap *snapshot.Snapshot, m *catalog.Matrix, site *catalog.Site) []FlowClass {
+	if m == nil {
+		m = &catalog.Matrix{}
+	}
+	a := &auditor{o: Options{Matrix: m, Site: site}, snap: snap}
+	for i := range m.Rules {
+		a.rules = append(a.rules, &ruleObs{rule: &m.Rules[i], inZone: newObs(), outZone: newObs()})
+	}
+	out := make([]FlowClass, len(snap.Flows))
+	for i := range snap.Flows {
+		f := &snap.Flows[i]
+		c := FlowClass{Flow: f, State: state(f).String()}
+		switch {
+		case infrastructure(f):
+			c.Kind = FlowInfrastructure
+		case f.Fragment || (f.Direction == snapshot.Unknown && (f.Proto.HasPorts() || f.Proto.IsICMP())):
+			c.Kind = FlowUnclassified
+		default:
+			c.Kind, c.Rules = a.classifyPeer(a.candidates(service{f.Direction, f.Proto, f.Port}), f.Peer)
+		}
+		out[i] = c
+	}
+	return out
+}
+
+// classifyPeer sorts a peer against the candidate rules of its service the
+// way matchPeer does: in zone of every bound rule that contains it, else
+// unverified under every rule the site does not bind, else out of zone.
+func (a *auditor) classifyPeer(cands []*ruleObs, peer netip.Addr) (FlowKind, []*catalog.Rule) {
+	if len(cands) == 0 {
+		return FlowUndocumented, nil
+	}
+	var match, unbound, outOf []*catalog.Rule
+	for _, ro := range cands {
+		ok, bound := a.contains(ro.rule.Peer, peer)
+		switch {
+		case bound && ok:
+			match = append(match, ro.rule)
+		case !bound:
+			unbound = append(unbound, ro.rule)
+		default:
+			outOf = append(outOf, ro.rule)
+		}
+	}
+	switch {
+	case len(match) > 0:
+		return FlowDocumented, match
+	case len(unbound) > 0:
+		return FlowUnverified, unbound
+	}
+	return FlowOutOfZone, outOf
+}
+
+// SuspectedScanners returns the peers a report names as suspected
+// scanners (scan-suspected findings).
+func SuspectedScanners(r *Report) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for _, f := range r.Findings {
+		if f.Kind != ScanSuspected {
+			continue
+		}
+		if a, err := netip.ParseAddr(strings.TrimPrefix(f.ID, string(ScanSuspected)+"/")); err == nil {
+			out[a] = true
+		}
+	}
+	return out
+}
