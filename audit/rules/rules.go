@@ -174,8 +174,8 @@ type Allow struct {
 	Peers   []netip.Prefix
 	AnyPeer bool
 	// Rules are the matrix rule IDs behind the allowance, sorted;
-	// "observed" (no matrix), "undocumented" (observed mode, not in the
-	// matrix) or "management-guard".
+	// "observed" (no matrix), "undocumented" or "out-of-zone" (observed
+	// mode with a matrix) or "management-guard".
 	Rules []string
 	// Management: kept by the management guard.
 	Management bool
@@ -258,6 +258,39 @@ type builder struct {
 	widened  map[string]*Widening
 	left     []leftFlow
 	replies  int
+	aud      []*audit.FlowClass // auditable classes, replies set apart
+	// per-service notes whose peers are listed together
+	warnPeers, openPeers *peerNotes
+}
+
+// peerNotes collects peers per message, so a line names a service once
+// with its peers ("… from 10.0.0.1, 10.0.0.2 (+3 more)").
+type peerNotes struct {
+	order []string
+	peers map[string][]netip.Addr
+}
+
+func newPeerNotes() *peerNotes { return &peerNotes{peers: map[string][]netip.Addr{}} }
+
+// add records peer under msg, a format with one %s for the peer list.
+func (n *peerNotes) add(msg string, peer netip.Addr) {
+	if _, ok := n.peers[msg]; !ok {
+		n.order = append(n.order, msg)
+	}
+	if !containsAddr(n.peers[msg], peer) {
+		n.peers[msg] = append(n.peers[msg], peer)
+	}
+}
+
+func (n *peerNotes) lines() []string {
+	var out []string
+	for _, msg := range n.order {
+		ps := n.peers[msg]
+		sort.Slice(ps, func(i, j int) bool { return ps[i].Less(ps[j]) })
+		out = append(out, fmt.Sprintf(msg, peerList(ps)))
+	}
+	sort.Strings(out)
+	return out
 }
 
 type leftFlow struct {
@@ -297,6 +330,7 @@ func Build(snap *snapshot.Snapshot, o Options) (*Ruleset, error) {
 		return nil, fmt.Errorf("aggregate prefix lengths out of range: /%d (IPv4), /%d (IPv6)", o.Aggregate4, o.Aggregate6)
 	}
 	b := &builder{o: o, snap: snap, granted: map[string]bool{}, widened: map[string]*Widening{},
+		warnPeers: newPeerNotes(), openPeers: newPeerNotes(),
 		rs: &Ruleset{Mode: o.Mode, EgressPolicy: o.EgressPolicy, Tool: o.ToolVersion}}
 	b.header()
 	if snap != nil {
@@ -394,9 +428,12 @@ func (b *builder) observe() error {
 	return nil
 }
 
-// auditable are the classes rules are made from.
+// auditable are the classes rules are made from, computed once.
 func (b *builder) auditable() []*audit.FlowClass {
-	var out []*audit.FlowClass
+	if b.aud != nil || b.classes == nil {
+		return b.aud
+	}
+	out := []*audit.FlowClass{}
 	for i := range b.classes {
 		c := &b.classes[i]
 		if c.Kind == audit.FlowInfrastructure || c.Kind == audit.FlowUnclassified {
@@ -408,6 +445,7 @@ func (b *builder) auditable() []*audit.FlowClass {
 		}
 		out = append(out, c)
 	}
+	b.aud = out
 	return out
 }
 
@@ -474,16 +512,18 @@ func (b *builder) observed() {
 			switch c.Kind {
 			case audit.FlowDocumented:
 				label = ""
+			case audit.FlowUnverified:
+				label = ""
+				b.warnPeers.add(fmt.Sprintf("allowed although the site does not bind %s, so the peer is unverified (mode observed): %s %s %s %%s",
+					c.Rules[0].Peer, f.Direction, svcLabel(f.Proto, f.Port), fromTo(f.Direction)), f.Peer.Unmap())
 			case audit.FlowOutOfZone:
-				label = "undocumented"
-				b.rs.Undocumented++
-				b.rs.Warnings = append(b.rs.Warnings, fmt.Sprintf("allowed although the peer is outside %s (mode observed): %s %s from %s",
-					c.Rules[0].Peer, f.Direction, svcLabel(f.Proto, f.Port), f.Peer.Unmap()))
+				label = "out-of-zone"
+				b.warnPeers.add(fmt.Sprintf("allowed although the peer is outside %s (mode observed): %s %s %s %%s",
+					c.Rules[0].Peer, f.Direction, svcLabel(f.Proto, f.Port), fromTo(f.Direction)), f.Peer.Unmap())
 			default:
 				label = "undocumented"
-				b.rs.Undocumented++
-				b.rs.Warnings = append(b.rs.Warnings, fmt.Sprintf("allowed although undocumented (mode observed): %s %s with %s",
-					f.Direction, svcLabel(f.Proto, f.Port), f.Peer.Unmap()))
+				b.warnPeers.add(fmt.Sprintf("allowed although undocumented (mode observed): %s %s %s %%s",
+					f.Direction, svcLabel(f.Proto, f.Port), fromTo(f.Direction)), f.Peer.Unmap())
 			}
 		}
 		var ids []string
@@ -519,8 +559,8 @@ func (b *builder) both() {
 				b.leave(f, fmt.Sprintf("the site does not bind %s (%s): peer unverified; bind it in the site file, or pass --allow-unverified", c.Rules[0].Peer, c.Rules[0].ID), false)
 				continue
 			}
-			b.rs.Warnings = append(b.rs.Warnings, fmt.Sprintf("allowed unverified (--allow-unverified): %s %s from %s, the site does not bind %s",
-				f.Direction, svcLabel(f.Proto, f.Port), peer, c.Rules[0].Peer))
+			b.warnPeers.add(fmt.Sprintf("allowed unverified (--allow-unverified), the site does not bind %s: %s %s %s %%s",
+				c.Rules[0].Peer, f.Direction, svcLabel(f.Proto, f.Port), fromTo(f.Direction)), peer)
 		}
 		var rules []*catalog.Rule
 		for _, r := range c.Rules {
@@ -544,8 +584,8 @@ func (b *builder) both() {
 			clip, _ = cb.IPSet()
 		}
 		if c.State == audit.StateClosed || c.State == audit.StateFiltered {
-			b.rs.Opened = append(b.rs.Opened, fmt.Sprintf("%s %s from %s was %s in the window; %s documents it, so it is allowed",
-				f.Direction, svcLabel(f.Proto, f.Port), peer, c.State, strings.Join(ruleIDs(rules), ", ")))
+			b.openPeers.add(fmt.Sprintf("%s %s %s %%s was %s in the window; %s documents it, so it is allowed",
+				f.Direction, svcLabel(f.Proto, f.Port), fromTo(f.Direction), c.State, strings.Join(ruleIDs(rules), ", ")), peer)
 		}
 		lo, hi := portRange(f)
 		peers := b.widen(peer, clip, strings.Join(uniq(clipLabel), " + "))
@@ -739,8 +779,8 @@ func (b *builder) quiet() error {
 		return nil
 	}
 	var in, out bool
-	for _, c := range b.classes {
-		if c.Kind == audit.FlowInfrastructure || c.Kind == audit.FlowUnclassified {
+	for _, c := range b.auditable() {
+		if b.scanners[c.Flow.Peer.Unmap()] {
 			continue
 		}
 		switch c.Flow.Direction {
@@ -958,8 +998,15 @@ func (b *builder) finish() {
 			len(req), strings.Join(req, ", ")))
 	}
 	sort.Strings(rs.NotObserved)
-	sort.Strings(rs.Opened)
-	rs.Opened = uniq(rs.Opened)
+	rs.Opened = b.openPeers.lines()
+	rs.Warnings = append(rs.Warnings, b.warnPeers.lines()...)
+	if b.o.Mode == Observed && b.o.Matrix != nil {
+		for _, msg := range b.warnPeers.order {
+			if !strings.Contains(msg, "unverified") {
+				rs.Undocumented++
+			}
+		}
+	}
 	rs.Warnings = uniq(rs.Warnings)
 }
 
