@@ -1,0 +1,108 @@
+package bpf
+
+// Hooks for the benchmark harness (cmd/flowbench) and the Go benchmarks.
+// A recorder never needs them.
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+)
+
+// BenchFlowMap returns the flow map, for benchmarks that time raw batch
+// operations on it.
+func (c *Collector) BenchFlowMap() *ebpf.Map { return c.objs.Flows }
+
+// BenchLoadFlows writes flows into the flow map with BPF_MAP_UPDATE_BATCH,
+// as if the datapath had counted them: benchmarks fill the map to a given
+// size in a fraction of a second instead of running a packet per key.
+// Interface names are resolved against the current attachments, then
+// "ifN"; anything else gets index 0. Times become CLOCK_MONOTONIC
+// nanoseconds, the inverse of what ReadMaps does. Existing keys are
+// overwritten. The map must not be a per-CPU variant.
+func (c *Collector) BenchLoadFlows(flows []snapshot.Flow) error {
+	if c.flowType == ebpf.PerCPUHash || c.flowType == ebpf.LRUCPUHash {
+		return fmt.Errorf("load flows: %s not supported", c.flowType)
+	}
+	index := map[string]uint32{}
+	for _, a := range c.Attachments() {
+		index[a.Iface] = uint32(a.Index)
+	}
+	keys := make([]flowauditFlowKey, 0, min(len(flows), batchSize))
+	vals := make([]flowauditFlowValue, 0, cap(keys))
+	flush := func() error {
+		if len(keys) == 0 {
+			return nil
+		}
+		n, err := c.objs.Flows.BatchUpdate(keys, vals, &ebpf.BatchOptions{ElemFlags: uint64(ebpf.UpdateAny)})
+		if err != nil {
+			return fmt.Errorf("load flows: batch update (%d of %d written): %w", n, len(keys), err)
+		}
+		keys, vals = keys[:0], vals[:0]
+		return nil
+	}
+	for i := range flows {
+		f := &flows[i]
+		k := flowauditFlowKey{Port: f.Port, Proto: uint8(f.Proto), Dir: uint8(f.Direction)}
+		k.Peer = f.Peer.As16() // IPv4 as ::ffff:a.b.c.d, as the datapath stores it
+		if idx, ok := index[f.Interface]; ok {
+			k.Ifindex = idx
+		} else {
+			var n uint32
+			if _, err := fmt.Sscanf(f.Interface, "if%d", &n); err == nil {
+				k.Ifindex = n
+			}
+		}
+		if f.DirectionInferred {
+			k.Flags |= flowFlagInferred
+		}
+		if f.Fragment {
+			k.Flags |= flowFlagFragment
+		}
+		e := f.Evidence
+		v := flowauditFlowValue{
+			PacketsIn: f.PacketsIn, BytesIn: f.BytesIn, PacketsOut: f.PacketsOut, BytesOut: f.BytesOut,
+			FirstNs: c.boot.mono(f.FirstSeen), LastNs: c.boot.mono(f.LastSeen),
+			SynIn: u32(e.SynIn), SynackOut: u32(e.SynAckOut), RstOut: u32(e.RstOut),
+			IcmpClosedOut: u32(e.ICMPClosedOut), IcmpFilteredOut: u32(e.ICMPFilteredOut),
+			SynOut: u32(e.SynOut), SynackIn: u32(e.SynAckIn), RstIn: u32(e.RstIn),
+			IcmpClosedIn: u32(e.ICMPClosedIn), IcmpFilteredIn: u32(e.ICMPFilteredIn),
+		}
+		keys, vals = append(keys, k), append(vals, v)
+		if len(keys) == batchSize {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// BenchCounted returns the datapath's packet counters (ingress, egress)
+// without reading the flow map, so a benchmark can check a run cheaply
+// even when the map holds a million entries.
+func (c *Collector) BenchCounted() (ingress, egress uint64, err error) {
+	st, err := c.readStats()
+	if err != nil {
+		return 0, 0, err
+	}
+	return st.PacketsIngress, st.PacketsEgress, nil
+}
+
+func u32(v uint64) uint32 {
+	if v > 1<<32-1 {
+		return 1<<32 - 1
+	}
+	return uint32(v)
+}
+
+// mono is the inverse of wall: 0 for the zero time.
+func (c clock) mono(t time.Time) uint64 {
+	if t.IsZero() || t.Before(c.wallAtZero) {
+		return 0
+	}
+	return uint64(t.Sub(c.wallAtZero))
+}
