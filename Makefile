@@ -11,7 +11,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build generate check-clang test test-short lint clean demo
+.PHONY: all build generate check-clang test test-short lint clean demo bench
 
 all: build
 
@@ -32,6 +32,14 @@ generate: check-clang
 # DURATION=, OUT= pick another matrix or change the run (see demo/run.sh).
 demo: build
 	$(foreach v,MATRIX ROLE CONDITIONS SITE DURATION OUT,$(if $(filter command line,$(origin $(v))),$(v)='$($(v))')) ./demo/run.sh
+
+# Benchmarks (root, a few minutes): prints one table and rewrites
+# BENCHMARKS.md. The peer comparison needs tcpdump, softflowd and pmacct
+# (apt-get install tcpdump softflowd pmacct); BENCH_FLAGS= passes flags to
+# cmd/flowbench (see bin/flowbench -h). Not part of `make test`.
+bench: build
+	$(GO) build -o bin/flowbench ./cmd/flowbench
+	bin/flowbench -flowaudit $(BIN) $(BENCH_FLAGS)
 
 # The whole suite, kernel tests included (root). This is what CI runs.
 test:

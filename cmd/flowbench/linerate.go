@@ -1,0 +1,286 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
+
+	"github.com/flowaudit/flowaudit/bpf"
+)
+
+// Part 2: line-rate ratio on veth with an XDP live-frames generator.
+
+// otherHostMAC is the generator's destination MAC: not the receiver's, so
+// the receiving stack classifies every frame as PACKET_OTHERHOST and
+// drops it in ip_rcv, right after XDP and skb allocation, in both
+// configurations.
+var otherHostMAC = net.HardwareAddr{0x02, 0xfb, 0, 0, 0, 0x99}
+
+// generator sends frames out of the lab's gen veth at the maximum rate
+// BPF_F_TEST_XDP_LIVE_FRAMES allows: a two-instruction program returning
+// XDP_TX, which live mode turns into a transmit on the ingress interface.
+type generator struct {
+	l     *lab
+	prog  *ebpf.Program
+	w     *pinnedWorker
+	frame []byte
+	batch uint32
+}
+
+func newGenerator(l *lab, cpu int) (*generator, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bench_gen_tx", Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 3 /* XDP_TX */), asm.Return()},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load generator program: %w", err)
+	}
+	w, err := newPinnedWorker(cpu)
+	if err != nil {
+		prog.Close()
+		return nil, err
+	}
+	// The worker thread moves into the generator namespace for good: live
+	// mode resolves ingress_ifindex in the caller's namespace.
+	if err := w.do(func() error { return netns.Set(l.gen) }); err != nil {
+		w.stop()
+		prog.Close()
+		return nil, fmt.Errorf("enter %s: %w", l.genNS, err)
+	}
+	frame := generatorFrame(l.genMAC, otherHostMAC, netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), 40000, 9000)
+	return &generator{l: l, prog: prog, w: w, frame: frame, batch: 64}, nil
+}
+
+func (g *generator) Close() {
+	g.w.stop()
+	g.prog.Close()
+}
+
+// send transmits n frames as fast as possible and returns the wall time.
+// A run cut short (time bound or stray signal) is an error: how many
+// frames left is then unknown.
+func (g *generator) send(n uint32, bound time.Duration) (time.Duration, error) {
+	var r runResult
+	err := g.w.do(func() error {
+		var err error
+		r, err = testRun(g.prog, g.frame, n, true, uint32(g.l.genIdx), g.batch, bound, nil)
+		return err
+	})
+	return r.wall, err
+}
+
+// receiver is what runs on the receiving veth during a run.
+type receiver interface {
+	name() string
+	attach() error
+	detach() error
+	// counted is the number of packets the receiver's own accounting has
+	// seen so far (-1: it keeps none).
+	counted() (int64, error)
+}
+
+// noopXDP is an XDP program that returns XDP_PASS and does nothing else.
+type noopXDP struct {
+	l    *lab
+	prog *ebpf.Program
+	lk   link.Link
+}
+
+func newNoopXDP(l *lab) (*noopXDP, error) {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bench_noop", Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &noopXDP{l: l, prog: p}, nil
+}
+
+func (n *noopXDP) name() string { return "no-op XDP (XDP_PASS)" }
+
+func (n *noopXDP) attach() error {
+	return n.l.inRecv(func() error {
+		var err error
+		n.lk, err = link.AttachXDP(link.XDPOptions{Program: n.prog, Interface: n.l.recvIdx, Flags: link.XDPDriverMode})
+		return err
+	})
+}
+
+func (n *noopXDP) detach() error {
+	if n.lk == nil {
+		return nil
+	}
+	err := n.lk.Close()
+	n.lk = nil
+	return err
+}
+
+func (n *noopXDP) counted() (int64, error) { return -1, nil }
+
+func (n *noopXDP) Close() {
+	n.detach() //nolint:errcheck
+	n.prog.Close()
+}
+
+// flowauditRecv is flowaudit's collector attached to the receiving veth
+// (XDP native ingress, tcx egress), as `flowaudit record` attaches it.
+type flowauditRecv struct {
+	l *lab
+	c *bpf.Collector
+}
+
+func newFlowauditRecv(l *lab) (*flowauditRecv, error) {
+	f := &flowauditRecv{l: l}
+	err := l.inRecv(func() error {
+		var err error
+		f.c, err = bpf.Open(bpf.Options{})
+		return err
+	})
+	return f, err
+}
+
+func (f *flowauditRecv) name() string { return "flowaudit (XDP native)" }
+
+func (f *flowauditRecv) attach() error {
+	_, err := f.c.Attach(f.l.recvIf, bpf.AttachOptions{Ingress: bpf.IngressXDPNative, TC: bpf.TCX})
+	return err
+}
+
+func (f *flowauditRecv) detach() error { return f.c.Detach(f.l.recvIf) }
+
+func (f *flowauditRecv) counted() (int64, error) {
+	in, _, err := f.c.BenchCounted()
+	return int64(in), err
+}
+
+func (f *flowauditRecv) Close() { f.c.Close() }
+
+// rateRun is one generator run into one receiver.
+type rateRun struct {
+	recv      string
+	sent      uint64 // frames the generator transmitted (its repeat count)
+	delivered uint64 // rx_packets of the receiving veth
+	rxDropped uint64
+	counted   int64 // the receiver's own count, -1 if it keeps none
+	wall      time.Duration
+}
+
+func (r rateRun) pps() float64 { return float64(r.delivered) / r.wall.Seconds() }
+
+// measureRun attaches rc, sends n frames, waits for the receive queue to
+// drain and detaches.
+func measureRun(g *generator, rc receiver, n uint32) (rateRun, error) {
+	run := rateRun{recv: rc.name(), sent: uint64(n)}
+	if err := rc.attach(); err != nil {
+		return run, fmt.Errorf("attach %s: %w", rc.name(), err)
+	}
+	defer rc.detach() //nolint:errcheck
+	time.Sleep(50 * time.Millisecond)
+	before, err := g.l.recvCounters()
+	if err != nil {
+		return run, err
+	}
+	c0, err := rc.counted()
+	if err != nil {
+		return run, err
+	}
+	// Bound: 20 s whatever n is (1 Mpps would already be a slow box).
+	wall, err := g.send(n, 20*time.Second+time.Duration(n)*time.Microsecond)
+	if err != nil {
+		return run, err
+	}
+	run.wall = wall
+	time.Sleep(100 * time.Millisecond) // NAPI drains the last batch
+	after, err := g.l.recvCounters()
+	if err != nil {
+		return run, err
+	}
+	c1, err := rc.counted()
+	if err != nil {
+		return run, err
+	}
+	run.delivered = after.RxPackets - before.RxPackets
+	run.rxDropped = after.RxDropped - before.RxDropped
+	run.counted = -1
+	if c0 >= 0 {
+		run.counted = c1 - c0
+	}
+	return run, nil
+}
+
+// lineRate is the outcome of part 2.
+type lineRate struct {
+	noop, fa  []rateRun
+	overhead  time.Duration // fixed cost of one live-mode test run (setup, teardown), subtracted
+	ratio     float64       // median of the per-round flowaudit/no-op pps ratios
+	noopPPS   float64       // medians
+	faPPS     float64
+	countedOK bool // flowaudit counted exactly the packets sent, every run
+}
+
+// measureLineRate alternates no-op and flowaudit runs (no-op first in even
+// rounds), n frames each.
+func measureLineRate(l *lab, g *generator, nop *noopXDP, fa *flowauditRecv, n uint32, rounds int, logf func(string, ...any)) (*lineRate, error) {
+	lr := &lineRate{countedOK: true}
+	// The fixed cost of a live run (page pool setup and teardown, tens of
+	// ms) is not per-packet work: measure it with 64-frame runs and
+	// subtract it from every run's wall time.
+	if err := nop.attach(); err != nil {
+		return nil, err
+	}
+	var small []time.Duration
+	for i := 0; i < 7; i++ {
+		w, err := g.send(64, 10*time.Second)
+		if err != nil {
+			nop.detach() //nolint:errcheck
+			return nil, err
+		}
+		small = append(small, w)
+	}
+	nop.detach() //nolint:errcheck
+	lr.overhead = median(small)
+	var ratios, pn, pf []float64
+	for round := 0; round < rounds; round++ {
+		order := []receiver{nop, fa}
+		if round%2 == 1 {
+			order = []receiver{fa, nop}
+		}
+		var rn, rf rateRun
+		for _, rc := range order {
+			r, err := measureRun(g, rc, n)
+			if err != nil {
+				return nil, err
+			}
+			r.wall -= lr.overhead
+			logf("  round %d %-24s sent %d delivered %d counted %d  %.3f Mpps", round+1, r.recv, r.sent, r.delivered, r.counted, r.pps()/1e6)
+			if r.delivered != r.sent {
+				return nil, fmt.Errorf("%s: the receiving veth got %d frames, the generator sent %d", r.recv, r.delivered, r.sent)
+			}
+			if rc == receiver(fa) {
+				if r.counted != int64(r.sent) {
+					lr.countedOK = false
+					return nil, fmt.Errorf("%w: sent %d, flowaudit counted %d", errCountMismatch, r.sent, r.counted)
+				}
+				rf = r
+				lr.fa = append(lr.fa, r)
+			} else {
+				rn = r
+				lr.noop = append(lr.noop, r)
+			}
+		}
+		ratios = append(ratios, rf.pps()/rn.pps())
+		pn, pf = append(pn, rn.pps()), append(pf, rf.pps())
+	}
+	lr.ratio, lr.noopPPS, lr.faPPS = medianF(ratios), medianF(pn), medianF(pf)
+	return lr, nil
+}
+
+var errCountMismatch = errors.New("flowaudit's count differs from the packets sent")

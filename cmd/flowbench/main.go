@@ -1,0 +1,233 @@
+// Command flowbench measures flowaudit's cost and prints one table, and
+// writes it with the machine, the method and how to reproduce it to
+// BENCHMARKS.md. Every claim is a ratio of two things measured side by
+// side in the same run; absolute numbers are context. Run it as root
+// with `make bench` (see BENCHMARKS.md for what each part does).
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+)
+
+type config struct {
+	out        string
+	flowaudit  string
+	cpu        int
+	repeat     uint
+	rounds     int
+	keys       string
+	linePkts   uint
+	lineRounds int
+	peerPkts   uint
+	peerPPS    float64
+	peers      string
+	scale      string
+	skip       string
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "child" {
+		if err := runChild(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	var cfg config
+	flag.StringVar(&cfg.out, "out", "BENCHMARKS.md", "write the report here (atomically); empty: print only")
+	flag.StringVar(&cfg.flowaudit, "flowaudit", "bin/flowaudit", "the flowaudit binary for the peer comparison (make build)")
+	flag.IntVar(&cfg.cpu, "cpu", 1, "CPU the measuring thread (and the generator) is pinned to")
+	flag.UintVar(&cfg.repeat, "repeat", 10_000_000, "part 1: BPF_PROG_TEST_RUN repeat count per measurement")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "part 1: rounds (medians are taken)")
+	flag.StringVar(&cfg.keys, "keys", "1,10000,1000000", "part 1: distinct keys in the flow map")
+	flag.UintVar(&cfg.linePkts, "line-packets", 4_000_000, "part 2: frames per run")
+	flag.IntVar(&cfg.lineRounds, "line-rounds", 3, "part 2: rounds of (no-op, flowaudit)")
+	flag.UintVar(&cfg.peerPkts, "peer-packets", 2_000_000, "part 3: frames per tool")
+	flag.Float64Var(&cfg.peerPPS, "peer-pps", 1_000_000, "part 3: offered load, frames per second")
+	flag.StringVar(&cfg.peers, "peers", "flowaudit,tcpdump,softflowd,pmacctd", "part 3: tools to compare")
+	flag.StringVar(&cfg.scale, "scale", "10000,100000,1000000", "part 4: flow counts")
+	flag.StringVar(&cfg.skip, "skip", "", "parts to skip, e.g. 3,4 (the report then says so)")
+	flag.Parse()
+	if err := run(&cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "flowbench:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("bad number %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func run(cfg *config) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (BPF programs, network namespaces)")
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return err
+	}
+	skip := map[string]bool{}
+	for _, s := range strings.Split(cfg.skip, ",") {
+		skip[strings.TrimSpace(s)] = true
+	}
+	keys, err := parseInts(cfg.keys)
+	if err != nil {
+		return fmt.Errorf("-keys: %w", err)
+	}
+	sizes, err := parseInts(cfg.scale)
+	if err != nil {
+		return fmt.Errorf("-scale: %w", err)
+	}
+	if cfg.repeat < 1 || cfg.repeat > 1<<32-1 {
+		return errors.New("-repeat: 1 to 4294967295")
+	}
+	start := time.Now()
+	rep := &report{cfg: cfg, start: start.UTC()}
+	rep.machine()
+
+	// Namespaces are deleted on SIGINT/SIGTERM too.
+	var cleanups []func()
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigc
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+		os.Exit(130)
+	}()
+	tmp, err := os.MkdirTemp("/dev/shm", "flowbench-")
+	if err != nil {
+		if tmp, err = os.MkdirTemp("", "flowbench-"); err != nil {
+			return err
+		}
+	}
+	defer os.RemoveAll(tmp)
+	cleanups = append(cleanups, func() { os.RemoveAll(tmp) })
+	rep.tmp = tmp
+
+	if !skip["1"] {
+		logf("part 1: per-packet cost, BPF_PROG_TEST_RUN, repeat %d, %d rounds", cfg.repeat, cfg.rounds)
+		rep.cost, rep.costOverhead, err = measureCost(costConfig{repeat: uint32(cfg.repeat), rounds: cfg.rounds, keys: keys, cpu: cfg.cpu}, logf)
+		if err != nil {
+			return fmt.Errorf("part 1: %w", err)
+		}
+	}
+	if !skip["2"] || !skip["3"] {
+		l, err := newLab()
+		if err != nil {
+			return fmt.Errorf("namespaces: %w", err)
+		}
+		cleanups = append(cleanups, l.Close)
+		defer l.Close()
+		g, err := newGenerator(l, cfg.cpu)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		nop, err := newNoopXDP(l)
+		if err != nil {
+			return err
+		}
+		defer nop.Close()
+		if !skip["2"] {
+			logf("part 2: line rate on veth, %d frames per run, %d rounds", cfg.linePkts, cfg.lineRounds)
+			fa, err := newFlowauditRecv(l)
+			if err != nil {
+				return err
+			}
+			rep.line, err = measureLineRate(l, g, nop, fa, uint32(cfg.linePkts), cfg.lineRounds, logf)
+			fa.Close()
+			if err != nil {
+				return fmt.Errorf("part 2: %w", err)
+			}
+		}
+		if !skip["3"] {
+			logf("part 3: peers at %.0f frames/s offered, %d frames each", cfg.peerPPS, cfg.peerPkts)
+			if rep.peers, err = measurePeers(l, g, nop, cfg, tmp); err != nil {
+				return fmt.Errorf("part 3: %w", err)
+			}
+		}
+	}
+	if !skip["4"] {
+		logf("part 4: userspace scale %v", sizes)
+		if rep.scale, err = measureScale(sizes, tmp, logf); err != nil {
+			return fmt.Errorf("part 4: %w", err)
+		}
+	}
+	rep.elapsed = time.Since(start)
+	table := rep.table()
+	fmt.Print(table)
+	if cfg.out == "" {
+		return nil
+	}
+	if err := snapshot.AtomicWrite(cfg.out, rep.write); err != nil {
+		return err
+	}
+	logf("wrote %s (%s)", cfg.out, rep.elapsed.Round(time.Second))
+	return nil
+}
+
+// measurePeers runs every tool through the same paced traffic.
+func measurePeers(l *lab, g *generator, nop *noopXDP, cfg *config, tmp string) ([]peerResult, error) {
+	pc, err := newPacer()
+	if err != nil {
+		return nil, err
+	}
+	defer pc.Close()
+	// bpf_stats for the whole part: every tool's traffic pays the same
+	// small accounting overhead on the generator and no-op programs.
+	st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enable bpf_stats: %w", err)
+	}
+	defer st.Close()
+	fa := cfg.flowaudit // ip netns exec keeps the working directory
+	var out []peerResult
+	for _, name := range strings.Split(cfg.peers, ",") {
+		name = strings.TrimSpace(name)
+		bin := map[string]string{"flowaudit": fa, "tcpdump": "tcpdump", "softflowd": "softflowd", "pmacctd": "pmacctd"}[name]
+		if bin == "" {
+			return nil, fmt.Errorf("unknown peer %q", name)
+		}
+		if _, err := exec.LookPath(bin); err != nil {
+			logf("  %s: not installed, skipped (%v)", name, err)
+			out = append(out, peerResult{name: name, err: fmt.Errorf("not installed: %w", err), missing: true})
+			continue
+		}
+		r := runPeer(l, g, pc, nop, peerConfig{total: uint64(cfg.peerPkts), pps: cfg.peerPPS, tmp: tmp, flowaudit: fa}, name)
+		if r.err != nil {
+			return nil, fmt.Errorf("%s: %w", name, r.err)
+		}
+		logf("  %-9s accounts for %d of %d (%.2f %%), CPU %s; %s", name, r.accounted, r.sent, 100*r.share(), r.cpu, r.detail)
+		out = append(out, r)
+	}
+	return out, nil
+}

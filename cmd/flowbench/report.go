@@ -1,0 +1,353 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowaudit/flowaudit/bpf"
+)
+
+// Targets from issue 8.
+const (
+	targetCostRatio = 3.0  // flowaudit XDP ≤ 3× the empty program, IPv4 TCP, 10 k keys
+	targetLineRate  = 0.90 // flowaudit ≥ 90 % of the no-op program's packet rate
+	targetKeys      = 10_000
+)
+
+type report struct {
+	cfg     *config
+	start   time.Time
+	elapsed time.Duration
+
+	cpuModel, kernel, goVersion, commit string
+	cpus                                int
+	memGiB                              float64
+
+	tmp string // scratch directory, hidden in the printed command lines
+
+	cost         []costCell
+	costOverhead map[ebpf.ProgramType]time.Duration
+	line         *lineRate
+	peers        []peerResult
+	scale        []scaleResult
+}
+
+func (r *report) machine() {
+	r.cpus = runtime.NumCPU()
+	r.goVersion = runtime.Version()
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		r.kernel = unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Machine[:])
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				r.cpuModel = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		r.memGiB = float64(si.Totalram) * float64(si.Unit) / (1 << 30)
+	}
+	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {
+		r.commit = strings.TrimSpace(string(out))
+	}
+}
+
+func mpps(pps float64) string { return fmt.Sprintf("%.2f Mpps", pps/1e6) }
+
+func verdict(ok bool) string {
+	if ok {
+		return "**met**"
+	}
+	return "**not met**"
+}
+
+func commas(n uint64) string {
+	s := fmt.Sprint(n)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func keysLabel(k int) string {
+	switch {
+	case k == 1:
+		return "1 key"
+	case k >= 1_000_000 && k%1_000_000 == 0:
+		return fmt.Sprintf("%d M keys", k/1_000_000)
+	case k >= 1000 && k%1000 == 0:
+		return fmt.Sprintf("%d k keys", k/1000)
+	}
+	return fmt.Sprintf("%d keys", k)
+}
+
+// costTarget reports whether a cell is one the ≤ 3× target is judged on.
+func costTarget(c costCell) bool {
+	return c.hook == bpf.HookXDP && c.keys == targetKeys && strings.HasPrefix(c.packet, "IPv4 TCP")
+}
+
+// rows builds the one table: part, measurement, result, ratio, target.
+func (r *report) rows() [][]string {
+	rows := [][]string{{"part", "measurement", "result (context)", "ratio", "target"}}
+	for _, c := range r.cost {
+		prog := "XDP"
+		if c.hook == bpf.HookTCEgress {
+			prog = "TC egress"
+		}
+		target := ""
+		if costTarget(c) {
+			target = fmt.Sprintf("≤ %.0f×: %s", targetCostRatio, verdict(c.ratio <= targetCostRatio))
+		}
+		rows = append(rows, []string{"1 test_run",
+			fmt.Sprintf("%s, %s, %s", prog, c.packet, keysLabel(c.keys)),
+			fmt.Sprintf("%.1f ns/pkt vs empty %.1f ns/pkt", nsPer(c.fa, c.repeat), nsPer(c.empty, c.repeat)),
+			fmt.Sprintf("%.2f×", c.ratio), target})
+	}
+	if l := r.line; l != nil {
+		rows = append(rows, []string{"2 veth line rate",
+			"flowaudit XDP vs no-op XDP, 60-byte UDP, PACKET_OTHERHOST",
+			fmt.Sprintf("%s vs %s", mpps(l.faPPS), mpps(l.noopPPS)),
+			fmt.Sprintf("%.1f %%", 100*l.ratio),
+			fmt.Sprintf("≥ %.0f %%: %s", 100*targetLineRate, verdict(l.ratio >= targetLineRate))})
+		var sent, counted uint64
+		for _, f := range l.fa {
+			sent += f.sent
+			counted += uint64(f.counted)
+		}
+		rows = append(rows, []string{"2 veth line rate", "flowaudit's counted packets vs packets sent",
+			fmt.Sprintf("%s of %s in %d runs", commas(counted), commas(sent), len(l.fa)),
+			fmt.Sprintf("%.4f", float64(counted)/float64(sent)), "= sent: " + verdict(l.countedOK && counted == sent)})
+	}
+	for _, p := range r.peers {
+		if p.missing {
+			rows = append(rows, []string{"3 peers", p.name, "not installed: not measured", "", ""})
+			continue
+		}
+		res := fmt.Sprintf("CPU %.3f s user+sys", p.cpu.Seconds())
+		if p.name == "flowaudit" {
+			res = fmt.Sprintf("CPU %.3f s userspace + %.3f s in kernel (%.0f ns/pkt, bpf_stats)",
+				p.cpu.Seconds(), p.bpfRun.Seconds(), float64(p.bpfRun.Nanoseconds())/float64(max(p.bpfCnt, 1)))
+		}
+		rows = append(rows, []string{"3 peers",
+			fmt.Sprintf("%s, %s frames at %s", p.name, commas(p.sent), mpps(p.offered)),
+			res,
+			fmt.Sprintf("%.2f %% of sent", 100*p.share()), ""})
+	}
+	for _, s := range r.scale {
+		n := strings.TrimSuffix(strings.TrimSuffix(keysLabel(s.n), " keys"), " key")
+		rows = append(rows, []string{"4 scale", fmt.Sprintf("map read (batch lookup → flows), %s flows", n),
+			fmt.Sprintf("%s, peak RSS %d MiB", time.Duration(s.read.ReadNs).Round(time.Millisecond), s.read.ReadRSSKB>>10),
+			fmt.Sprintf("%.2f µs/flow", float64(s.read.ReadNs)/1e3/float64(s.n)), ""})
+		rows = append(rows, []string{"4 scale", fmt.Sprintf("snapshot file, %s flows", n),
+			fmt.Sprintf("%.1f MiB, written in %s", float64(s.read.FileBytes)/(1<<20), time.Duration(s.read.WriteNs).Round(time.Millisecond)),
+			fmt.Sprintf("%d B/flow", s.read.FileBytes/int64(s.n)), ""})
+		rows = append(rows, []string{"4 scale", fmt.Sprintf("audit utmstack@11 manager, %s flows", n),
+			fmt.Sprintf("load %s + audit %s, peak RSS %d MiB, %d findings",
+				time.Duration(s.audit.LoadNs).Round(time.Millisecond), time.Duration(s.audit.AuditNs).Round(time.Millisecond),
+				s.audit.RSSKB>>10, s.audit.Findings),
+			fmt.Sprintf("%.2f µs/flow", float64(s.audit.LoadNs+s.audit.AuditNs)/1e3/float64(s.n)), ""})
+	}
+	return rows
+}
+
+// table renders rows as an aligned Markdown table.
+func (r *report) table() string {
+	rows := r.rows()
+	width := make([]int, len(rows[0]))
+	for _, row := range rows {
+		for i, c := range row {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	var b strings.Builder
+	line := func(row []string) {
+		b.WriteString("|")
+		for i, c := range row {
+			fmt.Fprintf(&b, " %s%s |", c, strings.Repeat(" ", width[i]-utf8.RuneCountInString(c)))
+		}
+		b.WriteString("\n")
+	}
+	line(rows[0])
+	sep := make([]string, len(width))
+	for i, w := range width {
+		sep[i] = strings.Repeat("-", w)
+	}
+	line(sep)
+	for _, row := range rows[1:] {
+		line(row)
+	}
+	return b.String()
+}
+
+// write renders BENCHMARKS.md.
+func (r *report) write(w io.Writer) error {
+	cfg := r.cfg
+	var b strings.Builder
+	p := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
+	p("# flowaudit benchmarks\n\n")
+	p("Generated by `make bench` (`cmd/flowbench`): every number below comes from the run that wrote this file.\n")
+	p("Every claim is a **ratio of two things measured side by side in that run** on a small, noisy VM;\n")
+	p("absolute numbers are context only and will differ on other machines.\n\n")
+	p("| | |\n|---|---|\n")
+	p("| date | %s |\n", r.start.Format("2006-01-02 15:04 UTC"))
+	p("| machine | %s, %d vCPU, %.1f GiB RAM |\n", orUnknown(r.cpuModel), r.cpus, r.memGiB)
+	p("| kernel | %s |\n", orUnknown(r.kernel))
+	p("| Go | %s |\n", r.goVersion)
+	p("| flowaudit | %s |\n", orUnknown(r.commit))
+	p("| run time | %s |\n\n", r.elapsed.Round(time.Second))
+
+	p("## Results\n\n")
+	p("%s\n", r.table())
+	p("%s\n", r.verdicts())
+	if len(r.peers) > 0 {
+		p("What each tool's output said (part 3):\n\n")
+		for _, pr := range r.peers {
+			if pr.detail != "" {
+				p("- %s: %s\n", pr.name, pr.detail)
+			}
+		}
+		p("\n")
+	}
+
+	p("## How each part is measured\n\n")
+	p("**1. Per-packet cost (BPF_PROG_TEST_RUN).** Each measurement is one `BPF_PROG_TEST_RUN` call with repeat %s,\n", commas(uint64(cfg.repeat)))
+	p("issued directly (a run cut short by a signal is discarded, never silently restarted) from a thread pinned to CPU %d;\n", cfg.cpu)
+	p("ns/pkt is the wall clock of the whole call divided by the repeat count, not the kernel's per-run figure, which\n")
+	p("is rounded down to whole nanoseconds. The fixed cost of one call (set-up and tear-down, measured with repeat 1: %s)\n", r.overheadText())
+	p("is subtracted from every run on both sides. Every flowaudit run is paired with a run of an empty program of the same\n")
+	p("type (XDP: `return XDP_PASS`; TC: `return TCX_NEXT`) on the same frame, in alternating order (empty first in even\n")
+	p("rounds), and the ratio is the median of the %d per-round ratios; ns/pkt are medians too. XDP runs get the\n", cfg.rounds)
+	p("arriving frame, TC egress the frame this host sends. The flow map holds the given number of keys: synthetic\n")
+	p("entries loaded with `BPF_MAP_UPDATE_BATCH` plus the measured flow (1 key: the map is emptied before each\n")
+	p("packet kind). Up to 10 k keys the map has the default size (65 536); for 1 M it is sized 1.05 M (95 %% full).\n")
+	p("The same frame repeats, so its bucket stays in cache: the key count shows the cost of a fuller table, not of\n")
+	p("cache misses across a million flows. \"IPv4 TCP to a listening port\" has its port in the listening-socket set, as\n")
+	p("`sock_diag` fills it in a live recording; \"no socket known\" misses it and so also looks up the connection table.\n")
+	p("The ICMP case is a port unreachable quoting a UDP datagram (the evidence is added to the quoted flow).\n\n")
+	p("**2. Line rate on veth.** Two throwaway network namespaces joined by a veth pair (IPv6 off, so nothing but the\n")
+	p("generator's frames is on the wire). The generator is `BPF_F_TEST_XDP_LIVE_FRAMES`: a two-instruction program\n")
+	p("returning `XDP_TX` on one end, %s 60-byte IPv4 UDP frames per run in batches of 64, from a thread pinned to\n", commas(uint64(cfg.linePkts)))
+	p("CPU %d. The receiving end runs either (a) a no-op XDP program returning `XDP_PASS` or (b) flowaudit attached\n", cfg.cpu)
+	p("as `flowaudit record` attaches it (XDP native ingress, tcx egress), in alternating order over %d rounds; the\n", cfg.lineRounds)
+	p("ratio is the median of the per-round ratios. The destination MAC is not the receiver's, so the stack marks every\n")
+	p("frame `PACKET_OTHERHOST` and drops it in `ip_rcv`, right after XDP and skb allocation, in both cases. veth\n")
+	p("runs the receiver's NAPI poll on the sending CPU (after each batch), so the rate is that of one core doing\n")
+	p("generator + receive path: flowaudit's cost is diluted by the generator's, which is the same in (a) and (b).\n")
+	p("pps = frames delivered (the receiving veth's `rx_packets`, asserted equal to frames sent) / wall time of the run,\n")
+	if r.line != nil {
+		p("less the fixed cost of a live-mode run (page pool setup and teardown, measured with 64-frame runs: %s).\n", r.line.overhead.Round(time.Millisecond/10))
+	} else {
+		p("less the fixed cost of a live-mode run (page pool setup and teardown, measured with 64-frame runs).\n")
+	}
+	p("flowaudit's own packet counter must equal the frames sent in every run, or the benchmark fails.\n\n")
+	p("**3. Peers at the same offered load.** Same namespaces and frames, but paced: the generator program sends a\n")
+	p("frame only when the next one is due by `CLOCK_MONOTONIC` (and counts it), so every tool sees exactly %s frames\n", commas(uint64(cfg.peerPkts)))
+	p("spread evenly at %s. Each tool is started in the receiving namespace as a user would run it (command\n", mpps(cfg.peerPPS))
+	p("lines below), traffic starts once it is capturing, and its counts are read 1.5 s after the last frame (libpcap\n")
+	p("hands blocks over after tcpdump's 1 s timeout). The libpcap tools run with the no-op XDP program attached\n")
+	p("(veth only delivers `XDP_TX` frames to a peer with NAPI on); flowaudit attaches its own. Share = packets the\n")
+	p("tool's output accounts for / frames sent: tcpdump's \"captured\", softflowd's \"packets processed\"\n")
+	p("(`softflowctl statistics`), the packet total of pmacctd's memory table (`pmacct -s`), the packets in\n")
+	p("flowaudit's snapshot. CPU = user+system time of the tool's processes from traffic start to exit (so flowaudit's\n")
+	p("includes reading the maps and writing the snapshot). For flowaudit the in-kernel cost is also given: run time\n")
+	p("of its XDP program from `bpf_stats` (enabled for the whole part with `BPF_ENABLE_STATS`, which itself adds\n")
+	p("two clock reads per program run). The libpcap tools' in-kernel cost (cloning each skb to the packet socket, in\n")
+	p("softirq on the sending CPU) is not attributed to them and is not in their CPU seconds.\n\n")
+	for _, pr := range r.peers {
+		if pr.command != "" {
+			p("- %s: `%s`\n", pr.name, strings.ReplaceAll(pr.command, r.cfgTmpPrefix(), "$TMP/"))
+		}
+	}
+	p("\n**4. Userspace scale.** Synthetic recordings of a UTMStack v11 manager (`internal/benchflows`: agents in\n")
+	p("10.0.0.0/8 on documented ports, out-of-zone peers, refused attempts on undocumented ports, ICMP errors; every\n")
+	p("flow its own peer) audited against the built-in `utmstack@11` matrix, role `manager`, with a site binding its\n")
+	p("zones. Each size runs in two child processes (this binary re-executed), so peak RSS (`VmHWM`) is their own:\n")
+	p("the first loads the flows into a kernel flow map (batch update, then the peak RSS is reset), times\n")
+	p("`Collector.ReadMaps` (batch lookup of 4 096 entries per call, conversion, sort) and writes the snapshot file\n")
+	p("to tmpfs; the second times `snapshot.ReadFile` (load) and `audit.Run` (audit).\n\n")
+	p("**Replay throughput** (packets/s through test_run from a capture) is not in the table: the replay feature\n")
+	p("(`bpf/replay*.go`, `cmd/flowaudit/replay.go`) %s.\n\n", replayState())
+
+	p("## Reproduce\n\n")
+	p("```sh\n# as root, on a kernel with BTF (≥ 6.6 for tcx)\napt-get install tcpdump softflowd pmacct\nmake bench            # builds bin/flowaudit, runs cmd/flowbench, rewrites BENCHMARKS.md\n")
+	p("go run ./cmd/flowbench -h   # flags: repeat counts, rounds, offered load, -skip 3,4, -out ''\n```\n\n")
+	p("This run: `%s`.\n\n", r.commandLine())
+	p("Go benchmarks of the userspace parts (benchstat-friendly):\n\n")
+	p("```sh\ngo test ./audit ./audit/snapshot -run '^$' -bench . -count 10 | tee new.txt\n")
+	p("go test ./bpf -run '^$' -bench 'ReadMaps|EmptyXDP|MapVariants' -benchtime 1x   # root\n```\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func (r *report) cfgTmpPrefix() string { return r.tmp + "/" }
+
+func (r *report) overheadText() string {
+	if r.costOverhead == nil {
+		return "not measured"
+	}
+	return fmt.Sprintf("XDP %s, TC %s", r.costOverhead[ebpf.XDP].Round(time.Microsecond), r.costOverhead[ebpf.SchedCLS].Round(time.Microsecond))
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func (r *report) commandLine() string {
+	return "flowbench " + strings.Join(os.Args[1:], " ")
+}
+
+// replayState says whether the replay feature has landed (is committed).
+func replayState() string {
+	out, err := exec.Command("git", "ls-files", "bpf/replay*", "bpf/replay/", "cmd/flowaudit/replay*").Output()
+	if err == nil && strings.TrimSpace(string(out)) != "" {
+		return "has landed, but flowbench does not measure it yet"
+	}
+	return "had not landed when this run was made"
+}
+
+// verdicts sums the targets up in words.
+func (r *report) verdicts() string {
+	var b strings.Builder
+	b.WriteString("Targets (issue 8):\n\n")
+	found := false
+	for _, c := range r.cost {
+		if costTarget(c) {
+			found = true
+			fmt.Fprintf(&b, "- per-packet cost, XDP, %s, 10 k keys: %.2f× the empty program (target ≤ %.0f×): %s.\n",
+				c.packet, c.ratio, targetCostRatio, verdict(c.ratio <= targetCostRatio))
+		}
+	}
+	if !found {
+		b.WriteString("- per-packet cost: not measured in this run.\n")
+	}
+	if l := r.line; l != nil {
+		fmt.Fprintf(&b, "- veth line rate with flowaudit: %.1f %% of the no-op program's (target ≥ %.0f %%): %s; counted = sent in every run: %s.\n",
+			100*l.ratio, 100*targetLineRate, verdict(l.ratio >= targetLineRate), verdict(l.countedOK))
+	} else {
+		b.WriteString("- veth line rate: not measured in this run.\n")
+	}
+	return b.String()
+}
