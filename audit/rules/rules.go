@@ -259,6 +259,9 @@ type builder struct {
 	left     []leftFlow
 	replies  int
 	aud      []*audit.FlowClass // auditable classes, replies set apart
+	// coverCache serves covers; management grants are added only after
+	// every non-management lookup, and looked up only after that.
+	coverCache map[coverKey][]coverGroup
 	// per-service notes whose peers are listed together
 	warnPeers, openPeers *peerNotes
 }
@@ -754,19 +757,60 @@ func containsAddr(list []netip.Addr, a netip.Addr) bool {
 	return false
 }
 
-// covers reports whether the non-management grants allow a peer's
-// traffic, and which rules do.
-func (b *builder) covers(dir snapshot.Direction, p snapshot.Proto, lo uint16, peer netip.Addr, mgmt bool) (bool, []string) {
-	var ids []string
-	ok := false
-	for _, g := range b.grants {
-		if g.mgmt != mgmt || g.dir != dir || g.proto != p || lo < g.lo || lo > g.hi || !g.peers.Contains(peer) {
-			continue
+// covers reports whether the grants (management ones, or the others)
+// allow a peer's traffic to a port, and which rules do. Lookups go
+// through a cache of the grants per (direction, protocol, port, kind),
+// grouped by rule list, so checking many flows stays fast; it is built
+// lazily, after the grants of that kind are complete.
+func (b *builder) covers(dir snapshot.Direction, p snapshot.Proto, port uint16, peer netip.Addr, mgmt bool) (bool, []string) {
+	k := coverKey{dir, p, port, mgmt}
+	groups, ok := b.coverCache[k]
+	if !ok {
+		byRules := map[string]*netipx.IPSetBuilder{}
+		ruleLists := map[string][]string{}
+		var order []string
+		for _, g := range b.grants {
+			if g.mgmt != mgmt || g.dir != dir || g.proto != p || port < g.lo || port > g.hi {
+				continue
+			}
+			rk := strings.Join(g.rules, "\x00")
+			if byRules[rk] == nil {
+				byRules[rk] = &netipx.IPSetBuilder{}
+				ruleLists[rk] = g.rules
+				order = append(order, rk)
+			}
+			byRules[rk].AddSet(g.peers)
 		}
-		ok = true
-		ids = append(ids, g.rules...)
+		for _, rk := range order {
+			set, _ := byRules[rk].IPSet()
+			groups = append(groups, coverGroup{set, ruleLists[rk]})
+		}
+		if b.coverCache == nil {
+			b.coverCache = map[coverKey][]coverGroup{}
+		}
+		b.coverCache[k] = groups
 	}
-	return ok, uniq(ids)
+	var ids []string
+	found := false
+	for _, g := range groups {
+		if g.peers.Contains(peer) {
+			found = true
+			ids = append(ids, g.rules...)
+		}
+	}
+	return found, uniq(ids)
+}
+
+type coverKey struct {
+	dir   snapshot.Direction
+	proto snapshot.Proto
+	port  uint16
+	mgmt  bool
+}
+
+type coverGroup struct {
+	peers *netipx.IPSet
+	rules []string
 }
 
 // quiet refuses to generate a deny-all policy from a window that showed
