@@ -46,7 +46,8 @@ const rulesExamples = `  # nftables rules for a UTMStack v11 manager: documented
   # Azure NSG, outbound enforced too
   flowaudit rules -m vsos -r scanning-server --site site.yaml -s snap.json --egress-policy drop --target azure-nsg
 
-flowaudit never applies rules: it writes them for review.
+flowaudit never applies rules: it writes them for review. Modes, aggregation, the management
+guard and each target's shape and limits: docs/RULES.md.
 Exit codes: 0 rules written, 1 error (including "no traffic seen": flowaudit never turns a quiet
 window into a deny-all policy), 2 with --fail-on-undocumented when observed, answered traffic
 was undocumented or out of zone (the rules are written all the same).`
