@@ -146,6 +146,23 @@ func TestRulesRealTools(t *testing.T) {
 			checkWithTool(t, target, out)
 		})
 	}
+	// Documented mode of a catalog with the shapes targets find hard:
+	// SCTP ports, ICMP type ranges, protocol 112, ESP from anyone, every
+	// UDP port, a 1024-65535 range, 18 ports (two multiport rules).
+	for _, target := range rules.Targets {
+		out := filepath.Join(dir, "exotic."+string(target))
+		t.Run("exotic/"+string(target), func(t *testing.T) {
+			code, _, stderr := runCLI(t, "rules", "--catalog", "testdata/rules-exotic-catalog.yaml", "--matrix", "exotic", "--role", "node",
+				"--site", "testdata/rules-exotic-site.yaml", "--mode", "documented", "--egress-policy", "drop", "--target", string(target), "--out", out)
+			if code != exitClean {
+				t.Fatalf("exit %d\n%s", code, stderr)
+			}
+			checkWithTool(t, target, out)
+			if target == rules.AWSSG && !strings.Contains(mustRead(t, out), "security groups cannot match sctp ports") {
+				t.Error("aws-sg does not say SCTP ports are widened")
+			}
+		})
+	}
 	golden := map[string]rules.Target{".nft": rules.NFTables, ".iptables": rules.IPTables, ".ip6tables": rules.IP6Tables,
 		".ufw.sh": rules.UFW, ".aws.json": rules.AWSSG, ".azure.sh": rules.AzureNSG}
 	files, _ := filepath.Glob(rulesDir + "/golden/*")
