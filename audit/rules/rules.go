@@ -258,6 +258,7 @@ type builder struct {
 	widened  map[string]*Widening
 	left     []leftFlow
 	replies  int
+	loopback int
 	aud      []*audit.FlowClass // auditable classes, replies set apart
 	// coverCache serves covers; management grants are added only after
 	// every non-management lookup, and looked up only after that.
@@ -444,6 +445,10 @@ func (b *builder) auditable() []*audit.FlowClass {
 		}
 		if b.replyLike(c.Flow) {
 			b.replies++
+			continue
+		}
+		if c.Flow.Peer.Unmap().IsLoopback() {
+			b.loopback++
 			continue
 		}
 		out = append(out, c)
@@ -1016,6 +1021,9 @@ func (b *builder) finish() {
 		}
 		return a.Clip < c.Clip
 	})
+	if b.loopback > 0 {
+		rs.Notes = append(rs.Notes, fmt.Sprintf("%d loopback flows need no rule: loopback is always accepted", b.loopback))
+	}
 	if b.replies > 0 {
 		rs.Notes = append(rs.Notes, fmt.Sprintf("%d flows looked like the reply side of connections (ephemeral port, direction inferred, no listener): replies are accepted as established/related, never by port", b.replies))
 	}

@@ -140,6 +140,7 @@ func TestAggregation(t *testing.T) {
 					return f
 				}(),
 				fl("in", "tcp", 22, "192.0.2.7"),
+				fl("in", "tcp", 8080, "127.0.0.1"), // loopback is always accepted
 			},
 			want: "in v4 tcp 22 192.0.2.7/32 [observed]\nout v4 tcp 443 203.0.113.80/32 [observed]\n",
 		},
