@@ -218,6 +218,9 @@ func measurePeers(l *lab, g *generator, nop *noopXDP, cfg *config, tmp string) (
 			return nil, fmt.Errorf("unknown peer %q", name)
 		}
 		if _, err := exec.LookPath(bin); err != nil {
+			if name == "flowaudit" {
+				return nil, fmt.Errorf("flowaudit binary %s: %w (make build)", bin, err)
+			}
 			logf("  %s: not installed, skipped (%v)", name, err)
 			out = append(out, peerResult{name: name, err: fmt.Errorf("not installed: %w", err), missing: true})
 			continue
