@@ -100,6 +100,16 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(string(html), "unexpected-open-port") {
 		t.Error("HTML report lacks the findings")
 	}
+	nft, err := os.ReadFile(filepath.Join(out, "rules.nft"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(nft), "table inet flowaudit") {
+		t.Errorf("rules.nft is not an nftables ruleset:\n%s", nft)
+	}
+	if b, err := exec.Command("nft", "-c", "-f", filepath.Join(out, "rules.nft")).CombinedOutput(); err != nil {
+		t.Errorf("nft -c rejects the demo's rules: %v\n%s", err, b)
+	}
 	if !strings.Contains(string(logs), "HTML report: "+out) {
 		t.Error("demo did not print the HTML report's path")
 	}

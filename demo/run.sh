@@ -211,9 +211,8 @@ audit_args=("${mx_args[@]}" --min-window 10s)
 "$FLOWAUDIT" audit "${audit_args[@]}" --format json --out "$OUT/report.json" 2>>"$work/audit.log" || [[ $? -eq 2 ]]
 "$FLOWAUDIT" audit "${audit_args[@]}" --format html --out "$OUT/report.html" 2>>"$work/audit.log" || [[ $? -eq 2 ]]
 "$FLOWAUDIT" audit "${audit_args[@]}" --format table --out "$OUT/report.txt" 2>>"$work/audit.log" || [[ $? -eq 2 ]]
-if "$FLOWAUDIT" help 2>/dev/null | grep -q '^  rules '; then
-  "$FLOWAUDIT" rules "${mx_args[@]}" --target nftables --out "$OUT/rules.nft" 2>>"$work/audit.log" || true
-fi
+"$FLOWAUDIT" rules "${mx_args[@]}" --min-window 10s --target nftables --out "$OUT/rules.nft" 2>>"$work/audit.log" ||
+  { cat "$work/audit.log" >&2; die "flowaudit rules failed"; }
 if [[ ${DEMO_QUIET:-0} != 1 ]]; then
   say "audit report"
   cat "$OUT/report.txt"
