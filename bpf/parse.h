@@ -32,9 +32,6 @@
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
 #endif
-#ifndef IPPROTO_MH
-#define IPPROTO_MH 135
-#endif
 
 /* Caps on the loops below; each is also documented in docs/ARCHITECTURE.md. */
 #define VLAN_MAX_DEPTH 2
@@ -178,7 +175,8 @@ static __always_inline void parse_l4(struct hdr_cursor *nh, void *data_end, stru
 
 /*
  * parse_ipv4: header with options (IHL), fragments. Leaves the cursor at
- * the L4 header. Returns -1 if the fixed header is truncated or malformed.
+ * the L4 header. Returns -1 if the fixed header is truncated or malformed
+ * (IHL < 5, or a version other than 4).
  */
 static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end, struct tuple *t)
 {
@@ -186,6 +184,9 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end, str
 	int hdrsize;
 
 	if ((void *)(iph + 1) > data_end)
+		return -1;
+	/* The version must agree with the ethertype: ip_rcv drops the rest. */
+	if (iph->version != 4)
 		return -1;
 	hdrsize = iph->ihl * 4;
 	if (hdrsize < (int)sizeof(*iph))
@@ -202,8 +203,10 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end, str
 
 /*
  * parse_ipv6: fixed header, then walk up to IPV6_EXT_MAX extension headers
- * (hop-by-hop, routing, destination options, fragment, mobility). AH and
- * ESP end the walk and are counted as protocols of their own, like IPv4.
+ * (hop-by-hop, routing, destination options, fragment). AH, ESP and the
+ * mobility header (135, whose "payload proto" is 59 by RFC 6275: walking
+ * over it would hide Mobile IPv6 signalling under "no next header") end
+ * the walk and are counted as protocols of their own, as the kernel does.
  */
 static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end, struct tuple *t)
 {
@@ -212,6 +215,8 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end, str
 	int i;
 
 	if ((void *)(ip6h + 1) > data_end)
+		return -1;
+	if (ip6h->version != 6)
 		return -1;
 	t->family = 6;
 	__builtin_memcpy(t->src, &ip6h->saddr, 16);
@@ -223,8 +228,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end, str
 		switch (nexthdr) {
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
-		case IPPROTO_DSTOPTS:
-		case IPPROTO_MH: {
+		case IPPROTO_DSTOPTS: {
 			struct ipv6_ext *eh = nh->pos;
 
 			if ((void *)(eh + 1) > data_end)

@@ -276,6 +276,19 @@ func parserCases(t *testing.T) []parserCase {
 			want: map[key]counts{k4(unk, snapshot.ICMP, 0x0303): {pout: 1}}},
 		{name: "truncated: ethernet only", pkts: []sent{ingress(full[:14])},
 			nonIP: map[string]uint64{"0x0800": 1}, trunc: 1, xdpOnly: true},
+		{name: "malformed: ipv4 ethertype, version 6 (ip_rcv drops it)",
+			pkts:  []sent{ingress(func() []byte { f := append([]byte(nil), full...); f[14] = 0x65; return f }())},
+			nonIP: map[string]uint64{"0x0800": 1}, trunc: 1},
+		{name: "malformed: ipv6 ethertype, version 0",
+			pkts: []sent{ingress(func() []byte {
+				f := tcp6(t, in, 40000, 22, fSYN)
+				f[14] &= 0x0f
+				return f
+			}())},
+			nonIP: map[string]uint64{"0x86dd": 1}, trunc: 1},
+		{name: "ipv6 mobility header is a protocol, not an extension header to walk over",
+			pkts: []sent{ingress(ipv6Ext(ip6(in, layers.IPProtocol(135)), gopacket.Payload{59, 0, 5, 0, 0, 0, 0, 0}))},
+			want: map[key]counts{k6(unk, snapshot.Proto(135), 0): pi(1)}},
 	}
 }
 
