@@ -32,6 +32,28 @@ type generator struct {
 	w     *pinnedWorker
 	frame []byte
 	batch uint32
+	// overhead is the fixed cost of one live-mode run (page pool set-up
+	// and tear-down, tens of ms), not per-frame work: measureOverhead sets
+	// it and max-rate runs subtract it from their wall time.
+	overhead time.Duration
+}
+
+// measureOverhead times 64-frame runs into the no-op receiver (median of 7).
+func (g *generator) measureOverhead(nop *noopXDP) error {
+	if err := nop.attach(); err != nil {
+		return err
+	}
+	defer nop.detach() //nolint:errcheck
+	var small []time.Duration
+	for i := 0; i < 7; i++ {
+		w, err := g.send(64, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		small = append(small, w)
+	}
+	g.overhead = median(small)
+	return nil
 }
 
 func newGenerator(l *lab, cpu int) (*generator, error) {
@@ -197,7 +219,7 @@ func measureRun(g *generator, rc receiver, n uint32) (rateRun, error) {
 	if err != nil {
 		return run, err
 	}
-	run.wall = wall
+	run.wall = wall - g.overhead
 	time.Sleep(100 * time.Millisecond) // NAPI drains the last batch
 	after, err := g.l.recvCounters()
 	if err != nil {
@@ -229,24 +251,7 @@ type lineRate struct {
 // measureLineRate alternates no-op and flowaudit runs (no-op first in even
 // rounds), n frames each.
 func measureLineRate(l *lab, g *generator, nop *noopXDP, fa *flowauditRecv, n uint32, rounds int, logf func(string, ...any)) (*lineRate, error) {
-	lr := &lineRate{countedOK: true}
-	// The fixed cost of a live run (page pool setup and teardown, tens of
-	// ms) is not per-packet work: measure it with 64-frame runs and
-	// subtract it from every run's wall time.
-	if err := nop.attach(); err != nil {
-		return nil, err
-	}
-	var small []time.Duration
-	for i := 0; i < 7; i++ {
-		w, err := g.send(64, 10*time.Second)
-		if err != nil {
-			nop.detach() //nolint:errcheck
-			return nil, err
-		}
-		small = append(small, w)
-	}
-	nop.detach() //nolint:errcheck
-	lr.overhead = median(small)
+	lr := &lineRate{countedOK: true, overhead: g.overhead}
 	var ratios, pn, pf []float64
 	for round := 0; round < rounds; round++ {
 		order := []receiver{nop, fa}
@@ -259,7 +264,6 @@ func measureLineRate(l *lab, g *generator, nop *noopXDP, fa *flowauditRecv, n ui
 			if err != nil {
 				return nil, err
 			}
-			r.wall -= lr.overhead
 			logf("  round %d %-24s sent %d delivered %d counted %d  %.3f Mpps", round+1, r.recv, r.sent, r.delivered, r.counted, r.pps()/1e6)
 			if r.delivered != r.sent {
 				return nil, fmt.Errorf("%s: the receiving veth got %d frames, the generator sent %d", r.recv, r.delivered, r.sent)

@@ -17,9 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
-	"golang.org/x/sys/unix"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 )
@@ -59,7 +57,7 @@ func main() {
 	flag.IntVar(&cfg.lineRounds, "line-rounds", 3, "part 2: rounds of (no-op, flowaudit)")
 	flag.UintVar(&cfg.peerPkts, "peer-packets", 2_000_000, "part 3: frames per tool")
 	flag.Float64Var(&cfg.peerPPS, "peer-pps", 1_000_000, "part 3: offered load, frames per second")
-	flag.StringVar(&cfg.peers, "peers", "flowaudit,tcpdump,softflowd,pmacctd", "part 3: tools to compare")
+	flag.StringVar(&cfg.peers, "peers", "flowaudit,tcpdump,softflowd,pmacctd,pmacctd-defaults", "part 3: tools to compare")
 	flag.StringVar(&cfg.scale, "scale", "10000,100000,1000000", "part 4: flow counts")
 	flag.StringVar(&cfg.skip, "skip", "", "parts to skip, e.g. 3,4 (the report then says so)")
 	flag.Parse()
@@ -157,6 +155,9 @@ func run(cfg *config) error {
 			return err
 		}
 		defer nop.Close()
+		if err := g.measureOverhead(nop); err != nil {
+			return fmt.Errorf("generator: %w", err)
+		}
 		if !skip["2"] {
 			logf("part 2: line rate on veth, %d frames per run, %d rounds", cfg.linePkts, cfg.lineRounds)
 			fa, err := newFlowauditRecv(l)
@@ -202,18 +203,12 @@ func measurePeers(l *lab, g *generator, nop *noopXDP, cfg *config, tmp string) (
 		return nil, err
 	}
 	defer pc.Close()
-	// bpf_stats for the whole part: every tool's traffic pays the same
-	// small accounting overhead on the generator and no-op programs.
-	st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		return nil, fmt.Errorf("enable bpf_stats: %w", err)
-	}
-	defer st.Close()
 	fa := cfg.flowaudit // ip netns exec keeps the working directory
 	var out []peerResult
 	for _, name := range strings.Split(cfg.peers, ",") {
 		name = strings.TrimSpace(name)
-		bin := map[string]string{"flowaudit": fa, "tcpdump": "tcpdump", "softflowd": "softflowd", "pmacctd": "pmacctd"}[name]
+		bin := map[string]string{"flowaudit": fa, "tcpdump": "tcpdump", "softflowd": "softflowd", "pmacctd": "pmacctd",
+			"pmacctd-defaults": "pmacctd"}[name]
 		if bin == "" {
 			return nil, fmt.Errorf("unknown peer %q", name)
 		}
@@ -225,11 +220,27 @@ func measurePeers(l *lab, g *generator, nop *noopXDP, cfg *config, tmp string) (
 			out = append(out, peerResult{name: name, err: fmt.Errorf("not installed: %w", err), missing: true})
 			continue
 		}
-		r := runPeer(l, g, pc, nop, peerConfig{total: uint64(cfg.peerPkts), pps: cfg.peerPPS, tmp: tmp, flowaudit: fa}, name)
+		pcfg := peerConfig{total: uint64(cfg.peerPkts), pps: cfg.peerPPS, tmp: tmp, flowaudit: fa}
+		r := runPeer(l, g, pc, nop, pcfg, name)
 		if r.err != nil {
 			return nil, fmt.Errorf("%s: %w", name, r.err)
 		}
-		logf("  %-9s accounts for %d of %d (%.2f %%), CPU %s; %s", name, r.accounted, r.sent, 100*r.share(), r.cpu, r.detail)
+		logf("  %-16s paced: accounts for %d of %d (%.2f %%), CPU %s; %s", name, r.accounted, r.sent, 100*r.share(), r.cpu, r.detail)
+		// The same tool at the generator's maximum rate, right after a run
+		// into the no-op program alone: how much its kernel-side work slows
+		// the receive path (the CPU seconds above do not show that part).
+		base, err := measureRun(g, nop, uint32(cfg.peerPkts))
+		if err != nil {
+			return nil, fmt.Errorf("%s: no-op baseline: %w", name, err)
+		}
+		pcfg.maxRate = true
+		m := runPeer(l, g, pc, nop, pcfg, name)
+		if m.err != nil {
+			return nil, fmt.Errorf("%s at maximum rate: %w", name, m.err)
+		}
+		r.max, r.maxBase = &m, base.pps()
+		logf("  %-16s max rate: %.3f Mpps vs no-op %.3f Mpps (%.1f %%), accounts for %.2f %%", name, m.offered/1e6, base.pps()/1e6,
+			100*m.offered/base.pps(), 100*m.share())
 		out = append(out, r)
 	}
 	return out, nil

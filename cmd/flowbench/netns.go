@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -148,6 +149,9 @@ func (l *lab) Close() {
 		l.recv.Close()
 	}
 	for _, ns := range []string{l.genNS, l.recvNS} {
-		exec.Command("ip", "netns", "del", ns).Run() //nolint:errcheck // best effort
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "flowbench: could not delete namespace %s (delete it with: ip netns del %s): %v %s\n",
+				ns, ns, err, strings.TrimSpace(string(out)))
+		}
 	}
 }

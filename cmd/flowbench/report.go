@@ -149,9 +149,15 @@ func (r *report) rows() [][]string {
 				p.cpu.Seconds(), p.bpfRun.Seconds(), float64(p.bpfRun.Nanoseconds())/float64(max(p.bpfCnt, 1)))
 		}
 		rows = append(rows, []string{"3 peers",
-			fmt.Sprintf("%s, %s frames at %s", p.name, commas(p.sent), mpps(p.offered)),
+			fmt.Sprintf("%s, %s frames paced at %s", p.name, commas(p.sent), mpps(p.offered)),
 			res,
 			fmt.Sprintf("%.2f %% of sent", 100*p.share()), ""})
+		if m := p.max; m != nil {
+			rows = append(rows, []string{"3 peers",
+				fmt.Sprintf("%s, %s frames at maximum rate", p.name, commas(m.sent)),
+				fmt.Sprintf("%s vs no-op alone %s; accounts for %.2f %%", mpps(m.offered), mpps(p.maxBase), 100*m.share()),
+				fmt.Sprintf("%.1f %% of no-op rate", 100*m.offered/p.maxBase), ""})
+		}
 	}
 	for _, s := range r.scale {
 		n := strings.TrimSuffix(strings.TrimSuffix(keysLabel(s.n), " keys"), " key")
@@ -275,9 +281,17 @@ func (r *report) write(w io.Writer) error {
 	p("softirq on the sending CPU) is not attributed to them and is not in their CPU seconds.\n\n")
 	for _, pr := range r.peers {
 		if pr.command != "" {
-			p("- %s: `%s`\n", pr.name, strings.ReplaceAll(pr.command, r.cfgTmpPrefix(), "$TMP/"))
+			p("- %s: `%s`", pr.name, strings.ReplaceAll(pr.command, r.cfgTmpPrefix(), "$TMP/"))
+			if pr.config != "" {
+				p(" with `%s`", strings.ReplaceAll(pr.config, r.cfgTmpPrefix(), "$TMP/"))
+			}
+			p("\n")
 		}
 	}
+	p("\nEach tool is also run at the generator's maximum rate (as in part 2), right after a run into the no-op\n")
+	p("program alone: the ratio of the two rates shows the tool's cost on the receive path, kernel side included\n")
+	p("(for the libpcap tools, the copy of every frame to the packet socket). bpf_stats is enabled only for\n")
+	p("flowaudit's paced run, so the max-rate runs compare like with like.\n")
 	p("\n**4. Userspace scale.** Synthetic recordings of a UTMStack v11 manager (`internal/benchflows`: agents in\n")
 	p("10.0.0.0/8 on documented ports, out-of-zone peers, refused attempts on undocumented ports, ICMP errors; every\n")
 	p("flow its own peer) audited against the built-in `utmstack@11` matrix, role `manager`, with a site binding its\n")
