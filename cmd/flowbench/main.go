@@ -57,7 +57,7 @@ func main() {
 	flag.IntVar(&cfg.lineRounds, "line-rounds", 3, "part 2: rounds of (no-op, flowaudit)")
 	flag.UintVar(&cfg.peerPkts, "peer-packets", 2_000_000, "part 3: frames per tool")
 	flag.Float64Var(&cfg.peerPPS, "peer-pps", 1_000_000, "part 3: offered load, frames per second")
-	flag.StringVar(&cfg.peers, "peers", "flowaudit,tcpdump,softflowd,pmacctd,pmacctd-defaults", "part 3: tools to compare")
+	flag.StringVar(&cfg.peers, "peers", "flowaudit,tcpdump,softflowd,pmacctd-buffered,pmacctd-defaults", "part 3: tools to compare")
 	flag.StringVar(&cfg.scale, "scale", "10000,100000,1000000", "part 4: flow counts")
 	flag.StringVar(&cfg.skip, "skip", "", "parts to skip, e.g. 3,4 (the report then says so)")
 	flag.Parse()
@@ -109,6 +109,7 @@ func run(cfg *config) error {
 	start := time.Now()
 	rep := &report{cfg: cfg, start: start.UTC()}
 	rep.machine()
+	rep.load = startLoadSampler()
 
 	// Namespaces are deleted on SIGINT/SIGTERM too.
 	var cleanups []func()
@@ -184,6 +185,7 @@ func run(cfg *config) error {
 		}
 	}
 	rep.elapsed = time.Since(start)
+	rep.load.finish()
 	table := rep.table()
 	fmt.Print(table)
 	if cfg.out == "" {
@@ -207,7 +209,7 @@ func measurePeers(l *lab, g *generator, nop *noopXDP, cfg *config, tmp string) (
 	var out []peerResult
 	for _, name := range strings.Split(cfg.peers, ",") {
 		name = strings.TrimSpace(name)
-		bin := map[string]string{"flowaudit": fa, "tcpdump": "tcpdump", "softflowd": "softflowd", "pmacctd": "pmacctd",
+		bin := map[string]string{"flowaudit": fa, "tcpdump": "tcpdump", "softflowd": "softflowd", "pmacctd-buffered": "pmacctd",
 			"pmacctd-defaults": "pmacctd"}[name]
 		if bin == "" {
 			return nil, fmt.Errorf("unknown peer %q", name)

@@ -381,7 +381,7 @@ func runPeer(l *lab, g *generator, pc *pacer, nop *noopXDP, cfg peerConfig, kind
 			return nil
 		}
 		stopSig = syscall.SIGTERM
-	case "pmacctd":
+	case "pmacctd-buffered":
 		pipe := filepath.Join(cfg.tmp, "pmacct.pipe")
 		conf := filepath.Join(cfg.tmp, "pmacctd.conf")
 		// The memory plugin with the transfer buffering pmacct's

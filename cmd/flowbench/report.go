@@ -32,6 +32,7 @@ type report struct {
 	cpuModel, kernel, goVersion, commit string
 	cpus                                int
 	memGiB                              float64
+	load                                *loadSampler
 
 	tmp string // scratch directory, hidden in the printed command lines
 
@@ -220,7 +221,11 @@ func (r *report) write(w io.Writer) error {
 	p("| kernel | %s |\n", orUnknown(r.kernel))
 	p("| Go | %s |\n", r.goVersion)
 	p("| flowaudit | %s |\n", orUnknown(r.commit))
-	p("| run time | %s |\n\n", r.elapsed.Round(time.Second))
+	p("| run time | %s |\n", r.elapsed.Round(time.Second))
+	if r.load != nil {
+		p("| other load | %s |\n", r.load.summary(r.cpus))
+	}
+	p("\n")
 
 	p("## Results\n\n")
 	p("%s\n", r.table())
@@ -271,13 +276,14 @@ func (r *report) write(w io.Writer) error {
 	p("spread evenly at %s. Each tool is started in the receiving namespace as a user would run it (command\n", mpps(cfg.peerPPS))
 	p("lines below), traffic starts once it is capturing, and its counts are read 1.5 s after the last frame (libpcap\n")
 	p("hands blocks over after tcpdump's 1 s timeout). The libpcap tools run with the no-op XDP program attached\n")
-	p("(veth only delivers `XDP_TX` frames to a peer with NAPI on); flowaudit attaches its own. Share = packets the\n")
+	p("(veth only delivers `XDP_TX` frames to a peer with NAPI on); flowaudit attaches its own. pmacctd runs twice:\n")
+	p("with its defaults, and with the core→plugin buffering its CONFIG-KEYS recommends for heavy loads. Share = packets the\n")
 	p("tool's output accounts for / frames sent: tcpdump's \"captured\", softflowd's \"packets processed\"\n")
 	p("(`softflowctl statistics`), the packet total of pmacctd's memory table (`pmacct -s`), the packets in\n")
 	p("flowaudit's snapshot. CPU = user+system time of the tool's processes from traffic start to exit (so flowaudit's\n")
 	p("includes reading the maps and writing the snapshot). For flowaudit the in-kernel cost is also given: run time\n")
-	p("of its XDP program from `bpf_stats` (enabled for the whole part with `BPF_ENABLE_STATS`, which itself adds\n")
-	p("two clock reads per program run). The libpcap tools' in-kernel cost (cloning each skb to the packet socket, in\n")
+	p("of its XDP program from `bpf_stats` (`BPF_ENABLE_STATS`, on only during that run, since it adds two clock\n")
+	p("reads to every program run). The libpcap tools' in-kernel cost (cloning each skb to the packet socket, in\n")
 	p("softirq on the sending CPU) is not attributed to them and is not in their CPU seconds.\n\n")
 	for _, pr := range r.peers {
 		if pr.command != "" {
@@ -331,6 +337,58 @@ func orUnknown(s string) string {
 
 func (r *report) commandLine() string {
 	return "flowbench " + strings.Join(os.Args[1:], " ")
+}
+
+// loadSampler watches the 1-minute load average during the run: the box is
+// shared, and other work on it is noise the ratios can only partly cancel.
+type loadSampler struct {
+	stop    chan struct{}
+	done    chan struct{}
+	samples []float64
+}
+
+func startLoadSampler() *loadSampler {
+	ls := &loadSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(ls.done)
+		for {
+			if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+				var v float64
+				if _, err := fmt.Sscan(string(b), &v); err == nil {
+					ls.samples = append(ls.samples, v)
+				}
+			}
+			select {
+			case <-ls.stop:
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}()
+	return ls
+}
+
+func (ls *loadSampler) finish() {
+	close(ls.stop)
+	<-ls.done
+}
+
+// summary: load average at start, median and maximum, and a warning when
+// other work kept the CPUs busy.
+func (ls *loadSampler) summary(cpus int) string {
+	if len(ls.samples) == 0 {
+		return "unknown"
+	}
+	mx := 0.0
+	for _, v := range ls.samples {
+		mx = max(mx, v)
+	}
+	s := fmt.Sprintf("1-min load average %.2f at start, median %.2f, max %.2f (flowbench itself keeps about 1 CPU busy)",
+		ls.samples[0], medianF(ls.samples), mx)
+	if medianF(ls.samples) > 1.5 {
+		s += fmt.Sprintf(" — **other processes competed for the %d CPUs during this run: expect more noise than usual**", cpus)
+	}
+	return s
 }
 
 // replayState says whether the replay feature has landed (is committed).
