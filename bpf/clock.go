@@ -27,3 +27,15 @@ func (c clock) wall(ns uint64) time.Time {
 	}
 	return c.wallAtZero.Add(time.Duration(ns)).UTC()
 }
+
+// KernelNow reads the clock the programs stamp first/last seen with
+// (bpf_ktime_get_coarse_ns, which is CLOCK_MONOTONIC_COARSE) and converts
+// it the way ReadMaps converts those stamps, so the two compare exactly.
+// Replay uses it to tell which slice of a capture a flow's stamps fall in.
+func (c *Collector) KernelNow() (time.Time, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		return time.Time{}, err
+	}
+	return c.boot.wall(uint64(ts.Nano())), nil
+}
