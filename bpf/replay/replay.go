@@ -1,0 +1,888 @@
+// Package replay feeds a packet capture (pcap or pcapng) through
+// flowaudit's own XDP and TC programs with BPF_PROG_TEST_RUN and turns what
+// they counted into a snapshot, the same file a live recording writes. The
+// design, the local-address heuristic and every known difference from a
+// live recording are in docs/REPLAY.md.
+//
+// A replay reads the file twice: a scan (packet count, time range, the
+// addresses for the local-address heuristic) and the replay itself. Frames
+// whose source address is local go through the TC egress program, all
+// others through the ingress program (XDP by default), on a pool of
+// workers that keeps the packets of one conversation in capture order.
+package replay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/bpf"
+)
+
+// MaxFrame is the longest frame given to a program: the largest linear
+// frame BPF_PROG_TEST_RUN builds for an XDP program on 4 KiB pages
+// (4096 - 256 bytes of headroom - 320 of skb_shared_info). Longer frames
+// (jumbo frames, offload super-packets captured on a host) are cut to it;
+// their bytes beyond it are reported in Result.MissingBytes.
+const MaxFrame = 3520
+
+// DefaultEphemeralPorts is the client port range replay assumes unless
+// told otherwise: Linux's default net.ipv4.ip_local_port_range. The
+// replaying machine's own setting says nothing about the captured host.
+var DefaultEphemeralPorts = [2]uint16{32768, 60999}
+
+// Verdicts the programs must return for every frame (they never drop).
+const (
+	xdpPass = 2          // XDP_PASS
+	tcxNext = 0xffffffff // TCX_NEXT (-1)
+)
+
+// Options configure Run.
+type Options struct {
+	// Local are the addresses (or prefixes) of the host the capture was
+	// taken on. Empty: the most frequent address of each IP version is
+	// taken (see docs/REPLAY.md).
+	Local []netip.Prefix
+	// Listening are local services known by other means; they are loaded
+	// into the programs' local-port set, as sock_diag does live, and
+	// written to the snapshot.
+	Listening []snapshot.Socket
+	// Workers is the number of parallel BPF_PROG_TEST_RUN workers
+	// (default: one per CPU but one, which the reader uses). The result
+	// does not depend on it.
+	Workers int
+	// Resolution bounds the error of a flow's first/last seen; zero picks
+	// max(1s, capture length / 1000).
+	Resolution time.Duration
+	// Ingress is the program for incoming frames: bpf.HookXDP (default)
+	// or bpf.HookTCIngress.
+	Ingress bpf.Hook
+	// Interface names the capture's interface in the snapshot. Empty: the
+	// pcapng interface name when the packets come from exactly one named
+	// interface, else "replay".
+	Interface   string
+	ToolVersion string
+	// Progress, when set, is called about ten times a second.
+	Progress func(Progress)
+	Logger   *zap.Logger
+}
+
+// Progress is a progress report: the scan counts bytes of the file, the
+// replay counts packets.
+type Progress struct {
+	Phase       string // "scan" or "replay"
+	Done, Total int64
+}
+
+// LocalChoice records what replay took as local and why.
+type LocalChoice struct {
+	// From is "--local-addr" (given) or "heuristic" (most frequent
+	// address of each IP version), or "none" (no IP packets).
+	From     string
+	Prefixes []netip.Prefix
+	// Addrs are the local addresses: the chosen ones, or the given
+	// single addresses plus every capture address inside a given prefix.
+	Addrs []netip.Addr
+	// Share: for each address, the fraction of the IP packets of its
+	// version it appears in (as source or destination).
+	Share map[netip.Addr]float64
+}
+
+// Result is a replay's outcome.
+type Result struct {
+	Snapshot *snapshot.Snapshot
+	Format   string         // "pcap" or "pcapng"
+	LinkType map[uint32]int // records per link type
+	Packets  int            // records read
+	Replayed int            // frames given to the programs
+	Calls    int            // BPF_PROG_TEST_RUN calls (identical consecutive frames for TC share one)
+	Skipped  map[string]int // records not replayed, by reason
+	Local    LocalChoice
+	// Snapped counts records cut by the capture's snap length, Cut the
+	// frames cut to MaxFrame; MissingBytes is the wire bytes neither
+	// reached the programs (the snapshot's byte counts are short by it).
+	Snapped, Cut int
+	MissingBytes uint64
+	// EgressViaXDP counts outgoing frames too short for their IP header,
+	// which test_run refuses for TC programs: they went through XDP, which
+	// counts them identically (non-IP, truncated), and the snapshot's
+	// per-hook packet counts were corrected.
+	EgressViaXDP int
+	Resolution   time.Duration
+	Chunks       int           // time slices observed
+	Elapsed      time.Duration // wall time of the replay pass
+	// Err is set when the file could not be read to its end; the
+	// snapshot holds every packet before Err.Packet.
+	Err *CaptureError
+}
+
+// Run replays the capture at path through c's programs and returns the
+// snapshot. It resets c's maps first; c must not be attached to any
+// interface. When the file is cut short or corrupt, Run returns the result
+// for the packets before the damage together with a *CaptureError.
+func Run(ctx context.Context, c *bpf.Collector, path string, o Options) (*Result, error) {
+	if len(c.Attachments()) > 0 {
+		return nil, errors.New("replay needs a collector that is not attached to any interface")
+	}
+	if o.Workers <= 0 {
+		// The reader needs a CPU of its own to keep the workers busy.
+		o.Workers = max(1, runtime.NumCPU()-1)
+	}
+	if o.Ingress != bpf.HookTCIngress {
+		o.Ingress = bpf.HookXDP
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	name := filepath.Base(path)
+
+	sc, err := scan(ctx, path, name, o.Progress)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Format: sc.format, LinkType: sc.linkTypes, Skipped: map[string]int{}, Err: sc.err}
+	res.Local = chooseLocal(sc, o.Local)
+	logLocal(o.Logger, res.Local)
+	res.Resolution = o.Resolution
+	if res.Resolution <= 0 {
+		res.Resolution = autoResolution(sc.first, sc.last)
+	}
+
+	if err := c.Reset(); err != nil {
+		return nil, err
+	}
+	if err := c.SetLocalPorts(o.Listening); err != nil {
+		return nil, err
+	}
+	r := newReplayer(c, o, res, sc)
+	if err := r.replay(ctx, path, name, sc.packets); err != nil {
+		return nil, err
+	}
+	res.Snapshot.Source = "replay:" + name
+	res.Snapshot.Tool.Name = "flowaudit"
+	res.Snapshot.Tool.Version = o.ToolVersion
+	res.Snapshot.Interfaces = []snapshot.Interface{{Name: r.ifname, Addresses: res.Local.Addrs}}
+	res.Snapshot.Listening = append([]snapshot.Socket(nil), o.Listening...)
+	res.Snapshot.Start, res.Snapshot.End = sc.first.UTC(), sc.last.UTC()
+	res.Snapshot.Sort()
+	if err := res.Snapshot.Validate(); err != nil {
+		return nil, fmt.Errorf("replay produced an invalid snapshot: %w", err)
+	}
+	if res.Err != nil {
+		return res, res.Err
+	}
+	return res, nil
+}
+
+// autoResolution keeps the number of observed time slices near 1000.
+func autoResolution(first, last time.Time) time.Duration {
+	r := last.Sub(first) / 1000
+	if r < time.Second {
+		return time.Second
+	}
+	return r.Round(time.Second)
+}
+
+// scanResult is what the first pass learns.
+type scanResult struct {
+	format      string
+	fileLink    uint32 // pcap: the header's link type
+	packets     int    // records read before EOF or the error
+	first, last time.Time
+	linkTypes   map[uint32]int
+	ifaces      map[string]int // pcapng interface names of replayable records
+	addrs       map[netip.Addr]*addrCount
+	ipPackets   [2]int // IPv4, IPv6 packets
+	macOf       map[macIP]struct{}
+	err         *CaptureError
+}
+
+type addrCount struct{ packets, synIn int }
+
+type macIP struct {
+	mac [6]byte
+	ip  netip.Addr
+}
+
+func scan(ctx context.Context, path, name string, progress func(Progress)) (*scanResult, error) {
+	cp, err := openCapture(path, name)
+	if err != nil {
+		return nil, err
+	}
+	defer cp.close()
+	sc := &scanResult{format: cp.format, fileLink: cp.linkType, linkTypes: map[uint32]int{}, ifaces: map[string]int{},
+		addrs: map[netip.Addr]*addrCount{}, macOf: map[macIP]struct{}{}}
+	if cp.format == "pcap" && !LinkTypeSupported(cp.linkType) {
+		return nil, &LinkTypeError{File: name, LinkTypes: []uint32{cp.linkType}}
+	}
+	var buf []byte
+	last := time.Now()
+	for {
+		rec, err := cp.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			var ce *CaptureError
+			if errors.As(err, &ce) {
+				sc.err = ce
+				break
+			}
+			return nil, err
+		}
+		sc.packets++
+		if sc.packets&4095 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			if progress != nil && time.Since(last) > 100*time.Millisecond {
+				progress(Progress{Phase: "scan", Done: cp.bytesRead(), Total: cp.size})
+				last = time.Now()
+			}
+		}
+		if sc.packets == 1 || rec.ts.Before(sc.first) {
+			sc.first = rec.ts
+		}
+		if sc.packets == 1 || rec.ts.After(sc.last) {
+			sc.last = rec.ts
+		}
+		sc.linkTypes[rec.linkType]++
+		if !LinkTypeSupported(rec.linkType) {
+			continue
+		}
+		if rec.iface != "" {
+			sc.ifaces[rec.iface]++
+		}
+		var frame []byte
+		frame, _ = toEthernet(rec.linkType, rec.data, buf)
+		if frame == nil {
+			continue
+		}
+		if len(frame) > 0 && rec.linkType != LinkEthernet {
+			buf = frame[:0]
+		}
+		fi := parseFrame(frame)
+		if !fi.ip {
+			continue
+		}
+		fam := 0
+		if fi.src.Is6() {
+			fam = 1
+		}
+		sc.ipPackets[fam]++
+		for i, a := range []netip.Addr{fi.src, fi.dst} {
+			ac := sc.addrs[a]
+			if ac == nil {
+				ac = &addrCount{}
+				sc.addrs[a] = ac
+			}
+			if i == 0 || a != fi.src {
+				ac.packets++
+			}
+			if i == 1 && fi.syn {
+				ac.synIn++
+			}
+		}
+		sc.macOf[macIP{fi.srcMAC, fi.src}] = struct{}{}
+	}
+	if progress != nil {
+		progress(Progress{Phase: "scan", Done: cp.size, Total: cp.size})
+	}
+	if sc.packets > 0 {
+		e := &LinkTypeError{File: name, Records: sc.packets}
+		for lt := range sc.linkTypes {
+			if LinkTypeSupported(lt) {
+				e = nil
+				break
+			}
+			e.LinkTypes = append(e.LinkTypes, lt)
+		}
+		if e != nil {
+			sort.Slice(e.LinkTypes, func(i, j int) bool { return e.LinkTypes[i] < e.LinkTypes[j] })
+			return nil, e
+		}
+	}
+	return sc, nil
+}
+
+// chooseLocal decides which addresses are local (docs/REPLAY.md).
+func chooseLocal(sc *scanResult, given []netip.Prefix) LocalChoice {
+	lc := LocalChoice{Share: map[netip.Addr]float64{}}
+	share := func(a netip.Addr) float64 {
+		fam := 0
+		if a.Is6() {
+			fam = 1
+		}
+		if sc.ipPackets[fam] == 0 || sc.addrs[a] == nil {
+			return 0
+		}
+		return float64(sc.addrs[a].packets) / float64(sc.ipPackets[fam])
+	}
+	if len(given) > 0 {
+		lc.From = "--local-addr"
+		lc.Prefixes = append(lc.Prefixes, given...)
+		seen := map[netip.Addr]bool{}
+		for _, p := range given {
+			if p.IsSingleIP() {
+				seen[p.Addr()] = true
+			}
+		}
+		for a := range sc.addrs {
+			for _, p := range given {
+				if p.Contains(a) {
+					seen[a] = true
+				}
+			}
+		}
+		for a := range seen {
+			lc.Addrs = append(lc.Addrs, a)
+		}
+	} else {
+		lc.From = "heuristic"
+		best := [2]netip.Addr{}
+		for a, ac := range sc.addrs {
+			if !candidate(a) {
+				continue
+			}
+			fam := 0
+			if a.Is6() {
+				fam = 1
+			}
+			b := best[fam]
+			if !b.IsValid() {
+				best[fam] = a
+				continue
+			}
+			bc := sc.addrs[b]
+			switch {
+			case ac.packets != bc.packets:
+				if ac.packets > bc.packets {
+					best[fam] = a
+				}
+			case ac.synIn != bc.synIn:
+				if ac.synIn > bc.synIn {
+					best[fam] = a
+				}
+			case a.Less(b):
+				best[fam] = a
+			}
+		}
+		for _, a := range best {
+			if a.IsValid() {
+				lc.Addrs = append(lc.Addrs, a)
+				lc.Prefixes = append(lc.Prefixes, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+		if len(lc.Addrs) == 0 {
+			lc.From = "none"
+		}
+	}
+	sort.Slice(lc.Addrs, func(i, j int) bool { return lc.Addrs[i].Less(lc.Addrs[j]) })
+	for _, a := range lc.Addrs {
+		lc.Share[a] = share(a)
+	}
+	return lc
+}
+
+// candidate: only a unicast address can be a host's own.
+func candidate(a netip.Addr) bool {
+	return !a.IsMulticast() && !a.IsUnspecified() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+func logLocal(log *zap.Logger, lc LocalChoice) {
+	for _, a := range lc.Addrs {
+		log.Info("local address", zap.String("addr", a.String()), zap.String("from", lc.From),
+			zap.String("share_of_ip_packets", fmt.Sprintf("%.1f%%", 100*lc.Share[a])))
+		if lc.From == "heuristic" && lc.Share[a] < 0.5 {
+			log.Warn("the most frequent address appears in fewer than half of the packets: the capture may not have been taken on one host; pass --local-addr",
+				zap.String("addr", a.String()))
+		}
+	}
+	if lc.From == "none" {
+		log.Warn("no IP packets: nothing is local, every frame goes through the ingress program")
+	}
+}
+
+// job is one test_run: a frame, its hook, how many identical consecutive
+// frames it stands for, and the index of the first (for errors).
+type job struct {
+	frame  []byte
+	hook   bpf.Hook
+	repeat uint32
+	index  int
+}
+
+// slice is one time slice of the capture: the packets' timestamps span
+// [cmin, cmax], and every stamp the programs wrote for them is at most
+// stamp (and later than the previous slice's stamp).
+type slice struct {
+	stamp      time.Time // the programs' clock when the slice was done
+	cmin, cmax time.Time
+}
+
+type replayer struct {
+	c        *bpf.Collector
+	o        Options
+	res      *Result
+	progs    [3]*ebpf.Program
+	local    []netip.Prefix
+	localMAC map[[6]byte]bool
+	ifname   string
+
+	cur     *batch     // being filled by the reader
+	spare   *batch     // free for the next swap
+	running chan error // the batch the workers are running, if any
+	slices  []slice
+	tick    time.Duration // resolution of the programs' clock
+	calls   atomic.Int64  // BPF_PROG_TEST_RUN calls
+	ticked  bool          // the current slice has waited for the clock
+}
+
+func newReplayer(c *bpf.Collector, o Options, res *Result, sc *scanResult) *replayer {
+	r := &replayer{c: c, o: o, res: res, local: res.Local.Prefixes, localMAC: map[[6]byte]bool{},
+		cur: newBatch(o.Workers), spare: newBatch(o.Workers), tick: coarseTick()}
+	for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCIngress, bpf.HookTCEgress} {
+		r.progs[h] = c.Program(h)
+	}
+	// A non-IP frame is outgoing when it comes from the MAC address of
+	// a local IP sender.
+	for mi := range sc.macOf {
+		if mi.mac != ([6]byte{}) && r.isLocal(mi.ip) {
+			r.localMAC[mi.mac] = true
+		}
+	}
+	r.ifname = o.Interface
+	if r.ifname == "" {
+		r.ifname = "replay"
+		if len(sc.ifaces) == 1 {
+			for n := range sc.ifaces {
+				r.ifname = n
+			}
+		}
+	}
+	return r
+}
+
+func (r *replayer) isLocal(a netip.Addr) bool {
+	for _, p := range r.local {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// tcRefuses: BPF_PROG_TEST_RUN refuses an skb whose IPv4/IPv6 header is
+// not all there (net/bpf/test_run.c, since 2026 also in stable kernels).
+func tcRefuses(f []byte) bool {
+	switch uint16(f[12])<<8 | uint16(f[13]) {
+	case 0x0800:
+		return len(f) < ethHdrLen+20
+	case 0x86dd:
+		return len(f) < ethHdrLen+40
+	}
+	return false
+}
+
+func (r *replayer) replay(ctx context.Context, path, name string, packets int) error {
+	cp, err := openCapture(path, name)
+	if err != nil {
+		return err
+	}
+	defer cp.close()
+	res := r.res
+	start := time.Now()
+	var (
+		buf                    []byte
+		chunkStart, cmin, cmax time.Time
+		inChunk                int
+		lastProgress           = time.Now()
+	)
+	for i := 1; i <= packets; i++ {
+		rec, err := cp.next()
+		if err != nil {
+			// The scan read this far: the file changed under us.
+			return fmt.Errorf("%s: reading packet %d again: %w", name, i, err)
+		}
+		res.Packets++
+		if i&4095 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if r.o.Progress != nil && time.Since(lastProgress) > 100*time.Millisecond {
+				r.o.Progress(Progress{Phase: "replay", Done: int64(i), Total: int64(packets)})
+				lastProgress = time.Now()
+			}
+		}
+		ts := rec.ts
+		if inChunk > 0 && (!ts.Before(chunkStart.Add(res.Resolution)) || ts.Before(chunkStart.Add(-res.Resolution))) {
+			if err := r.flush(true, cmin, cmax); err != nil {
+				return err
+			}
+			inChunk = 0
+		}
+		if inChunk == 0 {
+			chunkStart, cmin, cmax = ts, ts, ts
+		}
+		inChunk++
+		if ts.Before(cmin) {
+			cmin = ts
+		}
+		if ts.After(cmax) {
+			cmax = ts
+		}
+
+		if !LinkTypeSupported(rec.linkType) {
+			res.Skipped[SkipLinkType]++
+			continue
+		}
+		frame, skip := toEthernet(rec.linkType, rec.data, buf)
+		if skip != "" {
+			res.Skipped[skip]++
+			continue
+		}
+		if rec.linkType != LinkEthernet {
+			buf = frame[:0]
+		}
+		wire := rec.origLen - len(rec.data) + len(frame)
+		if len(rec.data) < rec.origLen {
+			res.Snapped++
+		}
+		if len(frame) > MaxFrame {
+			frame = frame[:MaxFrame]
+			res.Cut++
+		}
+		if wire > len(frame) {
+			res.MissingBytes += uint64(wire - len(frame))
+		}
+		fi := parseFrame(frame)
+		hook := r.o.Ingress
+		if (fi.ip && r.isLocal(fi.src)) || (!fi.ip && r.localMAC[fi.srcMAC]) {
+			hook = bpf.HookTCEgress
+		}
+		if hook != bpf.HookXDP && tcRefuses(frame) {
+			if hook == bpf.HookTCEgress {
+				res.EgressViaXDP++
+			}
+			hook = bpf.HookXDP
+		}
+		res.Replayed++
+		shard := 0
+		if fi.ip {
+			shard = int(fi.conv % uint64(len(r.cur.shards)))
+		}
+		jobs := r.cur.shards[shard]
+		if n := len(jobs); n > 0 && jobs[n-1].hook == hook && jobs[n-1].repeat < 1<<30 && bytes.Equal(jobs[n-1].frame, frame) {
+			jobs[n-1].repeat++
+			continue
+		}
+		r.cur.shards[shard] = append(jobs, job{frame: r.cur.arena.copy(frame), hook: hook, repeat: 1, index: i})
+		if r.cur.frames++; r.cur.frames >= batchFrames || r.cur.arena.size() >= batchBytes {
+			if err := r.dispatch(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := r.flush(true, cmin, cmax); err != nil {
+		return err
+	}
+	res.Elapsed = time.Since(start)
+	res.Calls = int(r.calls.Load())
+	if r.o.Progress != nil {
+		r.o.Progress(Progress{Phase: "replay", Done: int64(packets), Total: int64(packets)})
+	}
+	return r.finish()
+}
+
+// Batches: the reader fills one while the workers run the other.
+const (
+	batchFrames = 4096
+	batchBytes  = 8 << 20
+)
+
+// batch is a set of queued frames, one job list per worker.
+type batch struct {
+	shards [][]job
+	arena  arena
+	frames int
+}
+
+func newBatch(workers int) *batch { return &batch{shards: make([][]job, workers)} }
+
+// dispatch hands the current batch to the workers, after the previous one
+// is done, and gives the reader a free batch. The first batch of a time
+// slice waits until the programs' clock has moved past the previous
+// slice's stamp.
+func (r *replayer) dispatch() error {
+	if err := r.wait(); err != nil {
+		return err
+	}
+	if r.cur.frames == 0 {
+		return nil
+	}
+	if n := len(r.slices); n > 0 && !r.ticked {
+		if err := r.waitTick(r.slices[n-1].stamp); err != nil {
+			return err
+		}
+		r.ticked = true
+	}
+	b := r.cur
+	r.cur, r.spare = r.spare, nil
+	done := make(chan error, 1)
+	r.running = done
+	go func() {
+		var wg sync.WaitGroup
+		errs := make([]error, len(b.shards))
+		for i := range b.shards {
+			if len(b.shards[i]) == 0 {
+				continue
+			}
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				errs[i] = r.runJobs(b.shards[i])
+			}(i)
+		}
+		wg.Wait()
+		for i := range b.shards {
+			b.shards[i] = b.shards[i][:0]
+		}
+		b.arena.reset()
+		b.frames = 0
+		r.spare = b
+		done <- errors.Join(errs...)
+	}()
+	return nil
+}
+
+// wait waits for the running batch, if any.
+func (r *replayer) wait() error {
+	if r.running == nil {
+		return nil
+	}
+	err := <-r.running
+	r.running = nil
+	return err
+}
+
+// flush runs everything queued and waits for it. With endSlice it closes
+// the time slice [cmin, cmax]: it notes the programs' clock, and the next
+// slice's frames run only once that clock has moved on, so that a flow's
+// first/last-seen stamps tell which slice its packets were in.
+func (r *replayer) flush(endSlice bool, cmin, cmax time.Time) error {
+	if err := r.dispatch(); err != nil {
+		return err
+	}
+	if err := r.wait(); err != nil {
+		return err
+	}
+	if !endSlice {
+		return nil
+	}
+	now, err := r.c.KernelNow()
+	if err != nil {
+		return err
+	}
+	r.slices = append(r.slices, slice{stamp: now, cmin: cmin, cmax: cmax})
+	r.ticked = false
+	r.res.Chunks++
+	return nil
+}
+
+// waitTick waits until the programs' (coarse, tick-driven) clock is past t.
+func (r *replayer) waitTick(t time.Time) error {
+	for {
+		now, err := r.c.KernelNow()
+		if err != nil {
+			return err
+		}
+		if now.After(t) {
+			return nil
+		}
+		time.Sleep(r.tick / 4)
+	}
+}
+
+// coarseTick is the resolution of CLOCK_MONOTONIC_COARSE (one jiffy).
+func coarseTick() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil || ts.Nano() <= 0 {
+		return 4 * time.Millisecond
+	}
+	return time.Duration(ts.Nano())
+}
+
+// captureTime maps a stamp of the programs to the capture time span of
+// the slice it was written in.
+func (r *replayer) captureTime(stamp time.Time) (cmin, cmax time.Time) {
+	i := sort.Search(len(r.slices), func(i int) bool { return !r.slices[i].stamp.Before(stamp) })
+	if i == len(r.slices) {
+		i-- // cannot happen: the last slice's stamp is taken after every run
+	}
+	return r.slices[i].cmin, r.slices[i].cmax
+}
+
+// runJobs feeds one shard's frames, in order, on one locked OS thread with
+// signals blocked: an interrupted test_run with repeat > 1 would be
+// retried from the start by cilium/ebpf after some repetitions already
+// counted, so it must not be interrupted.
+func (r *replayer) runJobs(jobs []job) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var all, old unix.Sigset_t
+	for i := range all.Val {
+		all.Val[i] = ^uint64(0)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, &old); err != nil {
+		return fmt.Errorf("block signals: %w", err)
+	}
+	defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil) //nolint:errcheck // restoring a mask read just before
+	calls := 0
+	defer func() { r.calls.Add(int64(calls)) }()
+	for i := range jobs {
+		j := &jobs[i]
+		want := uint32(xdpPass)
+		if j.hook != bpf.HookXDP {
+			want = tcxNext
+		}
+		// Identical frames: one call with a repeat count, except for XDP
+		// below xdpRepeatMin (see there).
+		runs, repeat := uint32(1), j.repeat
+		if j.hook == bpf.HookXDP && repeat < xdpRepeatMin {
+			runs, repeat = repeat, 1
+		}
+		for ; runs > 0; runs-- {
+			calls++
+			ret, err := r.progs[j.hook].Run(&ebpf.RunOptions{Data: j.frame, Repeat: repeat})
+			if err != nil {
+				return fmt.Errorf("packet %d (%d bytes) via %s: BPF_PROG_TEST_RUN: %w", j.index, len(j.frame), j.hook, err)
+			}
+			if ret != want {
+				return fmt.Errorf("packet %d via %s: verdict %#x, want %#x: the program must never drop", j.index, j.hook, ret, want)
+			}
+		}
+	}
+	return nil
+}
+
+// xdpRepeatMin: BPF_PROG_TEST_RUN with a repeat count above one swaps the
+// kernel's XDP dispatcher in and out around the run, which waits for RCU
+// grace periods: ~200 ms per call on this project's CI VM (kernel 6.18),
+// against ~3 µs for a single run. Identical frames for XDP are therefore
+// run one by one unless there are enough of them to pay for it; for TC
+// programs a repeat count costs nothing extra (measured: docs/REPLAY.md).
+const xdpRepeatMin = 1 << 16
+
+// finish reads the maps and builds the snapshot, with each flow's first
+// and last seen mapped back to capture time.
+func (r *replayer) finish() error {
+	read, err := r.c.ReadMaps()
+	if err != nil {
+		return err
+	}
+	st := read.Stats
+	st.PacketsIngress -= uint64(r.res.EgressViaXDP)
+	st.PacketsEgress += uint64(r.res.EgressViaXDP)
+	flows := make([]snapshot.Flow, len(read.Flows))
+	for i, f := range read.Flows {
+		f.Interface = r.ifname
+		if len(r.slices) > 0 {
+			f.FirstSeen, _ = r.captureTime(f.FirstSeen)
+			_, f.LastSeen = r.captureTime(f.LastSeen)
+			f.FirstSeen, f.LastSeen = f.FirstSeen.UTC(), f.LastSeen.UTC()
+		}
+		flows[i] = f
+	}
+	s := &snapshot.Snapshot{Version: snapshot.FormatVersion, EphemeralPorts: r.c.EphemeralPorts(), Stats: st, Flows: flows}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		s.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	r.res.Snapshot = s
+	return nil
+}
+
+// arena holds the frames of one flush in a few large blocks.
+type arena struct {
+	blocks [][]byte
+	cur    int
+	used   int
+}
+
+const arenaBlock = 1 << 20
+
+func (a *arena) copy(f []byte) []byte {
+	if len(a.blocks) == 0 || len(a.blocks[a.cur])+len(f) > cap(a.blocks[a.cur]) {
+		if len(a.blocks) > 0 {
+			a.cur++
+		}
+		if a.cur == len(a.blocks) {
+			a.blocks = append(a.blocks, make([]byte, 0, arenaBlock))
+		}
+	}
+	b := a.blocks[a.cur]
+	n := len(b)
+	b = append(b, f...)
+	a.blocks[a.cur] = b
+	a.used += len(f)
+	return b[n:len(b):len(b)]
+}
+
+func (a *arena) size() int { return a.used }
+
+func (a *arena) reset() {
+	for i := range a.blocks {
+		a.blocks[i] = a.blocks[i][:0]
+	}
+	a.cur, a.used = 0, 0
+}
+
+// Frames calls fn with every record of the capture at path as the Ethernet
+// frame the programs would be given (converted, cut to MaxFrame), in
+// order, leaving out the records replay skips. The frame is only valid
+// during the call; fn returns false to stop. Tests and the fuzzer's seed
+// corpus use it.
+func Frames(path string, fn func(frame []byte) bool) error {
+	cp, err := openCapture(path, filepath.Base(path))
+	if err != nil {
+		return err
+	}
+	defer cp.close()
+	var buf []byte
+	for {
+		rec, err := cp.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		frame, skip := toEthernet(rec.linkType, rec.data, buf)
+		if skip != "" {
+			continue
+		}
+		if rec.linkType != LinkEthernet {
+			buf = frame[:0]
+		}
+		if len(frame) > MaxFrame {
+			frame = frame[:MaxFrame]
+		}
+		if !fn(frame) {
+			return nil
+		}
+	}
+}
