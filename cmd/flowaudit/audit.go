@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -14,7 +11,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/flowaudit/flowaudit/audit"
-	"github.com/flowaudit/flowaudit/audit/snapshot"
 )
 
 func init() {
@@ -55,19 +51,15 @@ func (a *auditFlags) options(r *resolved) audit.Options {
 
 func runAudit(e *env, args []string) error {
 	var (
-		af       auditFlags
-		lf       liveFlags
-		snapPath string
-		saveSnap string
-		format   string
-		out      string
-		failOn   string
+		af     auditFlags
+		in     inputFlags
+		format string
+		out    string
+		failOn string
 	)
 	fs := newFlagSet(e, "audit", "flowaudit audit --matrix PRODUCT[@VERSION] --role ROLE [--site FILE] (--snapshot FILE | --iface IFACE --duration D) [flags]", auditExamples)
 	af.register(fs)
-	lf.register(fs, 10*time.Minute)
-	fs.StringVarP(&snapPath, "snapshot", "s", "", "audit this snapshot file instead of recording")
-	fs.StringVar(&saveSnap, "save-snapshot", "", "when recording live, also write the snapshot here")
+	in.register(fs, "audit")
 	fs.StringVarP(&format, "format", "f", "table", "report format: "+strings.Join(audit.Formats, ", "))
 	fs.StringVarP(&out, "out", "o", "", "write the report to this file (atomically) instead of stdout")
 	fs.StringVar(&failOn, "fail-on", "low", "exit 2 when a finding has this severity or more: info, low, medium, high")
@@ -84,40 +76,15 @@ func runAudit(e *env, args []string) error {
 	if !contains(audit.Formats, format) {
 		return fmt.Errorf("--format %q: want one of %s", format, strings.Join(audit.Formats, ", "))
 	}
-	live := len(lf.ifaces) > 0
-	switch {
-	case snapPath == "" && !live:
-		return errors.New("give --snapshot FILE, or --iface to record live")
-	case snapPath != "" && live:
-		return errors.New("--snapshot and --iface exclude each other")
-	case saveSnap != "" && !live:
-		return errors.New("--save-snapshot only applies when recording live (--iface)")
+	if err := in.check(true, "give --snapshot FILE, or --iface to record live"); err != nil {
+		return err
 	}
 	res, err := af.mf.resolve()
 	if err != nil {
 		return err
 	}
-
-	var snap *snapshot.Snapshot
-	if live {
-		if err := lf.validate(); err != nil {
-			return err
-		}
-		ctx, stop := signalContext()
-		defer stop()
-		var prog io.Writer
-		if isTerminal(e.stderr) {
-			prog = e.stderr
-		}
-		if snap, err = recordLive(ctx, e, &lf, prog); err != nil {
-			return err
-		}
-		if saveSnap != "" {
-			if err := snapshot.WriteFile(saveSnap, snap); err != nil {
-				return err
-			}
-		}
-	} else if snap, err = snapshot.ReadFile(snapPath); err != nil {
+	snap, err := in.load(e)
+	if err != nil {
 		return err
 	}
 
@@ -127,20 +94,9 @@ func runAudit(e *env, args []string) error {
 	}
 	cwd, _ := os.Getwd()
 	ro := audit.RenderOptions{Color: out == "" && format == "table" && isTerminal(e.stdout), CatalogRoot: cwd}
-	if out == "" {
-		var buf bytes.Buffer
-		if err := audit.Write(&buf, rep, format, ro); err != nil {
-			return err
-		}
-		if _, err := e.stdout.Write(buf.Bytes()); err != nil {
-			return err
-		}
-	} else {
-		if err := snapshot.AtomicWrite(out, func(w io.Writer) error { return audit.Write(w, rep, format, ro) }); err != nil {
-			return err
-		}
-		abs, _ := filepath.Abs(out)
-		e.log.Info("report written", zap.String("file", abs), zap.String("format", format))
+	if err := writeOutput(e, out, func(w io.Writer) error { return audit.Write(w, rep, format, ro) },
+		"report written", zap.String("format", format)); err != nil {
+		return err
 	}
 	e.log.Info("audit done", zap.String("matrix", rep.Title()), zap.Int("high", rep.Counts["high"]),
 		zap.Int("medium", rep.Counts["medium"]), zap.Int("low", rep.Counts["low"]), zap.Int("info", rep.Counts["info"]))

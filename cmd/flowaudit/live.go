@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -244,4 +246,84 @@ func (p *progress) done() {
 func flowLabel(f *snapshot.Flow) string {
 	arrow := map[snapshot.Direction]string{snapshot.Inbound: "in", snapshot.Outbound: "out", snapshot.Unknown: "?"}[f.Direction]
 	return fmt.Sprintf("%s %s/%d %s", arrow, f.Proto, f.Port, f.Peer)
+}
+
+// inputFlags are the "--snapshot FILE | --iface … --duration D" input of
+// audit and rules: read a snapshot, or record one live.
+type inputFlags struct {
+	liveFlags
+	snapPath string
+	saveSnap string
+}
+
+func (in *inputFlags) register(fs *pflag.FlagSet, what string) {
+	in.liveFlags.register(fs, 10*time.Minute)
+	fs.StringVarP(&in.snapPath, "snapshot", "s", "", what+" this snapshot file instead of recording")
+	fs.StringVar(&in.saveSnap, "save-snapshot", "", "when recording live, also write the snapshot here")
+}
+
+// live reports whether the input is a live recording (--iface given).
+func (in *inputFlags) live() bool { return len(in.ifaces) > 0 }
+
+// check validates the combination; needed says whether some input is
+// required at all.
+func (in *inputFlags) check(needed bool, missing string) error {
+	switch {
+	case in.snapPath != "" && in.live():
+		return errors.New("--snapshot and --iface exclude each other")
+	case in.saveSnap != "" && !in.live():
+		return errors.New("--save-snapshot only applies when recording live (--iface)")
+	case needed && in.snapPath == "" && !in.live():
+		return errors.New(missing)
+	}
+	if in.live() {
+		return in.validate()
+	}
+	return nil
+}
+
+// load records live (progress on a terminal, Ctrl-C keeps what was
+// recorded) or reads the snapshot file; nil when neither was asked for.
+func (in *inputFlags) load(e *env) (*snapshot.Snapshot, error) {
+	switch {
+	case in.live():
+		ctx, stop := signalContext()
+		defer stop()
+		var prog io.Writer
+		if isTerminal(e.stderr) {
+			prog = e.stderr
+		}
+		snap, err := recordLive(ctx, e, &in.liveFlags, prog)
+		if err != nil {
+			return nil, err
+		}
+		if in.saveSnap != "" {
+			if err := snapshot.WriteFile(in.saveSnap, snap); err != nil {
+				return nil, err
+			}
+		}
+		return snap, nil
+	case in.snapPath != "":
+		return snapshot.ReadFile(in.snapPath)
+	}
+	return nil, nil
+}
+
+// writeOutput renders to stdout, or atomically to path (temp file +
+// rename: a failed render leaves any old file intact) and logs where.
+func writeOutput(e *env, path string, render func(io.Writer) error, logMsg string, fields ...zap.Field) error {
+	if path == "" {
+		var buf bytes.Buffer
+		if err := render(&buf); err != nil {
+			return err
+		}
+		_, err := e.stdout.Write(buf.Bytes())
+		return err
+	}
+	if err := snapshot.AtomicWrite(path, render); err != nil {
+		return err
+	}
+	abs, _ := filepath.Abs(path)
+	e.log.Info(logMsg, append([]zap.Field{zap.String("file", abs)}, fields...)...)
+	return nil
 }

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -55,9 +53,7 @@ was undocumented or out of zone (the rules are written all the same).`
 func runRules(e *env, args []string) error {
 	var (
 		mf           matrixFlags
-		lf           liveFlags
-		snapPath     string
-		saveSnap     string
+		in           inputFlags
 		mode         string
 		target       string
 		out          string
@@ -74,9 +70,7 @@ func runRules(e *env, args []string) error {
 	)
 	fs := newFlagSet(e, "rules", "flowaudit rules (--snapshot FILE | --iface IFACE --duration D) [--matrix P[@V] --role R [--site FILE]] [--mode observed|documented|both] --target TARGET [--out FILE] [flags]", rulesExamples)
 	mf.register(fs)
-	lf.register(fs, 10*time.Minute)
-	fs.StringVarP(&snapPath, "snapshot", "s", "", "generate from this snapshot file instead of recording")
-	fs.StringVar(&saveSnap, "save-snapshot", "", "when recording live, also write the snapshot here")
+	in.register(fs, "generate from")
 	fs.StringVar(&mode, "mode", "", "observed, documented or both (default: both with --matrix, else observed)")
 	fs.StringVarP(&target, "target", "t", "", "nftables, iptables, ip6tables, ufw, aws-sg or azure-nsg")
 	fs.StringVarP(&out, "out", "o", "", "write the rules to this file (atomically) instead of stdout")
@@ -137,14 +131,8 @@ func runRules(e *env, args []string) error {
 		return fmt.Errorf("--aws-max-rules %d: must be at least 1", awsMax)
 	}
 
-	live := len(lf.ifaces) > 0
-	switch {
-	case snapPath != "" && live:
-		return errors.New("--snapshot and --iface exclude each other")
-	case saveSnap != "" && !live:
-		return errors.New("--save-snapshot only applies when recording live (--iface)")
-	case snapPath == "" && !live && o.Mode != rules.Documented:
-		return errors.New("give --snapshot FILE, or --iface to record live (only --mode documented works without traffic)")
+	if err := in.check(o.Mode != rules.Documented, "give --snapshot FILE, or --iface to record live (only --mode documented works without traffic)"); err != nil {
+		return err
 	}
 	if mf.given() {
 		res, err := mf.resolve()
@@ -161,32 +149,13 @@ func runRules(e *env, args []string) error {
 		}
 	}
 
-	var snap *snapshot.Snapshot
-	switch {
-	case live:
-		if err := lf.validate(); err != nil {
-			return err
-		}
-		ctx, stop := signalContext()
-		defer stop()
-		var prog io.Writer
-		if isTerminal(e.stderr) {
-			prog = e.stderr
-		}
-		if snap, err = recordLive(ctx, e, &lf, prog); err != nil {
-			return err
-		}
-		if saveSnap != "" {
-			if err := snapshot.WriteFile(saveSnap, snap); err != nil {
-				return err
-			}
-		}
+	snap, err := in.load(e)
+	if err != nil {
+		return err
+	}
+	if in.live() {
 		if s, ok := sshSession(os.Getenv("SSH_CONNECTION")); ok {
 			o.Sessions = append(o.Sessions, s)
-		}
-	case snapPath != "":
-		if snap, err = snapshot.ReadFile(snapPath); err != nil {
-			return err
 		}
 	}
 
@@ -195,20 +164,9 @@ func runRules(e *env, args []string) error {
 		return err
 	}
 	ro := rules.RenderOptions{AWSMaxRules: awsMax, AWSSpill: awsSpill}
-	if out == "" {
-		var buf bytes.Buffer
-		if err := rules.Render(&buf, rs, tgt, ro); err != nil {
-			return err
-		}
-		if _, err := e.stdout.Write(buf.Bytes()); err != nil {
-			return err
-		}
-	} else {
-		if err := snapshot.AtomicWrite(out, func(w io.Writer) error { return rules.Render(w, rs, tgt, ro) }); err != nil {
-			return err
-		}
-		abs, _ := filepath.Abs(out)
-		e.log.Info("rules written (not applied)", zap.String("file", abs), zap.String("target", string(tgt)))
+	if err := writeOutput(e, out, func(w io.Writer) error { return rules.Render(w, rs, tgt, ro) },
+		"rules written (not applied)", zap.String("target", string(tgt))); err != nil {
+		return err
 	}
 	for _, m := range rs.Management {
 		e.log.Info("management", zap.String("session", m))
@@ -216,16 +174,16 @@ func runRules(e *env, args []string) error {
 	for _, w := range rs.Warnings {
 		e.log.Warn(w)
 	}
-	in, outb := 0, 0
+	inb, outb := 0, 0
 	for _, a := range rs.Allows {
 		if a.Direction == snapshot.Inbound {
-			in++
+			inb++
 		} else {
 			outb++
 		}
 	}
 	e.log.Info("rules done", zap.String("mode", string(rs.Mode)), zap.String("target", string(tgt)),
-		zap.Int("inbound_allowances", in), zap.Int("outbound_allowances", outb),
+		zap.Int("inbound_allowances", inb), zap.Int("outbound_allowances", outb),
 		zap.Int("not_allowed", len(rs.NotAllowed)), zap.Int("documented_not_observed", len(rs.NotObserved)),
 		zap.Int("widened", len(rs.Widened)), zap.Int("undocumented", rs.Undocumented))
 	if failUndoc && rs.Undocumented > 0 {
