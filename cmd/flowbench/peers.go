@@ -499,7 +499,7 @@ func runPeer(l *lab, g *generator, pc *pacer, nop *noopXDP, cfg peerConfig, kind
 	var wall time.Duration
 	var err error
 	if cfg.maxRate {
-		wall, err = g.send(uint32(cfg.total), 20*time.Second+time.Duration(cfg.total)*time.Microsecond)
+		wall, err = g.send(uint32(cfg.total), 60*time.Second+time.Duration(cfg.total)*time.Microsecond)
 		sent, wall = cfg.total, wall-g.overhead
 	} else {
 		sent, wall, err = g.sendPaced(pc, cfg.total, cfg.pps)

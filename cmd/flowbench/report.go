@@ -144,6 +144,10 @@ func (r *report) rows() [][]string {
 			rows = append(rows, []string{"3 peers", p.name, "not installed: not measured", "", ""})
 			continue
 		}
+		if p.err != nil {
+			rows = append(rows, []string{"3 peers", p.name + ", paced", "failed: " + p.err.Error(), "", ""})
+			continue
+		}
 		res := fmt.Sprintf("CPU %.3f s user+sys", p.cpu.Seconds())
 		if p.name == "flowaudit" {
 			res = fmt.Sprintf("CPU %.3f s userspace + %.3f s in kernel (%.0f ns/pkt, bpf_stats)",
@@ -153,7 +157,9 @@ func (r *report) rows() [][]string {
 			fmt.Sprintf("%s, %s frames paced at %s", p.name, commas(p.sent), mpps(p.offered)),
 			res,
 			fmt.Sprintf("%.2f %% of sent", 100*p.share()), ""})
-		if m := p.max; m != nil {
+		if m := p.max; m != nil && m.err != nil {
+			rows = append(rows, []string{"3 peers", p.name + ", maximum rate", "failed: " + m.err.Error(), "", ""})
+		} else if m != nil {
 			rows = append(rows, []string{"3 peers",
 				fmt.Sprintf("%s, %s frames at maximum rate", p.name, commas(m.sent)),
 				fmt.Sprintf("%s vs no-op alone %s; accounts for %.2f %%", mpps(m.offered), mpps(p.maxBase), 100*m.share()),
@@ -276,7 +282,7 @@ func (r *report) write(w io.Writer) error {
 	p("**3. Peers at the same offered load.** Same namespaces and frames, but paced: the generator program sends a\n")
 	p("frame only when the next one is due by `CLOCK_MONOTONIC` (and counts it), so every tool sees exactly %s frames\n", commas(uint64(cfg.peerPkts)))
 	p("spread evenly at %s. Each tool is started in the receiving namespace as a user would run it (command\n", mpps(cfg.peerPPS))
-	p("lines below), traffic starts once it is capturing, and its counts are read 1.5 s after the last frame (libpcap\n")
+	p("lines below; not pinned, the scheduler places them as it would for a user), traffic starts once it is capturing, and its counts are read 1.5 s after the last frame (libpcap\n")
 	p("hands blocks over after tcpdump's 1 s timeout). The libpcap tools run with the no-op XDP program attached\n")
 	p("(veth only delivers `XDP_TX` frames to a peer with NAPI on); flowaudit attaches its own. pmacctd runs twice:\n")
 	p("with its defaults, and with the core→plugin buffering its CONFIG-KEYS recommends for heavy loads. Share = packets the\n")
