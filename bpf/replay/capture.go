@@ -438,7 +438,17 @@ func (g *pcapngGuard) nextBlock() error {
 		return g.corrupt("block length %d (type %#x)", length, typ)
 	}
 	// The type-specific part the guard needs, within the block.
-	need := map[uint32]uint32{ngSHB: 28, ngIDB: 20, ngEPB: 32, ngPB: 32, ngSPB: 16}[typ]
+	var need uint32
+	switch typ {
+	case ngSHB:
+		need = 28
+	case ngIDB:
+		need = 20
+	case ngEPB, ngPB:
+		need = 32
+	case ngSPB:
+		need = 16
+	}
 	if length < need {
 		return g.corrupt("block of type %#x too short: %d bytes", typ, length)
 	}

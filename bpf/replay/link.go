@@ -41,6 +41,13 @@ func LinkTypeName(lt uint32) string {
 		LinkRaw: "raw IP", LinkLoop: "OpenBSD loopback", LinkSLL: "Linux cooked SLL", LinkIPv4: "raw IPv4",
 		LinkIPv6: "raw IPv6", LinkSLL2: "Linux cooked SLL2", 127: "IEEE 802.11 radiotap", 105: "IEEE 802.11",
 		9: "PPP", 50: "PPP in HDLC framing", 104: "Cisco HDLC", 107: "Frame Relay", 8: "SLIP",
+		100: "ATM RFC 1483", 106: "Linux ATM CLIP", 123: "SunATM", 129: "ARCNET (Linux)", 137: "Juniper ATM1",
+		178: "Juniper Ethernet", 195: "IEEE 802.15.4 with FCS", 226: "Solaris ipnet", 231: "D-Bus", 239: "NFLOG",
+		242: "IP over InfiniBand", 258: "Apple PKTAP", 271: "Linux vsock", 281: "Broadcom switch tag",
+		282: "Broadcom switch tag, prepended", 284: "Marvell DSA tag", 285: "Marvell EDSA tag",
+	}
+	if lt >= 147 && lt <= 162 {
+		return fmt.Sprintf("USER%d (%d)", lt-147, lt)
 	}
 	if n, ok := names[lt]; ok {
 		return fmt.Sprintf("%s (%d)", n, lt)

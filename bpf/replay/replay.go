@@ -123,7 +123,7 @@ type Result struct {
 	// per-hook packet counts were corrected.
 	EgressViaXDP int
 	Resolution   time.Duration
-	Chunks       int           // time slices observed
+	Slices       int           // time slices (see Options.Resolution)
 	Elapsed      time.Duration // wall time of the replay pass
 	// Err is set when the file could not be read to its end; the
 	// snapshot holds every packet before Err.Packet.
@@ -188,7 +188,8 @@ func Run(ctx context.Context, c *bpf.Collector, path string, o Options) (*Result
 	return res, nil
 }
 
-// autoResolution keeps the number of observed time slices near 1000.
+// autoResolution keeps the number of time slices at about 1000 at most:
+// each costs up to a kernel tick of waiting.
 func autoResolution(first, last time.Time) time.Duration {
 	r := last.Sub(first) / 1000
 	if r < time.Second {
@@ -200,8 +201,7 @@ func autoResolution(first, last time.Time) time.Duration {
 // scanResult is what the first pass learns.
 type scanResult struct {
 	format      string
-	fileLink    uint32 // pcap: the header's link type
-	packets     int    // records read before EOF or the error
+	packets     int // records read before EOF or the error
 	first, last time.Time
 	linkTypes   map[uint32]int
 	ifaces      map[string]int // pcapng interface names of replayable records
@@ -224,7 +224,7 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 		return nil, err
 	}
 	defer cp.close()
-	sc := &scanResult{format: cp.format, fileLink: cp.linkType, linkTypes: map[uint32]int{}, ifaces: map[string]int{},
+	sc := &scanResult{format: cp.format, linkTypes: map[uint32]int{}, ifaces: map[string]int{},
 		addrs: map[netip.Addr]*addrCount{}, macOf: map[macIP]struct{}{}}
 	if cp.format == "pcap" && !LinkTypeSupported(cp.linkType) {
 		return nil, &LinkTypeError{File: name, LinkTypes: []uint32{cp.linkType}}
@@ -504,6 +504,9 @@ func (r *replayer) replay(ctx context.Context, path, name string, packets int) e
 		return err
 	}
 	defer cp.close()
+	// On an early return (cancelled, a failed run) the workers must be
+	// done with the collector before the caller closes it.
+	defer r.wait() //nolint:errcheck // the error that made us return is reported
 	res := r.res
 	start := time.Now()
 	var (
@@ -699,7 +702,7 @@ func (r *replayer) flush(endSlice bool, cmin, cmax time.Time) error {
 	}
 	r.slices = append(r.slices, slice{stamp: now, cmin: cmin, cmax: cmax})
 	r.ticked = false
-	r.res.Chunks++
+	r.res.Slices++
 	return nil
 }
 

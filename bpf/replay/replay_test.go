@@ -377,8 +377,8 @@ func TestReplayFlowTimes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Chunks < int(60*time.Second/res)/2 {
-			t.Errorf("resolution %s: only %d time slices", res, r.Chunks)
+		if r.Slices < int(60*time.Second/res)/2 {
+			t.Errorf("resolution %s: only %d time slices", res, r.Slices)
 		}
 		for _, f := range r.Snapshot.Flows {
 			tr := truth[f.Port]
