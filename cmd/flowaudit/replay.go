@@ -258,6 +258,12 @@ func (p *progressBar) update(pr replay.Progress) {
 	}
 	fmt.Fprintf(p.w, "\r%s%s", line, pad)
 	p.lastLen, p.drawn = len(line), true
+	if pr.Total > 0 && pr.Done >= pr.Total {
+		// A phase is complete: end its line, so that log lines written
+		// before the next phase starts do not run into it.
+		fmt.Fprintln(p.w)
+		p.lastLen, p.drawn = 0, false
+	}
 }
 
 func (p *progressBar) done() {
