@@ -35,6 +35,7 @@ type config struct {
 	peerPPS    float64
 	peers      string
 	scale      string
+	replayPkts uint
 	skip       string
 }
 
@@ -59,6 +60,7 @@ func main() {
 	flag.Float64Var(&cfg.peerPPS, "peer-pps", 1_000_000, "part 3: offered load, frames per second")
 	flag.StringVar(&cfg.peers, "peers", "flowaudit,tcpdump,softflowd,pmacctd-buffered,pmacctd-defaults", "part 3: tools to compare")
 	flag.StringVar(&cfg.scale, "scale", "10000,100000,1000000", "part 4: flow counts")
+	flag.UintVar(&cfg.replayPkts, "replay-packets", 1_000_000, "part 5: packets in the replayed capture")
 	flag.StringVar(&cfg.skip, "skip", "", "parts to skip, e.g. 3,4 (the report then says so)")
 	flag.Parse()
 	if err := run(&cfg); err != nil {
@@ -182,6 +184,12 @@ func run(cfg *config) error {
 		logf("part 4: userspace scale %v", sizes)
 		if rep.scale, err = measureScale(sizes, tmp, logf); err != nil {
 			return fmt.Errorf("part 4: %w", err)
+		}
+	}
+	if !skip["5"] {
+		logf("part 5: replay of a %d-packet capture", cfg.replayPkts)
+		if rep.replay, err = measureReplay(tmp, int(cfg.replayPkts), 10_000, logf); err != nil {
+			return fmt.Errorf("part 5: %w", err)
 		}
 	}
 	rep.elapsed = time.Since(start)

@@ -41,6 +41,7 @@ type report struct {
 	line         *lineRate
 	peers        []peerResult
 	scale        []scaleResult
+	replay       *replayResult
 }
 
 func (r *report) machine() {
@@ -180,7 +181,29 @@ func (r *report) rows() [][]string {
 				s.audit.RSSKB>>10, s.audit.Findings),
 			fmt.Sprintf("%.2f µs/flow", float64(s.audit.LoadNs+s.audit.AuditNs)/1e3/float64(s.n)), ""})
 	}
+	if rp := r.replay; rp != nil {
+		ratio, ctx := "", ""
+		if c := r.findCost(bpf.HookXDP, targetKeys, "IPv4 TCP to a listening port"); c != nil {
+			bare := 1e9 / nsPer(c.fa, c.repeat)
+			ratio = fmt.Sprintf("%.0f %% of bare test_run", 100*rp.pps()/bare)
+			ctx = fmt.Sprintf(" (bare test_run of XDP, part 1: %s)", mpps(bare))
+		}
+		rows = append(rows, []string{"5 replay",
+			fmt.Sprintf("replay of a %s-packet pcap (%.0f MiB), %s flows", commas(uint64(rp.replayed)), float64(rp.fileBytes)/(1<<20), commas(uint64(rp.flows))),
+			fmt.Sprintf("%s in the replay pass, %s for the whole run incl. scan%s; %.2f test_run calls/pkt",
+				mpps(rp.pps()), mpps(rp.totalPPS()), ctx, float64(rp.calls)/float64(rp.replayed)),
+			ratio, ""})
+	}
 	return rows
+}
+
+func (r *report) findCost(h bpf.Hook, keys int, packet string) *costCell {
+	for i := range r.cost {
+		if c := &r.cost[i]; c.hook == h && c.keys == keys && c.packet == packet {
+			return c
+		}
+	}
+	return nil
 }
 
 // table renders rows as an aligned Markdown table.
@@ -282,7 +305,8 @@ func (r *report) write(w io.Writer) error {
 	p("**3. Peers at the same offered load.** Same namespaces and frames, but paced: the generator program sends a\n")
 	p("frame only when the next one is due by `CLOCK_MONOTONIC` (and counts it), so every tool sees exactly %s frames\n", commas(uint64(cfg.peerPkts)))
 	p("spread evenly at %s. Each tool is started in the receiving namespace as a user would run it (command\n", mpps(cfg.peerPPS))
-	p("lines below; not pinned, the scheduler places them as it would for a user), traffic starts once it is capturing, and its counts are read 1.5 s after the last frame (libpcap\n")
+	p("lines below; not pinned, the scheduler places them as it would for a user), traffic starts once it is\n")
+	p("capturing, and its counts are read 1.5 s after the last frame (libpcap\n")
 	p("hands blocks over after tcpdump's 1 s timeout). The libpcap tools run with the no-op XDP program attached\n")
 	p("(veth only delivers `XDP_TX` frames to a peer with NAPI on); flowaudit attaches its own. pmacctd runs twice:\n")
 	p("with its defaults, and with the core→plugin buffering its CONFIG-KEYS recommends for heavy loads. Share = packets the\n")
@@ -313,16 +337,28 @@ func (r *report) write(w io.Writer) error {
 	p("the first loads the flows into a kernel flow map (batch update, then the peak RSS is reset), times\n")
 	p("`Collector.ReadMaps` (batch lookup of 4 096 entries per call, conversion, sort) and writes the snapshot file\n")
 	p("to tmpfs; the second times `snapshot.ReadFile` (load) and `audit.Run` (audit).\n\n")
-	p("**Replay throughput** (packets/s through test_run from a capture) is not in the table: the replay feature\n")
-	p("(`bpf/replay*.go`, `cmd/flowaudit/replay.go`) %s.\n\n", replayState())
+	if r.replay != nil {
+		p("**5. Replay throughput.** A pcap of %s frames (%d–%d bytes) of one host (192.0.2.10) with 10 000 peers —\n",
+			commas(uint64(r.replay.replayed)), r.replay.minLen, r.replay.maxLen)
+		p("inbound and outbound TCP 443, inbound syslog, outbound DNS, one frame per millisecond — written to tmpfs and\n")
+		p("fed through flowaudit's programs by `replay.Run` (what `flowaudit replay` runs; default worker count, the\n")
+		p("local address given), once. The replay pass is `Result.Elapsed`; the whole run adds the scan pass, the map\n")
+		p("reset and the snapshot. Every packet must be counted in the snapshot's flows. The ratio compares the replay\n")
+		p("pass with the bare test_run rate of the XDP program from part 1 (one program run per packet, nothing else).\n\n")
+	} else {
+		p("**Replay throughput** is not in this table: part 5 was skipped, or the replay feature (`bpf/replay`,\n")
+		p("`flowaudit replay`) %s.\n\n", replayState())
+	}
 
 	p("## Reproduce\n\n")
 	p("```sh\n# as root, on a kernel with BTF (≥ 6.6 for tcx)\napt-get install tcpdump softflowd pmacct\nmake bench            # builds bin/flowaudit, runs cmd/flowbench, rewrites BENCHMARKS.md\n")
-	p("go run ./cmd/flowbench -h   # flags: repeat counts, rounds, offered load, -skip 3,4, -out ''\n```\n\n")
+	p("bin/flowbench -h      # flags: repeat counts, rounds, offered load, -skip 3,4, -out ''\n")
+	p("make bench BENCH_FLAGS='-skip 3 -rounds 5'   # flags through make\n```\n\n")
 	p("This run: `%s`.\n\n", r.commandLine())
 	p("Go benchmarks of the userspace parts (benchstat-friendly):\n\n")
 	p("```sh\ngo test ./audit ./audit/snapshot -run '^$' -bench . -count 10 | tee new.txt\n")
-	p("go test ./bpf -run '^$' -bench 'ReadMaps|EmptyXDP|MapVariants' -benchtime 1x   # root\n```\n")
+	p("go test ./bpf -run '^$' -bench 'ReadMaps|EmptyXDP|MapVariants' -benchtime 1x   # root\n")
+	p("go test ./bpf/replay -run '^$' -bench Replay -benchtime 3x                      # root\n```\n")
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -438,6 +474,15 @@ func (r *report) breakdown() string {
 		fmt.Fprintf(&b, "- veth receive path (part 2): %.0f ns per frame with the no-op program, %.0f ns with flowaudit (+%.0f ns);\n"+
 			"  ≥ 90 %% would need flowaudit to add at most %.0f ns per frame here.\n",
 			1e9/l.noopPPS, 1e9/l.faPPS, 1e9/l.faPPS-1e9/l.noopPPS, (1e9/l.noopPPS)/targetLineRate-1e9/l.noopPPS)
+	}
+	if rp := r.replay; rp != nil && rp.calls > 0 {
+		per := rp.elapsed.Seconds() * 1e6 / float64(rp.replayed)
+		line := fmt.Sprintf("- replay (part 5): %.2f µs per packet in the replay pass, %.2f test_run calls per packet", per, float64(rp.calls)/float64(rp.replayed))
+		if r.costOverhead != nil {
+			line += fmt.Sprintf("; the fixed cost of one BPF_PROG_TEST_RUN call alone is %.2f µs (XDP, part 1)",
+				r.costOverhead[ebpf.XDP].Seconds()*1e6)
+		}
+		b.WriteString(line + ".\n")
 	}
 	return b.String()
 }
