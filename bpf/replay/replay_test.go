@@ -480,6 +480,28 @@ func TestReplayLinkTypes(t *testing.T) {
 			t.Errorf("interface %q, want the pcapng name eth7", got.Snapshot.Interfaces[0].Name)
 		}
 	}
+	// A pcapng file mixing an Ethernet interface with an 802.11 one: the
+	// 802.11 records are skipped and counted, the rest replayed.
+	var mixed ngBuilder
+	mixed.shb().idb(LinkEthernet, "eth0").idb(127, "wlan0mon")
+	for i, p := range ipOnly {
+		mixed.epb(0, p.ts, p.frame)
+		if i%3 == 0 {
+			mixed.epb(1, p.ts, []byte{0, 0, 8, 0, 0, 0, 0, 0})
+		}
+	}
+	got, err := Run(context.Background(), c, writeFile(t, "mixed.pcapng", mixed.b.Bytes()), Options{Local: localPrefixes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := diffText(flowsText(want.Snapshot.Flows), flowsText(got.Snapshot.Flows)); d != "" {
+		t.Errorf("mixed pcapng: flows differ from the Ethernet capture's:\n%s", d)
+	}
+	if n := (len(ipOnly) + 2) / 3; got.Skipped[SkipLinkType] != n || got.Snapshot.Interfaces[0].Name != "eth0" {
+		t.Errorf("mixed pcapng: skipped %v (want %d 802.11 records), interface %q (want eth0, the only replayed one)",
+			got.Skipped, n, got.Snapshot.Interfaces[0].Name)
+	}
+
 	// A link type replay cannot convert is refused, by name.
 	wifi := conv("wifi.pcap", layers.LinkTypeIEEE80211Radio, func(f []byte) []byte { return f })
 	_, err = Run(context.Background(), c, wifi, Options{})
