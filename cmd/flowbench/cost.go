@@ -26,7 +26,6 @@ type costCell struct {
 	fa     time.Duration // flowaudit: wall time of one whole run (median)
 	empty  time.Duration // the empty program of the same type, beside it
 	ratio  float64       // median of the per-round ratios
-	kernel time.Duration // the kernel's own per-repeat figure (rounded down to whole ns), for contrast
 }
 
 type costConfig struct {
@@ -179,8 +178,8 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 		}
 		logf("  flow map: %d entries, %d synthetic keys loaded in %s", entries, max(keys-1, 0), time.Since(t0).Round(time.Millisecond))
 		type acc struct {
-			fa, empty, kernel []time.Duration
-			ratio             []float64
+			fa, empty []time.Duration
+			ratio     []float64
 		}
 		res := map[[2]int]*acc{}
 		for round := 0; round < cfg.rounds; round++ {
@@ -230,7 +229,6 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 					}
 					a.fa = append(a.fa, rf.wall)
 					a.empty = append(a.empty, re.wall)
-					a.kernel = append(a.kernel, rf.kernel)
 					a.ratio = append(a.ratio, float64(rf.wall)/float64(re.wall))
 					logf("  round %d keys %d %-10s %-28s flowaudit %6.1f ns  empty %5.1f ns  ×%.2f",
 						round+1, keys, h, pc.name, nsPer(rf.wall, cfg.repeat), nsPer(re.wall, cfg.repeat), float64(rf.wall)/float64(re.wall))
@@ -242,7 +240,7 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 			for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCEgress} {
 				a := res[[2]int{ci, int(h)}]
 				cells = append(cells, costCell{hook: h, packet: pc.name, keys: keys, repeat: cfg.repeat,
-					fa: median(a.fa), empty: median(a.empty), ratio: medianF(a.ratio), kernel: median(a.kernel)})
+					fa: median(a.fa), empty: median(a.empty), ratio: medianF(a.ratio)})
 			}
 		}
 	}

@@ -306,10 +306,9 @@ func (t *tool) kill() {
 	}
 }
 
-var reNum = func(pattern string) *regexp.Regexp { return regexp.MustCompile(pattern) }
-
-func grabUint(re *regexp.Regexp, s string) (uint64, bool) {
-	m := re.FindStringSubmatch(s)
+// grabUint returns the number captured by pattern's first group in s.
+func grabUint(pattern, s string) (uint64, bool) {
+	m := regexp.MustCompile(pattern).FindStringSubmatch(s)
 	if m == nil {
 		return 0, false
 	}
@@ -346,9 +345,9 @@ func runPeer(l *lab, g *generator, pc *pacer, nop *noopXDP, cfg peerConfig, kind
 		finish = func() error {
 			defer os.Remove(file)
 			s := t.stderr.String()
-			capt, ok1 := grabUint(reNum(`(\d+) packets? captured`), s)
-			filt, ok2 := grabUint(reNum(`(\d+) packets? received by filter`), s)
-			drop, ok3 := grabUint(reNum(`(\d+) packets? dropped by kernel`), s)
+			capt, ok1 := grabUint(`(\d+) packets? captured`, s)
+			filt, ok2 := grabUint(`(\d+) packets? received by filter`, s)
+			drop, ok3 := grabUint(`(\d+) packets? dropped by kernel`, s)
 			if !ok1 || !ok2 || !ok3 {
 				return fmt.Errorf("tcpdump statistics not found in: %s", s)
 			}
@@ -367,16 +366,16 @@ func runPeer(l *lab, g *generator, pc *pacer, nop *noopXDP, cfg peerConfig, kind
 				return fmt.Errorf("softflowctl statistics: %v: %s", err, out)
 			}
 			s := string(out)
-			proc, ok := grabUint(reNum(`(?i)Number of packets processed:?\s*(\d+)`), s)
+			proc, ok := grabUint(`(?i)Number of packets processed:?\s*(\d+)`, s)
 			if !ok {
-				proc, ok = grabUint(reNum(`(?i)packets processed:?\s*(\d+)`), s)
+				proc, ok = grabUint(`(?i)packets processed:?\s*(\d+)`, s)
 			}
 			if !ok {
 				return fmt.Errorf("softflowctl statistics: no packet count in: %s", s)
 			}
 			res.accounted = proc
-			pcapRecv, _ := grabUint(reNum(`(?i)received by libpcap:?\s*(\d+)`), s)
-			pcapDrop, _ := grabUint(reNum(`(?i)dropped by libpcap:?\s*(\d+)`), s)
+			pcapRecv, _ := grabUint(`(?i)received by libpcap:?\s*(\d+)`, s)
+			pcapDrop, _ := grabUint(`(?i)dropped by libpcap:?\s*(\d+)`, s)
 			res.detail = fmt.Sprintf("processed %d, libpcap received %d, dropped %d (softflowctl statistics)", proc, pcapRecv, pcapDrop)
 			return nil
 		}
