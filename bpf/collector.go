@@ -38,6 +38,12 @@ type Options struct {
 	// EphemeralPorts overrides the range the port heuristic treats as
 	// client ports. Zero reads net.ipv4.ip_local_port_range.
 	EphemeralPorts [2]uint16
+	// SocketsKnown declares that the caller keeps the local socket set
+	// complete (StartSocketRefresh before Attach): a TCP segment whose local
+	// port has no listener is then known to belong to a connection this
+	// host opened, without a lookup or a port guess. Leave it false when
+	// sockets are unknown (replaying a capture).
+	SocketsKnown bool
 	// Logger receives attach decisions and warnings (default: no-op).
 	Logger *zap.Logger
 }
@@ -111,6 +117,7 @@ func Open(opts Options) (*Collector, error) {
 		"ephemeral_lo":  opts.EphemeralPorts[0],
 		"ephemeral_hi":  opts.EphemeralPorts[1],
 		"percpu_values": boolU8(percpu),
+		"sockets_known": boolU8(opts.SocketsKnown),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)

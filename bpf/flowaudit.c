@@ -161,6 +161,13 @@ struct {
 volatile const __u16 ephemeral_lo = 32768; /* net.ipv4.ip_local_port_range */
 volatile const __u16 ephemeral_hi = 60999;
 volatile const __u8 percpu_values = 0; /* flows is per-CPU: plain adds suffice */
+/*
+ * sockets_known: userspace keeps local_ports complete (live recording with
+ * sock_diag). A TCP segment whose local port is not a listener then belongs
+ * to a connection this host opened, which needs no lookup and no guess.
+ * Replay, which knows no sockets, leaves it 0.
+ */
+volatile const __u8 sockets_known = 0;
 
 /* Force BTF for the types userspace needs (bpf2go -type). */
 const enum stat *unused_stat __attribute__((unused));
@@ -227,13 +234,30 @@ static __always_inline void remember(struct conn_key *ck, __u8 dir, __u8 flags)
 }
 
 /*
+ * learn_listener: a SYN-ACK leaving for local port means a listener there;
+ * add it to the local set until userspace's next sock_diag refresh.
+ */
+static __always_inline void learn_listener(__u16 port)
+{
+	__u32 zero = 0;
+	struct local_port_set *lp = bpf_map_lookup_elem(&local_ports, &zero);
+
+	if (lp)
+		__sync_fetch_and_or(&lp->tcp[(port >> 6) & (LP_WORDS - 1)], 1ULL << (port & 63));
+}
+
+/*
  * decide: who initiated the flow this packet belongs to, and so which port
  * is the service port. In order of trust:
- *   1. TCP SYN / SYN-ACK (and remember the connection's orientation);
- *   2. a local listening/bound socket on our port (sock_diag, from userspace);
- *   3. the orientation remembered for this connection;
- *   4. UDP/SCTP sent from a port with no local socket: we are the client;
- *   5. the port heuristic (ephemeral range vs not, then lower port), flagged,
+ *   1. a local listening/bound socket on our port (sock_diag, from
+ *      userspace; live, plus listeners learned from SYN-ACKs we send);
+ *   2. TCP SYN / SYN-ACK, remembering the connection's orientation in
+ *      conns where later packets could not tell it otherwise;
+ *   3. with sockets_known, any other TCP segment: we are the client (RST
+ *      segments first consult conns: they may refuse a peer's SYN);
+ *   4. the orientation remembered for this connection;
+ *   5. UDP/SCTP sent from a port with no local socket: we are the client;
+ *   6. the port heuristic (ephemeral range vs not, then lower port), flagged,
  *      and for UDP/SCTP remembered so the answers join the same flow.
  * learn == 0 for ICMP-embedded packets: look, do not remember.
  */
@@ -243,24 +267,42 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 	struct conn_key ck = {};
 	__u16 lport = egress ? t->sport : t->dport;
 	__u16 rport = egress ? t->dport : t->sport;
+	int tcp = t->proto == IPPROTO_TCP;
+	int syn = tcp && (t->tcp_flags & TCP_FLAG_SYN_BYTE);
+	int local = port_is_local(t->proto, lport);
 	struct conn_value *known;
 
+	/* The common case first: a known local service needs neither the
+	 * connection key nor the conns map. */
+	if (local && !syn) {
+		v.dir = DIR_INBOUND;
+		goto out;
+	}
 	__builtin_memcpy(ck.peer, egress ? t->dst : t->src, 16);
 	ck.local_port = lport;
 	ck.remote_port = rport;
 	ck.proto = t->proto;
 
-	if (t->proto == IPPROTO_TCP && (t->tcp_flags & TCP_FLAG_SYN_BYTE)) {
+	if (syn) {
 		/* SYN alone opens, SYN-ACK answers. */
-		int opener_is_peer = !(t->tcp_flags & TCP_FLAG_ACK_BYTE) ? !egress : egress;
+		int ack = t->tcp_flags & TCP_FLAG_ACK_BYTE;
+		int opener_is_peer = !ack ? !egress : egress;
 
 		v.dir = opener_is_peer ? DIR_INBOUND : DIR_OUTBOUND;
-		if (learn)
+		if (!learn)
+			goto out;
+		/* Live only: replay feeds conversations in parallel, and state
+		 * shared between them would make results depend on the order. */
+		if (sockets_known && egress && ack)
+			learn_listener(lport);
+		/* With the socket set complete, only a peer's SYN to a port
+		 * without listener needs remembering (for the RST that answers). */
+		if (!sockets_known || (v.dir == DIR_INBOUND && !local))
 			remember(&ck, v.dir, 0);
 		goto out;
 	}
-	if (port_is_local(t->proto, lport)) {
-		v.dir = DIR_INBOUND;
+	if (tcp && sockets_known && !(t->tcp_flags & TCP_FLAG_RST_BYTE)) {
+		v.dir = DIR_OUTBOUND;
 		goto out;
 	}
 	known = bpf_map_lookup_elem(&conns, &ck);
@@ -269,9 +311,10 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 		v.flags = known->flags;
 		goto out;
 	}
-	if (t->proto != IPPROTO_TCP && egress && learn) {
+	if ((tcp && sockets_known) || (!tcp && egress && learn)) {
 		v.dir = DIR_OUTBOUND;
-		remember(&ck, v.dir, 0);
+		if (!tcp)
+			remember(&ck, v.dir, 0);
 		goto out;
 	}
 	v.flags = FLOW_F_INFERRED;
@@ -281,7 +324,7 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 		v.dir = lport < rport ? DIR_INBOUND : DIR_OUTBOUND;
 	else
 		v.dir = DIR_INBOUND; /* same port both ends (e.g. NTP 123↔123) */
-	if (t->proto != IPPROTO_TCP && learn)
+	if (!tcp && learn)
 		remember(&ck, v.dir, v.flags);
 out:
 	v.port = v.dir == DIR_OUTBOUND ? rport : lport;
@@ -455,7 +498,7 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 	struct hdr_cursor nh = {.pos = data};
 	struct tuple t = {};
 	struct flow_key k = {};
-	struct evidence ev = {};
+	struct evidence ev = {}, *evp = 0;
 	struct verdict v = {};
 	__be16 ethertype;
 	__u8 req;
@@ -504,7 +547,8 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 		k.dir = v.dir;
 		k.port = v.port;
 		k.flags = v.flags;
-		if (t.proto == IPPROTO_TCP) {
+		/* Only SYN and RST segments carry handshake evidence. */
+		if (t.proto == IPPROTO_TCP && (t.tcp_flags & (TCP_FLAG_SYN_BYTE | TCP_FLAG_RST_BYTE))) {
 			__u8 f = t.tcp_flags;
 			int syn = f & TCP_FLAG_SYN_BYTE, ack = f & TCP_FLAG_ACK_BYTE;
 			int rst = f & TCP_FLAG_RST_BYTE;
@@ -518,9 +562,10 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 				ev.synack_in = !egress && syn && ack;
 				ev.rst_in = !egress && rst;
 			}
+			evp = &ev;
 		}
 	}
-	flow_account(&k, egress, len, segs, &ev);
+	flow_account(&k, egress, len, segs, evp);
 }
 
 SEC("xdp")

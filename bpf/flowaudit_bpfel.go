@@ -110,6 +110,7 @@ const (
 	flowauditVarEphemeralHi         = "ephemeral_hi"
 	flowauditVarEphemeralLo         = "ephemeral_lo"
 	flowauditVarPercpuValues        = "percpu_values"
+	flowauditVarSocketsKnown        = "sockets_known"
 	flowauditVarUnusedDirection     = "unused_direction"
 	flowauditVarUnusedStat          = "unused_stat"
 )
@@ -179,6 +180,7 @@ type flowauditVariableSpecs struct {
 	EphemeralHi     *ebpf.VariableSpec `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.VariableSpec `ebpf:"ephemeral_lo"`
 	PercpuValues    *ebpf.VariableSpec `ebpf:"percpu_values"`
+	SocketsKnown    *ebpf.VariableSpec `ebpf:"sockets_known"`
 	UnusedDirection *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
 }
@@ -227,6 +229,7 @@ type flowauditVariables struct {
 	EphemeralHi     *ebpf.Variable `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.Variable `ebpf:"ephemeral_lo"`
 	PercpuValues    *ebpf.Variable `ebpf:"percpu_values"`
+	SocketsKnown    *ebpf.Variable `ebpf:"sockets_known"`
 	UnusedDirection *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
 }

@@ -185,7 +185,7 @@ func TestNetnsLiveTraffic(t *testing.T) {
 func testLiveTraffic(t *testing.T, opts AttachOptions, wantIn, wantEg string) {
 	a, b := testenv.NewPair(t)
 	var c *Collector
-	if err := a.Do(func() (err error) { c, err = Open(Options{}); return }); err != nil {
+	if err := a.Do(func() (err error) { c, err = Open(Options{SocketsKnown: true}); return }); err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
@@ -489,7 +489,7 @@ func TestMain(m *testing.M) {
 }
 
 func attachAndWait(iface string) {
-	c, err := Open(Options{})
+	c, err := Open(Options{SocketsKnown: true})
 	if err != nil {
 		fmt.Println("error:", err)
 		return

@@ -426,3 +426,60 @@ func diffFlows(got, want map[key]counts) string {
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }
+
+// socketsKnownCases: the live recorder keeps the local socket set complete
+// (Options.SocketsKnown), so TCP direction needs no guess.
+func socketsKnownCases(t *testing.T) []parserCase {
+	return []parserCase{
+		{name: "mid-stream tcp without listener: our connection, not a guess",
+			pkts: []sent{ingress(tcp4(t, in, 443, 50000, fACK)), egress(tcp4(t, out, 50000, 443, fACK))},
+			want: map[key]counts{k4(out_, snapshot.TCP, 443): {pin: 1, pout: 1}}},
+		{name: "mid-stream tcp, both ports high, no listener: still ours",
+			pkts: []sent{ingress(tcp4(t, in, 61000, 9000, fACK))},
+			want: map[key]counts{k4(out_, snapshot.TCP, 61000): pi(1)}},
+		{name: "mid-stream tcp to a listener",
+			local: []snapshot.Socket{{Proto: snapshot.TCP, Port: 9000}},
+			pkts:  []sent{ingress(tcp4(t, in, 61000, 9000, fACK)), egress(tcp4(t, out, 9000, 61000, fACK))},
+			want:  map[key]counts{k4(in_, snapshot.TCP, 9000): {pin: 1, pout: 1}}},
+		{name: "closed port: the RST out still answers the peer's SYN",
+			pkts: []sent{ingress(tcp4(t, in, 40000, 6379, fSYN)), egress(tcp4(t, out, 6379, 40000, fRSTACK))},
+			want: map[key]counts{k4(in_, snapshot.TCP, 6379): {pin: 1, pout: 1, ev: snapshot.Evidence{SynIn: 1, RstOut: 1}}}},
+		{name: "outbound refused: SYN out and RST in share the flow",
+			pkts: []sent{egress(tcp4(t, out, 50000, 50052, fSYN)), ingress(tcp4(t, in, 50052, 50000, fRSTACK))},
+			want: map[key]counts{k4(out_, snapshot.TCP, 50052): {pin: 1, pout: 1, ev: snapshot.Evidence{SynOut: 1, RstIn: 1}}}},
+		{name: "a SYN-ACK we send teaches a listener the refresh has not seen yet",
+			pkts: []sent{ingress(tcp4(t, in, 40000, 8443, fSYN)), egress(tcp4(t, out, 8443, 40000, fSYNACK)),
+				ingress(tcp4(t, in, 40000, 8443, fACK)), egress(tcp4(t, out, 8443, 40000, fPSHACK)),
+				ingress(tcp4(t, in, 40001, 8443, fPSHACK))},
+			want: map[key]counts{k4(in_, snapshot.TCP, 8443): {pin: 3, pout: 2, ev: snapshot.Evidence{SynIn: 1, SynAckOut: 1}}}},
+		{name: "udp still uses the remembered orientation",
+			pkts: []sent{egress(udp4(t, out, 40001, 53)), ingress(udp4(t, in, 53, 40001))},
+			want: map[key]counts{k4(out_, snapshot.UDP, 53): {pin: 1, pout: 1}}},
+	}
+}
+
+func TestParserSocketsKnown(t *testing.T) {
+	testenv.RequireBPF(t)
+	c, err := Open(Options{EphemeralPorts: [2]uint16{32768, 60999}, SocketsKnown: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, tc := range socketsKnownCases(t) {
+		t.Run(tc.name, func(t *testing.T) { runParserCase(t, c, tc, nil) })
+	}
+	// Every case of the main table that involves no TCP mid-stream guess
+	// gives the same keys in this mode.
+	for _, tc := range parserCases(t) {
+		inferredTCP := false
+		for k := range tc.want {
+			if k.proto == snapshot.TCP && k.inferred {
+				inferredTCP = true
+			}
+		}
+		if inferredTCP {
+			continue
+		}
+		t.Run("same/"+tc.name, func(t *testing.T) { runParserCase(t, c, tc, nil) })
+	}
+}

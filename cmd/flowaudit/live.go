@@ -93,20 +93,23 @@ type liveSession struct {
 }
 
 func startLive(e *env, lf *liveFlags) (*liveSession, error) {
-	c, err := bpf.Open(bpf.Options{FlowEntries: lf.maxFlows, Logger: e.log})
+	c, err := bpf.Open(bpf.Options{FlowEntries: lf.maxFlows, SocketsKnown: true, Logger: e.log})
 	if err != nil {
 		return nil, err
 	}
-	for _, ifc := range lf.ifaces {
-		if _, err := c.Attach(ifc, lf.attachOptions()); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
+	// Sockets first: from the first packet on, the programs rely on the
+	// local socket set being complete.
 	ref, err := c.StartSocketRefresh(lf.refresh)
 	if err != nil {
 		c.Close()
 		return nil, err
+	}
+	for _, ifc := range lf.ifaces {
+		if _, err := c.Attach(ifc, lf.attachOptions()); err != nil {
+			ref.Stop()
+			c.Close()
+			return nil, err
+		}
 	}
 	return &liveSession{c: c, ref: ref, start: time.Now(), log: e.log}, nil
 }

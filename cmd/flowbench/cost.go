@@ -165,15 +165,33 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 		if keys > int(entries)*3/4 {
 			entries = uint32(keys + keys/20) // nearly full: 95 %
 		}
-		c, err := bpf.Open(bpf.Options{FlowEntries: entries, EphemeralPorts: [2]uint16{32768, 60999}})
-		if err != nil {
-			return nil, nil, fmt.Errorf("open collector (%d entries): %w", entries, err)
+		// One collector as a live recording runs it (the socket set is
+		// complete), one as replay runs it (no socket set).
+		var live, rep *bpf.Collector
+		closeBoth := func() {
+			for _, c := range []*bpf.Collector{live, rep} {
+				if c != nil {
+					c.Close()
+				}
+			}
 		}
 		t0 := time.Now()
-		if keys > 1 {
-			if err := fillFlows(c, keys-1); err != nil {
-				c.Close()
-				return nil, nil, err
+		for _, sk := range []bool{true, false} {
+			c, err := bpf.Open(bpf.Options{FlowEntries: entries, EphemeralPorts: [2]uint16{32768, 60999}, SocketsKnown: sk})
+			if err != nil {
+				closeBoth()
+				return nil, nil, fmt.Errorf("open collector (%d entries): %w", entries, err)
+			}
+			if sk {
+				live = c
+			} else {
+				rep = c
+			}
+			if keys > 1 {
+				if err := fillFlows(c, keys-1); err != nil {
+					closeBoth()
+					return nil, nil, err
+				}
 			}
 		}
 		logf("  flow map: %d entries, %d synthetic keys loaded in %s", entries, max(keys-1, 0), time.Since(t0).Round(time.Millisecond))
@@ -185,6 +203,10 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 		for round := 0; round < cfg.rounds; round++ {
 			for ci, pc := range cases {
 				for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCEgress} {
+					c := live
+					if pc.replay {
+						c = rep
+					}
 					frame, empty := pc.in, emptyXDP
 					if h == bpf.HookTCEgress {
 						frame, empty = pc.out, emptyTC
@@ -192,7 +214,7 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 					if keys == 1 {
 						// Exactly this packet's flow in the map.
 						if err := c.Reset(); err != nil {
-							c.Close()
+							closeBoth()
 							return nil, nil, err
 						}
 					}
@@ -201,7 +223,7 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 						socks = []snapshot.Socket{{Proto: snapshot.TCP, Addr: local4, Port: pc.listen}}
 					}
 					if err := c.SetLocalPorts(socks); err != nil {
-						c.Close()
+						closeBoth()
 						return nil, nil, err
 					}
 					var rf, re runResult
@@ -217,7 +239,7 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 							re, err = run(empty, frame)
 						}
 						if err != nil {
-							c.Close()
+							closeBoth()
 							return nil, nil, fmt.Errorf("%s %s: %w", h, pc.name, err)
 						}
 					}
@@ -235,7 +257,7 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 				}
 			}
 		}
-		c.Close()
+		closeBoth()
 		for ci, pc := range cases {
 			for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCEgress} {
 				a := res[[2]int{ci, int(h)}]

@@ -30,6 +30,10 @@ type packetCase struct {
 	// listen, if set, is a local TCP port put into the listening-socket
 	// set (as sock_diag would in a live recording) before measuring.
 	listen uint16
+	// replay measures the collector as replay runs it, with no socket set
+	// (Options.SocketsKnown false); the other cases run as a live
+	// recording does.
+	replay bool
 }
 
 func serialize(ls ...gopacket.SerializableLayer) []byte {
@@ -104,6 +108,18 @@ func withUDP(net gopacket.NetworkLayer, u *layers.UDP) *layers.UDP {
 func ipv4TCP(inbound bool) []byte {
 	e := dirOf(inbound)
 	sp, dp := uint16(40000), uint16(9000)
+	if !inbound {
+		sp, dp = dp, sp
+	}
+	ip := e.ip4(layers.IPProtocolTCP)
+	return serialize(e.eth(layers.EthernetTypeIPv4), ip, withTCP(ip, tcpAck(sp, dp)))
+}
+
+// ipv4TCPOutbound: a mid-stream segment of a connection this host opened
+// (local port 50000 to the peer's 443).
+func ipv4TCPOutbound(inbound bool) []byte {
+	e := dirOf(inbound)
+	sp, dp := uint16(443), uint16(50000)
 	if !inbound {
 		sp, dp = dp, sp
 	}
@@ -187,16 +203,18 @@ func packetCases() []packetCase {
 		name   string
 		fn     func(bool) []byte
 		listen uint16
+		replay bool
 	}{
-		{"IPv4 TCP to a listening port", ipv4TCP, 9000},
-		{"IPv4 TCP, no socket known", ipv4TCP, 0},
-		{"IPv4 UDP", ipv4UDP, 0},
-		{"IPv6 TCP + 2 ext hdrs", ipv6TCPExt, 0},
-		{"VLAN IPv4 TCP", vlanTCP, 0},
-		{"IPv4 non-first fragment", fragment4, 0},
-		{"ICMP port unreachable (UDP)", icmpPortUnreach, 0},
+		{"IPv4 TCP to a listening port", ipv4TCP, 9000, false},
+		{"IPv4 TCP, own outbound connection", ipv4TCPOutbound, 0, false},
+		{"IPv4 TCP, no socket set (replay)", ipv4TCP, 0, true},
+		{"IPv4 UDP", ipv4UDP, 0, false},
+		{"IPv6 TCP + 2 ext hdrs", ipv6TCPExt, 9000, false},
+		{"VLAN IPv4 TCP", vlanTCP, 9000, false},
+		{"IPv4 non-first fragment", fragment4, 0, false},
+		{"ICMP port unreachable (UDP)", icmpPortUnreach, 0, false},
 	} {
-		out = append(out, packetCase{name: c.name, in: padFrame(c.fn(true)), out: padFrame(c.fn(false)), listen: c.listen})
+		out = append(out, packetCase{name: c.name, in: padFrame(c.fn(true)), out: padFrame(c.fn(false)), listen: c.listen, replay: c.replay})
 	}
 	return out
 }

@@ -20,27 +20,35 @@ func TestFramesTakeTheirPaths(t *testing.T) {
 		dir      snapshot.Direction
 		fragment bool
 		closed   bool // ICMP port unreachable evidence on the quoted flow
+		inferred bool // direction from the port heuristic
 	}
 	tcp9000 := want{proto: snapshot.TCP, port: 9000, dir: snapshot.Inbound}
 	cases := map[string][]want{
-		"IPv4 TCP to a listening port": {tcp9000},
-		"IPv4 TCP, no socket known":    {tcp9000},
-		"IPv4 UDP":                     {{proto: snapshot.UDP, port: 514, dir: snapshot.Inbound}},
-		"IPv6 TCP + 2 ext hdrs":        {tcp9000},
-		"VLAN IPv4 TCP":                {tcp9000},
-		"IPv4 non-first fragment":      {{proto: snapshot.UDP, fragment: true}},
-		"ICMP port unreachable (UDP)":  {{proto: snapshot.ICMP, port: 3<<8 | 3}, {proto: snapshot.UDP, closed: true}},
+		"IPv4 TCP to a listening port":      {tcp9000},
+		"IPv4 TCP, own outbound connection": {{proto: snapshot.TCP, port: 443, dir: snapshot.Outbound}},
+		"IPv4 TCP, no socket set (replay)":  {{proto: snapshot.TCP, port: 9000, dir: snapshot.Inbound, inferred: true}},
+		"IPv4 UDP":                          {{proto: snapshot.UDP, port: 514, dir: snapshot.Inbound}},
+		"IPv6 TCP + 2 ext hdrs":             {tcp9000},
+		"VLAN IPv4 TCP":                     {tcp9000},
+		"IPv4 non-first fragment":           {{proto: snapshot.UDP, fragment: true}},
+		"ICMP port unreachable (UDP)":       {{proto: snapshot.ICMP, port: 3<<8 | 3}, {proto: snapshot.UDP, closed: true}},
 	}
-	c, err := bpf.Open(bpf.Options{EphemeralPorts: [2]uint16{32768, 60999}})
-	if err != nil {
-		t.Fatal(err)
+	// As cost.go measures them: live (socket set complete) and replay.
+	collectors := map[bool]*bpf.Collector{}
+	for _, replay := range []bool{false, true} {
+		c, err := bpf.Open(bpf.Options{EphemeralPorts: [2]uint16{32768, 60999}, SocketsKnown: !replay})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		collectors[replay] = c
 	}
-	defer c.Close()
 	pcs := packetCases()
 	if len(pcs) != len(cases) {
 		t.Fatalf("%d packet cases, %d expectations", len(pcs), len(cases))
 	}
 	for _, pc := range pcs {
+		c := collectors[pc.replay]
 		for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCEgress} {
 			if err := c.Reset(); err != nil {
 				t.Fatal(err)
@@ -83,8 +91,8 @@ func TestFramesTakeTheirPaths(t *testing.T) {
 					} else {
 						found = f.Port == w.port
 					}
-					if pc.listen != 0 && f.DirectionInferred {
-						t.Errorf("%s %s: direction inferred although the port is listening", h, pc.name)
+					if w.proto == snapshot.TCP && f.DirectionInferred != w.inferred {
+						t.Errorf("%s %s: direction inferred %v, want %v", h, pc.name, f.DirectionInferred, w.inferred)
 					}
 					if f.Peer != peer4 && f.Peer != peer6 {
 						t.Errorf("%s %s: peer %s, want %s or %s", h, pc.name, f.Peer, peer4, peer6)
