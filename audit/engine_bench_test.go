@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/flowaudit/flowaudit/audit"
-	"github.com/flowaudit/flowaudit/internal/benchflows"
+	"github.com/flowaudit/flowaudit/audit/benchflows"
 )
 
 // Audit of a synthetic UTMStack v11 manager recording against the built-in

@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/flowaudit/flowaudit/bpf/testenv"
-	"github.com/flowaudit/flowaudit/internal/benchflows"
+	"github.com/flowaudit/flowaudit/audit/benchflows"
 )
 
 // ReadMaps on a flow map holding n synthetic flows (internal/benchflows,

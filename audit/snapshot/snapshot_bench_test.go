@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
-	"github.com/flowaudit/flowaudit/internal/benchflows"
+	"github.com/flowaudit/flowaudit/audit/benchflows"
 )
 
 // Encoding and decoding of snapshot files of n synthetic flows

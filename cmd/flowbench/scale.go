@@ -17,7 +17,7 @@ import (
 	"github.com/flowaudit/flowaudit/audit"
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 	"github.com/flowaudit/flowaudit/bpf"
-	"github.com/flowaudit/flowaudit/internal/benchflows"
+	"github.com/flowaudit/flowaudit/audit/benchflows"
 )
 
 // Part 4: userspace scale. Every measurement runs in a child process (this
