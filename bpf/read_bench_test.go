@@ -3,8 +3,8 @@ package bpf
 import (
 	"testing"
 
-	"github.com/flowaudit/flowaudit/bpf/testenv"
 	"github.com/flowaudit/flowaudit/audit/benchflows"
+	"github.com/flowaudit/flowaudit/bpf/testenv"
 )
 
 // ReadMaps on a flow map holding n synthetic flows (internal/benchflows,

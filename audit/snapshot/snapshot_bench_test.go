@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
 	"github.com/flowaudit/flowaudit/audit/benchflows"
+	"github.com/flowaudit/flowaudit/audit/snapshot"
 )
 
 // Encoding and decoding of snapshot files of n synthetic flows

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/flowaudit/flowaudit/audit"
+	"github.com/flowaudit/flowaudit/audit/benchflows"
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 	"github.com/flowaudit/flowaudit/bpf"
-	"github.com/flowaudit/flowaudit/audit/benchflows"
 )
 
 // Part 4: userspace scale. Every measurement runs in a child process (this
