@@ -5,7 +5,6 @@ package bpf
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -65,7 +64,7 @@ func (c *Collector) BenchLoadFlows(flows []snapshot.Flow) error {
 		e := f.Evidence
 		v := flowauditFlowValue{
 			PacketsIn: f.PacketsIn, BytesIn: f.BytesIn, PacketsOut: f.PacketsOut, BytesOut: f.BytesOut,
-			FirstNs: c.boot.mono(f.FirstSeen), LastNs: c.boot.mono(f.LastSeen),
+			FirstJiffies: c.boot.jiffies(f.FirstSeen), LastJiffies: c.boot.jiffies(f.LastSeen),
 			SynIn: u32(e.SynIn), SynackOut: u32(e.SynAckOut), RstOut: u32(e.RstOut),
 			IcmpClosedOut: u32(e.ICMPClosedOut), IcmpFilteredOut: u32(e.ICMPFilteredOut),
 			SynOut: u32(e.SynOut), SynackIn: u32(e.SynAckIn), RstIn: u32(e.RstIn),
@@ -97,12 +96,4 @@ func u32(v uint64) uint32 {
 		return 1<<32 - 1
 	}
 	return uint32(v)
-}
-
-// mono is the inverse of wall: 0 for the zero time.
-func (c clock) mono(t time.Time) uint64 {
-	if t.IsZero() || t.Before(c.wallAtZero) {
-		return 0
-	}
-	return uint64(t.Sub(c.wallAtZero))
 }

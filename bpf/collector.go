@@ -129,7 +129,6 @@ func Open(opts Options) (*Collector, error) {
 		flowType:  opts.FlowMapType,
 		ephemeral: opts.EphemeralPorts,
 		attached:  map[int]*Attachment{},
-		boot:      newClock(),
 	}
 	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
 		if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
@@ -156,6 +155,10 @@ func Open(opts Options) (*Collector, error) {
 		c.ns.Close()
 		c.objs.Close()
 		return nil, fmt.Errorf("netlink handle: %w", err)
+	}
+	if c.boot, err = newClock(c.readJiffies); err != nil {
+		c.Close()
+		return nil, err
 	}
 	c.logMemory()
 	return c, nil

@@ -58,8 +58,8 @@ struct flow_value {
 	__u64 bytes_in;
 	__u64 packets_out;
 	__u64 bytes_out;
-	__u64 first_ns; /* CLOCK_MONOTONIC */
-	__u64 last_ns;
+	__u64 first_jiffies; /* bpf_jiffies64(): one tick resolution, a few ns to read */
+	__u64 last_jiffies;
 	/* Evidence for inbound flows. */
 	__u32 syn_in;
 	__u32 synack_out;
@@ -345,7 +345,7 @@ static __always_inline struct flow_value *flow_get(struct flow_key *k)
 
 	if (val)
 		return val;
-	init.first_ns = bpf_ktime_get_coarse_ns();
+	init.first_jiffies = bpf_jiffies64();
 	err = bpf_map_update_elem(&flows, k, &init, BPF_NOEXIST);
 	if (err == 0)
 		stat_inc(STAT_FLOW_NEW);
@@ -371,7 +371,7 @@ static __always_inline void flow_account(struct flow_key *k, int egress, __u64 l
 			ADD(val->packets_in, segs);
 			ADD(val->bytes_in, len);
 		}
-		val->last_ns = bpf_ktime_get_coarse_ns();
+		val->last_jiffies = bpf_jiffies64();
 	}
 	if (!ev)
 		return;
@@ -566,6 +566,19 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 		}
 	}
 	flow_account(&k, egress, len, segs, evp);
+}
+
+/* clock_jiffies: written by flowaudit_clock, read by userspace to map the
+ * programs' timestamps to wall time (bpf/clock.go). */
+__u64 clock_jiffies;
+
+/* flowaudit_clock is never attached: userspace runs it with test_run to
+ * read the jiffies counter the flow timestamps use. */
+SEC("xdp")
+int flowaudit_clock(struct xdp_md *ctx)
+{
+	clock_jiffies = bpf_jiffies64();
+	return XDP_PASS;
 }
 
 SEC("xdp")

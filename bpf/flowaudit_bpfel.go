@@ -60,8 +60,8 @@ type flowauditFlowValue struct {
 	BytesIn         uint64
 	PacketsOut      uint64
 	BytesOut        uint64
-	FirstNs         uint64
-	LastNs          uint64
+	FirstJiffies    uint64
+	LastJiffies     uint64
 	SynIn           uint32
 	SynackOut       uint32
 	RstOut          uint32
@@ -104,9 +104,11 @@ const (
 	flowauditMapFlows               = "flows"
 	flowauditMapLocalPorts          = "local_ports"
 	flowauditMapStats               = "stats"
+	flowauditProgFlowauditClock     = "flowaudit_clock"
 	flowauditProgFlowauditTcEgress  = "flowaudit_tc_egress"
 	flowauditProgFlowauditTcIngress = "flowaudit_tc_ingress"
 	flowauditProgFlowauditXdp       = "flowaudit_xdp"
+	flowauditVarClockJiffies        = "clock_jiffies"
 	flowauditVarEphemeralHi         = "ephemeral_hi"
 	flowauditVarEphemeralLo         = "ephemeral_lo"
 	flowauditVarPercpuValues        = "percpu_values"
@@ -157,6 +159,7 @@ type flowauditSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type flowauditProgramSpecs struct {
+	FlowauditClock     *ebpf.ProgramSpec `ebpf:"flowaudit_clock"`
 	FlowauditTcEgress  *ebpf.ProgramSpec `ebpf:"flowaudit_tc_egress"`
 	FlowauditTcIngress *ebpf.ProgramSpec `ebpf:"flowaudit_tc_ingress"`
 	FlowauditXdp       *ebpf.ProgramSpec `ebpf:"flowaudit_xdp"`
@@ -177,6 +180,7 @@ type flowauditMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type flowauditVariableSpecs struct {
+	ClockJiffies    *ebpf.VariableSpec `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.VariableSpec `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.VariableSpec `ebpf:"ephemeral_lo"`
 	PercpuValues    *ebpf.VariableSpec `ebpf:"percpu_values"`
@@ -226,6 +230,7 @@ func (m *flowauditMaps) Close() error {
 //
 // It can be passed to loadFlowauditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type flowauditVariables struct {
+	ClockJiffies    *ebpf.Variable `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.Variable `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.Variable `ebpf:"ephemeral_lo"`
 	PercpuValues    *ebpf.Variable `ebpf:"percpu_values"`
@@ -238,6 +243,7 @@ type flowauditVariables struct {
 //
 // It can be passed to loadFlowauditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type flowauditPrograms struct {
+	FlowauditClock     *ebpf.Program `ebpf:"flowaudit_clock"`
 	FlowauditTcEgress  *ebpf.Program `ebpf:"flowaudit_tc_egress"`
 	FlowauditTcIngress *ebpf.Program `ebpf:"flowaudit_tc_ingress"`
 	FlowauditXdp       *ebpf.Program `ebpf:"flowaudit_xdp"`
@@ -245,6 +251,7 @@ type flowauditPrograms struct {
 
 func (p *flowauditPrograms) Close() error {
 	return _FlowauditClose(
+		p.FlowauditClock,
 		p.FlowauditTcEgress,
 		p.FlowauditTcIngress,
 		p.FlowauditXdp,

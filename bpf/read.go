@@ -135,11 +135,11 @@ func addValue(v, o *flowauditFlowValue) {
 	v.BytesIn += o.BytesIn
 	v.PacketsOut += o.PacketsOut
 	v.BytesOut += o.BytesOut
-	if o.FirstNs != 0 && (v.FirstNs == 0 || o.FirstNs < v.FirstNs) {
-		v.FirstNs = o.FirstNs
+	if o.FirstJiffies != 0 && (v.FirstJiffies == 0 || o.FirstJiffies < v.FirstJiffies) {
+		v.FirstJiffies = o.FirstJiffies
 	}
-	if o.LastNs > v.LastNs {
-		v.LastNs = o.LastNs
+	if o.LastJiffies > v.LastJiffies {
+		v.LastJiffies = o.LastJiffies
 	}
 	v.SynIn += o.SynIn
 	v.SynackOut += o.SynackOut
@@ -158,8 +158,8 @@ func (c *Collector) toFlow(k *flowauditFlowKey, v *flowauditFlowValue, names map
 	if !ok {
 		name = fmt.Sprintf("if%d", k.Ifindex)
 	}
-	first := c.boot.wall(v.FirstNs)
-	last := c.boot.wall(v.LastNs)
+	first := c.boot.wall(v.FirstJiffies)
+	last := c.boot.wall(v.LastJiffies)
 	if last.IsZero() {
 		last = first // evidence-only entry (ICMP error for a flow not seen)
 	}

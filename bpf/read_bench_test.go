@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"testing"
+	"time"
 
 	"github.com/flowaudit/flowaudit/audit/benchflows"
 	"github.com/flowaudit/flowaudit/bpf/testenv"
@@ -79,8 +80,11 @@ func TestBenchLoadFlowsRoundTrip(t *testing.T) {
 	}
 	for i := range want {
 		w, got := want[i], r.Flows[i]
-		if !got.FirstSeen.Equal(w.FirstSeen) || !got.LastSeen.Equal(w.LastSeen) {
-			t.Fatalf("flow %d: times %v–%v, want %v–%v", i, got.FirstSeen, got.LastSeen, w.FirstSeen, w.LastSeen)
+		// Timestamps are kept in jiffies: equal to within one tick.
+		tick := c.Tick()
+		near := func(a, b time.Time) bool { d := a.Sub(b); return d > -tick && d < tick }
+		if !near(got.FirstSeen, w.FirstSeen) || !near(got.LastSeen, w.LastSeen) {
+			t.Fatalf("flow %d: times %v–%v, want %v–%v (±%s)", i, got.FirstSeen, got.LastSeen, w.FirstSeen, w.LastSeen, tick)
 		}
 		got.FirstSeen, got.LastSeen = w.FirstSeen, w.LastSeen
 		if got != w {

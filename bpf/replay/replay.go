@@ -454,7 +454,7 @@ type replayer struct {
 
 func newReplayer(c *bpf.Collector, o Options, res *Result, sc *scanResult) *replayer {
 	r := &replayer{c: c, o: o, res: res, local: res.Local.Prefixes, localMAC: map[[6]byte]bool{},
-		cur: newBatch(o.Workers), spare: newBatch(o.Workers), tick: coarseTick()}
+		cur: newBatch(o.Workers), spare: newBatch(o.Workers), tick: c.Tick()}
 	for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCIngress, bpf.HookTCEgress} {
 		r.progs[h] = c.Program(h)
 	}
@@ -720,14 +720,6 @@ func (r *replayer) waitTick(t time.Time) error {
 	}
 }
 
-// coarseTick is the resolution of CLOCK_MONOTONIC_COARSE (one jiffy).
-func coarseTick() time.Duration {
-	var ts unix.Timespec
-	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil || ts.Nano() <= 0 {
-		return 4 * time.Millisecond
-	}
-	return time.Duration(ts.Nano())
-}
 
 // captureTime maps a stamp of the programs to the capture time span of
 // the slice it was written in.

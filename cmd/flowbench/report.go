@@ -105,7 +105,10 @@ func keysLabel(k int) string {
 
 // costTarget reports whether a cell is one the ≤ 3× target is judged on.
 func costTarget(c costCell) bool {
-	return c.hook == bpf.HookXDP && c.keys == targetKeys && strings.HasPrefix(c.packet, "IPv4 TCP")
+	// The live datapath is judged; the replay-mode row (no socket set) is
+	// shown beside it without a target.
+	return c.hook == bpf.HookXDP && c.keys == targetKeys && strings.HasPrefix(c.packet, "IPv4 TCP") &&
+		!strings.Contains(c.packet, "(replay)")
 }
 
 // rows builds the one table: part, measurement, result, ratio, target.
