@@ -720,7 +720,6 @@ func (r *replayer) waitTick(t time.Time) error {
 	}
 }
 
-
 // captureTime maps a stamp of the programs to the capture time span of
 // the slice it was written in.
 func (r *replayer) captureTime(stamp time.Time) (cmin, cmax time.Time) {
