@@ -55,7 +55,6 @@ func flowauditBinary(t *testing.T) string {
 func TestE2ERecordAndAudit(t *testing.T) {
 	a, b := testenv.NewPair(t)
 	testenv.RequireTool(t, "nft")
-	bin := flowauditBinary(t)
 	snapPath := filepath.Join(t.TempDir(), "snap.json")
 
 	// The appliance: documented 8443 and 514, an undocumented 6379, and 9001
@@ -92,30 +91,8 @@ func TestE2ERecordAndAudit(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	rec := exec.CommandContext(ctx, "ip", "netns", "exec", a.Name, bin, "--log-format", "json", "record",
-		"--iface", a.Iface, "--duration", "4s", "--out", snapPath)
-	stderr, err := rec.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logs := make(chan string, 100)
-	go func() {
-		s := bufio.NewScanner(stderr)
-		for s.Scan() {
-			logs <- s.Text()
-		}
-		close(logs)
-	}()
-	var logged []string
-	for line := range logs {
-		logged = append(logged, line)
-		if strings.Contains(line, `"msg":"recording"`) {
-			break
-		}
-	}
+	rec, logs := startInNS(t, ctx, a, nil, "record", "--iface", a.Iface, "--duration", "4s", "--out", snapPath)
+	logged := waitLog(t, logs, `"msg":"recording"`)
 
 	// Clients on the other host.
 	if err := b.Do(func() error {
@@ -197,10 +174,12 @@ func TestE2ERecordAndAudit(t *testing.T) {
 }
 
 // startInNS starts the flowaudit binary inside h's namespace with JSON logs
-// and returns the command and a channel of its log lines.
-func startInNS(t *testing.T, ctx context.Context, h *testenv.Host, args ...string) (*exec.Cmd, <-chan string) {
+// (env, if not nil, replaces the environment) and returns the command and
+// a channel of its log lines.
+func startInNS(t *testing.T, ctx context.Context, h *testenv.Host, env []string, args ...string) (*exec.Cmd, <-chan string) {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.Name, flowauditBinary(t), "--log-format", "json"}, args...)...)
+	cmd.Env = env
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +245,7 @@ func TestE2ERecordInterrupted(t *testing.T) {
 	_ = ln
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd, lines := startInNS(t, ctx, a, "record", "--iface", a.Iface, "--duration", "10m", "--out", snapPath)
+	cmd, lines := startInNS(t, ctx, a, nil, "record", "--iface", a.Iface, "--duration", "10m", "--out", snapPath)
 	waitLog(t, lines, `"msg":"recording"`)
 	dialN(t, b, netip.AddrPortFrom(a.IPv4, 8443), 3)
 	time.Sleep(time.Second)
@@ -308,7 +287,7 @@ func TestE2EWatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	abs := func(p string) string { s, _ := filepath.Abs(p); return s }
-	cmd, lines := startInNS(t, ctx, a, "watch", "--iface", a.Iface, "--catalog", abs("testdata/lab-catalog.yaml"),
+	cmd, lines := startInNS(t, ctx, a, nil, "watch", "--iface", a.Iface, "--catalog", abs("testdata/lab-catalog.yaml"),
 		"--matrix", "labapp", "--role", "server", "--site", abs("testdata/lab-site.yaml"),
 		"--interval", "1s", "--duration", "5s", "--settle", "1h", "--snapshot-dir", dir, "--keep", "3")
 	waitLog(t, lines, `"msg":"watching"`)

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -153,7 +152,6 @@ func sendUDP(h *testenv.Host, addr netip.AddrPort, n int) error {
 func TestE2ERulesNftables(t *testing.T) {
 	a, b := testenv.NewPair(t)
 	testenv.RequireTool(t, "nft")
-	bin := flowauditBinary(t)
 	dir := t.TempDir()
 	rulesPath := filepath.Join(dir, "rules.nft")
 	snapPath := filepath.Join(dir, "snap.json")
@@ -192,39 +190,18 @@ func TestE2ERulesNftables(t *testing.T) {
 	// SSH from b on port 2222 would (SSH_CONNECTION).
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", a.Name, bin, "--log-format", "json", "rules",
-		"--iface", a.Iface, "--duration", "4s", "--save-snapshot", snapPath,
-		"--catalog", "testdata/rules-lab-catalog.yaml", "--matrix", "rulelab", "--role", "server", "--site", "testdata/rules-lab-site.yaml",
-		"--min-window", "1s", "--egress-policy", "drop", "--target", "nftables", "--out", rulesPath)
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "SSH_CONNECTION=") {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(env, "SSH_CONNECTION="+b.IPv4.String()+" 50022 "+a.IPv4.String()+" 2222")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logs := make(chan string, 100)
-	go func() {
-		s := bufio.NewScanner(stderr)
-		for s.Scan() {
-			logs <- s.Text()
-		}
-		close(logs)
-	}()
-	var logged []string
-	for l := range logs {
-		logged = append(logged, l)
-		if strings.Contains(l, `"msg":"recording"`) {
-			break
-		}
-	}
+	env = append(env, "SSH_CONNECTION="+b.IPv4.String()+" 50022 "+a.IPv4.String()+" 2222")
+	cmd, logs := startInNS(t, ctx, a, env, "rules",
+		"--iface", a.Iface, "--duration", "4s", "--save-snapshot", snapPath,
+		"--catalog", "testdata/rules-lab-catalog.yaml", "--matrix", "rulelab", "--role", "server", "--site", "testdata/rules-lab-site.yaml",
+		"--min-window", "1s", "--egress-policy", "drop", "--target", "nftables", "--out", rulesPath)
+	logged := waitLog(t, logs, `"msg":"recording"`)
 
 	// The lab traffic, recorded: everything answers (nothing filters yet).
 	steps := []struct {
