@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netns"
 
+	"github.com/flowaudit/flowaudit/audit/snapshot"
 	"github.com/flowaudit/flowaudit/bpf"
 )
 
@@ -159,12 +160,22 @@ type flowauditRecv struct {
 	c *bpf.Collector
 }
 
-func newFlowauditRecv(l *lab) (*flowauditRecv, error) {
+// newFlowauditRecv opens flowaudit as a live recording runs it (the socket
+// set complete). With bound, the receiver has a UDP collector bound on the
+// generator's port 9000 — a syslog / NetFlow sink is what floods an
+// appliance; without, the port has no socket and every frame also looks up
+// the connection table (a flood to a port nothing listens on).
+func newFlowauditRecv(l *lab, bound bool) (*flowauditRecv, error) {
 	f := &flowauditRecv{l: l}
 	err := l.inRecv(func() error {
 		var err error
-		f.c, err = bpf.Open(bpf.Options{})
-		return err
+		if f.c, err = bpf.Open(bpf.Options{SocketsKnown: true}); err != nil {
+			return err
+		}
+		if !bound {
+			return nil
+		}
+		return f.c.SetLocalPorts([]snapshot.Socket{{Proto: snapshot.UDP, Addr: netip.IPv4Unspecified(), Port: 9000}})
 	})
 	return f, err
 }

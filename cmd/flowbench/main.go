@@ -163,14 +163,21 @@ func run(cfg *config) error {
 		}
 		if !skip["2"] {
 			logf("part 2: line rate on veth, %d frames per run, %d rounds", cfg.linePkts, cfg.lineRounds)
-			fa, err := newFlowauditRecv(l)
-			if err != nil {
-				return err
-			}
-			rep.line, err = measureLineRate(l, g, nop, fa, uint32(cfg.linePkts), cfg.lineRounds, logf)
-			fa.Close()
-			if err != nil {
-				return fmt.Errorf("part 2: %w", err)
+			for _, bound := range []bool{true, false} {
+				fa, err := newFlowauditRecv(l, bound)
+				if err != nil {
+					return err
+				}
+				lr, err := measureLineRate(l, g, nop, fa, uint32(cfg.linePkts), cfg.lineRounds, logf)
+				fa.Close()
+				if err != nil {
+					return fmt.Errorf("part 2: %w", err)
+				}
+				if bound {
+					rep.line = lr
+				} else {
+					rep.lineNoSock = lr
+				}
 			}
 		}
 		if !skip["3"] {
