@@ -56,7 +56,8 @@ func (c *Collector) Snapshot(o SnapshotOptions) (*snapshot.Snapshot, error) {
 		})
 	}
 	sort.Slice(s.Interfaces, func(i, j int) bool { return s.Interfaces[i].Name < s.Interfaces[j].Name })
-	s.Sort()
+	// ReadMaps returned the flows sorted; only the sockets need it.
+	snapshot.SortSockets(s.Listening)
 	return s, nil
 }
 

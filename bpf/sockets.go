@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sort"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -58,15 +57,7 @@ func (c *Collector) ListSockets() ([]snapshot.Socket, error) {
 			out = append(out, toSocket(snapshot.UDP, s))
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Proto != out[j].Proto {
-			return out[i].Proto < out[j].Proto
-		}
-		if out[i].Port != out[j].Port {
-			return out[i].Port < out[j].Port
-		}
-		return out[i].Addr.Less(out[j].Addr)
-	})
+	snapshot.SortSockets(out)
 	return dedupSockets(out), nil
 }
 
@@ -194,9 +185,8 @@ func (r *SocketRefresher) Seen() []snapshot.Socket {
 		out = append(out, s)
 	}
 	r.c.mu.Unlock()
-	snap := snapshot.Snapshot{Listening: out}
-	snap.Sort()
-	return snap.Listening
+	snapshot.SortSockets(out)
+	return out
 }
 
 // Stop ends the refresh loop and waits for it.

@@ -297,8 +297,13 @@ func (s *Snapshot) LocalAddrs() []netip.Addr {
 // port, peer.
 func (s *Snapshot) Sort() {
 	SortFlows(s.Flows)
-	sort.Slice(s.Listening, func(i, j int) bool {
-		a, b := s.Listening[i], s.Listening[j]
+	SortSockets(s.Listening)
+}
+
+// SortSockets orders sockets by protocol, port and address.
+func SortSockets(socks []Socket) {
+	sort.Slice(socks, func(i, j int) bool {
+		a, b := socks[i], socks[j]
 		if a.Proto != b.Proto {
 			return a.Proto < b.Proto
 		}
