@@ -133,12 +133,7 @@ func newObs() *obs { return &obs{peers: map[netip.Addr]*PeerCount{}} }
 func (o *obs) add(f *snapshot.Flow) {
 	o.ev.Packets += f.Packets()
 	o.ev.Bytes += f.Bytes()
-	if !f.FirstSeen.IsZero() && (o.ev.FirstSeen.IsZero() || f.FirstSeen.Before(o.ev.FirstSeen)) {
-		o.ev.FirstSeen = f.FirstSeen
-	}
-	if f.LastSeen.After(o.ev.LastSeen) {
-		o.ev.LastSeen = f.LastSeen
-	}
+	o.ev.widen(f.FirstSeen, f.LastSeen)
 	o.ev.Handshake.Add(f.Evidence)
 	if f.DirectionInferred {
 		o.inferred = true
@@ -151,6 +146,17 @@ func (o *obs) add(f *snapshot.Flow) {
 	p.Packets += f.Packets()
 	p.Bytes += f.Bytes()
 	o.states[state(f)]++
+}
+
+// widen extends the evidence's first/last seen to cover [first, last];
+// a zero first is "unknown" and never moves FirstSeen.
+func (e *Evidence) widen(first, last time.Time) {
+	if !first.IsZero() && (e.FirstSeen.IsZero() || first.Before(e.FirstSeen)) {
+		e.FirstSeen = first
+	}
+	if last.After(e.LastSeen) {
+		e.LastSeen = last
+	}
 }
 
 func (o *obs) empty() bool { return len(o.peers) == 0 }
@@ -589,12 +595,7 @@ func mergeObs(dst, src *obs) {
 	}
 	dst.ev.Packets += src.ev.Packets
 	dst.ev.Bytes += src.ev.Bytes
-	if !src.ev.FirstSeen.IsZero() && (dst.ev.FirstSeen.IsZero() || src.ev.FirstSeen.Before(dst.ev.FirstSeen)) {
-		dst.ev.FirstSeen = src.ev.FirstSeen
-	}
-	if src.ev.LastSeen.After(dst.ev.LastSeen) {
-		dst.ev.LastSeen = src.ev.LastSeen
-	}
+	dst.ev.widen(src.ev.FirstSeen, src.ev.LastSeen)
 	dst.ev.Handshake.Add(src.ev.Handshake)
 	dst.inferred = dst.inferred || src.inferred
 	for i := range dst.states {

@@ -228,7 +228,6 @@ func (c *Collector) readStats() (statsRead, error) {
 		}
 		*f.dst = v
 	}
-	var ethFailed uint64
 	ethFailed, err := get(flowauditStatSTAT_ETHERTYPE_INSERT_FAILED)
 	if err != nil {
 		return st, err
