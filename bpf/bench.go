@@ -23,7 +23,7 @@ func (c *Collector) BenchFlowMap() *ebpf.Map { return c.objs.Flows }
 // nanoseconds, the inverse of what ReadMaps does. Existing keys are
 // overwritten. The map must not be a per-CPU variant.
 func (c *Collector) BenchLoadFlows(flows []snapshot.Flow) error {
-	if c.flowType == ebpf.PerCPUHash || c.flowType == ebpf.LRUCPUHash {
+	if perCPU(c.flowType) {
 		return fmt.Errorf("load flows: %s not supported", c.flowType)
 	}
 	index := map[string]uint32{}

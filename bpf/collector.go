@@ -112,7 +112,7 @@ func Open(opts Options) (*Collector, error) {
 	spec.Maps["flows"].MaxEntries = opts.FlowEntries
 	spec.Maps["flows"].Type = opts.FlowMapType
 	spec.Maps["conns"].MaxEntries = opts.ConnEntries
-	percpu := opts.FlowMapType == ebpf.PerCPUHash || opts.FlowMapType == ebpf.LRUCPUHash
+	percpu := perCPU(opts.FlowMapType)
 	for name, v := range map[string]any{
 		"ephemeral_lo":  opts.EphemeralPorts[0],
 		"ephemeral_hi":  opts.EphemeralPorts[1],
@@ -315,3 +315,6 @@ func clearMap(m *ebpf.Map) error {
 	}
 	return nil
 }
+
+// perCPU reports whether a flow map type keeps one value per CPU.
+func perCPU(t ebpf.MapType) bool { return t == ebpf.PerCPUHash || t == ebpf.LRUCPUHash }

@@ -64,7 +64,7 @@ func (c *Collector) ReadMaps() (*Read, error) {
 // dumpFlows returns all flow entries, with per-CPU values already summed.
 func (c *Collector) dumpFlows() ([]flowauditFlowKey, []flowauditFlowValue, error) {
 	m := c.objs.Flows
-	percpu := c.flowType == ebpf.PerCPUHash || c.flowType == ebpf.LRUCPUHash
+	percpu := perCPU(c.flowType)
 	ncpu := 1
 	if percpu {
 		n, err := ebpf.PossibleCPU()
