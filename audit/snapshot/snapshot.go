@@ -22,7 +22,8 @@ import (
 )
 
 // FormatVersion is the snapshot format version written by this build.
-const FormatVersion = 1
+// Version 1 files are still read (see upgradeV1).
+const FormatVersion = 2
 
 // ErrFormat is wrapped by every error about a malformed snapshot file.
 var ErrFormat = errors.New("malformed snapshot")
@@ -185,8 +186,22 @@ type Flow struct {
 	// ICMPv6, and 0 for other protocols and non-first fragments.
 	Port uint16 `json:"port"`
 	// Fragment marks non-first IP fragments, which carry no L4 header.
-	Fragment bool       `json:"fragment,omitempty"`
-	Peer     netip.Addr `json:"peer"`
+	Fragment bool `json:"fragment,omitempty"`
+	// Peer is the remote address. It is absent (the zero Addr) in a folded
+	// entry, which has PeerPrefix instead, and in Snapshot.Overflow entries,
+	// whose peers are unknown.
+	Peer netip.Addr `json:"peer,omitzero"`
+	// PeerPrefix is set on a folded entry: the traffic of every peer of
+	// this service inside the prefix (a /24 or /48, or /0: "other peers"),
+	// merged because the recorder's memory budget was reached.
+	PeerPrefix netip.Prefix `json:"peer_prefix,omitzero"`
+	// Peers estimates the distinct peer addresses a folded or overflow
+	// entry stands for (from PeerSketch); 0 for an ordinary flow (one peer).
+	Peers uint64 `json:"peers,omitempty"`
+	// PeerSketch is the HyperLogLog sketch of those addresses (folded and
+	// overflow entries only), so entries can be merged without losing the
+	// distinct count.
+	PeerSketch *PeerSketch `json:"peer_sketch,omitempty"`
 
 	PacketsIn  uint64    `json:"packets_in"`
 	BytesIn    uint64    `json:"bytes_in"`
@@ -196,6 +211,9 @@ type Flow struct {
 	LastSeen   time.Time `json:"last_seen"`
 	Evidence   Evidence  `json:"evidence"`
 }
+
+// Folded reports whether f merges the peers of a prefix (PeerPrefix).
+func (f *Flow) Folded() bool { return f.PeerPrefix.IsValid() }
 
 // Packets returns the packets seen in both directions.
 func (f *Flow) Packets() uint64 { return f.PacketsIn + f.PacketsOut }
@@ -225,13 +243,30 @@ type Socket struct {
 // Stats are the datapath's own counters. Any non-zero loss counter means
 // the snapshot is incomplete, and every report says so.
 type Stats struct {
-	// FlowCapacity is the max_entries of the flow map; FlowEntries how many
-	// were in use when the snapshot was read.
+	// FlowCapacity is the max_entries of the kernel flow map; FlowEntries
+	// the most entries it held between two moves (its high-water mark: a
+	// recorder moves the counts out of the kernel periodically).
 	FlowCapacity uint32 `json:"flow_capacity"`
 	FlowEntries  uint32 `json:"flow_entries"`
-	// FlowInsertFailed counts packets whose flow could not be inserted
-	// because the map was full (their counts are lost).
+	// FlowInsertFailed counts packets whose per-peer flow could not be
+	// inserted because the flow map was full. They lost their peer
+	// identity but were still counted per service in Snapshot.Overflow,
+	// unless OverflowInsertFailed counts them too.
 	FlowInsertFailed uint64 `json:"flow_insert_failed"`
+	// OverflowCapacity is the max_entries of the per-service overflow map;
+	// OverflowInsertFailed counts packets not counted at all because that
+	// map was full as well: the only packets really lost.
+	OverflowCapacity     uint32 `json:"overflow_capacity,omitempty"`
+	OverflowInsertFailed uint64 `json:"overflow_insert_failed"`
+	// Moves counts how often the recorder moved the counts out of the
+	// kernel maps into its own memory.
+	Moves uint64 `json:"moves,omitempty"`
+	// FlowBudget is the recorder's memory budget in flow entries; beyond
+	// it, the peers of the services with most peers were folded into
+	// prefixes and then into one "other peers" entry per service.
+	// FoldedFlows counts the per-peer entries folded that way.
+	FlowBudget  uint64 `json:"flow_budget,omitempty"`
+	FoldedFlows uint64 `json:"folded_flows,omitempty"`
 	// FlowEvictions counts flows the kernel evicted (LRU maps only).
 	FlowEvictions uint64 `json:"flow_evictions"`
 	// ConnInsertFailed counts connection-orientation entries that could not
@@ -253,9 +288,32 @@ type Counter struct {
 	Bytes   uint64 `json:"bytes"`
 }
 
-// Lossy reports whether any packet's accounting was lost.
+// Lossy reports whether any packet went uncounted: the overflow map was
+// full too, or an LRU map evicted flows.
 func (s *Stats) Lossy() bool {
-	return s.FlowInsertFailed > 0 || s.FlowEvictions > 0
+	return s.OverflowInsertFailed > 0 || s.FlowEvictions > 0
+}
+
+// PeersLost reports whether some packets were counted without their peer
+// (per service, in Snapshot.Overflow) or with their peer folded into a
+// prefix: peer and zone checks cannot cover them.
+func (s *Stats) PeersLost() bool { return s.FlowInsertFailed > 0 || s.FoldedFlows > 0 }
+
+// Overflowed reports whether the kernel flow map was full at some point.
+func (s *Stats) Overflowed() bool {
+	return s.FlowInsertFailed > 0 || s.OverflowInsertFailed > 0 || s.FlowEvictions > 0
+}
+
+// Interruption records that a recording stopped before its planned end.
+type Interruption struct {
+	// Signal is the signal's name ("SIGINT", "SIGTERM"), or "error" when
+	// the recorder stopped on an error and saved what it had.
+	Signal string `json:"signal"`
+	// At is when the recording stopped; PlannedEnd when it was to end.
+	At         time.Time `json:"at"`
+	PlannedEnd time.Time `json:"planned_end,omitzero"`
+	// Reason is a human explanation (the error, for Signal "error").
+	Reason string `json:"reason,omitempty"`
 }
 
 // Snapshot is the content of a snapshot file.
@@ -276,8 +334,20 @@ type Snapshot struct {
 	// direction heuristic (net.ipv4.ip_local_port_range).
 	EphemeralPorts [2]uint16 `json:"ephemeral_ports"`
 	Listening      []Socket  `json:"listening,omitempty"`
-	Stats          Stats     `json:"stats"`
-	Flows          []Flow    `json:"flows"`
+	// Checkpoint marks a snapshot written while the recording was still
+	// running (record --checkpoint): if it is the last one, the recorder
+	// did not finish (killed, crashed, power lost).
+	Checkpoint bool `json:"checkpoint,omitempty"`
+	// Interrupted is set when the recording stopped before its planned
+	// end (a signal, or an error after which what was recorded was kept).
+	Interrupted *Interruption `json:"interrupted,omitempty"`
+	Stats       Stats         `json:"stats"`
+	Flows       []Flow        `json:"flows"`
+	// Overflow holds the packets whose per-peer flow could not be stored
+	// because the kernel flow map was full, counted per (interface,
+	// direction, protocol, service port) without the peer. They carry
+	// their handshake evidence and a sketch of their distinct peers.
+	Overflow []Flow `json:"overflow,omitempty"`
 }
 
 // Window returns the length of the observation window.
@@ -297,6 +367,7 @@ func (s *Snapshot) LocalAddrs() []netip.Addr {
 // port, peer.
 func (s *Snapshot) Sort() {
 	SortFlows(s.Flows)
+	SortFlows(s.Overflow)
 	SortSockets(s.Listening)
 }
 
@@ -338,30 +409,71 @@ func flowLess(a, b *Flow) bool {
 	if a.DirectionInferred != b.DirectionInferred {
 		return !a.DirectionInferred
 	}
+	if a.Folded() != b.Folded() {
+		return !a.Folded() // exact peers first, then folded prefixes
+	}
+	if a.Folded() {
+		if c := a.PeerPrefix.Addr().Compare(b.PeerPrefix.Addr()); c != 0 {
+			return c < 0
+		}
+		return a.PeerPrefix.Bits() < b.PeerPrefix.Bits()
+	}
 	return a.Peer.Less(b.Peer)
 }
 
 // Validate checks the invariants a reader relies on.
 func (s *Snapshot) Validate() error {
 	if s.Version != FormatVersion {
-		return fmt.Errorf("%w: version %d, this build reads version %d", ErrFormat, s.Version, FormatVersion)
+		return fmt.Errorf("%w: version %d, this build reads versions 1 and %d", ErrFormat, s.Version, FormatVersion)
 	}
 	if !s.End.IsZero() && s.End.Before(s.Start) {
 		return fmt.Errorf("%w: window end %s before start %s", ErrFormat, s.End.Format(time.RFC3339), s.Start.Format(time.RFC3339))
 	}
+	if s.Interrupted != nil && s.Interrupted.Signal == "" {
+		return fmt.Errorf("%w: interrupted: missing signal", ErrFormat)
+	}
 	for i := range s.Flows {
 		f := &s.Flows[i]
-		if !f.Peer.IsValid() {
-			return fmt.Errorf("%w: flow %d: missing peer address", ErrFormat, i)
+		switch {
+		case f.Peer.IsValid() && f.PeerPrefix.IsValid():
+			return fmt.Errorf("%w: flows[%d]: both peer and peer_prefix", ErrFormat, i)
+		case !f.Peer.IsValid() && !f.PeerPrefix.IsValid():
+			return fmt.Errorf("%w: flows[%d]: missing peer address", ErrFormat, i)
+		case f.PeerPrefix.IsValid() && f.PeerPrefix != f.PeerPrefix.Masked():
+			return fmt.Errorf("%w: flows[%d]: peer_prefix %s has host bits set", ErrFormat, i, f.PeerPrefix)
 		}
-		if f.Direction > Outbound {
-			return fmt.Errorf("%w: flow %d: invalid direction %d", ErrFormat, i, f.Direction)
+		if err := f.validate(); err != nil {
+			return fmt.Errorf("%w: flows[%d]: %v", ErrFormat, i, err)
 		}
-		if f.Port != 0 && !f.Proto.HasPorts() && !f.Proto.IsICMP() {
-			return fmt.Errorf("%w: flow %d: protocol %s carries no port but port is %d", ErrFormat, i, f.Proto, f.Port)
+	}
+	for i := range s.Overflow {
+		f := &s.Overflow[i]
+		if f.Peer.IsValid() || f.PeerPrefix.IsValid() {
+			return fmt.Errorf("%w: overflow[%d]: an overflow entry has no peer", ErrFormat, i)
+		}
+		if err := f.validate(); err != nil {
+			return fmt.Errorf("%w: overflow[%d]: %v", ErrFormat, i, err)
 		}
 	}
 	return nil
+}
+
+func (f *Flow) validate() error {
+	if f.Direction > Outbound {
+		return fmt.Errorf("invalid direction %d", f.Direction)
+	}
+	if f.Port != 0 && !f.Proto.HasPorts() && !f.Proto.IsICMP() {
+		return fmt.Errorf("protocol %s carries no port but port is %d", f.Proto, f.Port)
+	}
+	return nil
+}
+
+// upgradeV1 turns a version 1 snapshot into the current version. Version 1
+// had no overflow map: its flow_insert_failed packets were not counted at
+// all, which version 2 calls overflow_insert_failed.
+func (s *Snapshot) upgradeV1() {
+	s.Version = FormatVersion
+	s.Stats.OverflowInsertFailed = s.Stats.FlowInsertFailed
 }
 
 // Read parses and validates a snapshot. name is used in error messages.
@@ -378,6 +490,17 @@ func Read(r io.Reader, name string) (*Snapshot, error) {
 	}
 	if dec.More() {
 		return nil, fmt.Errorf("%s: %w: trailing data after the snapshot object", name, ErrFormat)
+	}
+	if s.Version == 1 {
+		for i := range s.Flows {
+			if s.Flows[i].PeerPrefix.IsValid() || s.Flows[i].PeerSketch != nil || s.Flows[i].Peers != 0 {
+				return nil, fmt.Errorf("%s: %w: flows[%d]: peer_prefix, peers and peer_sketch need version 2", name, ErrFormat, i)
+			}
+		}
+		if len(s.Overflow) > 0 || s.Interrupted != nil || s.Checkpoint {
+			return nil, fmt.Errorf("%s: %w: overflow, interrupted and checkpoint need version 2", name, ErrFormat)
+		}
+		s.upgradeV1()
 	}
 	if err := s.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -426,6 +549,7 @@ func locateValueError(data []byte) string {
 	}
 	elem := map[string]func() any{
 		"flows":      func() any { return new(Flow) },
+		"overflow":   func() any { return new(Flow) },
 		"listening":  func() any { return new(Socket) },
 		"interfaces": func() any { return new(Interface) },
 	}

@@ -79,9 +79,9 @@ func TestReadErrors(t *testing.T) {
 		{"wrong type", "{\"version\": 1,\n\"flows\": [{\"peer\": \"192.0.2.1\", \"port\": \"22\"}]}", []string{"line 2", "port"}},
 		{"port out of range", "{\"version\": 1,\n\"flows\": [{\"peer\": \"192.0.2.1\", \"port\": 70000}]}", []string{"line 2", "70000"}},
 		{"unknown field", "{\"version\": 1,\n\"flowz\": []}", []string{"line 2", "flowz"}},
-		{"version", "{\"version\": 2}", []string{"version 2"}},
+		{"version", "{\"version\": 3}", []string{"version 3", "versions 1 and 2"}},
 		{"trailing data", "{\"version\": 1} {}", []string{"trailing"}},
-		{"missing peer", "{\"version\": 1, \"flows\": [{\"port\": 22, \"proto\": \"tcp\"}]}", []string{"flow 0", "missing peer"}},
+		{"missing peer", "{\"version\": 1, \"flows\": [{\"port\": 22, \"proto\": \"tcp\"}]}", []string{"flows[0]", "missing peer"}},
 		{"port on a portless protocol", "{\"version\": 1, \"flows\": [{\"peer\": \"192.0.2.1\", \"proto\": \"gre\", \"port\": 5}]}", []string{"gre", "port is 5"}},
 		{"end before start", "{\"version\": 1, \"start\": \"2026-01-02T00:00:00Z\", \"end\": \"2026-01-01T00:00:00Z\"}", []string{"before start"}},
 	} {
@@ -113,5 +113,154 @@ func TestParseProto(t *testing.T) {
 	}
 	if Proto(99).String() != "ip-99" || SCTP.String() != "sctp" {
 		t.Error("String")
+	}
+}
+
+func TestSketchEstimate(t *testing.T) {
+	for _, n := range []int{1, 10, 100, 1000, 10000, 100000} {
+		var s PeerSketch
+		for i := 0; i < n; i++ {
+			a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+			s.Add(a)
+			s.Add(a) // duplicates do not count
+		}
+		est := float64(s.Estimate())
+		// 128 registers: standard error ~9 %; allow 3 sigma.
+		if d := (est - float64(n)) / float64(n); d > 0.28 || d < -0.28 {
+			t.Errorf("n=%d: estimate %.0f (%.0f %%)", n, est, 100*d)
+		}
+	}
+	var empty PeerSketch
+	if empty.Estimate() != 0 || !empty.Empty() {
+		t.Error("empty sketch")
+	}
+}
+
+func TestSketchMergeAndText(t *testing.T) {
+	var a, b, both PeerSketch
+	for i := 0; i < 3000; i++ {
+		x := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i), 14: byte(i >> 8)})
+		if i < 2000 {
+			a.Add(x)
+		}
+		if i >= 1000 {
+			b.Add(x)
+		}
+		both.Add(x)
+	}
+	a.Merge(&b)
+	if a != both {
+		t.Fatal("merge differs from the sketch of the union")
+	}
+	txt, _ := a.MarshalText()
+	var back PeerSketch
+	if err := back.UnmarshalText(txt); err != nil || back != a {
+		t.Fatalf("text round trip: %v", err)
+	}
+	bad := append([]byte(nil), txt...)
+	bad[0] = '/' // register 0 becomes 0xfc or so: above the maximum rank
+	if err := back.UnmarshalText(bad); err == nil || !strings.Contains(err.Error(), "register 0") {
+		t.Errorf("bad register: %v", err)
+	}
+	if err := back.UnmarshalText([]byte("AAAA")); err == nil || !strings.Contains(err.Error(), "3 registers") {
+		t.Errorf("short sketch: %v", err)
+	}
+}
+
+// TestSketchHashVector pins the hash the BPF program must reproduce
+// (bpf/flowaudit.c overflow_sketch); TestOverflowSketchMatchesGo in bpf
+// checks the kernel side against the same function.
+func TestSketchHashVector(t *testing.T) {
+	for _, c := range []struct {
+		addr string
+		want uint64
+		idx  int
+		rank uint8
+	}{
+		{"192.0.2.1", 0x589b6c30f6f8ebfb, 123, 1},
+		{"::ffff:192.0.2.1", 0x589b6c30f6f8ebfb, 123, 1}, // IPv4 is hashed in its mapped form
+		{"2001:db8::1", 0x539d4d6582f788ea, 106, 1},
+		{"0.0.0.0", 0x3ce2d5e837337788, 8, 1},
+	} {
+		h := SketchHash(netip.MustParseAddr(c.addr))
+		idx, rank := sketchSlot(h)
+		if h != c.want || idx != c.idx || rank != c.rank {
+			t.Errorf("%s: hash %#x slot %d rank %d, want %#x %d %d", c.addr, h, idx, rank, c.want, c.idx, c.rank)
+		}
+	}
+	if _, r := sketchSlot(0x7f); r != maxRank {
+		t.Errorf("all-zero rank bits: rank %d, want %d", r, maxRank)
+	}
+	if _, r := sketchSlot(1 << 10); r != 4 {
+		t.Errorf("rank of 1<<10: %d, want 4 (three zero bits above the index)", r)
+	}
+}
+
+func TestReadVersion1(t *testing.T) {
+	v1 := `{"version":1,"tool":{"name":"flowaudit","version":"old"},"source":"live","interfaces":[],
+"start":"2026-11-26T08:00:00Z","end":"2026-11-26T08:10:00Z","ephemeral_ports":[32768,60999],
+"stats":{"flow_capacity":4,"flow_entries":4,"flow_insert_failed":7,"flow_evictions":0,"conn_insert_failed":0,
+"packets_ingress":9,"packets_egress":0,"truncated":0},
+"flows":[{"iface":"eth0","direction":"inbound","proto":"tcp","port":22,"peer":"192.0.2.7","packets_in":2,"bytes_in":120,
+"packets_out":0,"bytes_out":0,"first_seen":"2026-11-26T08:00:01Z","last_seen":"2026-11-26T08:00:02Z","evidence":{}}]}`
+	s, err := Read(strings.NewReader(v1), "old.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Version 1 had no overflow map: its failed inserts were lost packets.
+	if s.Version != FormatVersion || s.Stats.OverflowInsertFailed != 7 || !s.Stats.Lossy() {
+		t.Errorf("upgraded v1: version %d stats %+v", s.Version, s.Stats)
+	}
+	withPrefix := strings.Replace(v1, `"peer":"192.0.2.7"`, `"peer_prefix":"192.0.2.0/24"`, 1)
+	if _, err := Read(strings.NewReader(withPrefix), "old.json"); err == nil || !strings.Contains(err.Error(), "need version 2") {
+		t.Errorf("v1 with a v2 field: %v", err)
+	}
+}
+
+func TestValidateV2(t *testing.T) {
+	pfx := netip.MustParsePrefix("198.51.100.0/24")
+	for name, c := range map[string]struct {
+		mod  func(s *Snapshot)
+		want string
+	}{
+		"peer and prefix": {func(s *Snapshot) { s.Flows[0].PeerPrefix = pfx }, "both peer and peer_prefix"},
+		"no peer":         {func(s *Snapshot) { s.Flows[0].Peer = netip.Addr{} }, "flows[0]: missing peer"},
+		"host bits":       {func(s *Snapshot) { s.Flows[0].Peer, s.Flows[0].PeerPrefix = netip.Addr{}, netip.MustParsePrefix("198.51.100.7/24") }, "host bits"},
+		"overflow peer": {func(s *Snapshot) {
+			s.Overflow = []Flow{{Interface: "eth0", Direction: Inbound, Proto: TCP, Port: 22, Peer: netip.MustParseAddr("192.0.2.9")}}
+		}, "overflow[0]: an overflow entry has no peer"},
+		"overflow port": {func(s *Snapshot) { s.Overflow = []Flow{{Interface: "eth0", Proto: GRE, Port: 3}} }, "overflow[0]: protocol gre carries no port"},
+		"interruption":  {func(s *Snapshot) { s.Interrupted = &Interruption{} }, "interrupted: missing signal"},
+	} {
+		s := sample()
+		c.mod(s)
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	// A folded entry and an overflow entry round-trip.
+	s := sample()
+	var sk PeerSketch
+	sk.Add(netip.MustParseAddr("198.51.100.9"))
+	s.Flows = append(s.Flows, Flow{Interface: "eth0", Direction: Inbound, Proto: TCP, Port: 22, PeerPrefix: pfx, Peers: 1, PeerSketch: &sk, PacketsIn: 5})
+	s.Overflow = []Flow{{Interface: "eth0", Direction: Inbound, Proto: UDP, Port: 1514, PacketsIn: 9, Peers: 1, PeerSketch: &sk}}
+	s.Interrupted = &Interruption{Signal: "SIGTERM", At: s.End}
+	p := filepath.Join(t.TempDir(), "v2.json")
+	if err := WriteFile(p, s); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := back.Flows[2]; !f.Folded() || f.PeerPrefix != pfx || *f.PeerSketch != sk || f.Peer.IsValid() {
+		t.Errorf("folded flow: %+v", f)
+	}
+	if o := back.Overflow[0]; o.Peer.IsValid() || o.PacketsIn != 9 || back.Interrupted.Signal != "SIGTERM" {
+		t.Errorf("overflow %+v interrupted %+v", o, back.Interrupted)
+	}
+	raw, _ := os.ReadFile(p)
+	if strings.Count(string(raw), `"peer":`) != 2 {
+		t.Errorf("folded and overflow entries must not carry a peer key:\n%s", raw)
 	}
 }
