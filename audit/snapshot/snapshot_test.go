@@ -225,7 +225,9 @@ func TestValidateV2(t *testing.T) {
 	}{
 		"peer and prefix": {func(s *Snapshot) { s.Flows[0].PeerPrefix = pfx }, "both peer and peer_prefix"},
 		"no peer":         {func(s *Snapshot) { s.Flows[0].Peer = netip.Addr{} }, "flows[0]: missing peer"},
-		"host bits":       {func(s *Snapshot) { s.Flows[0].Peer, s.Flows[0].PeerPrefix = netip.Addr{}, netip.MustParsePrefix("198.51.100.7/24") }, "host bits"},
+		"host bits": {func(s *Snapshot) {
+			s.Flows[0].Peer, s.Flows[0].PeerPrefix = netip.Addr{}, netip.MustParsePrefix("198.51.100.7/24")
+		}, "host bits"},
 		"overflow peer": {func(s *Snapshot) {
 			s.Overflow = []Flow{{Interface: "eth0", Direction: Inbound, Proto: TCP, Port: 22, Peer: netip.MustParseAddr("192.0.2.9")}}
 		}, "overflow[0]: an overflow entry has no peer"},
