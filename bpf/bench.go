@@ -11,9 +11,13 @@ import (
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 )
 
-// BenchFlowMap returns the flow map, for benchmarks that time raw batch
-// operations on it.
-func (c *Collector) BenchFlowMap() *ebpf.Map { return c.objs.Flows }
+// BenchFlowMap returns the flow map the programs currently count into, for
+// benchmarks that time raw batch operations on it.
+func (c *Collector) BenchFlowMap() *ebpf.Map {
+	c.moveMu.Lock()
+	defer c.moveMu.Unlock()
+	return c.flowMaps[c.gen]
+}
 
 // BenchLoadFlows writes flows into the flow map with BPF_MAP_UPDATE_BATCH,
 // as if the datapath had counted them: benchmarks fill the map to a given
@@ -36,7 +40,7 @@ func (c *Collector) BenchLoadFlows(flows []snapshot.Flow) error {
 		if len(keys) == 0 {
 			return nil
 		}
-		n, err := c.objs.Flows.BatchUpdate(keys, vals, &ebpf.BatchOptions{ElemFlags: uint64(ebpf.UpdateAny)})
+		n, err := c.BenchFlowMap().BatchUpdate(keys, vals, &ebpf.BatchOptions{ElemFlags: uint64(ebpf.UpdateAny)})
 		if err != nil {
 			return fmt.Errorf("load flows: batch update (%d of %d written): %w", n, len(keys), err)
 		}
@@ -84,11 +88,11 @@ func (c *Collector) BenchLoadFlows(flows []snapshot.Flow) error {
 // without reading the flow map, so a benchmark can check a run cheaply
 // even when the map holds a million entries.
 func (c *Collector) BenchCounted() (ingress, egress uint64, err error) {
-	st, err := c.readStats()
+	n, err := c.Counters()
 	if err != nil {
 		return 0, 0, err
 	}
-	return st.PacketsIngress, st.PacketsEgress, nil
+	return n.PacketsIngress, n.PacketsEgress, nil
 }
 
 func u32(v uint64) uint32 {

@@ -21,8 +21,9 @@ import (
 // port, peer): an appliance with a few thousand peers uses a few thousand
 // entries; the default leaves room for scans.
 const (
-	DefaultFlowEntries = 65536
-	DefaultConnEntries = 65536
+	DefaultFlowEntries     = 65536
+	DefaultConnEntries     = 65536
+	DefaultOverflowEntries = 8192
 )
 
 // Options configure Open.
@@ -31,6 +32,13 @@ type Options struct {
 	FlowEntries uint32
 	// ConnEntries is the connection-orientation LRU's max_entries.
 	ConnEntries uint32
+	// OverflowEntries is the max_entries of each per-service overflow map
+	// (default DefaultOverflowEntries).
+	OverflowEntries uint32
+	// FlowBudget bounds the collector's own memory, in flow entries
+	// accumulated across moves; beyond it the peers of the services with
+	// most peers are folded into prefixes. 0: unbounded.
+	FlowBudget int
 	// FlowMapType overrides the flow map type. Zero keeps the shipped
 	// choice (ebpf.Hash with atomic adds); the benchmarks compare
 	// ebpf.PerCPUHash, ebpf.LRUHash and ebpf.LRUCPUHash.
@@ -54,14 +62,28 @@ type Collector struct {
 	objs      flowauditObjects
 	log       *zap.Logger
 	flowType  ebpf.MapType
+	ncpu      int // possible CPUs (per-CPU flow map variants)
 	ephemeral [2]uint16
 	ns        netns.NsHandle // network namespace Open ran in
 	nl        *netlink.Handle
+
+	flowMaps     [2]*ebpf.Map // flows_0, flows_1
+	overflowMaps [2]*ebpf.Map // overflow_0, overflow_1
 
 	mu       sync.Mutex
 	attached map[int]*Attachment
 	closed   bool
 	boot     clock
+
+	// Guarded by moveMu: the generation the programs count into and the
+	// counts moved out of the kernel (move.go).
+	moveMu    sync.Mutex
+	gen       uint32
+	acc       *accumulator
+	moves     uint64
+	moved     uint64 // flow entries moved out in total
+	highWater uint32 // most entries one generation held
+	foldLog   []FoldEvent
 }
 
 // Open loads the programs and maps into the kernel. It does not attach
@@ -73,6 +95,9 @@ func Open(opts Options) (*Collector, error) {
 	}
 	if opts.ConnEntries == 0 {
 		opts.ConnEntries = DefaultConnEntries
+	}
+	if opts.OverflowEntries == 0 {
+		opts.OverflowEntries = DefaultOverflowEntries
 	}
 	if opts.FlowMapType == ebpf.UnspecifiedMap {
 		opts.FlowMapType = ebpf.Hash
@@ -109,8 +134,15 @@ func Open(opts Options) (*Collector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
-	spec.Maps["flows"].MaxEntries = opts.FlowEntries
-	spec.Maps["flows"].Type = opts.FlowMapType
+	// Both generations and the outer map's template must agree: the
+	// kernel checks inner maps against the template.
+	for _, m := range []*ebpf.MapSpec{spec.Maps["flows_0"], spec.Maps["flows_1"], spec.Maps["flow_gens"].InnerMap} {
+		m.MaxEntries = opts.FlowEntries
+		m.Type = opts.FlowMapType
+	}
+	for _, m := range []*ebpf.MapSpec{spec.Maps["overflow_0"], spec.Maps["overflow_1"], spec.Maps["overflow_gens"].InnerMap} {
+		m.MaxEntries = opts.OverflowEntries
+	}
 	spec.Maps["conns"].MaxEntries = opts.ConnEntries
 	percpu := perCPU(opts.FlowMapType)
 	for name, v := range map[string]any{
@@ -124,11 +156,17 @@ func Open(opts Options) (*Collector, error) {
 		}
 	}
 
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("possible CPUs: %w", err)
+	}
 	c := &Collector{
 		log:       opts.Logger,
 		flowType:  opts.FlowMapType,
+		ncpu:      ncpu,
 		ephemeral: opts.EphemeralPorts,
 		attached:  map[int]*Attachment{},
+		acc:       newAccumulator(opts.FlowBudget),
 	}
 	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
 		if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
@@ -140,6 +178,8 @@ func Open(opts Options) (*Collector, error) {
 		}
 		return nil, fmt.Errorf("load objects: %w", err)
 	}
+	c.flowMaps = [2]*ebpf.Map{c.objs.Flows0, c.objs.Flows1}
+	c.overflowMaps = [2]*ebpf.Map{c.objs.Overflow0, c.objs.Overflow1}
 
 	runtime.LockOSThread()
 	c.ns, err = netns.Get()
@@ -204,7 +244,9 @@ func (c *Collector) Memory() []MapMemory {
 		name string
 		m    *ebpf.Map
 	}{
-		{"flows", c.objs.Flows}, {"conns", c.objs.Conns}, {"local_ports", c.objs.LocalPorts},
+		{"flows_0", c.objs.Flows0}, {"flows_1", c.objs.Flows1},
+		{"overflow_0", c.objs.Overflow0}, {"overflow_1", c.objs.Overflow1},
+		{"conns", c.objs.Conns}, {"local_ports", c.objs.LocalPorts},
 		{"stats", c.objs.Stats}, {"ethertypes", c.objs.Ethertypes},
 	} {
 		mm := MapMemory{Name: m.name, Type: m.m.Type(), MaxEntries: m.m.MaxEntries()}
@@ -263,23 +305,28 @@ func (c *Collector) Close() error {
 	return errors.Join(errs...)
 }
 
-// Reset empties every map: flows, connection orientations, local ports,
-// ethertype and statistics counters. Replay and tests use it between runs;
-// a live recording never needs it.
+// Reset empties every map — both flow and overflow generations,
+// connection orientations, local ports, ethertype and statistics counters —
+// and the counts already moved out. Replay and tests use it between runs;
+// a live recording never needs it. Nothing may be counting meanwhile.
 func (c *Collector) Reset() error {
-	for _, m := range []*ebpf.Map{c.objs.Flows, c.objs.Conns, c.objs.Ethertypes} {
+	c.moveMu.Lock()
+	defer c.moveMu.Unlock()
+	for _, m := range []*ebpf.Map{c.objs.Flows0, c.objs.Flows1, c.objs.Overflow0, c.objs.Overflow1, c.objs.Conns, c.objs.Ethertypes} {
 		if err := clearMap(m); err != nil {
 			return err
 		}
 	}
+	if err := c.objs.ActiveGen.Set(uint32(0)); err != nil {
+		return fmt.Errorf("reset generation: %w", err)
+	}
+	c.gen = 0
+	c.acc = newAccumulator(c.acc.budget)
+	c.moves, c.moved, c.highWater, c.foldLog = 0, 0, 0, nil
 	if err := c.SetLocalPorts(nil); err != nil {
 		return err
 	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return fmt.Errorf("possible CPUs: %w", err)
-	}
-	zero := make([]uint64, ncpu)
+	zero := make([]uint64, c.ncpu)
 	for i := uint32(0); i < c.objs.Stats.MaxEntries(); i++ {
 		if err := c.objs.Stats.Update(i, zero, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("reset stats: %w", err)

@@ -74,6 +74,19 @@ struct flow_value {
 	__u32 icmp_filtered_in;
 };
 
+/*
+ * struct overflow_value: the counters of one service (struct flow_key with a
+ * zero peer) whose per-peer flows could not be inserted because the flow
+ * map was full, and a HyperLogLog sketch of the peers that lost their
+ * identity (audit/snapshot/sketch.go holds the same hash). Go:
+ * bpfOverflowValue.
+ */
+#define SKETCH_REGISTERS 128
+struct overflow_value {
+	struct flow_value v;
+	__u8 sketch[SKETCH_REGISTERS];
+};
+
 /* struct conn_key: orientation of one connection (5-tuple minus our address). Go: bpfConnKey. */
 struct conn_key {
 	__u8 peer[16];
@@ -106,6 +119,7 @@ enum stat {
 	STAT_TRUNCATED,
 	STAT_NON_IP,
 	STAT_ETHERTYPE_INSERT_FAILED,
+	STAT_OVERFLOW_INSERT_FAILED, /* packets not counted at all: overflow map full too */
 	STAT_MAX,
 };
 
@@ -119,15 +133,66 @@ struct local_port_set {
 
 /*
  * Map sizes are defaults; the Go loader sets max_entries from its options.
- * flows is a plain hash updated with atomics; the loader may switch it to a
- * per-CPU or LRU variant for the benchmarks (docs/ARCHITECTURE.md).
+ *
+ * The counters live in two generations of maps. The programs count into
+ * generation active_gen; userspace moves the counts out by flipping
+ * active_gen, waiting until no program can still be using the old
+ * generation (an update of flow_gens returns only after an RCU grace
+ * period, and every XDP/TC program runs inside one), then reading and
+ * deleting the old generation at leisure. No packet is lost across a move
+ * and no per-key delete ever races an atomic add (docs/ARCHITECTURE.md).
+ *
+ * flows_N is a plain hash updated with atomics; the loader may switch it to
+ * a per-CPU or LRU variant for the benchmarks.
  */
-struct {
+struct flow_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
-} flows SEC(".maps");
+};
+struct flow_map flows_0 SEC(".maps");
+struct flow_map flows_1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct flow_map);
+} flow_gens SEC(".maps") = {
+	.values = {&flows_0, &flows_1},
+};
+
+/*
+ * overflow_N: per-service counters (flow_key with a zero peer) for packets
+ * whose per-peer flow could not be inserted. Only touched when an insert
+ * into flows_N fails, so it costs nothing on the normal path.
+ */
+struct overflow_map {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct flow_key);
+	__type(value, struct overflow_value);
+};
+struct overflow_map overflow_0 SEC(".maps");
+struct overflow_map overflow_1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct overflow_map);
+} overflow_gens SEC(".maps") = {
+	.values = {&overflow_0, &overflow_1},
+};
+
+/* A zeroed overflow_value to insert from (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct overflow_value);
+} overflow_zero SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -168,6 +233,9 @@ volatile const __u8 percpu_values = 0; /* flows is per-CPU: plain adds suffice *
  * Replay, which knows no sockets, leaves it 0.
  */
 volatile const __u8 sockets_known = 0;
+
+/* The generation the programs count into (0 or 1); written by userspace. */
+volatile __u32 active_gen;
 
 /* Force BTF for the types userspace needs (bpf2go -type). */
 const enum stat *unused_stat __attribute__((unused));
@@ -337,23 +405,130 @@ struct evidence {
 	__u8 closed_out, filtered_out, closed_in, filtered_in;
 };
 
-static __always_inline struct flow_value *flow_get(struct flow_key *k)
+/* MurmurHash3's 64-bit finaliser (audit/snapshot/sketch.go: fmix64). */
+static __always_inline __u64 fmix64(__u64 x)
 {
-	struct flow_value *val = bpf_map_lookup_elem(&flows, k);
-	struct flow_value init = {};
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+/* Trailing zeros + 1 of w (at most 57 significant bits); 58 for 0. */
+static __always_inline __u8 sketch_rank(__u64 w)
+{
+	__u8 n = 1;
+
+	if (!w)
+		return 58;
+	if (!(w & 0xffffffffULL)) {
+		n += 32;
+		w >>= 32;
+	}
+	if (!(w & 0xffff)) {
+		n += 16;
+		w >>= 16;
+	}
+	if (!(w & 0xff)) {
+		n += 8;
+		w >>= 8;
+	}
+	if (!(w & 0xf)) {
+		n += 4;
+		w >>= 4;
+	}
+	if (!(w & 0x3)) {
+		n += 2;
+		w >>= 2;
+	}
+	if (!(w & 0x1))
+		n += 1;
+	return n;
+}
+
+/*
+ * overflow_sketch: add a peer to a HyperLogLog sketch, exactly as
+ * snapshot.PeerSketch.Add does. The register update is not atomic: two
+ * CPUs racing on one register may keep the smaller rank, which can only
+ * lower the estimate slightly.
+ */
+static __always_inline void overflow_sketch(struct overflow_value *ov, const __u8 *peer)
+{
+	__u64 lo, hi, h;
+	__u32 idx;
+	__u8 rank;
+
+	__builtin_memcpy(&lo, peer, 8);
+	__builtin_memcpy(&hi, peer + 8, 8);
+	h = fmix64(lo ^ fmix64(hi ^ 0x9e3779b97f4a7c15ULL));
+	idx = h & (SKETCH_REGISTERS - 1);
+	rank = sketch_rank(h >> 7);
+	if (rank > ov->sketch[idx])
+		ov->sketch[idx] = rank;
+}
+
+/*
+ * overflow_get: the per-service counters for a packet whose flow could not
+ * be inserted into generation gen. NULL (and counted) when the overflow
+ * map is full as well.
+ */
+static __noinline struct flow_value *overflow_get(struct flow_key *k, __u32 gen)
+{
+	struct flow_key sk = *k;
+	struct overflow_value *ov, *zero;
+	__u32 z = 0;
+	void *ovf;
 	long err;
 
+	__builtin_memset(sk.peer, 0, sizeof(sk.peer));
+	ovf = bpf_map_lookup_elem(&overflow_gens, &gen);
+	if (!ovf)
+		goto lost;
+	ov = bpf_map_lookup_elem(ovf, &sk);
+	if (!ov) {
+		zero = bpf_map_lookup_elem(&overflow_zero, &z);
+		if (!zero)
+			goto lost;
+		err = bpf_map_update_elem(ovf, &sk, zero, BPF_NOEXIST);
+		if (err != 0 && err != -17 /* EEXIST */)
+			goto lost;
+		ov = bpf_map_lookup_elem(ovf, &sk);
+		if (!ov)
+			goto lost;
+	}
+	if (!ov->v.first_jiffies)
+		ov->v.first_jiffies = bpf_jiffies64();
+	overflow_sketch(ov, k->peer);
+	return &ov->v;
+lost:
+	stat_inc(STAT_OVERFLOW_INSERT_FAILED);
+	return 0;
+}
+
+static __always_inline struct flow_value *flow_get(struct flow_key *k)
+{
+	__u32 gen = active_gen & 1;
+	void *flows = bpf_map_lookup_elem(&flow_gens, &gen);
+	struct flow_value init = {};
+	struct flow_value *val;
+	long err;
+
+	if (!flows)
+		return 0;
+	val = bpf_map_lookup_elem(flows, k);
 	if (val)
 		return val;
 	init.first_jiffies = bpf_jiffies64();
-	err = bpf_map_update_elem(&flows, k, &init, BPF_NOEXIST);
+	err = bpf_map_update_elem(flows, k, &init, BPF_NOEXIST);
 	if (err == 0)
 		stat_inc(STAT_FLOW_NEW);
 	else if (err != -17 /* EEXIST: another CPU won the race */) {
 		stat_inc(STAT_FLOW_INSERT_FAILED);
-		return 0;
+		return overflow_get(k, gen);
 	}
-	return bpf_map_lookup_elem(&flows, k);
+	return bpf_map_lookup_elem(flows, k);
 }
 
 static __always_inline void flow_account(struct flow_key *k, int egress, __u64 len, __u32 segs,

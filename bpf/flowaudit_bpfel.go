@@ -81,6 +81,12 @@ type flowauditLocalPortSet struct {
 	Sctp [1024]uint64
 }
 
+type flowauditOverflowValue struct {
+	_      structs.HostLayout
+	V      flowauditFlowValue
+	Sketch [128]uint8
+}
+
 type flowauditStat uint32
 
 const (
@@ -92,7 +98,8 @@ const (
 	flowauditStatSTAT_TRUNCATED               flowauditStat = 5
 	flowauditStatSTAT_NON_IP                  flowauditStat = 6
 	flowauditStatSTAT_ETHERTYPE_INSERT_FAILED flowauditStat = 7
-	flowauditStatSTAT_MAX                     flowauditStat = 8
+	flowauditStatSTAT_OVERFLOW_INSERT_FAILED  flowauditStat = 8
+	flowauditStatSTAT_MAX                     flowauditStat = 9
 )
 
 // Names of all BPF objects in the ELF.
@@ -101,13 +108,20 @@ const (
 const (
 	flowauditMapConns               = "conns"
 	flowauditMapEthertypes          = "ethertypes"
-	flowauditMapFlows               = "flows"
+	flowauditMapFlowGens            = "flow_gens"
+	flowauditMapFlows0              = "flows_0"
+	flowauditMapFlows1              = "flows_1"
 	flowauditMapLocalPorts          = "local_ports"
+	flowauditMapOverflow0           = "overflow_0"
+	flowauditMapOverflow1           = "overflow_1"
+	flowauditMapOverflowGens        = "overflow_gens"
+	flowauditMapOverflowZero        = "overflow_zero"
 	flowauditMapStats               = "stats"
 	flowauditProgFlowauditClock     = "flowaudit_clock"
 	flowauditProgFlowauditTcEgress  = "flowaudit_tc_egress"
 	flowauditProgFlowauditTcIngress = "flowaudit_tc_ingress"
 	flowauditProgFlowauditXdp       = "flowaudit_xdp"
+	flowauditVarActiveGen           = "active_gen"
 	flowauditVarClockJiffies        = "clock_jiffies"
 	flowauditVarEphemeralHi         = "ephemeral_hi"
 	flowauditVarEphemeralLo         = "ephemeral_lo"
@@ -169,17 +183,24 @@ type flowauditProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type flowauditMapSpecs struct {
-	Conns      *ebpf.MapSpec `ebpf:"conns"`
-	Ethertypes *ebpf.MapSpec `ebpf:"ethertypes"`
-	Flows      *ebpf.MapSpec `ebpf:"flows"`
-	LocalPorts *ebpf.MapSpec `ebpf:"local_ports"`
-	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	Conns        *ebpf.MapSpec `ebpf:"conns"`
+	Ethertypes   *ebpf.MapSpec `ebpf:"ethertypes"`
+	FlowGens     *ebpf.MapSpec `ebpf:"flow_gens"`
+	Flows0       *ebpf.MapSpec `ebpf:"flows_0"`
+	Flows1       *ebpf.MapSpec `ebpf:"flows_1"`
+	LocalPorts   *ebpf.MapSpec `ebpf:"local_ports"`
+	Overflow0    *ebpf.MapSpec `ebpf:"overflow_0"`
+	Overflow1    *ebpf.MapSpec `ebpf:"overflow_1"`
+	OverflowGens *ebpf.MapSpec `ebpf:"overflow_gens"`
+	OverflowZero *ebpf.MapSpec `ebpf:"overflow_zero"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // flowauditVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type flowauditVariableSpecs struct {
+	ActiveGen       *ebpf.VariableSpec `ebpf:"active_gen"`
 	ClockJiffies    *ebpf.VariableSpec `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.VariableSpec `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.VariableSpec `ebpf:"ephemeral_lo"`
@@ -209,19 +230,31 @@ func (o *flowauditObjects) Close() error {
 //
 // It can be passed to loadFlowauditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type flowauditMaps struct {
-	Conns      *ebpf.Map `ebpf:"conns"`
-	Ethertypes *ebpf.Map `ebpf:"ethertypes"`
-	Flows      *ebpf.Map `ebpf:"flows"`
-	LocalPorts *ebpf.Map `ebpf:"local_ports"`
-	Stats      *ebpf.Map `ebpf:"stats"`
+	Conns        *ebpf.Map `ebpf:"conns"`
+	Ethertypes   *ebpf.Map `ebpf:"ethertypes"`
+	FlowGens     *ebpf.Map `ebpf:"flow_gens"`
+	Flows0       *ebpf.Map `ebpf:"flows_0"`
+	Flows1       *ebpf.Map `ebpf:"flows_1"`
+	LocalPorts   *ebpf.Map `ebpf:"local_ports"`
+	Overflow0    *ebpf.Map `ebpf:"overflow_0"`
+	Overflow1    *ebpf.Map `ebpf:"overflow_1"`
+	OverflowGens *ebpf.Map `ebpf:"overflow_gens"`
+	OverflowZero *ebpf.Map `ebpf:"overflow_zero"`
+	Stats        *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *flowauditMaps) Close() error {
 	return _FlowauditClose(
 		m.Conns,
 		m.Ethertypes,
-		m.Flows,
+		m.FlowGens,
+		m.Flows0,
+		m.Flows1,
 		m.LocalPorts,
+		m.Overflow0,
+		m.Overflow1,
+		m.OverflowGens,
+		m.OverflowZero,
 		m.Stats,
 	)
 }
@@ -230,6 +263,7 @@ func (m *flowauditMaps) Close() error {
 //
 // It can be passed to loadFlowauditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type flowauditVariables struct {
+	ActiveGen       *ebpf.Variable `ebpf:"active_gen"`
 	ClockJiffies    *ebpf.Variable `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.Variable `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.Variable `ebpf:"ephemeral_lo"`

@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -15,16 +14,24 @@ import (
 // batchSize is the number of entries per BPF_MAP_LOOKUP_BATCH call.
 const batchSize = 4096
 
-// Read is one read of the maps: flows and statistics, as plain Go values.
+// Read is one read of everything counted so far, as plain Go values.
 type Read struct {
 	Flows []snapshot.Flow
-	Stats snapshot.Stats
+	// Overflow: per-service counts of packets whose per-peer flow could
+	// not be stored (flow map full), peers unknown.
+	Overflow []snapshot.Flow
+	Stats    snapshot.Stats
 }
 
-// ReadMaps reads every flow (batch lookup, per-CPU values summed) and the
-// statistics. Interface names come from the attachments; a flow on an
-// interface flowaudit is no longer attached to is named by its index.
+// ReadMaps moves what the kernel counted since the last move into the
+// collector's memory (see Move) and returns everything accumulated since
+// Open or Reset: flows sorted, overflow entries and statistics. Interface
+// names come from the attachments; a flow on an interface flowaudit is no
+// longer attached to is named by its index.
 func (c *Collector) ReadMaps() (*Read, error) {
+	if _, err := c.Move(); err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -36,130 +43,69 @@ func (c *Collector) ReadMaps() (*Read, error) {
 	}
 	c.mu.Unlock()
 
-	keys, vals, err := c.dumpFlows()
-	if err != nil {
-		return nil, err
-	}
-	// Stats after flows: every loss up to the flow read is included.
+	c.moveMu.Lock()
+	defer c.moveMu.Unlock()
+	// Stats after the move: every loss up to it is included.
 	st, err := c.readStats()
 	if err != nil {
 		return nil, err
 	}
-	st.FlowEntries = uint32(len(keys))
 	if c.flowType == ebpf.LRUHash || c.flowType == ebpf.LRUCPUHash {
-		// Nothing deletes from the flow map, so every insert that is no
-		// longer present was evicted.
-		if st.FlowEvictions = st.flowNew - uint64(len(keys)); st.flowNew < uint64(len(keys)) {
-			st.FlowEvictions = 0
+		active, err := countEntries(c.flowMaps[c.gen])
+		if err != nil {
+			return nil, err
+		}
+		// Only a move deletes from a flow map: every insert neither moved
+		// nor still present was evicted.
+		if gone := c.moved + uint64(active); st.flowNew > gone {
+			st.FlowEvictions = st.flowNew - gone
 		}
 	}
-	r := &Read{Stats: st.Stats, Flows: make([]snapshot.Flow, 0, len(keys))}
-	for i := range keys {
-		r.Flows = append(r.Flows, c.toFlow(&keys[i], &vals[i], names))
+	acc := c.acc
+	r := &Read{Stats: st.Stats, Flows: make([]snapshot.Flow, 0, len(acc.flows))}
+	for k, v := range acc.flows {
+		f := c.toFlow(&k, &v, names)
+		if k.Pad[0] != foldNone {
+			f.Peer = netip.Addr{}
+			f.PeerPrefix = prefixOf(&k)
+			sk := *acc.sketches[k]
+			f.PeerSketch = &sk
+			f.Peers = sk.Estimate()
+		}
+		r.Flows = append(r.Flows, f)
+	}
+	for k, e := range acc.overflow {
+		f := c.toFlow(&k, &e.accValue, names)
+		f.Peer = netip.Addr{}
+		sk := e.sketch
+		f.PeerSketch = &sk
+		f.Peers = sk.Estimate()
+		r.Overflow = append(r.Overflow, f)
 	}
 	snapshot.SortFlows(r.Flows)
+	snapshot.SortFlows(r.Overflow)
 	return r, nil
 }
 
-// dumpFlows returns all flow entries, with per-CPU values already summed.
-func (c *Collector) dumpFlows() ([]flowauditFlowKey, []flowauditFlowValue, error) {
-	m := c.objs.Flows
-	percpu := perCPU(c.flowType)
-	ncpu := 1
-	if percpu {
-		n, err := ebpf.PossibleCPU()
-		if err != nil {
-			return nil, nil, fmt.Errorf("possible CPUs: %w", err)
-		}
-		ncpu = n
-	}
-	var (
-		keys   []flowauditFlowKey
-		vals   []flowauditFlowValue
-		cursor ebpf.MapBatchCursor
-		kbuf   = make([]flowauditFlowKey, batchSize)
-		vbuf   = make([]flowauditFlowValue, batchSize*ncpu)
-	)
-	for {
-		n, err := m.BatchLookup(&cursor, kbuf, vbuf, nil)
-		keys = append(keys, kbuf[:n]...)
-		for i := 0; i < n; i++ {
-			v := vbuf[i*ncpu]
-			for cpu := 1; cpu < ncpu; cpu++ {
-				addValue(&v, &vbuf[i*ncpu+cpu])
-			}
-			vals = append(vals, v)
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return c.iterateFlows(percpu)
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("read flows: %w", err)
-		}
-	}
-	return keys, vals, nil
-}
-
-// iterateFlows is the fallback for kernels without batch lookup on this map type.
-func (c *Collector) iterateFlows(percpu bool) ([]flowauditFlowKey, []flowauditFlowValue, error) {
-	var keys []flowauditFlowKey
-	var vals []flowauditFlowValue
+// countEntries counts a map's keys (the LRU benchmark variants only).
+func countEntries(m *ebpf.Map) (int, error) {
+	n := 0
 	var k flowauditFlowKey
-	if percpu {
-		var pv []flowauditFlowValue
-		it := c.objs.Flows.Iterate()
-		for it.Next(&k, &pv) {
-			v := pv[0]
-			for i := 1; i < len(pv); i++ {
-				addValue(&v, &pv[i])
-			}
-			keys, vals = append(keys, k), append(vals, v)
-		}
-		return keys, vals, it.Err()
-	}
-	var v flowauditFlowValue
-	it := c.objs.Flows.Iterate()
+	it := m.Iterate()
+	var v []byte
 	for it.Next(&k, &v) {
-		keys, vals = append(keys, k), append(vals, v)
+		n++
 	}
-	return keys, vals, it.Err()
+	return n, it.Err()
 }
 
-// addValue merges one CPU's value into v: counters add, first seen takes
-// the earliest non-zero, last seen the latest.
-func addValue(v, o *flowauditFlowValue) {
-	v.PacketsIn += o.PacketsIn
-	v.BytesIn += o.BytesIn
-	v.PacketsOut += o.PacketsOut
-	v.BytesOut += o.BytesOut
-	if o.FirstJiffies != 0 && (v.FirstJiffies == 0 || o.FirstJiffies < v.FirstJiffies) {
-		v.FirstJiffies = o.FirstJiffies
-	}
-	if o.LastJiffies > v.LastJiffies {
-		v.LastJiffies = o.LastJiffies
-	}
-	v.SynIn += o.SynIn
-	v.SynackOut += o.SynackOut
-	v.RstOut += o.RstOut
-	v.IcmpClosedOut += o.IcmpClosedOut
-	v.IcmpFilteredOut += o.IcmpFilteredOut
-	v.SynOut += o.SynOut
-	v.SynackIn += o.SynackIn
-	v.RstIn += o.RstIn
-	v.IcmpClosedIn += o.IcmpClosedIn
-	v.IcmpFilteredIn += o.IcmpFilteredIn
-}
-
-func (c *Collector) toFlow(k *flowauditFlowKey, v *flowauditFlowValue, names map[uint32]string) snapshot.Flow {
+func (c *Collector) toFlow(k *flowauditFlowKey, v *accValue, names map[uint32]string) snapshot.Flow {
 	name, ok := names[k.Ifindex]
 	if !ok {
 		name = fmt.Sprintf("if%d", k.Ifindex)
 	}
-	first := c.boot.wall(v.FirstJiffies)
-	last := c.boot.wall(v.LastJiffies)
+	first := c.boot.wall(v.first)
+	last := c.boot.wall(v.last)
 	if last.IsZero() {
 		last = first // evidence-only entry (ICMP error for a flow not seen)
 	}
@@ -171,18 +117,13 @@ func (c *Collector) toFlow(k *flowauditFlowKey, v *flowauditFlowValue, names map
 		Proto:             snapshot.Proto(k.Proto),
 		Port:              k.Port,
 		Peer:              netip.AddrFrom16(k.Peer).Unmap(),
-		PacketsIn:         v.PacketsIn,
-		BytesIn:           v.BytesIn,
-		PacketsOut:        v.PacketsOut,
-		BytesOut:          v.BytesOut,
+		PacketsIn:         v.packetsIn,
+		BytesIn:           v.bytesIn,
+		PacketsOut:        v.packetsOut,
+		BytesOut:          v.bytesOut,
 		FirstSeen:         first,
 		LastSeen:          last,
-		Evidence: snapshot.Evidence{
-			SynIn: uint64(v.SynIn), SynAckOut: uint64(v.SynackOut), RstOut: uint64(v.RstOut),
-			ICMPClosedOut: uint64(v.IcmpClosedOut), ICMPFilteredOut: uint64(v.IcmpFilteredOut),
-			SynOut: uint64(v.SynOut), SynAckIn: uint64(v.SynackIn), RstIn: uint64(v.RstIn),
-			ICMPClosedIn: uint64(v.IcmpClosedIn), ICMPFilteredIn: uint64(v.IcmpFilteredIn),
-		},
+		Evidence:          v.ev,
 	}
 }
 
@@ -197,9 +138,16 @@ type statsRead struct {
 	flowNew uint64
 }
 
+// readStats reads the kernel's counters and the collector's own (moves,
+// budget, folding). The caller holds moveMu.
 func (c *Collector) readStats() (statsRead, error) {
 	var st statsRead
-	st.FlowCapacity = c.objs.Flows.MaxEntries()
+	st.FlowCapacity = c.flowMaps[0].MaxEntries()
+	st.FlowEntries = c.highWater
+	st.OverflowCapacity = c.overflowMaps[0].MaxEntries()
+	st.Moves = c.moves
+	st.FlowBudget = uint64(c.acc.budget)
+	st.FoldedFlows = c.acc.folded
 	get := func(idx flowauditStat) (uint64, error) {
 		var per []uint64
 		if err := c.objs.Stats.Lookup(uint32(idx), &per); err != nil {
@@ -221,6 +169,7 @@ func (c *Collector) readStats() (statsRead, error) {
 		{flowauditStatSTAT_FLOW_INSERT_FAILED, &st.FlowInsertFailed},
 		{flowauditStatSTAT_CONN_INSERT_FAILED, &st.ConnInsertFailed},
 		{flowauditStatSTAT_TRUNCATED, &st.Truncated},
+		{flowauditStatSTAT_OVERFLOW_INSERT_FAILED, &st.OverflowInsertFailed},
 	} {
 		v, err := get(f.idx)
 		if err != nil {

@@ -42,6 +42,7 @@ func (c *Collector) Snapshot(o SnapshotOptions) (*snapshot.Snapshot, error) {
 		Listening:      o.Listening,
 		Stats:          r.Stats,
 		Flows:          r.Flows,
+		Overflow:       r.Overflow,
 	}
 	s.Tool.Name = "flowaudit"
 	s.Tool.Version = o.ToolVersion

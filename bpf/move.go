@@ -1,0 +1,204 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// MoveResult describes one move of the kernel's counts into the
+// collector's memory.
+type MoveResult struct {
+	// Flows and Overflow are the entries the emptied generation held.
+	Flows, Overflow int
+	// Folded lists the services folded to stay within the memory budget.
+	Folded []FoldEvent
+	// Took is the whole move: flip, grace period, read and delete.
+	Took time.Duration
+}
+
+// Move empties the kernel's counters into the collector without losing a
+// packet. The programs count into one of two generations of maps (flows_N,
+// overflow_N, selected by active_gen). Move points them at the other
+// generation, then updates flow_gens, which returns only after an RCU grace
+// period: every program that could still hold the old generation has
+// finished, since XDP and TC programs run inside an RCU read-side section.
+// The old generation is then read and deleted with nobody writing to it,
+// so no delete races an atomic add. A recorder calls Move periodically so
+// the kernel maps never fill on a long run; ReadMaps calls it first.
+func (c *Collector) Move() (MoveResult, error) {
+	c.moveMu.Lock()
+	defer c.moveMu.Unlock()
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return MoveResult{}, ErrClosed
+	}
+	start := time.Now()
+	old := c.gen
+	if err := c.objs.ActiveGen.Set(old ^ 1); err != nil {
+		return MoveResult{}, fmt.Errorf("move: flip generation: %w", err)
+	}
+	c.gen = old ^ 1
+	if err := c.objs.FlowGens.Update(old, c.flowMaps[old], ebpf.UpdateAny); err != nil {
+		return MoveResult{}, fmt.Errorf("move: wait for the programs: %w", err)
+	}
+	var res MoveResult
+	var err error
+	if res.Flows, err = c.drainFlows(c.flowMaps[old]); err != nil {
+		return res, err
+	}
+	if res.Overflow, err = c.drainOverflow(c.overflowMaps[old]); err != nil {
+		return res, err
+	}
+	c.moves++
+	c.moved += uint64(res.Flows)
+	if uint32(res.Flows) > c.highWater {
+		c.highWater = uint32(res.Flows)
+	}
+	if res.Folded = c.acc.enforce(); len(res.Folded) > 0 {
+		c.foldLog = append(c.foldLog, res.Folded...)
+	}
+	res.Took = time.Since(start)
+	return res, nil
+}
+
+// drainFlows reads and deletes every entry of a flow map that no program
+// writes to any more, into the accumulator.
+func (c *Collector) drainFlows(m *ebpf.Map) (int, error) {
+	ncpu := 1
+	if perCPU(c.flowType) {
+		ncpu = c.ncpu
+	}
+	keys := make([]flowauditFlowKey, batchSize)
+	vals := make([]flowauditFlowValue, batchSize*ncpu)
+	total := 0
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			var v accValue
+			for cpu := 0; cpu < ncpu; cpu++ {
+				v.addKernel(&vals[i*ncpu+cpu])
+			}
+			c.acc.addFlow(keys[i], &v)
+		}
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			n, err := c.drainByIteration(m, ncpu)
+			return total + n, err
+		}
+		if err != nil {
+			return total, fmt.Errorf("move flows: %w", err)
+		}
+	}
+}
+
+// drainByIteration is the fallback for kernels without batch operations
+// on this map type: iterate, then delete what was read.
+func (c *Collector) drainByIteration(m *ebpf.Map, ncpu int) (int, error) {
+	var (
+		k    flowauditFlowKey
+		one  flowauditFlowValue
+		per  []flowauditFlowValue
+		keys []flowauditFlowKey
+	)
+	it := m.Iterate()
+	for {
+		var ok bool
+		if ncpu > 1 {
+			ok = it.Next(&k, &per)
+		} else {
+			ok = it.Next(&k, &one)
+			per = []flowauditFlowValue{one}
+		}
+		if !ok {
+			break
+		}
+		var v accValue
+		for i := range per {
+			v.addKernel(&per[i])
+		}
+		c.acc.addFlow(k, &v)
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("move flows: %w", err)
+	}
+	for i := range keys {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, fmt.Errorf("move flows: delete: %w", err)
+		}
+	}
+	return len(keys), nil
+}
+
+// drainOverflow reads and deletes a quiescent overflow map.
+func (c *Collector) drainOverflow(m *ebpf.Map) (int, error) {
+	keys := make([]flowauditFlowKey, 256)
+	vals := make([]flowauditOverflowValue, 256)
+	total := 0
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			c.acc.addOverflow(keys[i], &vals[i])
+		}
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("move overflow: %w", err)
+		}
+	}
+}
+
+// Counters are cheap figures for a progress display: they read only the
+// per-CPU statistics, never the flow maps.
+type Counters struct {
+	PacketsIngress, PacketsEgress uint64
+	// FlowInsertFailed: packets that lost their peer (flow map full);
+	// OverflowInsertFailed: packets not counted at all.
+	FlowInsertFailed, OverflowInsertFailed uint64
+	// ActiveEntries estimates the entries in the kernel's current
+	// generation (flows inserted since the last move).
+	ActiveEntries uint64
+	FlowCapacity  uint32
+	// Accumulated is the number of entries in the collector's memory.
+	Accumulated int
+	Moves       uint64
+}
+
+// Counters reads the statistics without touching the flow maps, so it
+// stays fast whatever their size.
+func (c *Collector) Counters() (Counters, error) {
+	c.moveMu.Lock()
+	defer c.moveMu.Unlock()
+	st, err := c.readStats()
+	if err != nil {
+		return Counters{}, err
+	}
+	out := Counters{
+		PacketsIngress: st.PacketsIngress, PacketsEgress: st.PacketsEgress,
+		FlowInsertFailed: st.FlowInsertFailed, OverflowInsertFailed: st.OverflowInsertFailed,
+		FlowCapacity: st.FlowCapacity, Accumulated: c.acc.size(), Moves: c.moves,
+	}
+	if st.flowNew > c.moved {
+		out.ActiveEntries = st.flowNew - c.moved
+	}
+	return out, nil
+}
+
+// FoldLog returns every fold the memory budget caused since Open or Reset.
+func (c *Collector) FoldLog() []FoldEvent {
+	c.moveMu.Lock()
+	defer c.moveMu.Unlock()
+	return append([]FoldEvent(nil), c.foldLog...)
+}
