@@ -76,26 +76,60 @@ func (s *PeerSketch) Merge(o *PeerSketch) {
 // Empty reports whether nothing was added.
 func (s *PeerSketch) Empty() bool { return s == nil || *s == PeerSketch{} }
 
-// Estimate returns the estimated number of distinct addresses added, with
-// linear counting for small numbers (exact-ish below a few hundred).
+// Estimate returns the estimated number of distinct addresses added. It
+// uses Ertl's improved estimator ("New cardinality estimation algorithms
+// for HyperLogLog sketches", 2017), which has no bias in the small and
+// medium ranges where the classic estimator needs correction tables:
+// relative standard error about 1.04/√128 ≈ 9 % over the whole range,
+// exact-ish for a handful of addresses.
 func (s *PeerSketch) Estimate() uint64 {
 	if s.Empty() {
 		return 0
 	}
 	const m = float64(SketchRegisters)
-	sum, zeros := 0.0, 0
+	const q = maxRank - 1 // bits of the rank part
+	var hist [maxRank + 1]float64
 	for _, r := range s {
-		sum += math.Ldexp(1, -int(r))
-		if r == 0 {
-			zeros++
+		hist[r]++
+	}
+	z := m * ertlTau(1-hist[q+1]/m)
+	for k := q; k >= 1; k-- {
+		z = 0.5 * (z + hist[k])
+	}
+	z += m * ertlSigma(hist[0]/m)
+	return uint64(math.Round(m * m / (2 * math.Ln2 * z)))
+}
+
+func ertlSigma(x float64) float64 {
+	if x == 1 {
+		return math.Inf(1)
+	}
+	y, z := 1.0, x
+	for {
+		x *= x
+		prev := z
+		z += x * y
+		y += y
+		if z == prev {
+			return z
 		}
 	}
-	alpha := 0.7213 / (1 + 1.079/m)
-	e := alpha * m * m / sum
-	if e <= 2.5*m && zeros > 0 {
-		e = m * math.Log(m/float64(zeros))
+}
+
+func ertlTau(x float64) float64 {
+	if x == 0 || x == 1 {
+		return 0
 	}
-	return uint64(math.Round(e))
+	y, z := 1.0, 1-x
+	for {
+		x = math.Sqrt(x)
+		prev := z
+		y *= 0.5
+		z -= (1 - x) * (1 - x) * y
+		if z == prev {
+			return z / 3
+		}
+	}
 }
 
 // MarshalText encodes the registers as standard base64.

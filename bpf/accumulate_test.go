@@ -1,0 +1,127 @@
+package bpf
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+)
+
+func accKey(peer netip.Addr, port uint16) flowauditFlowKey {
+	return flowauditFlowKey{Peer: peer.As16(), Ifindex: 2, Port: port, Proto: uint8(snapshot.TCP), Dir: uint8(snapshot.Inbound)}
+}
+
+// withinSketchError: a 128-register sketch has a relative standard error
+// of 1.04/√128 ≈ 9.2 %; accept three of them.
+func withinSketchError(est uint64, n int) bool {
+	d := (float64(est) - float64(n)) / float64(n)
+	return d >= -0.276 && d <= 0.276
+}
+
+func accTotals(a *accumulator) (entries int, packets uint64) {
+	for _, v := range a.flows {
+		packets += v.packetsIn
+	}
+	for _, e := range a.overflow {
+		packets += e.packetsIn
+	}
+	return a.size(), packets
+}
+
+// TestAccumulatorFoldsBusiestServiceFirst: beyond the budget, the service
+// with most peers folds to /24 and /48 prefixes; a small service keeps its
+// exact peers; no packet is lost; later peers of the folded service go
+// straight to their prefix.
+func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
+	a := newAccumulator(1000)
+	one := &accValue{packetsIn: 1, first: 5, last: 9, ev: snapshot.Evidence{SynIn: 1}}
+	// 20 admin peers on tcp/22, 5000 flood peers on tcp/443 in 20 /24s
+	// plus 100 IPv6 peers in two /48s.
+	for i := 0; i < 20; i++ {
+		a.addFlow(accKey(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 22), one)
+	}
+	for i := 0; i < 5000; i++ {
+		a.addFlow(accKey(netip.AddrFrom4([4]byte{198, 18, byte(i % 20), byte(i / 20)}), 443), one)
+	}
+	for i := 0; i < 100; i++ {
+		a.addFlow(accKey(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(i % 2), 15: byte(i)}), 443), one)
+	}
+	ev := a.enforce()
+	if len(ev) != 1 || ev[0].Port != 443 || ev[0].Level != "prefix" || ev[0].Entries != 5100 {
+		t.Fatalf("fold events %+v, want tcp/443 folded to prefixes", ev)
+	}
+	entries, packets := accTotals(a)
+	if entries != 20+20+2 || packets != 5120 {
+		t.Errorf("%d entries, %d packets; want 42 entries, every packet kept", entries, packets)
+	}
+	if a.folded != 5100 {
+		t.Errorf("folded %d entries, want 5100", a.folded)
+	}
+	for k, v := range a.flows {
+		if k.Port == 22 {
+			if k.Pad[0] != foldNone {
+				t.Errorf("tcp/22 peer folded: %v", prefixOf(&k))
+			}
+			continue
+		}
+		p := prefixOf(&k)
+		want := 24
+		if p.Addr().Is6() {
+			want = 48
+		}
+		if k.Pad[0] != foldPrefix || p.Bits() != want || p != p.Masked() {
+			t.Errorf("tcp/443 entry %v", p)
+		}
+		if n := a.sketches[k].Estimate(); p.Addr().Is4() && !withinSketchError(n, 250) {
+			t.Errorf("%v: %d peers estimated, want 250 within the sketch's 3 sigma", p, n)
+		}
+		if v.first != 5 || v.last != 9 || v.ev.SynIn != v.packetsIn {
+			t.Errorf("%v: merged value %+v", p, v)
+		}
+	}
+	// A new flood peer joins its prefix directly.
+	a.addFlow(accKey(netip.MustParseAddr("198.18.3.250"), 443), one)
+	fk := foldKey(accKey(netip.MustParseAddr("198.18.3.0"), 443), foldPrefix)
+	if a.flows[fk].packetsIn != 251 || a.size() != 42 {
+		t.Errorf("late peer: prefix has %d packets, %d entries", a.flows[fk].packetsIn, a.size())
+	}
+}
+
+// TestAccumulatorFoldsToOther: when prefixes are not enough, the service
+// with most prefixes folds to one "other peers" entry per family.
+func TestAccumulatorFoldsToOther(t *testing.T) {
+	a := newAccumulator(100)
+	one := &accValue{packetsIn: 1}
+	for i := 0; i < 4000; i++ { // 4000 peers, each in its own /24
+		a.addFlow(accKey(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), 80), one)
+	}
+	a.addFlow(accKey(netip.MustParseAddr("2001:db8::1"), 80), one)
+	a.addFlow(accKey(netip.MustParseAddr("2001:db8:ffff::1"), 80), one)
+	ev := a.enforce()
+	if len(ev) != 2 || ev[0].Level != "prefix" || ev[1].Level != "other" {
+		t.Fatalf("fold events %+v", ev)
+	}
+	if entries, packets := accTotals(a); entries != 2 || packets != 4002 {
+		t.Fatalf("%d entries, %d packets, want 2 (0.0.0.0/0 and ::/0) and 4002", entries, packets)
+	}
+	for k := range a.flows {
+		p := prefixOf(&k)
+		if p.Bits() != 0 || (p.Addr() != netip.IPv4Unspecified() && p.Addr() != netip.IPv6Unspecified()) {
+			t.Errorf("entry %v, want /0", p)
+		}
+		if n := a.sketches[k].Estimate(); p.Addr().Is4() && !withinSketchError(n, 4000) {
+			t.Errorf("%v: %d peers estimated, want 4000 within the sketch's 3 sigma", p, n)
+		}
+	}
+}
+
+// TestAccumulatorUnbounded: without a budget nothing folds.
+func TestAccumulatorUnbounded(t *testing.T) {
+	a := newAccumulator(0)
+	for i := 0; i < 3000; i++ {
+		a.addFlow(accKey(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 80), &accValue{packetsIn: 1})
+	}
+	if ev := a.enforce(); ev != nil || a.size() != 3000 {
+		t.Errorf("unbounded accumulator folded: %+v, size %d", ev, a.size())
+	}
+}
