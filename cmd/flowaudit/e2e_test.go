@@ -328,7 +328,17 @@ func TestE2EWatch(t *testing.T) {
 func TestE2ENotRoot(t *testing.T) {
 	testenv.RequireBPF(t)
 	bin := flowauditBinary(t)
-	cmd := exec.Command(bin, "record", "--iface", "lo", "--duration", "1s", "--out", filepath.Join(t.TempDir(), "s.json"))
+	// --out must be writable for nobody (t.TempDir's parent is not
+	// traversable): the missing privileges are what must fail.
+	dir, err := os.MkdirTemp("", "flowaudit-notroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "record", "--iface", "lo", "--duration", "1s", "--out", filepath.Join(dir, "s.json"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitError {

@@ -9,13 +9,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
@@ -24,23 +24,36 @@ import (
 
 // liveFlags are the flags of every subcommand that can record live.
 type liveFlags struct {
-	ifaces     []string
-	duration   time.Duration
-	maxFlows   uint32
-	ingress    string
-	tc         string
-	replaceXDP bool
-	refresh    time.Duration
+	ifaces       []string
+	duration     time.Duration
+	maxFlows     uint32
+	maxOverflow  uint32
+	flowBudget   int
+	moveInterval time.Duration
+	ingress      string
+	tc           string
+	replaceXDP   bool
+	refresh      time.Duration
+	logProgress  time.Duration
 }
+
+// defaultFlowBudget bounds the recorder's memory: about 150 bytes per
+// entry in its table (docs/ARCHITECTURE.md), so ~40 MiB, and as much again
+// while a snapshot is built.
+const defaultFlowBudget = 262144
 
 func (l *liveFlags) register(fs *pflag.FlagSet, defaultDuration time.Duration) {
 	fs.StringSliceVarP(&l.ifaces, "iface", "i", nil, "interface to record on (repeat or comma-separate for several)")
 	fs.DurationVarP(&l.duration, "duration", "d", defaultDuration, "how long to record")
-	fs.Uint32Var(&l.maxFlows, "max-flows", bpf.DefaultFlowEntries, "flow map size (entries); a full map is reported, never silent")
+	fs.Uint32Var(&l.maxFlows, "max-flows", bpf.DefaultFlowEntries, "kernel flow map size (entries, two generations); when full, packets are still counted per service without their peer")
+	fs.Uint32Var(&l.maxOverflow, "max-overflow", bpf.DefaultOverflowEntries, "kernel per-service overflow map size (entries); packets are lost only when it is full too (reported)")
+	fs.IntVar(&l.flowBudget, "flow-budget", defaultFlowBudget, "memory budget in flow entries (~150 B each); beyond it the busiest services' peers fold into /24 and /48 prefixes, then one \"other peers\" entry (reported)")
+	fs.DurationVar(&l.moveInterval, "move-interval", 10*time.Second, "how often counts move from the kernel maps into memory (also whenever the kernel map is half full)")
 	fs.StringVar(&l.ingress, "ingress", "auto", "ingress hook: auto, xdp-native, xdp-generic or tc")
 	fs.StringVar(&l.tc, "tc", "auto", "TC attach: auto (tcx, then clsact), tcx or clsact")
 	fs.BoolVar(&l.replaceXDP, "replace-xdp", false, "replace another program's XDP program on the interface")
 	fs.DurationVar(&l.refresh, "socket-refresh", 2*time.Second, "how often to re-read local listening sockets")
+	fs.DurationVar(&l.logProgress, "log-progress", time.Minute, "when stderr is not a terminal, log the recording's progress at this interval (0: never)")
 }
 
 func (l *liveFlags) validate() error {
@@ -52,6 +65,15 @@ func (l *liveFlags) validate() error {
 	}
 	if l.maxFlows == 0 {
 		return errors.New("--max-flows must be at least 1")
+	}
+	if l.maxOverflow == 0 {
+		return errors.New("--max-overflow must be at least 1")
+	}
+	if l.flowBudget < 1024 {
+		return fmt.Errorf("--flow-budget %d: at least 1024 entries", l.flowBudget)
+	}
+	if l.moveInterval < 10*time.Millisecond {
+		return fmt.Errorf("--move-interval %s: at least 10ms", l.moveInterval)
 	}
 	if l.refresh < 100*time.Millisecond {
 		return fmt.Errorf("--socket-refresh %s: at least 100ms", l.refresh)
@@ -70,10 +92,48 @@ func (l *liveFlags) attachOptions() bpf.AttachOptions {
 	return o
 }
 
-// signalContext is cancelled by SIGINT or SIGTERM: recording stops early
-// and what was recorded so far is kept.
+// stopSignal is the cause of a context cancelled by SIGINT or SIGTERM.
+type stopSignal struct{ sig syscall.Signal }
+
+func (s stopSignal) Error() string { return s.name() + " received" }
+
+// name is the signal's conventional name: "SIGINT", "SIGTERM".
+func (s stopSignal) name() string { return unix.SignalName(s.sig) }
+
+// signalContext is cancelled by SIGINT or SIGTERM, with a stopSignal as
+// its cause: recording stops early, what was recorded so far is kept and
+// marked as interrupted.
 func signalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-ch:
+			cancel(stopSignal{sig.(syscall.Signal)})
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		close(done)
+		cancel(context.Canceled)
+	}
+}
+
+// interruption describes why ctx ended early: the signal, or the error
+// that stopped the recording.
+func interruption(ctx context.Context, at, planned time.Time) *snapshot.Interruption {
+	cause := context.Cause(ctx)
+	var sig stopSignal
+	if errors.As(cause, &sig) {
+		return &snapshot.Interruption{Signal: sig.name(), At: at.UTC(), PlannedEnd: planned.UTC()}
+	}
+	if cause == nil {
+		cause = ctx.Err()
+	}
+	return &snapshot.Interruption{Signal: "error", At: at.UTC(), PlannedEnd: planned.UTC(), Reason: cause.Error()}
 }
 
 // isTerminal reports whether w is a terminal (progress lines and colour
@@ -84,16 +144,22 @@ func isTerminal(w io.Writer) bool {
 }
 
 // liveSession is an open collector attached to interfaces, with its socket
-// refresher running.
+// refresher and its mover running.
 type liveSession struct {
 	c     *bpf.Collector
 	ref   *bpf.SocketRefresher
 	start time.Time
 	log   *zap.Logger
+	lf    *liveFlags
+
+	stopMover context.CancelFunc
+	moverDone chan struct{}
+	moverErr  error // set before moverDone closes
 }
 
 func startLive(e *env, lf *liveFlags) (*liveSession, error) {
-	c, err := bpf.Open(bpf.Options{FlowEntries: lf.maxFlows, SocketsKnown: true, Logger: e.log})
+	c, err := bpf.Open(bpf.Options{FlowEntries: lf.maxFlows, OverflowEntries: lf.maxOverflow, FlowBudget: lf.flowBudget,
+		SocketsKnown: true, Logger: e.log})
 	if err != nil {
 		return nil, err
 	}
@@ -111,55 +177,143 @@ func startLive(e *env, lf *liveFlags) (*liveSession, error) {
 			return nil, err
 		}
 	}
-	return &liveSession{c: c, ref: ref, start: time.Now(), log: e.log}, nil
+	s := &liveSession{c: c, ref: ref, start: time.Now(), log: e.log, lf: lf, moverDone: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopMover = cancel
+	go s.mover(ctx)
+	return s, nil
 }
 
-// snapshot reads everything recorded so far.
+// mover moves the kernel's counts into memory every --move-interval, and
+// early whenever the active generation is half full, so a long run never
+// fills the kernel map. Folds caused by the memory budget are logged as
+// they happen. It stops on the first error (moverErr).
+func (s *liveSession) mover(ctx context.Context) {
+	defer close(s.moverDone)
+	tick := time.NewTicker(min(250*time.Millisecond, s.lf.moveInterval))
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			if now.Sub(last) < s.lf.moveInterval {
+				n, err := s.c.Counters()
+				if err != nil {
+					s.moverErr = err
+					return
+				}
+				if n.ActiveEntries < uint64(n.FlowCapacity)/2 {
+					continue
+				}
+			}
+			res, err := s.c.Move()
+			if err != nil {
+				s.moverErr = err
+				return
+			}
+			last = now
+			for _, f := range res.Folded {
+				s.log.Warn("memory budget reached: peers folded (see --flow-budget)", zap.String("service",
+					fmt.Sprintf("%s %s/%d", f.Direction, f.Proto, f.Port)), zap.String("level", f.Level),
+					zap.Int("entries_merged", f.Entries), zap.Int("budget_entries", s.lf.flowBudget))
+			}
+		}
+	}
+}
+
+// failed returns the mover's error once it has stopped on one.
+func (s *liveSession) failed() <-chan struct{} { return s.moverDone }
+
+// snapshot moves and reads everything recorded so far.
 func (s *liveSession) snapshot() (*snapshot.Snapshot, error) {
 	return s.c.Snapshot(bpf.SnapshotOptions{ToolVersion: Version(), Start: s.start, Listening: s.ref.Seen()})
 }
 
 func (s *liveSession) close() {
+	s.stopMover()
+	<-s.moverDone
 	s.ref.Stop()
 	if err := s.c.Close(); err != nil {
 		s.log.Warn("detach", zap.Error(err))
 	}
 }
 
-// recordLive records for lf.duration or until ctx ends, showing a progress
-// line on progress (nil: none), and returns the snapshot.
-func recordLive(ctx context.Context, e *env, lf *liveFlags, progress io.Writer) (*snapshot.Snapshot, error) {
+// recordOptions say where a recording reports progress and checkpoints.
+type recordOptions struct {
+	// progress is a terminal for the one-line status (nil: none).
+	progress io.Writer
+	// logEvery logs progress at this interval when there is no terminal
+	// (0: never).
+	logEvery time.Duration
+	// checkpoint writes the snapshot so far to checkpointPath every
+	// interval (0 or no path: never).
+	checkpoint     time.Duration
+	checkpointPath string
+}
+
+// recordLive records for lf.duration or until ctx ends and returns the
+// snapshot. A signal or a failure of the mover ends the recording early:
+// what was recorded is kept and marked interrupted. Progress never reads
+// the flow maps, so it never freezes however full they are.
+func recordLive(ctx context.Context, e *env, lf *liveFlags, ro recordOptions) (*snapshot.Snapshot, error) {
 	s, err := startLive(e, lf)
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
+	planned := s.start.Add(lf.duration)
 	e.log.Info("recording", zap.Strings("ifaces", lf.ifaces), zap.Duration("duration", lf.duration))
 
 	deadline := time.NewTimer(lf.duration)
 	defer deadline.Stop()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	p := newProgress(progress, lf.duration)
-	interrupted := false
-	var nextRead time.Time
+	var checkpoints <-chan time.Time
+	if ro.checkpoint > 0 && ro.checkpointPath != "" {
+		t := time.NewTicker(ro.checkpoint)
+		defer t.Stop()
+		checkpoints = t.C
+	}
+	p := newProgress(ro.progress, lf.duration)
+	lastLog := time.Now()
+	var stopped *snapshot.Interruption
 loop:
 	for {
 		select {
 		case <-deadline.C:
 			break loop
 		case <-ctx.Done():
-			interrupted = true
+			stopped = interruption(ctx, time.Now(), planned)
 			break loop
+		case <-s.failed():
+			stopped = &snapshot.Interruption{Signal: "error", At: time.Now().UTC(), PlannedEnd: planned.UTC(),
+				Reason: fmt.Sprintf("moving counts out of the kernel: %v", s.moverErr)}
+			e.log.Error("recording stopped early", zap.Error(s.moverErr))
+			break loop
+		case <-checkpoints:
+			snap, err := s.snapshot()
+			if err == nil {
+				snap.Checkpoint = true
+				err = snapshot.WriteFile(ro.checkpointPath, snap)
+			}
+			if err != nil {
+				e.log.Warn("checkpoint not written", zap.Error(err))
+				continue
+			}
+			e.log.Info("checkpoint written", zap.String("file", ro.checkpointPath), zap.Int("flows", len(snap.Flows)),
+				zap.Duration("window", snap.Window().Round(time.Second)))
 		case now := <-tick.C:
-			// Reading a million flows takes over a second: keep the
-			// progress line's reads under a tenth of the time.
-			if progress != nil && !now.Before(nextRead) {
-				t0 := time.Now()
-				if r, err := s.c.ReadMaps(); err == nil {
-					p.update(time.Since(s.start), r)
-				}
-				nextRead = t0.Add(10 * time.Since(t0))
+			n, err := s.c.Counters()
+			if err != nil {
+				continue
+			}
+			elapsed := now.Sub(s.start)
+			p.update(elapsed, n)
+			if ro.progress == nil && ro.logEvery > 0 && now.Sub(lastLog) >= ro.logEvery {
+				lastLog = now
+				logProgress(e.log, elapsed, lf.duration, n)
 			}
 		}
 	}
@@ -168,12 +322,23 @@ loop:
 	if err != nil {
 		return nil, err
 	}
-	if interrupted {
-		e.log.Warn("interrupted: the snapshot covers only part of the planned window",
+	if stopped != nil {
+		snap.Interrupted = stopped
+		e.log.Warn("interrupted: the snapshot covers only part of the planned window", zap.String("by", stopped.Signal),
 			zap.Duration("recorded", snap.Window().Round(time.Second)), zap.Duration("planned", lf.duration))
 	}
 	logStats(e.log, snap)
 	return snap, nil
+}
+
+// logProgress is the progress line for logs (no terminal): the same
+// figures as fields.
+func logProgress(log *zap.Logger, elapsed, total time.Duration, n bpf.Counters) {
+	log.Info("recording progress", zap.Duration("elapsed", elapsed.Round(time.Second)),
+		zap.Duration("left", max(total-elapsed, 0).Round(time.Second)),
+		zap.Uint64("packets_in", n.PacketsIngress), zap.Uint64("packets_out", n.PacketsEgress),
+		zap.Int("flows", n.Accumulated), zap.Uint64("moves", n.Moves),
+		zap.Uint64("packets_without_peer", n.FlowInsertFailed), zap.Uint64("packets_lost", n.OverflowInsertFailed))
 }
 
 // logStats logs the datapath's own counters, loudly when data was lost.
@@ -181,63 +346,55 @@ func logStats(log *zap.Logger, s *snapshot.Snapshot) {
 	st := s.Stats
 	fields := []zap.Field{zap.Int("flows", len(s.Flows)), zap.Uint32("capacity", st.FlowCapacity),
 		zap.Uint64("packets_in", st.PacketsIngress), zap.Uint64("packets_out", st.PacketsEgress)}
-	if st.Lossy() {
-		log.Warn("flow map full: some packets were not counted; raise --max-flows",
-			append(fields, zap.Uint64("insert_failed", st.FlowInsertFailed), zap.Uint64("evicted", st.FlowEvictions))...)
-		return
+	fields = append(fields, zap.Uint64("moves", st.Moves))
+	switch {
+	case st.Lossy():
+		log.Warn("flow map and overflow map full: some packets were not counted at all; raise --max-overflow or --max-flows, or lower --move-interval",
+			append(fields, zap.Uint64("packets_lost", st.OverflowInsertFailed), zap.Uint64("packets_without_peer", st.FlowInsertFailed),
+				zap.Uint64("evicted", st.FlowEvictions))...)
+	case st.FlowInsertFailed > 0:
+		log.Warn("flow map full at times: some packets were counted per service without their peer; raise --max-flows or lower --move-interval",
+			append(fields, zap.Uint64("packets_without_peer", st.FlowInsertFailed), zap.Int("services", len(s.Overflow)))...)
+	default:
+		log.Info("recorded", fields...)
 	}
-	log.Info("recorded", fields...)
+	if st.FoldedFlows > 0 {
+		log.Warn("memory budget reached: the peers of some services were folded into prefixes (see --flow-budget)",
+			zap.Uint64("entries_folded", st.FoldedFlows), zap.Uint64("budget_entries", st.FlowBudget))
+	}
 }
 
 // progress draws a one-line status on a terminal: elapsed / remaining,
-// packets, flows and the newest flows.
+// packets, flows, moves and loss. It reads only counters (bpf.Counters),
+// never the flow maps, so it never freezes.
 type progress struct {
 	w        io.Writer
 	total    time.Duration
-	seen     map[string]bool
-	newest   []string
 	lastLen  int
 	anything bool
 }
 
 func newProgress(w io.Writer, total time.Duration) *progress {
-	return &progress{w: w, total: total, seen: map[string]bool{}}
+	return &progress{w: w, total: total}
 }
 
-func (p *progress) update(elapsed time.Duration, r *bpf.Read) {
+func (p *progress) update(elapsed time.Duration, n bpf.Counters) {
 	if p.w == nil {
 		return
 	}
-	var fresh []snapshot.Flow
-	for _, f := range r.Flows {
-		k := flowLabel(&f)
-		if !p.seen[k] {
-			p.seen[k] = true
-			fresh = append(fresh, f)
-		}
+	remaining := max(p.total-elapsed, 0)
+	line := fmt.Sprintf("%s elapsed, %s left | %d pkts in, %d out | %d flows + %d in kernel (%d moves)",
+		elapsed.Round(time.Second), remaining.Round(time.Second), n.PacketsIngress, n.PacketsEgress,
+		n.Accumulated, n.ActiveEntries, n.Moves)
+	if n.FlowInsertFailed > 0 {
+		line += fmt.Sprintf(" | MAP FULL: %d pkts without peer", n.FlowInsertFailed)
 	}
-	sort.Slice(fresh, func(i, j int) bool { return fresh[i].Packets() > fresh[j].Packets() })
-	for _, f := range fresh {
-		p.newest = append([]string{flowLabel(&f)}, p.newest...)
-	}
-	if len(p.newest) > 3 {
-		p.newest = p.newest[:3]
-	}
-	remaining := p.total - elapsed
-	if remaining < 0 {
-		remaining = 0
-	}
-	line := fmt.Sprintf("%s elapsed, %s left | %d pkts in, %d out | %d flows",
-		elapsed.Round(time.Second), remaining.Round(time.Second), r.Stats.PacketsIngress, r.Stats.PacketsEgress, len(r.Flows))
-	if r.Stats.FlowInsertFailed > 0 {
-		line += fmt.Sprintf(" | MAP FULL: %d lost", r.Stats.FlowInsertFailed)
-	}
-	if len(p.newest) > 0 {
-		line += " | new: " + strings.Join(p.newest, ", ")
+	if n.OverflowInsertFailed > 0 {
+		line += fmt.Sprintf(" | LOST: %d pkts", n.OverflowInsertFailed)
 	}
 	pad := ""
-	if n := p.lastLen - len(line); n > 0 {
-		pad = strings.Repeat(" ", n)
+	if k := p.lastLen - len(line); k > 0 {
+		pad = strings.Repeat(" ", k)
 	}
 	fmt.Fprintf(p.w, "\r%s%s", line, pad)
 	p.lastLen = len(line)
@@ -250,24 +407,33 @@ func (p *progress) done() {
 	}
 }
 
-// flowLabel is a short human name of a flow: "in tcp/22 ← 192.0.2.7".
-func flowLabel(f *snapshot.Flow) string {
-	arrow := map[snapshot.Direction]string{snapshot.Inbound: "in", snapshot.Outbound: "out", snapshot.Unknown: "?"}[f.Direction]
-	return fmt.Sprintf("%s %s/%d %s", arrow, f.Proto, f.Port, f.Peer)
-}
-
 // inputFlags are the "--snapshot FILE | --iface … --duration D" input of
 // audit and rules: read a snapshot, or record one live.
 type inputFlags struct {
 	liveFlags
-	snapPath string
-	saveSnap string
+	snapPath   string
+	saveSnap   string
+	checkpoint time.Duration
 }
 
 func (in *inputFlags) register(fs *pflag.FlagSet, what string) {
 	in.liveFlags.register(fs, 10*time.Minute)
 	fs.StringVarP(&in.snapPath, "snapshot", "s", "", what+" this snapshot file instead of recording")
-	fs.StringVar(&in.saveSnap, "save-snapshot", "", "when recording live, also write the snapshot here")
+	fs.StringVar(&in.saveSnap, "save-snapshot", "", "when recording live, also write the snapshot here (checked before recording starts)")
+	fs.DurationVar(&in.checkpoint, "checkpoint", defaultCheckpoint, "with --save-snapshot, write the snapshot so far there at this interval (0: never)")
+}
+
+// defaultCheckpoint: a recording longer than this is checkpointed.
+const defaultCheckpoint = 5 * time.Minute
+
+// recordOptions: progress on a terminal, else in the log every minute;
+// --save-snapshot also takes the checkpoints.
+func (in *inputFlags) recordOptions(e *env) recordOptions {
+	ro := recordOptions{logEvery: in.logProgress, checkpoint: in.checkpoint, checkpointPath: in.saveSnap}
+	if isTerminal(e.stderr) {
+		ro.progress = e.stderr
+	}
+	return ro
 }
 
 // live reports whether the input is a live recording (--iface given).
@@ -295,13 +461,12 @@ func (in *inputFlags) check(needed bool, missing string) error {
 func (in *inputFlags) load(e *env) (*snapshot.Snapshot, error) {
 	switch {
 	case in.live():
+		if err := checkWritableFile("--save-snapshot", in.saveSnap); err != nil {
+			return nil, err
+		}
 		ctx, stop := signalContext()
 		defer stop()
-		var prog io.Writer
-		if isTerminal(e.stderr) {
-			prog = e.stderr
-		}
-		snap, err := recordLive(ctx, e, &in.liveFlags, prog)
+		snap, err := recordLive(ctx, e, &in.liveFlags, in.recordOptions(e))
 		if err != nil {
 			return nil, err
 		}

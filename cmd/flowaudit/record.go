@@ -24,14 +24,22 @@ const recordExamples = `  # Ten minutes on the appliance's uplink
   # Two interfaces, a bigger flow map for a busy collector
   flowaudit record -i eth0,eth1 -d 1h --max-flows 1000000 --out snap.json
 
-  # Ctrl-C stops early; the snapshot recorded so far is kept.`
+  # A day, checkpointed every 10 minutes: a crash or power loss keeps the last checkpoint
+  flowaudit record -i eth0 -d 24h --checkpoint 10m --out snap.json
+
+  # Ctrl-C or SIGTERM stops early; the snapshot recorded so far is kept and
+  # says it was interrupted. --out is checked before anything is attached.`
 
 func runRecord(e *env, args []string) error {
-	var lf liveFlags
-	var out string
+	var (
+		lf         liveFlags
+		out        string
+		checkpoint time.Duration
+	)
 	fs := newFlagSet(e, "record", "flowaudit record --iface IFACE [--iface ...] --duration D --out FILE", recordExamples)
 	lf.register(fs, 10*time.Minute)
-	fs.StringVarP(&out, "out", "o", "", "snapshot file to write (atomically)")
+	fs.StringVarP(&out, "out", "o", "", "snapshot file to write (atomically; checked before recording starts)")
+	fs.DurationVar(&checkpoint, "checkpoint", defaultCheckpoint, "write the snapshot so far to --out at this interval, marked as a checkpoint (0: never)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -44,13 +52,21 @@ func runRecord(e *env, args []string) error {
 	if err := lf.validate(); err != nil {
 		return err
 	}
+	if checkpoint < 0 {
+		return fmt.Errorf("--checkpoint %s: must not be negative", checkpoint)
+	}
+	// A recording must never be lost at its end to a path that cannot be
+	// written: try it before anything is attached.
+	if err := checkWritableFile("--out", out); err != nil {
+		return err
+	}
 	ctx, stop := signalContext()
 	defer stop()
-	var prog = e.stderr
-	if !isTerminal(e.stderr) {
-		prog = nil
+	ro := recordOptions{logEvery: lf.logProgress, checkpoint: checkpoint, checkpointPath: out}
+	if isTerminal(e.stderr) {
+		ro.progress = e.stderr
 	}
-	snap, err := recordLive(ctx, e, &lf, prog)
+	snap, err := recordLive(ctx, e, &lf, ro)
 	if err != nil {
 		return err
 	}
