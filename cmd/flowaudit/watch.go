@@ -109,6 +109,8 @@ func runWatch(e *env, args []string) error {
 	w := &watcher{e: e, af: &af, res: res, settle: settle, now: time.Now, t: newTracker(settle), dir: dir, keep: keep,
 		events: map[eventKind]int{},
 		scope:  newScope(res.matrix.Product, res.matrix.Version, res.matrix.Role, res.matrix.Conditions, lf.ifaces)}
+	// Restored findings count their absence from the start of the watch.
+	w.started = w.now()
 	if stateDir != "" {
 		unlock, err := lockStateDir(stateDir)
 		if err != nil {
@@ -116,7 +118,7 @@ func runWatch(e *env, args []string) error {
 		}
 		defer unlock()
 		w.statePath = filepath.Join(stateDir, stateFileName)
-		if err := restoreState(e.log, w.statePath, w.scope, w.t, w.now()); err != nil {
+		if err := restoreState(e.log, w.statePath, w.scope, w.t, w.started); err != nil {
 			return err
 		}
 	}
@@ -125,7 +127,6 @@ func runWatch(e *env, args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, lf.duration)
 	defer cancel()
-	w.started = w.now()
 	s, err := startLive(e, &lf)
 	if err != nil {
 		return err
