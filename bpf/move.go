@@ -28,11 +28,13 @@ type MoveResult struct {
 // The old generation is then read and deleted with nobody writing to it,
 // so no delete races an atomic add. A recorder calls Move periodically so
 // the kernel maps never fill on a long run; ReadMaps calls it first.
+// A collector attached nowhere is driven only by BPF_PROG_TEST_RUN: its
+// caller must not run programs (Run) concurrently with Move or ReadMaps.
 func (c *Collector) Move() (MoveResult, error) {
 	c.moveMu.Lock()
 	defer c.moveMu.Unlock()
 	c.mu.Lock()
-	closed := c.closed
+	closed, attached := c.closed, len(c.attached) > 0
 	c.mu.Unlock()
 	if closed {
 		return MoveResult{}, ErrClosed
@@ -43,8 +45,13 @@ func (c *Collector) Move() (MoveResult, error) {
 		return MoveResult{}, fmt.Errorf("move: flip generation: %w", err)
 	}
 	c.gen = old ^ 1
-	if err := c.objs.FlowGens.Update(old, c.flowMaps[old], ebpf.UpdateAny); err != nil {
-		return MoveResult{}, fmt.Errorf("move: wait for the programs: %w", err)
+	// Without attachments the programs run only through BPF_PROG_TEST_RUN
+	// (replay, tests), whose calls have all returned: there is nobody to
+	// wait for, and a grace period costs milliseconds per replayed file.
+	if attached {
+		if err := c.objs.FlowGens.Update(old, c.flowMaps[old], ebpf.UpdateAny); err != nil {
+			return MoveResult{}, fmt.Errorf("move: wait for the programs: %w", err)
+		}
 	}
 	var res MoveResult
 	var err error

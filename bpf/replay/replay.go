@@ -791,17 +791,24 @@ func (r *replayer) finish() error {
 	st := read.Stats
 	st.PacketsIngress -= uint64(r.res.EgressViaXDP)
 	st.PacketsEgress += uint64(r.res.EgressViaXDP)
-	flows := make([]snapshot.Flow, len(read.Flows))
-	for i, f := range read.Flows {
-		f.Interface = r.ifname
-		if len(r.slices) > 0 {
-			f.FirstSeen, _ = r.captureTime(f.FirstSeen)
-			_, f.LastSeen = r.captureTime(f.LastSeen)
-			f.FirstSeen, f.LastSeen = f.FirstSeen.UTC(), f.LastSeen.UTC()
+	toCapture := func(in []snapshot.Flow) []snapshot.Flow {
+		out := make([]snapshot.Flow, len(in))
+		for i, f := range in {
+			f.Interface = r.ifname
+			if len(r.slices) > 0 {
+				f.FirstSeen, _ = r.captureTime(f.FirstSeen)
+				_, f.LastSeen = r.captureTime(f.LastSeen)
+				f.FirstSeen, f.LastSeen = f.FirstSeen.UTC(), f.LastSeen.UTC()
+			}
+			out[i] = f
 		}
-		flows[i] = f
+		return out
 	}
-	s := &snapshot.Snapshot{Version: snapshot.FormatVersion, EphemeralPorts: r.c.EphemeralPorts(), Stats: st, Flows: flows}
+	s := &snapshot.Snapshot{Version: snapshot.FormatVersion, EphemeralPorts: r.c.EphemeralPorts(), Stats: st,
+		Flows: toCapture(read.Flows)}
+	if len(read.Overflow) > 0 {
+		s.Overflow = toCapture(read.Overflow)
+	}
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
 		s.Kernel = unix.ByteSliceToString(u.Release[:])
