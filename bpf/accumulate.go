@@ -307,3 +307,54 @@ func keyLess(a, b *flowauditFlowKey) bool {
 	}
 	return false
 }
+
+// merge adds another accumulator's entries into a, folding them to the
+// coarser of the two levels where a service was folded in either.
+func (a *accumulator) merge(o *accumulator) {
+	for svc, lvl := range o.levels {
+		if lvl > a.levels[svc] {
+			a.levels[svc] = lvl
+		}
+	}
+	// Entries already in a of a service o folded further are re-keyed.
+	a.refold()
+	for k, v := range o.flows {
+		lvl := max(a.levels[serviceOf(k)], k.Pad[0])
+		if lvl == foldNone {
+			cur := a.flows[k]
+			cur.add(&v)
+			a.flows[k] = cur
+			continue
+		}
+		a.mergeFolded(k, lvl, &v, o.sketches[k])
+	}
+	for k, e := range o.overflow {
+		cur := a.overflow[k]
+		if cur == nil {
+			cur = new(overflowEntry)
+			a.overflow[k] = cur
+		}
+		cur.add(&e.accValue)
+		cur.sketch.Merge(&e.sketch)
+	}
+	a.folded += o.folded
+}
+
+// refold re-keys entries whose service is folded to a coarser level than
+// the entry (after levels were raised by merge).
+func (a *accumulator) refold() {
+	for k, v := range a.flows {
+		lvl := a.levels[serviceOf(k)]
+		if lvl <= k.Pad[0] {
+			continue
+		}
+		delete(a.flows, k)
+		sk := a.sketches[k]
+		delete(a.sketches, k)
+		if sk == nil { // an exact entry: mergeFolded counts it as folded
+			a.mergeFolded(k, lvl, &v, nil)
+			continue
+		}
+		a.mergeFolded(k, lvl, &v, sk)
+	}
+}

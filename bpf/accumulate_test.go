@@ -125,3 +125,37 @@ func TestAccumulatorUnbounded(t *testing.T) {
 		t.Errorf("unbounded accumulator folded: %+v, size %d", ev, a.size())
 	}
 }
+
+// TestAccumulatorMerge: merging buckets folds a service to the coarser of
+// their levels and keeps every packet and every sketched peer.
+func TestAccumulatorMerge(t *testing.T) {
+	one := &accValue{packetsIn: 1}
+	folded := newAccumulator(1000)
+	for i := 0; i < 2000; i++ {
+		folded.addFlow(accKey(netip.AddrFrom4([4]byte{198, 18, byte(i / 200), byte(i)}), 443), one)
+	}
+	if ev := folded.enforce(); len(ev) != 1 {
+		t.Fatalf("fold: %+v", ev)
+	}
+	exact := newAccumulator(1000)
+	exact.addFlow(accKey(netip.MustParseAddr("198.18.0.77"), 443), one) // joins 198.18.0.0/24
+	exact.addFlow(accKey(netip.MustParseAddr("203.0.113.9"), 443), one) // a new /24
+	exact.addFlow(accKey(netip.MustParseAddr("192.0.2.20"), 22), one)   // another service: stays exact
+	exact.addOverflow(accKey(netip.Addr{}, 1514), &flowauditOverflowValue{V: flowauditFlowValue{PacketsIn: 3}})
+	m := newAccumulator(1000)
+	m.merge(exact)
+	m.merge(folded)
+	entries, packets := accTotals(m)
+	if packets != 2000+3+3 || entries != 10+1+1+1 {
+		t.Errorf("merged: %d entries, %d packets", entries, packets)
+	}
+	if v := m.flows[foldKey(accKey(netip.MustParseAddr("198.18.0.0"), 443), foldPrefix)]; v.packetsIn != 201 {
+		t.Errorf("198.18.0.0/24: %d packets, want 201", v.packetsIn)
+	}
+	if _, ok := m.flows[accKey(netip.MustParseAddr("192.0.2.20"), 22)]; !ok {
+		t.Error("tcp/22 peer folded although its service never was")
+	}
+	if m.folded != 2000+2 {
+		t.Errorf("folded %d, want 2002", m.folded)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
@@ -39,6 +40,9 @@ type Options struct {
 	// accumulated across moves; beyond it the peers of the services with
 	// most peers are folded into prefixes. 0: unbounded.
 	FlowBudget int
+	// Window, when positive, makes ReadMaps return only about the last
+	// Window of traffic (a continuous audit); zero keeps everything.
+	Window time.Duration
 	// FlowMapType overrides the flow map type. Zero keeps the shipped
 	// choice (ebpf.Hash with atomic adds); the benchmarks compare
 	// ebpf.PerCPUHash, ebpf.LRUHash and ebpf.LRUCPUHash.
@@ -79,7 +83,9 @@ type Collector struct {
 	// counts moved out of the kernel (move.go).
 	moveMu    sync.Mutex
 	gen       uint32
-	acc       *accumulator
+	budget    int           // Options.FlowBudget
+	window    time.Duration // Options.Window
+	buckets   []*bucket     // window.go; one when there is no window
 	moves     uint64
 	moved     uint64 // flow entries moved out in total
 	highWater uint32 // most entries one generation held
@@ -166,8 +172,10 @@ func Open(opts Options) (*Collector, error) {
 		ncpu:      ncpu,
 		ephemeral: opts.EphemeralPorts,
 		attached:  map[int]*Attachment{},
-		acc:       newAccumulator(opts.FlowBudget),
+		budget:    opts.FlowBudget,
+		window:    opts.Window,
 	}
+	c.resetBuckets(time.Now())
 	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
 		if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("load objects: %w", ErrPermission)
@@ -321,7 +329,7 @@ func (c *Collector) Reset() error {
 		return fmt.Errorf("reset generation: %w", err)
 	}
 	c.gen = 0
-	c.acc = newAccumulator(c.acc.budget)
+	c.resetBuckets(time.Now())
 	c.moves, c.moved, c.highWater, c.foldLog = 0, 0, 0, nil
 	if err := c.SetLocalPorts(nil); err != nil {
 		return err

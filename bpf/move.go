@@ -66,8 +66,11 @@ func (c *Collector) Move() (MoveResult, error) {
 	if uint32(res.Flows) > c.highWater {
 		c.highWater = uint32(res.Flows)
 	}
-	if res.Folded = c.acc.enforce(); len(res.Folded) > 0 {
+	if res.Folded = c.cur().acc.enforce(); len(res.Folded) > 0 {
 		c.foldLog = append(c.foldLog, res.Folded...)
+	}
+	if err := c.rotate(time.Now()); err != nil {
+		return res, err
 	}
 	res.Took = time.Since(start)
 	return res, nil
@@ -91,7 +94,7 @@ func (c *Collector) drainFlows(m *ebpf.Map) (int, error) {
 			for cpu := 0; cpu < ncpu; cpu++ {
 				v.addKernel(&vals[i*ncpu+cpu])
 			}
-			c.acc.addFlow(keys[i], &v)
+			c.cur().acc.addFlow(keys[i], &v)
 		}
 		total += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -132,7 +135,7 @@ func (c *Collector) drainByIteration(m *ebpf.Map, ncpu int) (int, error) {
 		for i := range per {
 			v.addKernel(&per[i])
 		}
-		c.acc.addFlow(k, &v)
+		c.cur().acc.addFlow(k, &v)
 		keys = append(keys, k)
 	}
 	if err := it.Err(); err != nil {
@@ -155,7 +158,7 @@ func (c *Collector) drainOverflow(m *ebpf.Map) (int, error) {
 	for {
 		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
-			c.acc.addOverflow(keys[i], &vals[i])
+			c.cur().acc.addOverflow(keys[i], &vals[i])
 		}
 		total += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -195,7 +198,10 @@ func (c *Collector) Counters() (Counters, error) {
 	out := Counters{
 		PacketsIngress: st.PacketsIngress, PacketsEgress: st.PacketsEgress,
 		FlowInsertFailed: st.FlowInsertFailed, OverflowInsertFailed: st.OverflowInsertFailed,
-		FlowCapacity: st.FlowCapacity, Accumulated: c.acc.size(), Moves: c.moves,
+		FlowCapacity: st.FlowCapacity, Moves: c.moves,
+	}
+	for _, b := range c.buckets {
+		out.Accumulated += b.acc.size()
 	}
 	if st.flowNew > c.moved {
 		out.ActiveEntries = st.flowNew - c.moved

@@ -3,6 +3,7 @@ package bpf
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/gopacket/layers"
 
@@ -162,5 +163,47 @@ func TestMoveEmptiesTheKernel(t *testing.T) {
 	}
 	if r, err := c.ReadMaps(); err != nil || len(r.Flows) != 0 || r.Stats.Moves != 1 {
 		t.Errorf("after Reset: %d flows, stats %+v, %v", len(r.Flows), r.Stats, err)
+	}
+}
+
+// TestWindowForgetsOldTraffic: with a sliding window, what was counted
+// before the window no longer shows, nor do its statistics.
+func TestWindowForgetsOldTraffic(t *testing.T) {
+	testenv.RequireBPF(t)
+	const window = 1200 * time.Millisecond // buckets of 200 ms
+	c, err := Open(Options{Window: window, EphemeralPorts: [2]uint16{32768, 60999}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	old, recent := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
+	for i := 0; i < 3; i++ {
+		if _, err := c.Run(HookXDP, synFrom(t, old, 40000, 22)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	// Moves every 50 ms for longer than window + one bucket.
+	for time.Since(start) < window+400*time.Millisecond {
+		if _, err := c.Move(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := c.Run(HookXDP, synFrom(t, recent, 40000, 22)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.ReadMaps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Flows) != 1 || r.Flows[0].Peer != recent || r.Flows[0].PacketsIn != 1 {
+		t.Errorf("window holds %+v, want only the recent peer", r.Flows)
+	}
+	if r.Stats.PacketsIngress != 1 {
+		t.Errorf("window statistics: %d packets in, want 1", r.Stats.PacketsIngress)
+	}
+	if span := time.Since(r.Since); r.Since.IsZero() || span < window || span > window+window/windowBuckets+300*time.Millisecond {
+		t.Errorf("window covers %s, want about %s", span, window)
 	}
 }

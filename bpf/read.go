@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -16,6 +17,10 @@ const batchSize = 4096
 
 // Read is one read of everything counted so far, as plain Go values.
 type Read struct {
+	// Since is the start of what the read covers: the oldest bucket of a
+	// sliding window (Options.Window); zero without a window (since Open
+	// or Reset).
+	Since time.Time
 	Flows []snapshot.Flow
 	// Overflow: per-service counts of packets whose per-peer flow could
 	// not be stored (flow map full), peers unknown.
@@ -25,7 +30,8 @@ type Read struct {
 
 // ReadMaps moves what the kernel counted since the last move into the
 // collector's memory (see Move) and returns everything accumulated since
-// Open or Reset: flows sorted, overflow entries and statistics. Interface
+// Open or Reset — or, with Options.Window, about the last window of it
+// (window.go): flows sorted, overflow entries and statistics. Interface
 // names come from the attachments; a flow on an interface flowaudit is no
 // longer attached to is named by its index.
 func (c *Collector) ReadMaps() (*Read, error) {
@@ -50,7 +56,7 @@ func (c *Collector) ReadMaps() (*Read, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.flowType == ebpf.LRUHash || c.flowType == ebpf.LRUCPUHash {
+	if c.window <= 0 && (c.flowType == ebpf.LRUHash || c.flowType == ebpf.LRUCPUHash) {
 		active, err := countEntries(c.flowMaps[c.gen])
 		if err != nil {
 			return nil, err
@@ -61,8 +67,15 @@ func (c *Collector) ReadMaps() (*Read, error) {
 			st.FlowEvictions = st.flowNew - gone
 		}
 	}
-	acc := c.acc
-	r := &Read{Stats: st.Stats, Flows: make([]snapshot.Flow, 0, len(acc.flows))}
+	acc := c.merged()
+	r := &Read{}
+	if c.window > 0 {
+		r.Since = c.buckets[0].start
+		st.since(&c.buckets[0].stats)
+	}
+	st.FoldedFlows = acc.folded
+	r.Stats = st.Stats
+	r.Flows = make([]snapshot.Flow, 0, len(acc.flows))
 	for k, v := range acc.flows {
 		f := c.toFlow(&k, &v, names)
 		if k.Pad[0] != foldNone {
@@ -146,8 +159,7 @@ func (c *Collector) readStats() (statsRead, error) {
 	st.FlowEntries = c.highWater
 	st.OverflowCapacity = c.overflowMaps[0].MaxEntries()
 	st.Moves = c.moves
-	st.FlowBudget = uint64(c.acc.budget)
-	st.FoldedFlows = c.acc.folded
+	st.FlowBudget = uint64(max(c.budget, 0))
 	get := func(idx flowauditStat) (uint64, error) {
 		var per []uint64
 		if err := c.objs.Stats.Lookup(uint32(idx), &per); err != nil {

@@ -17,7 +17,10 @@ type SnapshotOptions struct {
 	Start       time.Time // start of the observation window
 	End         time.Time // zero: now
 	Listening   []snapshot.Socket
-	Source      string // default "live"
+	// Sockets, if set, gives the listening sockets instead of Listening:
+	// those seen during the window read.
+	Sockets *SocketRefresher
+	Source  string // default "live"
 }
 
 // Snapshot reads the maps and returns a complete, sorted snapshot with the
@@ -29,6 +32,12 @@ func (c *Collector) Snapshot(o SnapshotOptions) (*snapshot.Snapshot, error) {
 	}
 	if o.End.IsZero() {
 		o.End = time.Now()
+	}
+	if !r.Since.IsZero() && r.Since.After(o.Start) {
+		o.Start = r.Since // a sliding window
+	}
+	if o.Sockets != nil {
+		o.Listening = o.Sockets.SeenSince(o.Start)
 	}
 	if o.Source == "" {
 		o.Source = "live"

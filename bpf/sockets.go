@@ -129,10 +129,10 @@ func (c *Collector) RefreshSockets() ([]snapshot.Socket, error) {
 }
 
 // SocketRefresher keeps the kernel's local-port set current and remembers
-// every service socket seen while it ran.
+// every service socket seen while it ran, and when it was last seen.
 type SocketRefresher struct {
 	c    *Collector
-	seen map[snapshot.Socket]struct{}
+	seen map[snapshot.Socket]time.Time
 	done chan struct{}
 	stop context.CancelFunc
 }
@@ -140,7 +140,7 @@ type SocketRefresher struct {
 // StartSocketRefresh refreshes now (an error here is returned) and then
 // every interval until Stop.
 func (c *Collector) StartSocketRefresh(interval time.Duration) (*SocketRefresher, error) {
-	r := &SocketRefresher{c: c, seen: map[snapshot.Socket]struct{}{}, done: make(chan struct{})}
+	r := &SocketRefresher{c: c, seen: map[snapshot.Socket]time.Time{}, done: make(chan struct{})}
 	socks, err := c.RefreshSockets()
 	if err != nil {
 		return nil, err
@@ -172,17 +172,24 @@ func (c *Collector) StartSocketRefresh(interval time.Duration) (*SocketRefresher
 func (r *SocketRefresher) add(socks []snapshot.Socket) {
 	r.c.mu.Lock()
 	defer r.c.mu.Unlock()
+	now := time.Now()
 	for _, s := range socks {
-		r.seen[s] = struct{}{}
+		r.seen[s] = now
 	}
 }
 
 // Seen returns every service socket seen so far, sorted.
-func (r *SocketRefresher) Seen() []snapshot.Socket {
+func (r *SocketRefresher) Seen() []snapshot.Socket { return r.SeenSince(time.Time{}) }
+
+// SeenSince returns the service sockets seen at t or later, sorted: the
+// sockets of a sliding window.
+func (r *SocketRefresher) SeenSince(t time.Time) []snapshot.Socket {
 	r.c.mu.Lock()
 	out := make([]snapshot.Socket, 0, len(r.seen))
-	for s := range r.seen {
-		out = append(out, s)
+	for s, last := range r.seen {
+		if !last.Before(t) {
+			out = append(out, s)
+		}
 	}
 	r.c.mu.Unlock()
 	snapshot.SortSockets(out)

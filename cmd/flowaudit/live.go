@@ -35,6 +35,9 @@ type liveFlags struct {
 	replaceXDP   bool
 	refresh      time.Duration
 	logProgress  time.Duration
+	// window: only watch sets it (--window): judge the last window of
+	// traffic rather than everything since the start.
+	window time.Duration
 }
 
 // defaultFlowBudget bounds the recorder's memory: about 150 bytes per
@@ -159,7 +162,7 @@ type liveSession struct {
 
 func startLive(e *env, lf *liveFlags) (*liveSession, error) {
 	c, err := bpf.Open(bpf.Options{FlowEntries: lf.maxFlows, OverflowEntries: lf.maxOverflow, FlowBudget: lf.flowBudget,
-		SocketsKnown: true, Logger: e.log})
+		Window: lf.window, SocketsKnown: true, Logger: e.log})
 	if err != nil {
 		return nil, err
 	}
@@ -226,9 +229,10 @@ func (s *liveSession) mover(ctx context.Context) {
 // failed returns the mover's error once it has stopped on one.
 func (s *liveSession) failed() <-chan struct{} { return s.moverDone }
 
-// snapshot moves and reads everything recorded so far.
+// snapshot moves and reads everything recorded so far (with a window:
+// the last window of it, and the sockets seen in it).
 func (s *liveSession) snapshot() (*snapshot.Snapshot, error) {
-	return s.c.Snapshot(bpf.SnapshotOptions{ToolVersion: Version(), Start: s.start, Listening: s.ref.Seen()})
+	return s.c.Snapshot(bpf.SnapshotOptions{ToolVersion: Version(), Start: s.start, Sockets: s.ref})
 }
 
 func (s *liveSession) close() {

@@ -69,6 +69,7 @@ func runWatch(e *env, args []string) error {
 	af.register(fs)
 	lf.register(fs, 0)
 	fs.DurationVar(&interval, "interval", time.Minute, "how often to evaluate (and snapshot)")
+	fs.DurationVar(&lf.window, "window", time.Hour, "judge the last window of traffic (0: everything since the start); a finding whose traffic left the window can resolve")
 	fs.DurationVar(&settle, "settle", 10*time.Minute, "hold back missing-required and short-window findings until this much was observed; resolve a finding absent this long")
 	fs.StringVar(&dir, "snapshot-dir", "", "write a snapshot here at every interval (atomic files)")
 	fs.IntVar(&keep, "keep", 48, "snapshots to keep in --snapshot-dir (oldest removed)")
@@ -84,6 +85,9 @@ func runWatch(e *env, args []string) error {
 	}
 	if settle < 0 {
 		return fmt.Errorf("--settle %s: must not be negative", settle)
+	}
+	if lf.window < 0 || (lf.window > 0 && lf.window < interval) {
+		return fmt.Errorf("--window %s: 0 (everything) or at least --interval (%s)", lf.window, interval)
 	}
 	if keep < 1 {
 		return errors.New("--keep must be at least 1")
@@ -133,7 +137,8 @@ func runWatch(e *env, args []string) error {
 	}
 	defer s.close()
 	e.log.Info("watching", zap.Strings("ifaces", lf.ifaces), zap.String("matrix", res.matrix.ProductName+" "+res.matrix.Version),
-		zap.String("role", res.matrix.Role), zap.Duration("interval", interval), zap.Duration("settle", settle))
+		zap.String("role", res.matrix.Role), zap.Duration("interval", interval), zap.Duration("window", lf.window),
+		zap.Duration("settle", settle))
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {

@@ -219,3 +219,38 @@ func pingEvery(t *testing.T, h *testenv.Host, addr netip.AddrPort, every time.Du
 		return failure
 	}
 }
+
+// TestE2EWatchResolves: with a sliding --window, a finding whose traffic
+// and listener are gone leaves the window, and once it has been absent
+// for --settle it is resolved.
+func TestE2EWatchResolves(t *testing.T) {
+	a, b := testenv.NewPair(t)
+	port := netip.AddrPortFrom(a.IPv4, 6379)
+	ln := listenIn(t, a, port)
+	abs := func(p string) string { s, _ := filepath.Abs(p); return s }
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd, lines := startInNS(t, ctx, a, nil, "watch", "--iface", a.Iface, "--catalog", abs("testdata/lab-catalog.yaml"),
+		"--matrix", "labapp", "--role", "server", "--site", abs("testdata/lab-site.yaml"),
+		"--interval", "1s", "--window", "3s", "--settle", "2s", "--duration", "60s", "--move-interval", "200ms")
+	logged := waitLog(t, lines, `"msg":"watching"`)
+	dialN(t, b, port, 1)
+	logged = append(logged, waitLog(t, lines, `"event":"opened","id":"unexpected-open-port/tcp/6379","kind":"unexpected-open-port","severity":"high"`)...)
+	ln.Close() // the service goes away: no more traffic, no more listener
+	closed := time.Now()
+	logged = append(logged, waitLog(t, lines, `"event":"resolved","id":"unexpected-open-port/tcp/6379"`)...)
+	// Not before the listener left the window: the window always reaches
+	// at least 3 s back, so the last evaluation still holding it is at
+	// least 3 s − 1 s (interval) after the close, and resolution comes
+	// --settle (2 s) after that.
+	t.Logf("resolved %s after the service went away", time.Since(closed).Round(time.Millisecond))
+	if d := time.Since(closed); d < 4*time.Second {
+		t.Errorf("resolved %s after the service went away, before window + settle", d.Round(time.Millisecond))
+	}
+	logged = append(logged, stopWatch(t, cmd, lines)...)
+	evs := watchEvents(t, logged)
+	got := eventsAbout(evs, "unexpected-open-port/tcp/6379")
+	if len(got) != 2 || got[0] != "opened unexpected-open-port high" || !strings.HasPrefix(got[1], "resolved") {
+		t.Errorf("tcp/6379 events %q, want opened then resolved\n%s", got, strings.Join(logged, "\n"))
+	}
+}
