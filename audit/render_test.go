@@ -131,6 +131,12 @@ func fixtureSnapshot() *snapshot.Snapshot {
 // manager matrix and testdata/render/site.yaml.
 func fixtureReport(t testing.TB) *Report {
 	t.Helper()
+	return fixtureReportOf(t, fixtureSnapshot())
+}
+
+// fixtureReportOf audits snap like fixtureReport.
+func fixtureReportOf(t testing.TB, snap *snapshot.Snapshot) *Report {
+	t.Helper()
 	c, err := catalog.Builtin()
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +161,6 @@ func fixtureReport(t testing.TB) *Report {
 	if err := site.Check(p, v); err != nil {
 		t.Fatalf("fixture site does not fit utmstack@11: %v", err)
 	}
-	snap := fixtureSnapshot()
 	if err := snap.Validate(); err != nil {
 		t.Fatalf("fixture snapshot: %v", err)
 	}
@@ -376,14 +381,17 @@ func TestHTMLIncompleteBanner(t *testing.T) {
 	if out := string(render(t, r, "html")); strings.Contains(out, "INCOMPLETE") || !strings.Contains(out, "complete, no packet lost") {
 		t.Error("a complete snapshot is shown as incomplete")
 	}
-	r.Snapshot.Stats.FlowInsertFailed = 1234
-	r.Snapshot.Stats.FlowEvictions = 7
+	snap := fixtureSnapshot()
+	snap.Stats.FlowInsertFailed, snap.Stats.OverflowInsertFailed, snap.Stats.FlowEvictions = 1234, 1234, 7
+	r = fixtureReportOf(t, snap)
 	out := string(render(t, r, "html"))
 	for _, want := range []string{
 		`<div class="incomplete" role="alert"><strong>INCOMPLETE SNAPSHOT</strong>`,
 		"1234 packets were not counted and 7 flows were evicted",
 		"INCOMPLETE, packets were lost",
 		`<td class="num bad">1234 (lost)</td>`,
+		`<div class="partial" id="coverage" role="note">`,
+		"<li>not counted: 1234 packets (the overflow map was full too), 7 flows evicted</li>",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("lossy snapshot: HTML lacks %q", want)
