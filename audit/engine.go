@@ -158,12 +158,14 @@ type svcLoss struct {
 	sketch  snapshot.PeerSketch
 	levels  map[int]bool
 	zones   map[string]bool
+	// prefixes: the folded prefixes that straddle a zone's edge.
+	prefixes map[string]bool
 }
 
 func lossOf(m map[service]*svcLoss, s service) *svcLoss {
 	l := m[s]
 	if l == nil {
-		l = &svcLoss{levels: map[int]bool{}, zones: map[string]bool{}}
+		l = &svcLoss{levels: map[int]bool{}, zones: map[string]bool{}, prefixes: map[string]bool{}}
 		m[s] = l
 	}
 	return l
@@ -422,6 +424,7 @@ func (a *auditor) flows(rep *Report) {
 			case len(m.partly) > 0:
 				l := lossOf(a.unchecked, s)
 				l.add(f)
+				l.prefixes[f.PeerPrefix.String()] = true
 				for _, ro := range m.partly {
 					ro.unknown.add(f)
 					l.zones[ro.rule.Peer.String()] = true

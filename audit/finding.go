@@ -120,10 +120,7 @@ func (p PeerCount) String() string {
 	if !p.Prefix.IsValid() {
 		return p.Addr.String()
 	}
-	name := p.Prefix.String()
-	if p.Prefix.Bits() == 0 {
-		name = "other peers"
-	}
+	name := prefixName(p.Prefix)
 	if p.Peers == 0 {
 		return name
 	}
@@ -144,8 +141,10 @@ type ServiceCount struct {
 	// ("/24", "/48", "/0" = other peers).
 	Folded []string `json:"folded,omitempty"`
 	// Unchecked lists the rule peers (zones, roles) this traffic could
-	// not be checked against.
+	// not be checked against; Prefixes the folded prefixes that straddle
+	// their edge (audit-incomplete/zones-unchecked).
 	Unchecked []string `json:"unchecked,omitempty"`
+	Prefixes  []string `json:"prefixes,omitempty"`
 }
 
 // String is "in tcp/22".

@@ -84,6 +84,9 @@ type flood struct {
 	halfOpen uint64
 	rate     float64
 	rateOf   string
+	// span is what the rate is measured over: the half-open entries' first
+	// to last seen for a SYN flood, else the flood traffic's.
+	span Evidence
 	// traffic is the flood-like traffic (or, if there is none, the
 	// service's); sources its source prefixes.
 	traffic *obs
@@ -184,9 +187,10 @@ func (a *auditor) detectFlood(s service, g *group) *flood {
 	if fl.traffic.empty() {
 		g.each(take)
 	}
-	fl.rateOf, fl.rate = "half-open SYNs", rate
+	fl.rateOf, fl.rate, fl.span = "half-open SYNs", rate, span
 	if s.proto != snapshot.TCP || half == 0 {
-		fl.rateOf, fl.rate = "packets", float64(fl.traffic.ev.Packets)/spanSeconds(fl.traffic.ev)
+		fl.span = fl.traffic.ev
+		fl.rateOf, fl.rate = "packets", float64(fl.traffic.ev.Packets)/spanSeconds(fl.span)
 	}
 	return fl
 }
@@ -242,12 +246,12 @@ func (a *auditor) floodFinding(fl *flood) {
 	}
 	ev.TopPeers = srcs
 	span := time.Duration(0)
-	if !ev.FirstSeen.IsZero() && !ev.LastSeen.IsZero() {
-		span = ev.LastSeen.Sub(ev.FirstSeen)
+	if !fl.span.FirstSeen.IsZero() && !fl.span.LastSeen.IsZero() {
+		span = fl.span.LastSeen.Sub(fl.span.FirstSeen)
 	}
 	ev.Flood = &FloodEvidence{
 		Trigger: strings.Join(fl.trigger, ","), Peers: fl.peers, HalfOpenSYNs: fl.halfOpen,
-		Start: ev.FirstSeen, End: ev.LastSeen, Span: roundDur(span).String(),
+		Start: fl.span.FirstSeen, End: fl.span.LastSeen, Span: roundDur(span).String(),
 		Rate: math.Round(fl.rate*10) / 10, RateOf: fl.rateOf,
 		PeersThreshold: a.o.FloodPeers, SYNThreshold: a.o.FloodSYNs, RateThreshold: a.o.FloodRate,
 	}
@@ -272,7 +276,7 @@ func (a *auditor) floodFinding(fl *flood) {
 			if i == 3 {
 				break
 			}
-			names = append(names, p.Prefix.String())
+			names = append(names, prefixName(p.Prefix))
 		}
 		fmt.Fprintf(&b, ", top sources %s", strings.Join(names, ", "))
 	}
@@ -281,6 +285,15 @@ func (a *auditor) floodFinding(fl *flood) {
 		ID: fmt.Sprintf("flood-suspected/%s/%d", s.proto, s.port), Kind: FloodSuspected, Severity: Medium,
 		Direction: s.dir, Proto: s.proto.String(), Port: port, Evidence: ev, Summary: b.String(),
 	})
+}
+
+// prefixName is a prefix, or "other peers" for /0 (the recorder's last
+// folding level).
+func prefixName(p netip.Prefix) string {
+	if p.Bits() == 0 {
+		return "other peers"
+	}
+	return p.String()
 }
 
 // fmtRate prints a rate with one decimal below 10/s.

@@ -118,6 +118,7 @@ type htmlRule struct {
 	Deprecated  bool
 	Peers       string
 	Unknown     uint64
+	Flood       uint64
 	OutOfZone   int
 	Packets     uint64
 	Findings    []htmlLink
@@ -325,7 +326,7 @@ func buildHTML(r *Report) *htmlView {
 		hr := htmlRule{
 			Anchor: anchorOf("rule", i), ID: rr.ID, Direction: rr.Direction.String(), Service: rr.Proto + "/" + rr.Ports,
 			Peer: rr.Peer, Requirement: req, Status: rs.Status, Failing: failingStatus(rs.Status), Deprecated: rs.Deprecated,
-			Peers: peersNum(rs.Evidence), Unknown: rs.Evidence.PeersUnknownPackets, OutOfZone: rs.OutOfZonePeers, Packets: rs.Evidence.Packets,
+			Peers: peersNum(rs.Evidence), Unknown: rs.Evidence.PeersUnknownPackets, Flood: rs.Evidence.FloodPackets, OutOfZone: rs.OutOfZonePeers, Packets: rs.Evidence.Packets,
 			Purpose: rr.Purpose, Citation: citationText(rr.Citation), Quote: rr.Citation.Quote,
 		}
 		if rr.Source.File != "" {

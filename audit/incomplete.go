@@ -42,20 +42,12 @@ func (a *auditor) incomplete(rep *Report) {
 
 	if cov.PeerlessPackets > 0 || len(cov.PeerlessServices) > 0 {
 		var peers uint64
-		zones := map[string]bool{}
 		for _, s := range cov.PeerlessServices {
 			peers += s.Peers
-			for _, z := range s.Unchecked {
-				zones[z] = true
-			}
-		}
-		what := "no finding can name their peers"
-		if len(zones) > 0 {
-			what += ", and they could not be checked against " + strings.Join(sortedSet(zones), ", ")
 		}
 		a.add(&Finding{ID: "audit-incomplete/peers-lost", Kind: AuditIncomplete, Severity: Medium,
-			Summary: fmt.Sprintf("%d packets lost their peer identity (the kernel flow map of %d entries was full) but were counted per service, on %s: %s (raise --max-flows, or move the counts out of the kernel more often)",
-				cov.PeerlessPackets, st.FlowCapacity, serviceList(cov.PeerlessServices, 3), what),
+			Summary: fmt.Sprintf("%d packets lost their peer identity (the kernel flow map of %d entries was full) but were counted per service, on %s: no finding can name their peers or check them against a zone (raise --max-flows, or move the counts out of the kernel more often)",
+				cov.PeerlessPackets, st.FlowCapacity, serviceList(cov.PeerlessServices, 3)),
 			Evidence: Evidence{Packets: cov.PeerlessPackets, PeersUnknownPackets: cov.PeerlessPackets, PeersUnknown: peers,
 				Services: capServices(cov.PeerlessServices)},
 		})
@@ -187,6 +179,14 @@ func services(m map[service]*svcLoss) []ServiceCount {
 			c.Folded = append(c.Folded, "/"+strconv.Itoa(bits))
 		}
 		c.Unchecked = sortedSet(l.zones)
+		if len(l.prefixes) > 0 {
+			// Straddling prefixes: the levels say nothing more.
+			c.Folded = nil
+			c.Prefixes = sortedSet(l.prefixes)
+			if len(c.Prefixes) > 5 {
+				c.Prefixes = append(c.Prefixes[:5], fmt.Sprintf("%d more", len(l.prefixes)-5))
+			}
+		}
 		out = append(out, c)
 	}
 	if len(out) == 0 {

@@ -127,8 +127,12 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 		case StatusNotSeen:
 			status = c(ansiGrey, status)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%d\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
-			rs.Rule.Peer, req, status, peersNum(rs.Evidence), rs.Evidence.Packets)
+		packets := fmt.Sprint(rs.Evidence.Packets)
+		if rs.Evidence.FloodPackets > 0 {
+			packets += fmt.Sprintf(" (+%d flood)", rs.Evidence.FloodPackets)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
+			rs.Rule.Peer, req, status, peersNum(rs.Evidence), packets)
 	}
 	tw.Flush()
 	if r.Infrastructure.Packets > 0 || r.Unclassified.Packets > 0 {
@@ -178,7 +182,7 @@ func mapLine(r *Report, c func(code, s string) string) string {
 // peerName is a peer or prefix for a table cell.
 func peerName(p PeerCount) string {
 	if p.Prefix.IsValid() {
-		return p.Prefix.String()
+		return prefixName(p.Prefix)
 	}
 	return p.Addr.String()
 }

@@ -144,7 +144,10 @@ func serviceList(ss []ServiceCount, n int) string {
 		if len(s.Folded) > 0 {
 			d = append(d, "to "+strings.Join(s.Folded, ", "))
 		}
-		if len(s.Unchecked) > 0 {
+		switch {
+		case len(s.Prefixes) > 0:
+			d = append(d, strings.Join(s.Prefixes, ", ")+" across "+strings.Join(s.Unchecked, ", "))
+		case len(s.Unchecked) > 0:
 			d = append(d, "not checked against "+strings.Join(s.Unchecked, ", "))
 		}
 		parts = append(parts, fmt.Sprintf("%s (%s)", s, strings.Join(d, ", ")))
@@ -393,8 +396,11 @@ func (a *auditor) ruleStatus() []RuleStatus {
 	for _, ro := range a.rules {
 		all := ro.all()
 		outZone, _ := ro.outZone.peerCount()
-		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: all.evidence(a.o.TopPeers),
-			OutOfZonePeers: outZone}
+		// The evidence is the rule's traffic; a flood's attempts are only
+		// counted (FloodPackets), they make no rule seen.
+		ev := merged(ro.inZone, ro.outZone, ro.unknown).evidence(a.o.TopPeers)
+		ev.FloodPackets = ro.flood.flood
+		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: ev, OutOfZonePeers: outZone}
 		switch v := all.verdict(); {
 		case all.empty():
 			rs.Status = StatusNotSeen
