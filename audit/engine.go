@@ -202,8 +202,21 @@ func newRuleObs(r *catalog.Rule) *ruleObs {
 	return &ruleObs{rule: r, inZone: newObs(), outZone: newObs(), unknown: newObs(), flood: newObs()}
 }
 
-// all is every observation of the rule, a flood's included.
-func (ro *ruleObs) all() *obs { return merged(ro.inZone, ro.outZone, ro.unknown, ro.flood) }
+// traffic is the rule's traffic, without a suspected flood's attempts.
+func (ro *ruleObs) traffic() *obs { return merged(ro.inZone, ro.outZone, ro.unknown) }
+
+// verdict is the port's state from the rule's traffic and a flood's
+// attempts together.
+func (ro *ruleObs) verdict(traffic *obs) flowState {
+	return verdictOf(traffic.states, ro.flood.states)
+}
+
+// evidence is the rule's traffic with the flood's packets beside it.
+func (ro *ruleObs) evidence(traffic *obs, n int) Evidence {
+	ev := traffic.evidence(n)
+	ev.FloodPackets = ro.flood.flood
+	return ev
+}
 
 // Run audits snap against o.Matrix.
 func Run(snap *snapshot.Snapshot, o Options) (*Report, error) {
@@ -307,12 +320,12 @@ func (a *auditor) flows(rep *Report) {
 	type hit struct {
 		f        *snapshot.Flow
 		rules    []*ruleObs // matched rules (in zone or unverified)
-		unbound  bool       // rules matched because the site binds none of their peers
 		outOf    *ruleObs   // documented port, peer outside every matching rule's zone
+		unbound  bool       // rules matched because the site binds none of their peers
 		undocSvc bool
 		flood    bool // a suspected flood's attempt, set apart
 	}
-	var hits []hit
+	hits := make([]hit, 0, len(a.snap.Flows))
 	for _, s := range order {
 		cands := a.candidates(s)
 		fl := floods[s]
@@ -704,14 +717,13 @@ func (a *auditor) ruleFindings() {
 	window := a.snap.Window().Round(time.Second)
 	for _, ro := range a.rules {
 		r := ro.rule
-		all := ro.all()
-		seen := merged(ro.inZone, ro.unknown)
+		traffic := ro.traffic()
 		ref := refOf(r)
 		base := Finding{Direction: r.Direction, Proto: r.ProtoString(), Port: r.PortString(), Rule: ref}
-		if r.Deprecated && all.seen() {
+		if r.Deprecated && !traffic.empty() {
 			f := base
 			f.ID, f.Kind, f.Severity = "deprecated-port/"+r.ID, DeprecatedPort, Medium
-			f.Evidence = all.evidence(a.o.TopPeers)
+			f.Evidence = ro.evidence(traffic, a.o.TopPeers)
 			f.Summary = fmt.Sprintf("traffic on %s/%s, which the document says is no longer used in %s %s (%s)",
 				r.ProtoString(), r.PortString(), a.o.Matrix.ProductName, a.o.Matrix.Version, r.Purpose)
 			a.add(&f)
@@ -720,17 +732,23 @@ func (a *auditor) ruleFindings() {
 		if r.Deprecated {
 			continue
 		}
-		unknownOnly := ro.inZone.empty() && !ro.unknown.empty()
+		// Seen: from documented peers, or from peers unknown.
+		seen := !ro.inZone.empty() || !ro.unknown.empty()
 		inUse := func(f *Finding) {
-			f.Evidence = seen.evidence(a.o.TopPeers)
-			if unknownOnly {
+			switch {
+			case ro.unknown.empty():
+				f.Evidence = ro.inZone.evidence(a.o.TopPeers)
+			case ro.inZone.empty():
+				f.Evidence = ro.unknown.evidence(a.o.TopPeers)
 				f.Summary += " (peers unknown)"
+			default:
+				f.Evidence = merged(ro.inZone, ro.unknown).evidence(a.o.TopPeers)
 			}
 			a.add(f)
 		}
 		needed := r.Requirement == catalog.Required || r.Requirement == catalog.Conditional
 		if !needed {
-			if !seen.empty() {
+			if seen {
 				f := base
 				f.ID, f.Kind, f.Severity = "optional-in-use/"+r.ID, OptionalInUse, Info
 				f.Summary = fmt.Sprintf("optional %s %s/%s in use: %s", r.Direction, r.ProtoString(), r.PortString(), r.Purpose)
@@ -738,22 +756,22 @@ func (a *auditor) ruleFindings() {
 			}
 			continue
 		}
-		if r.Condition != "" && !strings.HasPrefix(r.Condition, "!") && !seen.empty() {
+		if r.Condition != "" && !strings.HasPrefix(r.Condition, "!") && seen {
 			f := base
 			f.ID, f.Kind, f.Severity = "optional-in-use/"+r.ID, OptionalInUse, Info
 			f.Summary = fmt.Sprintf("%s in use (condition %s): %s %s/%s", r.Purpose, r.Condition, r.Direction, r.ProtoString(), r.PortString())
 			inUse(&f)
 		}
-		switch all.verdict() {
+		switch ro.verdict(traffic) {
 		case stateOpen:
-			if ro.inZone.empty() && ro.outZone.empty() && ro.unknown.empty() {
+			if traffic.empty() {
 				break // only a flood's attempts were answered: still missing
 			}
 			continue
 		case stateClosed:
 			f := base
 			f.ID, f.Kind, f.Severity = "required-port-closed/"+r.ID, RequiredPortClosed, High
-			f.Evidence = all.evidence(a.o.TopPeers)
+			f.Evidence = ro.evidence(traffic, a.o.TopPeers)
 			f.Summary = fmt.Sprintf("required %s/%s (%s) is closed: %s refused (RST or ICMP port unreachable)",
 				r.ProtoString(), r.PortString(), r.Purpose, were(f.Evidence))
 			a.add(&f)
@@ -761,20 +779,20 @@ func (a *auditor) ruleFindings() {
 		case stateFiltered:
 			f := base
 			f.ID, f.Kind, f.Severity = "required-port-filtered/"+r.ID, RequiredPortFiltered, High
-			f.Evidence = all.evidence(a.o.TopPeers)
+			f.Evidence = ro.evidence(traffic, a.o.TopPeers)
 			f.Summary = fmt.Sprintf("required %s/%s (%s) is filtered: attempts from %s got no answer or an ICMP prohibited",
 				r.ProtoString(), r.PortString(), r.Purpose, who(f.Evidence))
 			a.add(&f)
 			continue
 		}
-		if seen.empty() {
+		if !seen {
 			f := base
 			f.ID, f.Kind, f.Severity = "missing-required/"+r.ID, MissingRequired, Medium
 			f.Evidence = Evidence{Window: window.String(), FloodPackets: ro.flood.flood}
 			peer := r.Peer.String()
 			f.Summary = fmt.Sprintf("no %s %s/%s traffic with %s in %s, though the document requires it (%s)",
 				r.Direction, r.ProtoString(), r.PortString(), peer, window, r.Purpose)
-			if ro.outZone.seen() {
+			if !ro.outZone.empty() {
 				f.Summary += "; only peers outside that zone used it"
 			}
 			if !ro.flood.empty() {

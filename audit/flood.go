@@ -107,6 +107,9 @@ func sourcePrefix(a netip.Addr) netip.Prefix {
 // distinctPeers counts the distinct peers of a group: exactly when it has
 // only ordinary flows, else with the union of their sketches.
 func distinctPeers(g *group) (n uint64, estimated bool) {
+	if len(g.folded)+len(g.overflow) == 0 && oneKeySpace(g.exact) {
+		return uint64(len(g.exact)), false
+	}
 	set := make(map[netip.Addr]struct{}, len(g.exact))
 	for _, f := range g.exact {
 		set[f.Peer] = struct{}{}
@@ -129,6 +132,18 @@ func distinctPeers(g *group) (n uint64, estimated bool) {
 		}
 	}
 	return max(uint64(len(set)), sk.Estimate()+extra), true
+}
+
+// oneKeySpace reports whether flows of one service also share their
+// interface and direction-inferred flag: the snapshot keys them by peer
+// then, so each has a different peer and no set is needed to count them.
+func oneKeySpace(fs []*snapshot.Flow) bool {
+	for _, f := range fs[min(1, len(fs)):] {
+		if f.Interface != fs[0].Interface || f.DirectionInferred != fs[0].DirectionInferred {
+			return false
+		}
+	}
+	return true
 }
 
 // detectFlood decides whether an inbound service is flooded.

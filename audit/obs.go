@@ -28,7 +28,7 @@ type obs struct {
 	unknownSketch     snapshot.PeerSketch
 	unknownUnsketched uint64
 	flood             uint64
-	entries, floods   int
+	entries           int
 	inferred          bool
 	states            [4]int
 }
@@ -106,7 +106,6 @@ func (o *obs) add(f *snapshot.Flow) {
 // no peer.
 func (o *obs) addFlood(f *snapshot.Flow) {
 	o.count(f)
-	o.floods++
 	o.flood += f.Packets()
 }
 
@@ -123,9 +122,6 @@ func (e *Evidence) widen(first, last time.Time) {
 
 // empty: no traffic at all, not even a flood's.
 func (o *obs) empty() bool { return o.entries == 0 }
-
-// seen: traffic other than a suspected flood's half-open attempts.
-func (o *obs) seen() bool { return o.entries > o.floods }
 
 // peerCount is the number of distinct peers with an identity: exact, or
 // estimated when folded prefixes are involved (the exact peers are added
@@ -190,13 +186,22 @@ func sortPeerCounts(ps []PeerCount) {
 }
 
 // verdict of a group of attempts: open if any was answered.
-func (o *obs) verdict() flowState {
+func (o *obs) verdict() flowState { return verdictOf(o.states) }
+
+// verdictOf is the verdict of several groups' flow states together.
+func verdictOf(states ...[4]int) flowState {
+	var n [4]int
+	for _, s := range states {
+		for i := range n {
+			n[i] += s[i]
+		}
+	}
 	switch {
-	case o.states[stateOpen] > 0:
+	case n[stateOpen] > 0:
 		return stateOpen
-	case o.states[stateClosed] > 0:
+	case n[stateClosed] > 0:
 		return stateClosed
-	case o.states[stateFiltered] > 0:
+	case n[stateFiltered] > 0:
 		return stateFiltered
 	}
 	return stateUnanswered
@@ -233,7 +238,6 @@ func mergeObs(dst, src *obs) {
 	dst.unknownUnsketched += src.unknownUnsketched
 	dst.flood += src.flood
 	dst.entries += src.entries
-	dst.floods += src.floods
 	dst.ev.Packets += src.ev.Packets
 	dst.ev.Bytes += src.ev.Bytes
 	dst.ev.widen(src.ev.FirstSeen, src.ev.LastSeen)

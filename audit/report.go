@@ -394,17 +394,15 @@ func (r *Report) setFindings(m map[string]*Finding) {
 func (a *auditor) ruleStatus() []RuleStatus {
 	out := make([]RuleStatus, 0, len(a.rules))
 	for _, ro := range a.rules {
-		all := ro.all()
-		outZone, _ := ro.outZone.peerCount()
 		// The evidence is the rule's traffic; a flood's attempts are only
-		// counted (FloodPackets), they make no rule seen.
-		ev := merged(ro.inZone, ro.outZone, ro.unknown).evidence(a.o.TopPeers)
-		ev.FloodPackets = ro.flood.flood
-		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: ev, OutOfZonePeers: outZone}
-		switch v := all.verdict(); {
-		case all.empty():
+		// counted beside it (FloodPackets): they make no rule seen.
+		traffic := ro.traffic()
+		outZone, _ := ro.outZone.peerCount()
+		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: ro.evidence(traffic, a.o.TopPeers), OutOfZonePeers: outZone}
+		switch v := ro.verdict(traffic); {
+		case traffic.empty() && ro.flood.empty():
 			rs.Status = StatusNotSeen
-		case ro.rule.Deprecated && all.seen():
+		case ro.rule.Deprecated && !traffic.empty():
 			rs.Status = StatusDeprecated
 		case v == stateClosed:
 			rs.Status = StatusClosed
