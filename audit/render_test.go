@@ -354,7 +354,13 @@ func TestHTMLEscapes(t *testing.T) {
 var attrURL = regexp.MustCompile(`(?i)\b(src|href|action|srcset|poster|data)\s*=\s*"([^"]*)"`)
 
 func TestHTMLSelfContained(t *testing.T) {
-	out := string(render(t, fixtureReport(t), "html"))
+	for _, r := range []*Report{fixtureReport(t), fixtureReportOf(t, partialSnapshot())} {
+		checkSelfContained(t, string(render(t, r, "html")))
+	}
+}
+
+func checkSelfContained(t *testing.T, out string) {
+	t.Helper()
 	for _, bad := range []string{"http://", "https://", "<script", "<link", "<iframe", "<img", "<object", "<embed", "@import", "url("} {
 		if strings.Contains(strings.ToLower(out), bad) {
 			t.Errorf("HTML report contains %q", bad)
