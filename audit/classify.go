@@ -67,15 +67,22 @@ type FlowClass struct {
 // audit engine applies (Run): infrastructure and unclassified traffic is
 // set apart, a flow's candidate rules are those with its direction,
 // protocol and port, and a peer is in zone when the site binds a
-// candidate's peer and contains the address. m may be nil: every
-// auditable flow is then undocumented. The result is in snap.Flows order.
+// candidate's peer and contains the address. A folded flow (PeerPrefix,
+// no Peer) is judged on its prefix: documented when the prefix lies wholly
+// inside a bound candidate's peer, FlowOutOfZone when it is disjoint from
+// every one, FlowUnverified when it straddles a zone's edge (its peers
+// cannot be checked, Rules are the rules whose zone it straddles). A flow
+// without any peer is FlowUnverified under every candidate rule (or
+// FlowUndocumented). m may be nil: every auditable flow is then
+// undocumented. The result is in snap.Flows order; snap.Overflow entries
+// are not classified.
 func Classify(snap *snapshot.Snapshot, m *catalog.Matrix, site *catalog.Site) []FlowClass {
 	if m == nil {
 		m = &catalog.Matrix{}
 	}
 	a := &auditor{o: Options{Matrix: m, Site: site}, snap: snap}
 	for i := range m.Rules {
-		a.rules = append(a.rules, &ruleObs{rule: &m.Rules[i], inZone: newObs(), outZone: newObs()})
+		a.rules = append(a.rules, newRuleObs(&m.Rules[i]))
 	}
 	out := make([]FlowClass, len(snap.Flows))
 	for i := range snap.Flows {
@@ -86,8 +93,20 @@ func Classify(snap *snapshot.Snapshot, m *catalog.Matrix, site *catalog.Site) []
 			c.Kind = FlowInfrastructure
 		case f.Fragment || (f.Direction == snapshot.Unknown && (f.Proto.HasPorts() || f.Proto.IsICMP())):
 			c.Kind = FlowUnclassified
+		case f.Folded():
+			c.Kind, c.Rules = a.classifyPrefix(a.candidates(serviceOf(f)), f.PeerPrefix)
+		case !f.Peer.IsValid():
+			// No peer at all (an overflow entry): documented or not, but
+			// never checkable against a zone.
+			c.Kind = FlowUndocumented
+			if cands := a.candidates(serviceOf(f)); len(cands) > 0 {
+				c.Kind = FlowUnverified
+				for _, ro := range cands {
+					c.Rules = append(c.Rules, ro.rule)
+				}
+			}
 		default:
-			c.Kind, c.Rules = a.classifyPeer(a.candidates(service{f.Direction, f.Proto, f.Port}), f.Peer)
+			c.Kind, c.Rules = a.classifyPeer(a.candidates(serviceOf(f)), f.Peer)
 		}
 		out[i] = c
 	}
@@ -120,6 +139,38 @@ func (a *auditor) classifyPeer(cands []*ruleObs, peer netip.Addr) (FlowKind, []*
 		return FlowUnverified, unbound
 	}
 	return FlowOutOfZone, outOf
+}
+
+// classifyPrefix sorts a folded prefix of peers like matchPrefix does:
+// documented when it lies wholly inside a bound rule's peer, unverified
+// when it straddles the edge of one (its peers cannot be checked) or the
+// site binds no candidate's peer, out of zone when it is disjoint from
+// every bound candidate.
+func (a *auditor) classifyPrefix(cands []*ruleObs, p netip.Prefix) (FlowKind, []*catalog.Rule) {
+	if len(cands) == 0 {
+		return FlowUndocumented, nil
+	}
+	m := a.matchPrefix(cands, p)
+	rules := func(ros []*ruleObs) []*catalog.Rule {
+		out := make([]*catalog.Rule, len(ros))
+		for i, ro := range ros {
+			out[i] = ro.rule
+		}
+		return out
+	}
+	switch {
+	case len(m.inside) > 0:
+		return FlowDocumented, rules(m.inside)
+	case len(m.partly) > 0:
+		return FlowUnverified, rules(m.partly)
+	case len(m.unbound) > 0:
+		return FlowUnverified, rules(m.unbound)
+	}
+	var out []*catalog.Rule
+	for _, ro := range cands {
+		out = append(out, ro.rule)
+	}
+	return FlowOutOfZone, out
 }
 
 // SuspectedScanners returns the peers a report names as suspected

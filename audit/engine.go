@@ -30,6 +30,18 @@ type Options struct {
 	// distinct undocumented or out-of-zone ports without an answer is a
 	// suspected scanner, reported once (default DefaultScanPorts).
 	ScanPorts int
+	// FloodPeers: an inbound service reached by at least this many
+	// distinct peers in the window (estimated where peers were folded or
+	// lost) is a suspected flood (default DefaultFloodPeers; negative:
+	// never).
+	FloodPeers int
+	// FloodSYNs, FloodRate: an inbound TCP service that received at least
+	// FloodSYNs SYNs which never completed a handshake, at FloodRate per
+	// second or more over their span, is a suspected SYN flood (defaults
+	// DefaultFloodSYNs and DefaultFloodRate; FloodSYNs negative: never;
+	// FloodRate negative: at any rate).
+	FloodSYNs int
+	FloodRate float64
 	// TopPeers bounds the peers listed per finding (default 5).
 	TopPeers int
 	// ToolVersion and Now fill the report header (Now defaults to time.Now).
@@ -120,80 +132,11 @@ func (s service) String() string {
 	return fmt.Sprintf("%s %s/%s", s.dir, s.proto, portLabel(s.proto, s.port))
 }
 
-// obs accumulates flows into evidence.
-type obs struct {
-	ev       Evidence
-	peers    map[netip.Addr]*PeerCount
-	inferred bool
-	states   [4]int
-}
+func serviceOf(f *snapshot.Flow) service { return service{f.Direction, f.Proto, f.Port} }
 
-func newObs() *obs { return &obs{peers: map[netip.Addr]*PeerCount{}} }
-
-func (o *obs) add(f *snapshot.Flow) {
-	o.ev.Packets += f.Packets()
-	o.ev.Bytes += f.Bytes()
-	o.ev.widen(f.FirstSeen, f.LastSeen)
-	o.ev.Handshake.Add(f.Evidence)
-	if f.DirectionInferred {
-		o.inferred = true
-	}
-	p := o.peers[f.Peer]
-	if p == nil {
-		p = &PeerCount{Addr: f.Peer}
-		o.peers[f.Peer] = p
-	}
-	p.Packets += f.Packets()
-	p.Bytes += f.Bytes()
-	o.states[state(f)]++
-}
-
-// widen extends the evidence's first/last seen to cover [first, last];
-// a zero first is "unknown" and never moves FirstSeen.
-func (e *Evidence) widen(first, last time.Time) {
-	if !first.IsZero() && (e.FirstSeen.IsZero() || first.Before(e.FirstSeen)) {
-		e.FirstSeen = first
-	}
-	if last.After(e.LastSeen) {
-		e.LastSeen = last
-	}
-}
-
-func (o *obs) empty() bool { return len(o.peers) == 0 }
-
-// evidence returns the accumulated evidence with the top n peers.
-func (o *obs) evidence(n int) Evidence {
-	ev := o.ev
-	ev.Peers = len(o.peers)
-	ev.DirectionInferred = o.inferred
-	ps := make([]PeerCount, 0, len(o.peers))
-	for _, p := range o.peers {
-		ps = append(ps, *p)
-	}
-	sort.Slice(ps, func(i, j int) bool {
-		if ps[i].Packets != ps[j].Packets {
-			return ps[i].Packets > ps[j].Packets
-		}
-		return ps[i].Addr.Less(ps[j].Addr)
-	})
-	if len(ps) > n {
-		ps = ps[:n]
-	}
-	ev.TopPeers = ps
-	return ev
-}
-
-// verdict of a group of attempts: open if any was answered.
-func (o *obs) verdict() flowState {
-	switch {
-	case o.states[stateOpen] > 0:
-		return stateOpen
-	case o.states[stateClosed] > 0:
-		return stateClosed
-	case o.states[stateFiltered] > 0:
-		return stateFiltered
-	}
-	return stateUnanswered
+// count is the ServiceCount of s.
+func (s service) count() ServiceCount {
+	return ServiceCount{Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port)}
 }
 
 // auditor holds the state of one run.
@@ -202,14 +145,77 @@ type auditor struct {
 	snap     *snapshot.Snapshot
 	findings map[string]*Finding
 	rules    []*ruleObs
+	// What the snapshot could not show, per service (incomplete()).
+	peerless  map[service]*svcLoss // overflow entries: packets without their peer
+	folded    map[service]*svcLoss // folded entries
+	unchecked map[service]*svcLoss // folded prefixes across a zone's edge
+}
+
+// svcLoss accumulates one service's share of an incompleteness.
+type svcLoss struct {
+	packets uint64
+	peers   uint64
+	sketch  snapshot.PeerSketch
+	levels  map[int]bool
+	zones   map[string]bool
+	// prefixes: the folded prefixes that straddle a zone's edge.
+	prefixes map[string]bool
+}
+
+func lossOf(m map[service]*svcLoss, s service) *svcLoss {
+	l := m[s]
+	if l == nil {
+		l = &svcLoss{levels: map[int]bool{}, zones: map[string]bool{}, prefixes: map[string]bool{}}
+		m[s] = l
+	}
+	return l
+}
+
+func (l *svcLoss) add(f *snapshot.Flow) {
+	l.packets += f.Packets()
+	if f.PeerSketch != nil {
+		l.sketch.Merge(f.PeerSketch)
+	} else {
+		l.peers += peersOf(f)
+	}
+	if f.Folded() {
+		l.levels[f.PeerPrefix.Bits()] = true
+	}
 }
 
 type ruleObs struct {
-	rule     *catalog.Rule
-	inZone   *obs
-	outZone  *obs
+	rule    *catalog.Rule
+	inZone  *obs
+	outZone *obs
+	// unknown is the rule's service traffic whose peer is not known well
+	// enough for a zone check: overflow entries, and folded prefixes that
+	// straddle the zone's edge. It makes the rule "seen, peers unknown".
+	unknown *obs
+	// flood holds a suspected flood's half-open attempts: they count for
+	// the port's state only.
+	flood    *obs
 	unbound  bool // some traffic matched only because the site does not bind the rule's peer
 	anyBound bool // some traffic matched a bound peer
+}
+
+func newRuleObs(r *catalog.Rule) *ruleObs {
+	return &ruleObs{rule: r, inZone: newObs(), outZone: newObs(), unknown: newObs(), flood: newObs()}
+}
+
+// traffic is the rule's traffic, without a suspected flood's attempts.
+func (ro *ruleObs) traffic() *obs { return merged(ro.inZone, ro.outZone, ro.unknown) }
+
+// verdict is the port's state from the rule's traffic and a flood's
+// attempts together.
+func (ro *ruleObs) verdict(traffic *obs) flowState {
+	return verdictOf(traffic.states, ro.flood.states)
+}
+
+// evidence is the rule's traffic with the flood's packets beside it.
+func (ro *ruleObs) evidence(traffic *obs, n int) Evidence {
+	ev := traffic.evidence(n)
+	ev.FloodPackets = ro.flood.flood
+	return ev
 }
 
 // Run audits snap against o.Matrix.
@@ -226,16 +232,26 @@ func Run(snap *snapshot.Snapshot, o Options) (*Report, error) {
 	if o.TopPeers == 0 {
 		o.TopPeers = defaultTopPeers
 	}
+	if o.FloodPeers == 0 {
+		o.FloodPeers = DefaultFloodPeers
+	}
+	if o.FloodSYNs == 0 {
+		o.FloodSYNs = DefaultFloodSYNs
+	}
+	if o.FloodRate == 0 {
+		o.FloodRate = DefaultFloodRate
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	a := &auditor{o: o, snap: snap, findings: map[string]*Finding{}}
+	a := &auditor{o: o, snap: snap, findings: map[string]*Finding{},
+		peerless: map[service]*svcLoss{}, folded: map[service]*svcLoss{}, unchecked: map[service]*svcLoss{}}
 	for i := range o.Matrix.Rules {
-		a.rules = append(a.rules, &ruleObs{rule: &o.Matrix.Rules[i], inZone: newObs(), outZone: newObs()})
+		a.rules = append(a.rules, newRuleObs(&o.Matrix.Rules[i]))
 	}
 	rep := newReport(snap, o)
-	a.incomplete(rep)
 	a.flows(rep)
+	a.incomplete(rep)
 	a.ruleFindings()
 	a.listeners()
 	rep.Rules = a.ruleStatus()
@@ -251,69 +267,76 @@ func (a *auditor) add(f *Finding) *Finding {
 	return f
 }
 
-// incomplete reports why the snapshot may not show everything.
-func (a *auditor) incomplete(rep *Report) {
-	st := a.snap.Stats
-	if st.FlowInsertFailed > 0 || st.FlowEvictions > 0 {
-		a.add(&Finding{ID: "audit-incomplete/map-full", Kind: AuditIncomplete, Severity: High,
-			Summary: fmt.Sprintf("the flow map (%d entries) was full: %d packets not counted, %d flows evicted; findings may be missing (raise --max-flows)",
-				st.FlowCapacity, st.FlowInsertFailed, st.FlowEvictions),
-		})
-	}
-	if w := a.snap.Window(); w < a.o.MinWindow {
-		a.add(&Finding{ID: "audit-incomplete/short-window", Kind: AuditIncomplete, Severity: Medium,
-			Summary:  fmt.Sprintf("the observation window is %s, shorter than %s: rare but required traffic may not have happened yet", w.Round(time.Second), a.o.MinWindow),
-			Evidence: Evidence{Window: w.Round(time.Second).String()},
-		})
-	}
-	if st.ConnInsertFailed > 0 {
-		a.add(&Finding{ID: "audit-incomplete/conn-full", Kind: AuditIncomplete, Severity: Low,
-			Summary: fmt.Sprintf("%d connection orientations could not be remembered; those packets' direction came from the port heuristic", st.ConnInsertFailed),
-		})
-	}
-}
-
-// flows walks every flow: matches it to rules, finds undocumented traffic,
-// out-of-zone peers and scanners.
+// flows walks every flow, folded and overflow entry: matches it to rules,
+// finds undocumented traffic, out-of-zone peers, scanners and floods.
 func (a *auditor) flows(rep *Report) {
-	groups := map[service][]*snapshot.Flow{}
+	groups := map[service]*group{}
 	var order []service
-	for i := range a.snap.Flows {
-		f := &a.snap.Flows[i]
+	collect := func(f *snapshot.Flow) {
 		switch {
 		case infrastructure(f):
 			rep.Infrastructure.Packets += f.Packets()
 			rep.Infrastructure.Bytes += f.Bytes()
-			continue
+			return
 		case f.Fragment || (f.Direction == snapshot.Unknown && (f.Proto.HasPorts() || f.Proto.IsICMP())):
 			rep.Unclassified.Packets += f.Packets()
 			rep.Unclassified.Bytes += f.Bytes()
-			continue
+			return
 		}
-		s := service{f.Direction, f.Proto, f.Port}
-		if _, ok := groups[s]; !ok {
+		s := serviceOf(f)
+		g := groups[s]
+		if g == nil {
+			g = &group{}
+			groups[s] = g
 			order = append(order, s)
 		}
-		groups[s] = append(groups[s], f)
+		switch {
+		case f.Peer.IsValid():
+			g.exact = append(g.exact, f)
+		case f.Folded():
+			g.folded = append(g.folded, f)
+			lossOf(a.folded, s).add(f)
+		default:
+			g.overflow = append(g.overflow, f)
+			lossOf(a.peerless, s).add(f)
+		}
+	}
+	for i := range a.snap.Flows {
+		collect(&a.snap.Flows[i])
+	}
+	for i := range a.snap.Overflow {
+		collect(&a.snap.Overflow[i])
 	}
 
-	// Classify every flow first; scanners are decided on the whole picture.
+	floods := map[service]*flood{}
+	for _, s := range order {
+		if fl := a.detectFlood(s, groups[s]); fl != nil {
+			floods[s] = fl
+		}
+	}
+
+	// Classify every ordinary flow first; scanners are decided on the
+	// whole picture.
 	type hit struct {
 		f        *snapshot.Flow
 		rules    []*ruleObs // matched rules (in zone or unverified)
 		outOf    *ruleObs   // documented port, peer outside every matching rule's zone
+		unbound  bool       // rules matched because the site binds none of their peers
 		undocSvc bool
+		flood    bool // a suspected flood's attempt, set apart
 	}
-	var hits []hit
+	hits := make([]hit, 0, len(a.snap.Flows))
 	for _, s := range order {
 		cands := a.candidates(s)
-		for _, f := range groups[s] {
+		fl := floods[s]
+		for _, f := range groups[s].exact {
 			h := hit{f: f}
 			if len(cands) == 0 {
 				h.undocSvc = true
 			} else {
-				h.rules, h.outOf = a.matchPeer(cands, f.Peer)
+				h.rules, h.unbound, h.outOf = a.matchPeer(cands, f.Peer)
 			}
+			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil)
 			hits = append(hits, h)
 		}
 	}
@@ -322,13 +345,13 @@ func (a *auditor) flows(rep *Report) {
 	// out-of-zone inbound ports from one peer.
 	scanPorts := map[netip.Addr]map[service]bool{}
 	for _, h := range hits {
-		if h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil) {
+		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil) {
 			continue
 		}
 		if scanPorts[h.f.Peer] == nil {
 			scanPorts[h.f.Peer] = map[service]bool{}
 		}
-		scanPorts[h.f.Peer][service{h.f.Direction, h.f.Proto, h.f.Port}] = true
+		scanPorts[h.f.Peer][serviceOf(h.f)] = true
 	}
 	scanners := map[netip.Addr]*obs{}
 	for p, ports := range scanPorts {
@@ -338,36 +361,135 @@ func (a *auditor) flows(rep *Report) {
 	}
 
 	undoc := map[service]*obs{}
+	undocOf := func(s service) *obs {
+		if undoc[s] == nil {
+			undoc[s] = newObs()
+		}
+		return undoc[s]
+	}
 	outOfZone := map[*ruleObs]map[service]*obs{}
+	outOf := func(ro *ruleObs, s service, f *snapshot.Flow) {
+		ro.outZone.add(f)
+		if outOfZone[ro] == nil {
+			outOfZone[ro] = map[service]*obs{}
+		}
+		if outOfZone[ro][s] == nil {
+			outOfZone[ro][s] = newObs()
+		}
+		outOfZone[ro][s].add(f)
+	}
+	floodObs := map[service]*obs{}
+	setApart := func(s service, f *snapshot.Flow) {
+		if floodObs[s] == nil {
+			floodObs[s] = newObs()
+		}
+		floodObs[s].addFlood(f)
+	}
 	for _, h := range hits {
 		f := h.f
+		s := serviceOf(f)
+		if h.flood {
+			rep.addCell(s, !h.undocSvc, f, a.o.Site)
+			setApart(s, f)
+			continue
+		}
 		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil) {
 			sc.add(f)
 			sc.ev.Ports = append(sc.ev.Ports, fmt.Sprintf("%s/%s", f.Proto, portLabel(f.Proto, f.Port)))
 			continue
 		}
-		s := service{f.Direction, f.Proto, f.Port}
+		rep.addCell(s, !h.undocSvc, f, a.o.Site)
 		switch {
 		case h.undocSvc:
-			if undoc[s] == nil {
-				undoc[s] = newObs()
-			}
-			undoc[s].add(f)
+			undocOf(s).add(f)
 		case len(h.rules) > 0:
 			for _, ro := range h.rules {
 				ro.inZone.add(f)
+				ro.unbound = ro.unbound || h.unbound
+				ro.anyBound = ro.anyBound || !h.unbound
 			}
 		case h.outOf != nil:
-			h.outOf.outZone.add(f)
-			if outOfZone[h.outOf] == nil {
-				outOfZone[h.outOf] = map[service]*obs{}
-			}
-			if outOfZone[h.outOf][s] == nil {
-				outOfZone[h.outOf][s] = newObs()
-			}
-			outOfZone[h.outOf][s].add(f)
+			outOf(h.outOf, s, f)
 		}
-		rep.addCell(s, len(h.rules) > 0 || h.outOf != nil, f, a.o.Site)
+	}
+
+	// Folded entries: the zone check is made on the prefix. Overflow
+	// entries: seen, peers unknown, under every candidate rule.
+	for _, s := range order {
+		g := groups[s]
+		cands := a.candidates(s)
+		fl := floods[s]
+		for _, f := range g.folded {
+			m := a.matchPrefix(cands, f.PeerPrefix)
+			rep.addCell(s, len(cands) > 0, f, a.o.Site)
+			if fl.takes(f, len(cands) == 0 || m.outOf != nil) {
+				setApart(s, f)
+				continue
+			}
+			switch {
+			case len(cands) == 0:
+				undocOf(s).add(f)
+			case len(m.inside) > 0:
+				for _, ro := range m.inside {
+					ro.inZone.add(f)
+					ro.anyBound = true
+				}
+			case len(m.partly) > 0:
+				l := lossOf(a.unchecked, s)
+				l.add(f)
+				l.prefixes[f.PeerPrefix.String()] = true
+				for _, ro := range m.partly {
+					ro.unknown.add(f)
+					l.zones[ro.rule.Peer.String()] = true
+				}
+			case len(m.unbound) > 0:
+				for _, ro := range m.unbound {
+					ro.inZone.add(f)
+					ro.unbound = true
+				}
+			case m.outOf != nil:
+				outOf(m.outOf, s, f)
+			}
+		}
+		for _, f := range g.overflow {
+			rep.addCell(s, len(cands) > 0, f, a.o.Site)
+			if fl.takes(f, true) {
+				setApart(s, f)
+				continue
+			}
+			if len(cands) == 0 {
+				undocOf(s).add(f)
+				continue
+			}
+			l := lossOf(a.peerless, s)
+			for _, ro := range cands {
+				ro.unknown.add(f)
+				if a.checks(ro.rule.Peer) {
+					l.zones[ro.rule.Peer.String()] = true
+				}
+			}
+		}
+	}
+
+	// A flood is reported once; its attempts join the state of their
+	// service (the rules' verdict, or the undocumented port's).
+	for _, s := range order {
+		fl := floods[s]
+		if fl == nil {
+			continue
+		}
+		a.floodFinding(fl)
+		fo := floodObs[s]
+		if fo == nil {
+			continue
+		}
+		if cands := a.candidates(s); len(cands) > 0 {
+			for _, ro := range cands {
+				mergeObs(ro.flood, fo)
+			}
+		} else {
+			mergeObs(undocOf(s), fo)
+		}
 	}
 
 	for s, o := range undoc {
@@ -408,34 +530,29 @@ func (a *auditor) candidates(s service) []*ruleObs {
 // matchPeer finds the rules a peer's traffic falls under: every candidate
 // whose bound peer contains it (an address in two zones satisfies both
 // rules), else every candidate whose peer the site does not bind
-// (unverified). If every candidate's peer is bound and none contains it,
-// the peer is out of zone (outOf is the first such rule).
-func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match []*ruleObs, outOf *ruleObs) {
-	var unbound []*ruleObs
+// (unverified: unbound is set). If every candidate's peer is bound and
+// none contains it, the peer is out of zone (outOf is the first such
+// rule).
+func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match []*ruleObs, unbound bool, outOf *ruleObs) {
+	var free []*ruleObs
 	for _, ro := range cands {
 		ok, bound := a.contains(ro.rule.Peer, peer)
 		switch {
 		case bound && ok:
 			match = append(match, ro)
 		case !bound:
-			unbound = append(unbound, ro)
+			free = append(free, ro)
 		case outOf == nil:
 			outOf = ro
 		}
 	}
 	if len(match) > 0 {
-		for _, ro := range match {
-			ro.anyBound = true
-		}
-		return match, nil
+		return match, false, nil
 	}
-	if len(unbound) > 0 {
-		for _, ro := range unbound {
-			ro.unbound = true
-		}
-		return unbound, nil
+	if len(free) > 0 {
+		return free, true, nil
 	}
-	return nil, outOf
+	return nil, false, outOf
 }
 
 func (a *auditor) contains(p catalog.Peer, addr netip.Addr) (ok, bound bool) {
@@ -444,11 +561,99 @@ func (a *auditor) contains(p catalog.Peer, addr netip.Addr) (ok, bound bool) {
 	}
 	if a.o.Site == nil {
 		if p.Kind == catalog.PeerCIDR {
-			return p.Prefix.Contains(addr), true
+			return p.Prefix.Contains(addr.Unmap()), true
 		}
 		return false, false
 	}
 	return a.o.Site.Contains(p, addr)
+}
+
+// prefixMatch is how a folded prefix of peers sits against the candidate
+// rules of its service: fully inside a bound rule's peer (inside), partly
+// inside (partly: those peers cannot be checked), under rules the site
+// does not bind (unbound), or outside every bound rule (outOf, the first).
+type prefixMatch struct {
+	inside, partly, unbound []*ruleObs
+	outOf                   *ruleObs
+}
+
+func (a *auditor) matchPrefix(cands []*ruleObs, p netip.Prefix) prefixMatch {
+	var m prefixMatch
+	var outOf *ruleObs
+	for _, ro := range cands {
+		inside, overlaps, bound := a.containsPrefix(ro.rule.Peer, p)
+		switch {
+		case !bound:
+			m.unbound = append(m.unbound, ro)
+		case inside:
+			m.inside = append(m.inside, ro)
+		case overlaps:
+			m.partly = append(m.partly, ro)
+		case outOf == nil:
+			outOf = ro
+		}
+	}
+	switch {
+	case len(m.inside) > 0:
+		return prefixMatch{inside: m.inside}
+	case len(m.partly) > 0:
+		return prefixMatch{partly: m.partly}
+	case len(m.unbound) > 0:
+		return prefixMatch{unbound: m.unbound}
+	}
+	return prefixMatch{outOf: outOf}
+}
+
+func (a *auditor) containsPrefix(p catalog.Peer, pfx netip.Prefix) (inside, overlaps, bound bool) {
+	if p.Kind == catalog.PeerAny {
+		return true, true, true
+	}
+	if a.o.Site == nil {
+		if p.Kind == catalog.PeerCIDR {
+			return (&catalog.Site{}).ContainsPrefix(p, pfx)
+		}
+		return false, false, false
+	}
+	return a.o.Site.ContainsPrefix(p, pfx)
+}
+
+// checks reports whether traffic of a rule is checked against its peer:
+// the peer is not "any" and the site binds it (or it is a literal CIDR).
+func (a *auditor) checks(p catalog.Peer) bool {
+	if p.Kind == catalog.PeerAny {
+		return false
+	}
+	_, _, bound := a.containsPrefix(p, netip.PrefixFrom(netip.IPv4Unspecified(), 0))
+	return bound
+}
+
+// who names the peers of some traffic for a summary: "1 peer", "3 peers",
+// "~420 peers", "unknown peers (40 packets without peer identity)", or
+// "the sources of a suspected flood".
+func who(ev Evidence) string {
+	var s string
+	switch {
+	case ev.Peers == 0 && ev.PeersUnknownPackets > 0:
+		return fmt.Sprintf("unknown peers (%d packets without peer identity)", ev.PeersUnknownPackets)
+	case ev.Peers == 0 && ev.FloodPackets > 0:
+		return "the sources of a suspected flood"
+	case ev.PeersEstimated:
+		s = fmt.Sprintf("~%d peers", ev.Peers)
+	default:
+		s = plural(ev.Peers, "peer")
+	}
+	if ev.PeersUnknownPackets > 0 {
+		s += fmt.Sprintf(" and unknown peers (%d packets without peer identity)", ev.PeersUnknownPackets)
+	}
+	return s
+}
+
+// were is who with "was"/"were".
+func were(ev Evidence) string {
+	if ev.Peers == 1 && !ev.PeersEstimated && ev.PeersUnknownPackets == 0 {
+		return "1 peer was"
+	}
+	return who(ev) + " were"
 }
 
 func (a *auditor) undocumented(s service, o *obs) {
@@ -461,16 +666,16 @@ func (a *auditor) undocumented(s service, o *obs) {
 		f.ID = fmt.Sprintf("unexpected-open-port/%s/%d", s.proto, s.port)
 		f.Kind, f.Severity = UnexpectedOpenPort, High
 		f.Summary = fmt.Sprintf("%s/%s answers %s but the matrix documents no such inbound port for role %s",
-			s.proto, port, plural(ev.Peers, "peer"), a.o.Matrix.Role)
+			s.proto, port, who(ev), a.o.Matrix.Role)
 		if s.proto.IsICMP() {
 			f.Kind, f.Severity = UndocumentedFlow, Low
 			f.ID = fmt.Sprintf("undocumented-flow/%s/%s/%d", s.dir, s.proto, s.port)
-			f.Summary = fmt.Sprintf("this host answers %s echo (ping) from %s; the matrix does not document it", s.proto, plural(ev.Peers, "peer"))
+			f.Summary = fmt.Sprintf("this host answers %s echo (ping) from %s; the matrix does not document it", s.proto, who(ev))
 		}
 	case s.dir == snapshot.Inbound:
 		f.ID = fmt.Sprintf("undocumented-flow/%s/%s/%d", s.dir, s.proto, s.port)
 		f.Kind, f.Severity = UndocumentedFlow, Low
-		f.Summary = fmt.Sprintf("%s tried undocumented inbound %s/%s and got no service (%s)", plural(ev.Peers, "peer"), s.proto, port, v)
+		f.Summary = fmt.Sprintf("%s tried undocumented inbound %s/%s and got no service (%s)", who(ev), s.proto, port, v)
 	default:
 		f.ID = fmt.Sprintf("undocumented-flow/%s/%s/%d", s.dir, s.proto, s.port)
 		f.Kind, f.Severity = UndocumentedFlow, Medium
@@ -479,9 +684,9 @@ func (a *auditor) undocumented(s service, o *obs) {
 			what = "exchanges"
 		}
 		f.Summary = fmt.Sprintf("this host %s %s/%s with %s; the matrix does not document it for role %s",
-			what, s.proto, port, plural(ev.Peers, "peer"), a.o.Matrix.Role)
+			what, s.proto, port, who(ev), a.o.Matrix.Role)
 		if s.dir == snapshot.Unknown {
-			f.Summary = fmt.Sprintf("%s traffic with %s; the matrix does not document %s for role %s", s.proto, plural(ev.Peers, "peer"), s.proto, a.o.Matrix.Role)
+			f.Summary = fmt.Sprintf("%s traffic with %s; the matrix does not document %s for role %s", s.proto, who(ev), s.proto, a.o.Matrix.Role)
 		}
 	}
 	if o.inferred {
@@ -497,9 +702,9 @@ func (a *auditor) outOfZone(ro *ruleObs, s service, o *obs) {
 	if s.dir != snapshot.Inbound {
 		sev = Medium
 	}
-	summary := fmt.Sprintf("%s outside %s reached %s/%s (%s)", plural(ev.Peers, "peer"), r.Peer, s.proto, portLabel(s.proto, s.port), r.Purpose)
+	summary := fmt.Sprintf("%s outside %s reached %s/%s (%s)", who(ev), r.Peer, s.proto, portLabel(s.proto, s.port), r.Purpose)
 	if s.dir == snapshot.Outbound {
-		summary = fmt.Sprintf("this host reached %s outside %s on %s/%s (%s)", plural(ev.Peers, "peer"), r.Peer, s.proto, portLabel(s.proto, s.port), r.Purpose)
+		summary = fmt.Sprintf("this host reached %s outside %s on %s/%s (%s)", who(ev), r.Peer, s.proto, portLabel(s.proto, s.port), r.Purpose)
 	}
 	a.add(&Finding{
 		ID: fmt.Sprintf("peer-out-of-zone/%s/%s/%d", r.ID, s.proto, s.port), Kind: PeerOutOfZone, Severity: sev,
@@ -512,16 +717,13 @@ func (a *auditor) ruleFindings() {
 	window := a.snap.Window().Round(time.Second)
 	for _, ro := range a.rules {
 		r := ro.rule
-		all := newObs()
-		for _, o := range []*obs{ro.inZone, ro.outZone} {
-			mergeObs(all, o)
-		}
+		traffic := ro.traffic()
 		ref := refOf(r)
 		base := Finding{Direction: r.Direction, Proto: r.ProtoString(), Port: r.PortString(), Rule: ref}
-		if r.Deprecated && !all.empty() {
+		if r.Deprecated && !traffic.empty() {
 			f := base
 			f.ID, f.Kind, f.Severity = "deprecated-port/"+r.ID, DeprecatedPort, Medium
-			f.Evidence = all.evidence(a.o.TopPeers)
+			f.Evidence = ro.evidence(traffic, a.o.TopPeers)
 			f.Summary = fmt.Sprintf("traffic on %s/%s, which the document says is no longer used in %s %s (%s)",
 				r.ProtoString(), r.PortString(), a.o.Matrix.ProductName, a.o.Matrix.Version, r.Purpose)
 			a.add(&f)
@@ -530,77 +732,88 @@ func (a *auditor) ruleFindings() {
 		if r.Deprecated {
 			continue
 		}
+		// Seen: from documented peers, or from peers unknown.
+		seen := !ro.inZone.empty() || !ro.unknown.empty()
+		inUse := func(f *Finding) {
+			switch {
+			case ro.unknown.empty():
+				f.Evidence = ro.inZone.evidence(a.o.TopPeers)
+			case ro.inZone.empty():
+				f.Evidence = ro.unknown.evidence(a.o.TopPeers)
+				f.Summary += " (peers unknown)"
+			default:
+				f.Evidence = merged(ro.inZone, ro.unknown).evidence(a.o.TopPeers)
+			}
+			a.add(f)
+		}
 		needed := r.Requirement == catalog.Required || r.Requirement == catalog.Conditional
 		if !needed {
-			if !ro.inZone.empty() {
+			if seen {
 				f := base
 				f.ID, f.Kind, f.Severity = "optional-in-use/"+r.ID, OptionalInUse, Info
-				f.Evidence = ro.inZone.evidence(a.o.TopPeers)
 				f.Summary = fmt.Sprintf("optional %s %s/%s in use: %s", r.Direction, r.ProtoString(), r.PortString(), r.Purpose)
-				a.add(&f)
+				inUse(&f)
 			}
 			continue
 		}
-		if r.Condition != "" && !strings.HasPrefix(r.Condition, "!") && !ro.inZone.empty() {
+		if r.Condition != "" && !strings.HasPrefix(r.Condition, "!") && seen {
 			f := base
 			f.ID, f.Kind, f.Severity = "optional-in-use/"+r.ID, OptionalInUse, Info
-			f.Evidence = ro.inZone.evidence(a.o.TopPeers)
 			f.Summary = fmt.Sprintf("%s in use (condition %s): %s %s/%s", r.Purpose, r.Condition, r.Direction, r.ProtoString(), r.PortString())
-			a.add(&f)
+			inUse(&f)
 		}
-		switch all.verdict() {
+		switch ro.verdict(traffic) {
 		case stateOpen:
+			if traffic.empty() {
+				break // only a flood's attempts were answered: still missing
+			}
 			continue
 		case stateClosed:
 			f := base
 			f.ID, f.Kind, f.Severity = "required-port-closed/"+r.ID, RequiredPortClosed, High
-			f.Evidence = all.evidence(a.o.TopPeers)
+			f.Evidence = ro.evidence(traffic, a.o.TopPeers)
 			f.Summary = fmt.Sprintf("required %s/%s (%s) is closed: %s refused (RST or ICMP port unreachable)",
-				r.ProtoString(), r.PortString(), r.Purpose, plural(f.Evidence.Peers, "peer was", "peers were"))
+				r.ProtoString(), r.PortString(), r.Purpose, were(f.Evidence))
 			a.add(&f)
 			continue
 		case stateFiltered:
 			f := base
 			f.ID, f.Kind, f.Severity = "required-port-filtered/"+r.ID, RequiredPortFiltered, High
-			f.Evidence = all.evidence(a.o.TopPeers)
+			f.Evidence = ro.evidence(traffic, a.o.TopPeers)
 			f.Summary = fmt.Sprintf("required %s/%s (%s) is filtered: attempts from %s got no answer or an ICMP prohibited",
-				r.ProtoString(), r.PortString(), r.Purpose, plural(f.Evidence.Peers, "peer"))
+				r.ProtoString(), r.PortString(), r.Purpose, who(f.Evidence))
 			a.add(&f)
 			continue
 		}
-		if ro.inZone.empty() {
+		if !seen {
 			f := base
 			f.ID, f.Kind, f.Severity = "missing-required/"+r.ID, MissingRequired, Medium
-			f.Evidence = Evidence{Window: window.String()}
+			f.Evidence = Evidence{Window: window.String(), FloodPackets: ro.flood.flood}
 			peer := r.Peer.String()
 			f.Summary = fmt.Sprintf("no %s %s/%s traffic with %s in %s, though the document requires it (%s)",
 				r.Direction, r.ProtoString(), r.PortString(), peer, window, r.Purpose)
 			if !ro.outZone.empty() {
 				f.Summary += "; only peers outside that zone used it"
 			}
+			if !ro.flood.empty() {
+				f.Summary += "; a suspected flood's half-open attempts do not count"
+			}
+			f.Summary += a.cutShort()
 			a.add(&f)
 		}
 	}
 }
 
-func mergeObs(dst, src *obs) {
-	for _, p := range src.peers {
-		q := dst.peers[p.Addr]
-		if q == nil {
-			q = &PeerCount{Addr: p.Addr}
-			dst.peers[p.Addr] = q
-		}
-		q.Packets += p.Packets
-		q.Bytes += p.Bytes
+// cutShort is what a missing-required summary adds when the recording
+// ended early.
+func (a *auditor) cutShort() string {
+	switch in := a.snap.Interrupted; {
+	case in != nil:
+		return "; the recording was " + interruptionText(a.snap)
+	case a.snap.Checkpoint:
+		return "; this snapshot is a checkpoint, the recorder did not finish"
 	}
-	dst.ev.Packets += src.ev.Packets
-	dst.ev.Bytes += src.ev.Bytes
-	dst.ev.widen(src.ev.FirstSeen, src.ev.LastSeen)
-	dst.ev.Handshake.Add(src.ev.Handshake)
-	dst.inferred = dst.inferred || src.inferred
-	for i := range dst.states {
-		dst.states[i] += src.states[i]
-	}
+	return ""
 }
 
 // listeners reports local sockets listening on undocumented ports on a
@@ -629,7 +842,7 @@ func (a *auditor) listeners() {
 				ID: id, Kind: UnexpectedOpenPort, Severity: High, Direction: snapshot.Inbound,
 				Proto: s.Proto.String(), Port: portLabel(s.Proto, s.Port), Evidence: ev,
 				Summary: fmt.Sprintf("a local socket listens on %s/%d (%s) and received traffic from %s, but the matrix documents no such inbound port for role %s",
-					s.Proto, s.Port, s.Addr, plural(ev.Peers, "peer"), a.o.Matrix.Role),
+					s.Proto, s.Port, s.Addr, who(ev), a.o.Matrix.Role),
 			})
 			continue
 		}

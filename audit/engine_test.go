@@ -112,7 +112,7 @@ func engineCases() []engineCase {
 	scan = append(scan, flow("in", "tcp", 22, "198.51.100.66", 1, 0, snapshot.Evidence{SynIn: 1}))
 	scan = append(scan, flow("in", "tcp", 9000, "198.51.100.66", 1, 0, snapshot.Evidence{SynIn: 1}))
 	lossy := with()
-	lossy.Stats.FlowInsertFailed = 7
+	lossy.Stats.FlowInsertFailed, lossy.Stats.OverflowInsertFailed = 7, 7
 
 	return []engineCase{
 		{name: "clean baseline: no findings", role: "server", snap: with(),
@@ -228,8 +228,8 @@ func engineCases() []engineCase {
 					t.Errorf("scan lists %d ports, want 22", n)
 				}
 			}},
-		{name: "map full: audit-incomplete high", role: "server", snap: lossy,
-			want: []want{{AuditIncomplete, High, "audit-incomplete/map-full"}}},
+		{name: "flow and overflow map full: audit-incomplete high", role: "server", snap: lossy,
+			want: []want{{AuditIncomplete, High, "audit-incomplete/not-counted"}}},
 		{name: "short window", role: "server", snap: snap(20*time.Second, serverBaseline()...),
 			want: []want{{AuditIncomplete, Medium, "audit-incomplete/short-window"}}},
 		{name: "vpn mode: tunnel in use is informational, plain ports not required", role: "sensor", conds: map[string]bool{"vpn": true},

@@ -24,13 +24,18 @@ const (
 	RequiredPortFiltered Kind = "required-port-filtered"
 	DeprecatedPort       Kind = "deprecated-port"
 	ScanSuspected        Kind = "scan-suspected"
+	FloodSuspected       Kind = "flood-suspected"
 	AuditIncomplete      Kind = "audit-incomplete"
 	OptionalInUse        Kind = "optional-in-use"
 )
 
-// Kinds lists every kind, in report order.
+// Kinds lists every kind, in report order: within a severity, what
+// qualifies the whole report (audit-incomplete) first, then the matrix
+// conformance findings, then attacks reported once (scan, flood), which
+// come after missing-required so a flood never pushes a conformance
+// finding down (docs/FINDINGS.md).
 var Kinds = []Kind{AuditIncomplete, UnexpectedOpenPort, PeerOutOfZone, RequiredPortClosed, RequiredPortFiltered,
-	UndocumentedFlow, DeprecatedPort, ScanSuspected, MissingRequired, OptionalInUse}
+	UndocumentedFlow, DeprecatedPort, ScanSuspected, MissingRequired, FloodSuspected, OptionalInUse}
 
 // Severity orders findings; --fail-on compares against it.
 type Severity uint8
@@ -95,11 +100,80 @@ func refOf(r *catalog.Rule) *RuleRef {
 	}
 }
 
-// PeerCount is one peer and how much traffic it had.
+// PeerCount is one peer, or one prefix of peers, and how much traffic it
+// had.
 type PeerCount struct {
-	Addr    netip.Addr `json:"addr"`
-	Packets uint64     `json:"packets"`
-	Bytes   uint64     `json:"bytes"`
+	// Addr is the peer; zero when Prefix is set.
+	Addr netip.Addr `json:"addr,omitzero"`
+	// Prefix is set instead of Addr for peers the recorder folded into a
+	// prefix (a /24, /48, or /0 for "other peers") and for the source
+	// prefixes of a flood; Peers then estimates the distinct peers in it.
+	Prefix  netip.Prefix `json:"prefix,omitzero"`
+	Peers   uint64       `json:"peers,omitempty"`
+	Packets uint64       `json:"packets"`
+	Bytes   uint64       `json:"bytes"`
+}
+
+// String is the address, or the prefix with its estimated peers:
+// "10.1.2.0/24 (~40 peers)"; /0 reads "other peers".
+func (p PeerCount) String() string {
+	if !p.Prefix.IsValid() {
+		return p.Addr.String()
+	}
+	name := prefixName(p.Prefix)
+	if p.Peers == 0 {
+		return name
+	}
+	return fmt.Sprintf("%s (~%d peers)", name, p.Peers)
+}
+
+// ServiceCount is one service and how much of its traffic a finding is
+// about (audit-incomplete: the packets that lost their peer, the peers
+// that were folded or could not be checked against a zone).
+type ServiceCount struct {
+	Direction snapshot.Direction `json:"direction"`
+	Proto     string             `json:"proto"`
+	Port      string             `json:"port"`
+	Packets   uint64             `json:"packets"`
+	// Peers estimates the distinct peers behind those packets (0: unknown).
+	Peers uint64 `json:"peers,omitempty"`
+	// Folded lists the prefix lengths the service's peers were folded to
+	// ("/24", "/48", "/0" = other peers).
+	Folded []string `json:"folded,omitempty"`
+	// Unchecked lists the rule peers (zones, roles) this traffic could
+	// not be checked against; Prefixes the folded prefixes that straddle
+	// their edge (audit-incomplete/zones-unchecked).
+	Unchecked []string `json:"unchecked,omitempty"`
+	Prefixes  []string `json:"prefixes,omitempty"`
+}
+
+// String is "in tcp/22".
+func (s ServiceCount) String() string {
+	return dirShort(s.Direction.String()) + " " + s.Proto + "/" + s.Port
+}
+
+// FloodEvidence details a flood-suspected finding.
+type FloodEvidence struct {
+	// Trigger names the thresholds crossed: "peers", "half-open-syns" or
+	// both, comma-separated.
+	Trigger string `json:"trigger"`
+	// Peers estimates the distinct peers of the service in the window.
+	Peers uint64 `json:"peers"`
+	// HalfOpenSYNs counts SYNs that never completed a handshake (a lower
+	// bound for folded and overflow entries).
+	HalfOpenSYNs uint64 `json:"half_open_syns"`
+	// Start and End bound the flood's traffic; Span is their distance.
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	Span  string    `json:"span"`
+	// Rate is RateOf ("half-open SYNs" or "packets") per second over Span
+	// (at least one second).
+	Rate   float64 `json:"rate"`
+	RateOf string  `json:"rate_of"`
+	// The thresholds in force (Options.FloodPeers, FloodSYNs, FloodRate).
+	PeersThreshold int     `json:"peers_threshold"`
+	SYNThreshold   int     `json:"syn_threshold"`
+	RateThreshold  float64 `json:"rate_threshold"`
 }
 
 // Evidence is what was observed behind a finding.
@@ -121,6 +195,25 @@ type Evidence struct {
 	Listening bool `json:"listening,omitempty"`
 	// Window is the observation window, for missing-required.
 	Window string `json:"window,omitempty"`
+	// PeersEstimated: Peers includes estimates for peers the recorder
+	// folded into prefixes (TopPeers then lists prefixes too).
+	PeersEstimated bool `json:"peers_estimated,omitempty"`
+	// PeersUnknownPackets counts packets of this traffic that were
+	// counted without their peer (the overflow map); PeersUnknown
+	// estimates how many distinct peers sent them. Neither is in Peers.
+	PeersUnknownPackets uint64 `json:"peers_unknown_packets,omitempty"`
+	PeersUnknown        uint64 `json:"peers_unknown,omitempty"`
+	// FloodPackets counts packets of a suspected flood's half-open
+	// attempts on this service: in Packets and the port's state, never
+	// listed per peer (see the flood-suspected finding).
+	FloodPackets uint64 `json:"flood_packets,omitempty"`
+	// Services lists the services concerned (audit-incomplete findings).
+	Services []ServiceCount `json:"services,omitempty"`
+	// Flood details a flood-suspected finding.
+	Flood *FloodEvidence `json:"flood,omitempty"`
+	// Interrupted is the recording's interruption
+	// (audit-incomplete/interrupted).
+	Interrupted *snapshot.Interruption `json:"interrupted,omitempty"`
 }
 
 // Finding is one problem (or, at Info, one notable fact) of an audit.

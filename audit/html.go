@@ -38,6 +38,9 @@ type htmlView struct {
 	Interfaces []htmlIface
 	Lossy      bool
 	LossText   string
+	Partial    bool
+	Coverage   []string
+	StatsNote  string
 	Stats      []htmlKV
 	Severities []htmlSeverity
 	Total      int
@@ -88,7 +91,7 @@ type htmlFinding struct {
 	KindHelp  string
 	Direction string
 	Service   string
-	PeerCount int
+	PeerCount string
 	Peers     []string
 	MorePeers int
 	Packets   uint64
@@ -113,7 +116,9 @@ type htmlRule struct {
 	Status      string
 	Failing     bool
 	Deprecated  bool
-	Peers       int
+	Peers       string
+	Unknown     uint64
+	Flood       uint64
 	OutOfZone   int
 	Packets     uint64
 	Findings    []htmlLink
@@ -174,12 +179,16 @@ func columnLabel(c string) string {
 	if c == otherColumn {
 		return "other (no zone or role)"
 	}
+	if c == unknownColumn {
+		return "peers unknown"
+	}
 	return c
 }
 
 func anchorOf(prefix string, i int) string { return fmt.Sprintf("%s-%d", prefix, i+1) }
 
-// failingStatus: a rule status that the table and HTML show as a problem.
+// failingStatus: a rule status that the table and HTML show as a problem
+// (not StatusPeersUnknown: nothing the audit knows of is wrong).
 func failingStatus(s string) bool {
 	switch s {
 	case StatusClosed, StatusFiltered, StatusOutOfZone, StatusDeprecated:
@@ -198,7 +207,9 @@ func buildHTML(r *Report) *htmlView {
 		Snapshot:  r.Snapshot,
 		Start:     mkTime(r.Snapshot.Start),
 		End:       mkTime(r.Snapshot.End),
-		Lossy:     r.Snapshot.Stats.Lossy(),
+		Lossy:     r.Coverage.Lossy(),
+		Partial:   !r.Coverage.Complete,
+		Coverage:  r.Coverage.Lines(),
 	}
 	v.Conditions = strings.Join(r.Matrix.Conditions, ", ")
 	for _, i := range r.Snapshot.Interfaces {
@@ -210,18 +221,37 @@ func buildHTML(r *Report) *htmlView {
 		v.Interfaces = append(v.Interfaces, htmlIface{Name: i.Name, Attach: attach, Addresses: strings.Join(addrs, ", ")})
 	}
 	st := r.Snapshot.Stats
+	cov := &r.Coverage
 	if v.Lossy {
-		v.LossText = fmt.Sprintf("the flow map (%d entries) was full: %d packets were not counted and %d flows were evicted. Traffic is missing from this report, and the absence of a finding proves nothing.",
-			st.FlowCapacity, st.FlowInsertFailed, st.FlowEvictions)
+		v.LossText = fmt.Sprintf("the flow map and the overflow map were full: %d packets were not counted and %d flows were evicted. Traffic is missing from this report, and the absence of a finding proves nothing.",
+			cov.LostPackets, cov.EvictedFlows)
+	}
+	switch {
+	case v.Lossy:
+		v.StatsNote = "INCOMPLETE, packets were lost"
+	case v.Partial:
+		v.StatsNote = "every packet counted, but not every peer known or the recording cut short"
+	default:
+		v.StatsNote = "complete, no packet lost"
 	}
 	v.Stats = []htmlKV{
-		{Key: "flow map entries", Value: fmt.Sprintf("%d of %d", st.FlowEntries, st.FlowCapacity)},
-		{Key: "flow inserts failed (packets not counted)", Value: fmt.Sprint(st.FlowInsertFailed), Bad: st.FlowInsertFailed > 0, Note: "lost"},
-		{Key: "flows evicted", Value: fmt.Sprint(st.FlowEvictions), Bad: st.FlowEvictions > 0, Note: "lost"},
-		{Key: "connection orientations not stored", Value: fmt.Sprint(st.ConnInsertFailed), Bad: st.ConnInsertFailed > 0, Note: "direction guessed from ports"},
-		{Key: "packets ingress / egress", Value: fmt.Sprintf("%d / %d", st.PacketsIngress, st.PacketsEgress)},
-		{Key: "truncated packets", Value: fmt.Sprint(st.Truncated)},
+		{Key: "flow map entries (most held)", Value: fmt.Sprintf("%d of %d", st.FlowEntries, st.FlowCapacity)},
+		{Key: "packets counted without their peer (overflow map)", Value: fmt.Sprint(cov.PeerlessPackets), Bad: cov.PeerlessPackets > 0, Note: "peers unknown"},
+		{Key: "packets not counted (overflow map full)", Value: fmt.Sprint(cov.LostPackets), Bad: cov.LostPackets > 0, Note: "lost"},
+		{Key: "flows evicted", Value: fmt.Sprint(cov.EvictedFlows), Bad: cov.EvictedFlows > 0, Note: "lost"},
 	}
+	if cov.FoldedFlows > 0 || cov.FlowBudget > 0 {
+		v.Stats = append(v.Stats, htmlKV{Key: "flows folded into prefixes (recorder budget)", Value: fmt.Sprintf("%d (budget %d)", cov.FoldedFlows, cov.FlowBudget),
+			Bad: cov.FoldedFlows > 0, Note: "peers estimated"})
+	}
+	if st.Moves > 0 {
+		v.Stats = append(v.Stats, htmlKV{Key: "moves out of the kernel", Value: fmt.Sprint(st.Moves)})
+	}
+	v.Stats = append(v.Stats,
+		htmlKV{Key: "connection orientations not stored", Value: fmt.Sprint(st.ConnInsertFailed), Bad: st.ConnInsertFailed > 0, Note: "direction guessed from ports"},
+		htmlKV{Key: "packets ingress / egress", Value: fmt.Sprintf("%d / %d", st.PacketsIngress, st.PacketsEgress)},
+		htmlKV{Key: "truncated packets", Value: fmt.Sprint(st.Truncated)},
+	)
 	ethertypes := make([]string, 0, len(st.NonIP))
 	for k := range st.NonIP {
 		ethertypes = append(ethertypes, k)
@@ -252,16 +282,17 @@ func buildHTML(r *Report) *htmlView {
 		hf := htmlFinding{
 			Anchor: findingAnchor[f.ID], ID: f.ID, Severity: f.Severity.String(), Kind: string(f.Kind),
 			KindHelp: docOf(f.Kind).Short, Direction: f.Direction.String(), Service: "—",
-			PeerCount: f.Evidence.Peers, Packets: f.Evidence.Packets,
+			PeerCount: peersNum(f.Evidence), Packets: f.Evidence.Packets,
 			First: mkTime(f.Evidence.FirstSeen), Last: mkTime(f.Evidence.LastSeen), Summary: f.Summary,
 		}
 		if f.Proto != "" {
 			hf.Service = f.Proto + "/" + f.Port
 		}
 		for _, p := range f.Evidence.TopPeers {
-			hf.Peers = append(hf.Peers, fmt.Sprintf("%s (%d pkts)", p.Addr, p.Packets))
+			hf.Peers = append(hf.Peers, fmt.Sprintf("%s (%d pkts)", p, p.Packets))
 		}
-		hf.MorePeers = f.Evidence.Peers - len(f.Evidence.TopPeers)
+		hf.MorePeers = f.Evidence.Peers - listed(f.Evidence.TopPeers)
+		hf.Notes = append(hf.Notes, evidenceNotes(f.Evidence)...)
 		if len(f.Evidence.Ports) > 0 {
 			hf.Notes = append(hf.Notes, "ports: "+strings.Join(f.Evidence.Ports, ", "))
 		}
@@ -295,7 +326,7 @@ func buildHTML(r *Report) *htmlView {
 		hr := htmlRule{
 			Anchor: anchorOf("rule", i), ID: rr.ID, Direction: rr.Direction.String(), Service: rr.Proto + "/" + rr.Ports,
 			Peer: rr.Peer, Requirement: req, Status: rs.Status, Failing: failingStatus(rs.Status), Deprecated: rs.Deprecated,
-			Peers: rs.Evidence.Peers, OutOfZone: rs.OutOfZonePeers, Packets: rs.Evidence.Packets,
+			Peers: peersNum(rs.Evidence), Unknown: rs.Evidence.PeersUnknownPackets, Flood: rs.Evidence.FloodPackets, OutOfZone: rs.OutOfZonePeers, Packets: rs.Evidence.Packets,
 			Purpose: rr.Purpose, Citation: citationText(rr.Citation), Quote: rr.Citation.Quote,
 		}
 		if rr.Source.File != "" {
@@ -343,6 +374,44 @@ func buildHTML(r *Report) *htmlView {
 		}
 	}
 	return v
+}
+
+// evidenceNotes are the lines the HTML and JUnit reports add for evidence
+// beyond packets and peers: peers unknown, a flood, services, an
+// interruption.
+func evidenceNotes(ev Evidence) []string {
+	var out []string
+	if ev.PeersEstimated {
+		out = append(out, "peer count estimated: the recorder folded some peers into prefixes")
+	}
+	if ev.PeersUnknownPackets > 0 {
+		s := fmt.Sprintf("%d packets counted without their peer (peers unknown", ev.PeersUnknownPackets)
+		if ev.PeersUnknown > 0 {
+			s += fmt.Sprintf(", ~%d distinct", ev.PeersUnknown)
+		}
+		out = append(out, s+")")
+	}
+	if ev.FloodPackets > 0 {
+		out = append(out, fmt.Sprintf("%d packets of a suspected flood's half-open attempts, counted for the port's state only", ev.FloodPackets))
+	}
+	if fl := ev.Flood; fl != nil {
+		out = append(out, fmt.Sprintf("flood: %s (thresholds: %d peers, %d half-open SYNs at %s/s); %d distinct peers, %d half-open SYNs, %s %s/s over %s",
+			fl.Trigger, fl.PeersThreshold, fl.SYNThreshold, fmtRate(fl.RateThreshold), fl.Peers, fl.HalfOpenSYNs, fmtRate(fl.Rate), fl.RateOf, fl.Span))
+	}
+	if len(ev.Services) > 0 {
+		out = append(out, "services: "+serviceList(ev.Services, len(ev.Services)))
+	}
+	if in := ev.Interrupted; in != nil {
+		s := "stopped by " + in.Signal
+		if !in.At.IsZero() {
+			s += " at " + in.At.UTC().Format(time.RFC3339)
+		}
+		if !in.PlannedEnd.IsZero() {
+			s += ", planned end " + in.PlannedEnd.UTC().Format(time.RFC3339)
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 // legendText gives the packet range of a colour step.

@@ -185,7 +185,14 @@ func junitProps(r *Report) []junitProperty {
 		{"snapshot.source", r.Snapshot.Source},
 		{"snapshot.interfaces", strings.Join(ifaces, ",")},
 		{"snapshot.window", r.Snapshot.Window},
-		{"snapshot.incomplete", fmt.Sprint(r.Snapshot.Stats.Lossy())},
+		{"snapshot.incomplete", fmt.Sprint(!r.Coverage.Complete)},
+		{"snapshot.peerless-packets", fmt.Sprint(r.Coverage.PeerlessPackets)},
+		{"snapshot.lost-packets", fmt.Sprint(r.Coverage.LostPackets)},
+		{"snapshot.evicted-flows", fmt.Sprint(r.Coverage.EvictedFlows)},
+		{"snapshot.folded-flows", fmt.Sprint(r.Coverage.FoldedFlows)},
+		{"snapshot.interrupted", r.Coverage.Stopped},
+		{"snapshot.checkpoint", fmt.Sprint(r.Coverage.Checkpoint)},
+		{"snapshot.coverage", strings.Join(r.Coverage.Lines(), "\n")},
 		{"tool.version", r.Tool.Version},
 	}
 	return p
@@ -205,9 +212,12 @@ func ruleDetail(rs RuleStatus) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "status: %s\n", rs.Status)
 	fmt.Fprintf(&b, "rule: %s %s, peer %s, %s: %s\n", rr.ID, ruleService(rr), rr.Peer, req, rr.Purpose)
-	fmt.Fprintf(&b, "observed: %d packets from %s", rs.Evidence.Packets, countOf(rs.Evidence.Peers, "peer"))
+	fmt.Fprintf(&b, "observed: %d packets from %s", rs.Evidence.Packets, who(rs.Evidence))
 	if rs.OutOfZonePeers > 0 {
 		fmt.Fprintf(&b, ", %s out of zone", countOf(rs.OutOfZonePeers, "peer"))
+	}
+	if rs.Evidence.FloodPackets > 0 {
+		fmt.Fprintf(&b, ", %d packets of a suspected flood (state only)", rs.Evidence.FloodPackets)
 	}
 	if c := citationText(rr.Citation); c != "" {
 		fmt.Fprintf(&b, "\ncited: %s", c)
@@ -232,11 +242,11 @@ func findingDetail(f *Finding) string {
 		svc = f.Proto + "/" + f.Port
 	}
 	fmt.Fprintf(&b, "severity: %s\nkind: %s\ndirection: %s\nservice: %s\n", f.Severity, f.Kind, f.Direction, svc)
-	fmt.Fprintf(&b, "peers: %d", f.Evidence.Peers)
+	fmt.Fprintf(&b, "peers: %s", peersNum(f.Evidence))
 	if len(f.Evidence.TopPeers) > 0 {
 		top := make([]string, len(f.Evidence.TopPeers))
 		for i, p := range f.Evidence.TopPeers {
-			top[i] = fmt.Sprintf("%s (%d packets)", p.Addr, p.Packets)
+			top[i] = fmt.Sprintf("%s (%d packets)", p, p.Packets)
 		}
 		fmt.Fprintf(&b, " (top: %s)", strings.Join(top, ", "))
 	}
@@ -246,6 +256,9 @@ func findingDetail(f *Finding) string {
 	}
 	if len(f.Evidence.Ports) > 0 {
 		fmt.Fprintf(&b, "\nports: %s", strings.Join(f.Evidence.Ports, ", "))
+	}
+	for _, n := range evidenceNotes(f.Evidence) {
+		fmt.Fprintf(&b, "\n%s", n)
 	}
 	if f.Rule != nil {
 		fmt.Fprintf(&b, "\nrule: %s", f.Rule.ID)

@@ -83,12 +83,10 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 	fmt.Fprintf(&b, "snapshot: %s on %s [%s], window %s (%s – %s), %d flows\n",
 		r.Snapshot.Source, orDash(r.Snapshot.Hostname), strings.Join(ifaces, ","), r.Snapshot.Window,
 		r.Snapshot.Start.Format("2006-01-02 15:04:05Z07:00"), r.Snapshot.End.Format("15:04:05Z07:00"), r.Snapshot.Flows)
-	st := r.Snapshot.Stats
-	mapLine := fmt.Sprintf("map: %d/%d entries, %d inserts failed, %d evicted", st.FlowEntries, st.FlowCapacity, st.FlowInsertFailed, st.FlowEvictions)
-	if st.Lossy() {
-		mapLine = c(ansiBold+ansiRed, mapLine+"  INCOMPLETE")
+	fmt.Fprintln(&b, mapLine(r, c))
+	for _, l := range r.Coverage.Lines() {
+		fmt.Fprintln(&b, l)
 	}
-	fmt.Fprintln(&b, mapLine)
 	if r.Site != "" {
 		fmt.Fprintf(&b, "site: %s\n", r.Site)
 	} else {
@@ -124,11 +122,17 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 		switch status {
 		case StatusClosed, StatusFiltered, StatusOutOfZone, StatusDeprecated:
 			status = c(ansiRed, status)
+		case StatusPeersUnknown:
+			status = c(ansiYellow, status)
 		case StatusNotSeen:
 			status = c(ansiGrey, status)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%d\t%d\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
-			rs.Rule.Peer, req, status, rs.Evidence.Peers, rs.Evidence.Packets)
+		packets := fmt.Sprint(rs.Evidence.Packets)
+		if rs.Evidence.FloodPackets > 0 {
+			packets += fmt.Sprintf(" (+%d flood)", rs.Evidence.FloodPackets)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
+			rs.Rule.Peer, req, status, peersNum(rs.Evidence), packets)
 	}
 	tw.Flush()
 	if r.Infrastructure.Packets > 0 || r.Unclassified.Packets > 0 {
@@ -156,21 +160,84 @@ func dirShort(d string) string {
 	return "?"
 }
 
-// peersCell shows up to three top peers and how many more there are.
+// mapLine is the table's counter line: the kernel map's fill, packets
+// that lost their peer, packets not counted, evictions and folding.
+func mapLine(r *Report, c func(code, s string) string) string {
+	st := r.Snapshot.Stats
+	cov := &r.Coverage
+	line := fmt.Sprintf("map: %d/%d entries, %d packets counted without peer, %d not counted, %d flows evicted",
+		st.FlowEntries, st.FlowCapacity, cov.PeerlessPackets, cov.LostPackets, cov.EvictedFlows)
+	if cov.FoldedFlows > 0 || cov.FlowBudget > 0 {
+		line += fmt.Sprintf(", %d folded (budget %d)", cov.FoldedFlows, cov.FlowBudget)
+	}
+	switch {
+	case cov.Lossy():
+		return c(ansiBold+ansiRed, line+"  INCOMPLETE")
+	case !cov.Complete:
+		return c(ansiYellow, line+"  PARTIAL")
+	}
+	return line
+}
+
+// peerName is a peer or prefix for a table cell.
+func peerName(p PeerCount) string {
+	if p.Prefix.IsValid() {
+		return prefixName(p.Prefix)
+	}
+	return p.Addr.String()
+}
+
+// listed is how many peers a list of peer counts names.
+func listed(ps []PeerCount) int {
+	n := 0
+	for _, p := range ps {
+		if p.Prefix.IsValid() {
+			n += int(p.Peers)
+		} else {
+			n++
+		}
+	}
+	return n
+}
+
+// peersCell shows up to three top peers (or prefixes) and how many more
+// there are; "?" stands for peers that are unknown.
 func peersCell(f Finding) string {
-	if f.Evidence.Peers == 0 {
+	ev := f.Evidence
+	if ev.Peers == 0 && ev.PeersUnknownPackets == 0 {
 		return "-"
 	}
 	var s []string
-	for i, p := range f.Evidence.TopPeers {
-		if i == 3 {
-			break
-		}
-		s = append(s, p.Addr.String())
+	top := ev.TopPeers
+	if len(top) > 3 {
+		top = top[:3]
+	}
+	for _, p := range top {
+		s = append(s, peerName(p))
 	}
 	out := strings.Join(s, ",")
-	if n := f.Evidence.Peers - len(s); n > 0 {
-		out += fmt.Sprintf(" +%d", n)
+	if n := ev.Peers - listed(top); n > 0 {
+		approx := ""
+		if ev.PeersEstimated {
+			approx = "~"
+		}
+		out += fmt.Sprintf(" +%s%d", approx, n)
+	}
+	if ev.PeersUnknownPackets > 0 {
+		out = strings.TrimSpace(out + " +?")
 	}
 	return out
+}
+
+// peersNum is a peer count for a table cell: "3", "~420", "3+?" when
+// some traffic's peers are unknown.
+func peersNum(ev Evidence) string {
+	s := fmt.Sprint(ev.Peers)
+	if ev.PeersEstimated {
+		s = "~" + s
+	}
+	if ev.PeersUnknownPackets > 0 {
+		s += "+?"
+	}
+	return s
 }

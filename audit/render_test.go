@@ -131,6 +131,12 @@ func fixtureSnapshot() *snapshot.Snapshot {
 // manager matrix and testdata/render/site.yaml.
 func fixtureReport(t testing.TB) *Report {
 	t.Helper()
+	return fixtureReportOf(t, fixtureSnapshot())
+}
+
+// fixtureReportOf audits snap like fixtureReport.
+func fixtureReportOf(t testing.TB, snap *snapshot.Snapshot) *Report {
+	t.Helper()
 	c, err := catalog.Builtin()
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +161,6 @@ func fixtureReport(t testing.TB) *Report {
 	if err := site.Check(p, v); err != nil {
 		t.Fatalf("fixture site does not fit utmstack@11: %v", err)
 	}
-	snap := fixtureSnapshot()
 	if err := snap.Validate(); err != nil {
 		t.Fatalf("fixture snapshot: %v", err)
 	}
@@ -349,7 +354,13 @@ func TestHTMLEscapes(t *testing.T) {
 var attrURL = regexp.MustCompile(`(?i)\b(src|href|action|srcset|poster|data)\s*=\s*"([^"]*)"`)
 
 func TestHTMLSelfContained(t *testing.T) {
-	out := string(render(t, fixtureReport(t), "html"))
+	for _, r := range []*Report{fixtureReport(t), fixtureReportOf(t, partialSnapshot())} {
+		checkSelfContained(t, string(render(t, r, "html")))
+	}
+}
+
+func checkSelfContained(t *testing.T, out string) {
+	t.Helper()
 	for _, bad := range []string{"http://", "https://", "<script", "<link", "<iframe", "<img", "<object", "<embed", "@import", "url("} {
 		if strings.Contains(strings.ToLower(out), bad) {
 			t.Errorf("HTML report contains %q", bad)
@@ -376,14 +387,17 @@ func TestHTMLIncompleteBanner(t *testing.T) {
 	if out := string(render(t, r, "html")); strings.Contains(out, "INCOMPLETE") || !strings.Contains(out, "complete, no packet lost") {
 		t.Error("a complete snapshot is shown as incomplete")
 	}
-	r.Snapshot.Stats.FlowInsertFailed = 1234
-	r.Snapshot.Stats.FlowEvictions = 7
+	snap := fixtureSnapshot()
+	snap.Stats.FlowInsertFailed, snap.Stats.OverflowInsertFailed, snap.Stats.FlowEvictions = 1234, 1234, 7
+	r = fixtureReportOf(t, snap)
 	out := string(render(t, r, "html"))
 	for _, want := range []string{
 		`<div class="incomplete" role="alert"><strong>INCOMPLETE SNAPSHOT</strong>`,
 		"1234 packets were not counted and 7 flows were evicted",
 		"INCOMPLETE, packets were lost",
 		`<td class="num bad">1234 (lost)</td>`,
+		`<div class="partial" id="coverage" role="note">`,
+		"<li>not counted: 1234 packets (the overflow map was full too), 7 flows evicted</li>",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("lossy snapshot: HTML lacks %q", want)
@@ -1000,5 +1014,180 @@ func TestSARIFLocationFallbacks(t *testing.T) {
 	}
 	if want := "catalog/demo:1 cats/demo.yaml:1"; strings.Join(got, " ") != want {
 		t.Errorf("locations %v, want %s", got, want)
+	}
+}
+
+// --- Snapshot version 2: what a snapshot could not show ----------------------
+
+// partialSnapshot is the fixture after a spoofed SYN flood on the web
+// port filled the flow map: the agents' tcp/9001 traffic lost its peers
+// (overflow), the recorder folded peers into prefixes (one straddles
+// ADMIN_IP), some packets were not counted at all, and the recording was
+// stopped by SIGTERM half-way through its planned hour.
+func partialSnapshot() *snapshot.Snapshot {
+	s := fixtureSnapshot()
+	in, tcp := snapshot.Inbound, snapshot.TCP
+	var flows []snapshot.Flow
+	for _, f := range s.Flows {
+		if f.Port != 9001 {
+			flows = append(flows, f)
+		}
+	}
+	sketch := func(base string, n int) *snapshot.PeerSketch {
+		var sk snapshot.PeerSketch
+		b := netip.MustParseAddr(base).As4()
+		for i := 0; i < n; i++ {
+			sk.Add(netip.AddrFrom4([4]byte{b[0], b[1], b[2] + byte(i>>8), b[3] + byte(i)}))
+		}
+		return &sk
+	}
+	fold := func(port uint16, prefix string, peers *snapshot.PeerSketch, pin, pout uint64, ev snapshot.Evidence, startMin, endMin int) snapshot.Flow {
+		f := fixtureFlow(in, tcp, port, "192.0.2.1", pin, pout, ev, startMin, endMin)
+		f.Peer = netip.Addr{}
+		if prefix != "" {
+			f.PeerPrefix = netip.MustParsePrefix(prefix)
+		}
+		f.PeerSketch, f.Peers = peers, peers.Estimate()
+		return f
+	}
+	syn := func(n uint64) snapshot.Evidence { return snapshot.Evidence{SynIn: n, SynAckOut: n} }
+	flows = append(flows,
+		// SSH from a /24 around ADMIN_IP: cannot be zone-checked.
+		fold(22, "192.0.2.0/24", sketch("192.0.2.20", 14), 60, 50, syn(14), 2, 25),
+		// Agents folded inside AGENT_NETWORK.
+		fold(9000, "10.10.7.0/24", sketch("10.10.7.1", 40), 900, 850, syn(40), 0, 30),
+		// The flood on tcp/443: folded /24s and "other peers", within a minute.
+		fold(443, "203.0.113.0/24", sketch("203.0.113.0", 250), 5000, 5000, syn(5000), 14, 15),
+		fold(443, "198.18.0.0/24", sketch("198.18.0.0", 250), 4000, 4000, syn(4000), 14, 15),
+		fold(443, "198.18.1.0/24", sketch("198.18.1.0", 250), 4000, 4000, syn(4000), 14, 15),
+		fold(443, "0.0.0.0/0", sketch("100.64.0.0", 2000), 8000, 8000, syn(8000), 14, 15),
+	)
+	s.Flows = flows
+	s.Overflow = []snapshot.Flow{
+		// The agents' data, without peers.
+		fold(9001, "", sketch("10.10.1.1", 2), 150000, 75000, syn(2), 0, 30),
+		// Flood SYNs that lost their peer as well.
+		fold(443, "", sketch("100.65.0.0", 3000), 3000, 3000, syn(3000), 14, 15),
+	}
+	var peerless uint64
+	for _, f := range s.Overflow {
+		peerless += f.Packets()
+	}
+	s.Stats.FlowEntries, s.Stats.FlowCapacity = 4096, 4096
+	s.Stats.OverflowCapacity, s.Stats.OverflowInsertFailed = 1024, 120
+	s.Stats.FlowInsertFailed = peerless + 120
+	s.Stats.Moves, s.Stats.FlowBudget, s.Stats.FoldedFlows = 30, 8192, 2764
+	s.Interrupted = &snapshot.Interruption{Signal: "SIGTERM", At: fixEnd, PlannedEnd: fixStart.Add(time.Hour)}
+	s.Sort()
+	return s
+}
+
+func TestGoldenPartialReports(t *testing.T) {
+	r := fixtureReportOf(t, partialSnapshot())
+	for _, tc := range []struct{ format, file string }{
+		{"table", "report-partial.txt"},
+		{"json", "report-partial.json"},
+		{"html", "report-partial.html"},
+		{"junit", "report-partial.junit.xml"},
+		{"sarif", "report-partial.sarif"},
+	} {
+		t.Run(tc.format, func(t *testing.T) {
+			got := render(t, r, tc.format)
+			if again := render(t, fixtureReportOf(t, partialSnapshot()), tc.format); !bytes.Equal(got, again) {
+				t.Fatalf("%s output is not deterministic", tc.format)
+			}
+			checkGolden(t, tc.file, got)
+		})
+	}
+}
+
+// TestRenderCoverage: every format shows the packets that lost their peer
+// and on which services, the packets not counted, the folding, the
+// interruption or checkpoint, and the flood.
+func TestRenderCoverage(t *testing.T) {
+	r := fixtureReportOf(t, partialSnapshot())
+	cov := r.Coverage
+	if cov.Complete || cov.PeerlessPackets != 231000 || cov.LostPackets != 120 || cov.FoldedFlows != 2764 ||
+		len(cov.PeerlessServices) != 2 || cov.PeerlessServices[0].String() != "in tcp/9001" || cov.Stopped == "" {
+		t.Fatalf("coverage %+v", cov)
+	}
+	ids := map[string]Severity{}
+	for _, f := range r.Findings {
+		ids[f.ID] = f.Severity
+	}
+	for id, sev := range map[string]Severity{
+		"audit-incomplete/not-counted":     High,
+		"audit-incomplete/peers-lost":      Medium,
+		"audit-incomplete/zones-unchecked": Medium,
+		"audit-incomplete/interrupted":     Medium,
+		"audit-incomplete/folded":          Low,
+		"flood-suspected/tcp/443":          Medium,
+	} {
+		if got, ok := ids[id]; !ok || got != sev {
+			t.Errorf("%s: %v (present %v), want %s", id, got, ok, sev)
+		}
+	}
+	if _, ok := ids["missing-required/utmstack11.manager.agent-9001"]; ok {
+		t.Error("agents seen only in overflow reported missing")
+	}
+	if _, ok := ids["peer-out-of-zone/utmstack11.manager.ssh/tcp/22"]; !ok {
+		t.Error("the exact out-of-zone SSH login is gone")
+	}
+	facts := []string{"231000", "tcp/9001", "120", "2764", "SIGTERM", "flood-suspected", "198.18.0.0/24", "192.0.2.0/24 across zone ADMIN_IP"}
+	for _, f := range Formats {
+		out := string(render(t, r, f))
+		for _, want := range facts {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s output lacks %q", f, want)
+			}
+		}
+	}
+	table := string(render(t, r, "table"))
+	for _, want := range []string{
+		"map: 4096/4096 entries, 231000 packets counted without peer, 120 not counted, 0 flows evicted, 2764 folded (budget 8192)  INCOMPLETE\n",
+		"\npeers lost: 231000 packets counted without their peer (the kernel flow map was full), on in tcp/9001 (225000 packets, ~2 peers, not checked against role agent (zone AGENT_NETWORK)); in tcp/443 (6000 packets, ~",
+		"\nstopped early: the recording was interrupted by SIGTERM at 2026-03-02 09:30:00Z, after 30m0s of a planned 1h0m0s\n",
+		"seen-peers-unknown",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+	html := string(render(t, r, "html"))
+	for _, want := range []string{`<div class="incomplete" role="alert">`, `<div class="partial" id="coverage" role="note">`,
+		`<span class="status st-seen-peers-unknown">seen-peers-unknown</span>`, "225000 pkts, peers unknown"} {
+		if !strings.Contains(html, want) {
+			t.Errorf("HTML lacks %q", want)
+		}
+	}
+	// SARIF stays valid and every result keeps its physical location.
+	out := render(t, r, "sarif")
+	if err := validateSARIF(sarifValidator(t), out); err != nil {
+		t.Fatal(err)
+	}
+	for i, res := range parseSARIF(t, out).Runs[0].Results {
+		if len(res.Locations) == 0 || res.Locations[0].PhysicalLocation == nil || res.Locations[0].PhysicalLocation.Region.StartLine < 1 {
+			t.Errorf("result %d (%s) has no physical location", i, res.RuleID)
+		}
+	}
+	// JUnit: the coverage properties, and the gaps fail as findings.
+	js := parseJUnit(t, render(t, r, "junit"))
+	props := map[string]string{}
+	for _, p := range js.Suites[0].Props {
+		props[p.Name] = p.Value
+	}
+	if props["snapshot.incomplete"] != "true" || props["snapshot.peerless-packets"] != "231000" || props["snapshot.lost-packets"] != "120" ||
+		!strings.Contains(props["snapshot.interrupted"], "SIGTERM") || !strings.Contains(props["snapshot.coverage"], "peers lost") {
+		t.Errorf("JUnit properties %v", props)
+	}
+
+	// A checkpoint shows in every format too.
+	s := fixtureSnapshot()
+	s.Checkpoint = true
+	r = fixtureReportOf(t, s)
+	for _, f := range Formats {
+		if out := string(render(t, r, f)); !strings.Contains(out, "checkpoint") {
+			t.Errorf("%s output does not say the snapshot is a checkpoint", f)
+		}
 	}
 }

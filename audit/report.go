@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"go4.org/netipx"
+
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 	"github.com/flowaudit/flowaudit/catalog"
 )
@@ -40,8 +42,117 @@ type Report struct {
 	// (fragments) traffic is counted but not audited.
 	Infrastructure snapshot.Counter `json:"infrastructure"`
 	Unclassified   snapshot.Counter `json:"unclassified"`
+	// Coverage says what the snapshot could not show; every format
+	// renders it.
+	Coverage Coverage `json:"coverage"`
 
 	rows map[service]*ObservedRow
+}
+
+// Coverage is what the snapshot could not show: packets that lost their
+// peer or were not counted at all, peers folded into prefixes, a
+// recording that ended early. The audit-incomplete findings say the same,
+// with severities.
+type Coverage struct {
+	// Complete: every packet was counted with its peer, no peer was
+	// folded, and the recorder ran to its planned end.
+	Complete bool `json:"complete"`
+	// PeerlessPackets were counted per service without their peer (the
+	// kernel flow map was full; snapshot overflow entries); the services,
+	// most packets first, are in PeerlessServices.
+	PeerlessPackets  uint64         `json:"peerless_packets"`
+	PeerlessServices []ServiceCount `json:"peerless_services,omitempty"`
+	// LostPackets were not counted at all (the overflow map was full
+	// too); EvictedFlows were dropped by an LRU map.
+	LostPackets  uint64 `json:"lost_packets"`
+	EvictedFlows uint64 `json:"evicted_flows"`
+	// FoldedFlows per-peer flows were folded into prefix entries to stay
+	// within the recorder's budget of FlowBudget flows; FoldedServices
+	// lists the services and the prefix lengths.
+	FoldedFlows    uint64         `json:"folded_flows"`
+	FlowBudget     uint64         `json:"flow_budget,omitempty"`
+	FoldedServices []ServiceCount `json:"folded_services,omitempty"`
+	// UncheckedServices are services with folded prefixes that straddle
+	// the edge of a rule's zone: those peers could not be checked.
+	UncheckedServices []ServiceCount `json:"unchecked_services,omitempty"`
+	// Interrupted: the recording stopped before its planned end.
+	Interrupted *snapshot.Interruption `json:"interrupted,omitempty"`
+	// Checkpoint: the snapshot was written while the recording was still
+	// running, and the recorder never replaced it with a final one.
+	Checkpoint bool `json:"checkpoint,omitempty"`
+	// Stopped describes the interruption for people ("interrupted by
+	// SIGTERM at …, after 4m10s of a planned 10m0s").
+	Stopped string `json:"stopped,omitempty"`
+}
+
+// PeersIncomplete: some traffic is counted without its peer, or with its
+// peers folded into prefixes.
+func (c *Coverage) PeersIncomplete() bool {
+	return c.PeerlessPackets > 0 || len(c.PeerlessServices) > 0 || c.FoldedFlows > 0 || len(c.FoldedServices) > 0
+}
+
+// Lossy: some packets were not counted at all.
+func (c *Coverage) Lossy() bool { return c.LostPackets > 0 || c.EvictedFlows > 0 }
+
+// Lines describes every gap in one line each, for the table, HTML, JUnit
+// and SARIF; nil when the snapshot is complete.
+func (c *Coverage) Lines() []string {
+	var out []string
+	if c.PeerlessPackets > 0 || len(c.PeerlessServices) > 0 {
+		out = append(out, fmt.Sprintf("peers lost: %d packets counted without their peer (the kernel flow map was full), on %s",
+			c.PeerlessPackets, serviceList(c.PeerlessServices, 5)))
+	}
+	if c.Lossy() {
+		out = append(out, fmt.Sprintf("not counted: %d packets (the overflow map was full too), %d flows evicted", c.LostPackets, c.EvictedFlows))
+	}
+	if c.FoldedFlows > 0 || len(c.FoldedServices) > 0 {
+		budget := ""
+		if c.FlowBudget > 0 {
+			budget = fmt.Sprintf(" (budget %d flows)", c.FlowBudget)
+		}
+		out = append(out, fmt.Sprintf("folded: %d per-peer flows into prefixes%s, on %s", c.FoldedFlows, budget, serviceList(c.FoldedServices, 5)))
+	}
+	if len(c.UncheckedServices) > 0 {
+		out = append(out, "zones unchecked: folded prefixes straddle a zone's edge on "+serviceList(c.UncheckedServices, 5))
+	}
+	if c.Stopped != "" {
+		out = append(out, "stopped early: the recording was "+c.Stopped)
+	}
+	if c.Checkpoint {
+		out = append(out, "checkpoint: this snapshot was written while the recording was still running; the recorder never wrote its final snapshot")
+	}
+	return out
+}
+
+// serviceList names up to n services with their packets, peers, fold
+// levels and unchecked zones: "in tcp/80 (438000 packets, ~431000 peers,
+// /24), … and 3 more".
+func serviceList(ss []ServiceCount, n int) string {
+	if len(ss) == 0 {
+		return "no service"
+	}
+	var parts []string
+	for i, s := range ss {
+		if i == n {
+			parts = append(parts, fmt.Sprintf("and %d more", len(ss)-n))
+			break
+		}
+		d := []string{fmt.Sprintf("%d packets", s.Packets)}
+		if s.Peers > 0 {
+			d = append(d, fmt.Sprintf("~%d peers", s.Peers))
+		}
+		if len(s.Folded) > 0 {
+			d = append(d, "to "+strings.Join(s.Folded, ", "))
+		}
+		switch {
+		case len(s.Prefixes) > 0:
+			d = append(d, strings.Join(s.Prefixes, ", ")+" across "+strings.Join(s.Unchecked, ", "))
+		case len(s.Unchecked) > 0:
+			d = append(d, "not checked against "+strings.Join(s.Unchecked, ", "))
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s)", s, strings.Join(d, ", ")))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // SnapshotInfo summarises the audited snapshot.
@@ -54,7 +165,10 @@ type SnapshotInfo struct {
 	End        time.Time            `json:"end"`
 	Window     string               `json:"window"`
 	Flows      int                  `json:"flows"`
-	Stats      snapshot.Stats       `json:"stats"`
+	// Overflow is the number of overflow entries: per-service counts of
+	// packets that lost their peer.
+	Overflow int            `json:"overflow,omitempty"`
+	Stats    snapshot.Stats `json:"stats"`
 }
 
 // MatrixInfo names the matrix audited against.
@@ -72,10 +186,14 @@ const (
 	StatusSeen       = "seen"        // traffic from documented peers
 	StatusUnverified = "unverified"  // traffic, but the site does not bind the rule's peer
 	StatusOutOfZone  = "out-of-zone" // only peers outside the rule's zone
-	StatusClosed     = "closed"
-	StatusFiltered   = "filtered"
-	StatusNotSeen    = "not-seen"
-	StatusDeprecated = "deprecated-in-use"
+	// StatusPeersUnknown: traffic on the rule's service whose peers are
+	// unknown (counted without its peer, or folded into a prefix across
+	// the zone's edge), none from a peer known to be in the zone.
+	StatusPeersUnknown = "seen-peers-unknown"
+	StatusClosed       = "closed"
+	StatusFiltered     = "filtered"
+	StatusNotSeen      = "not-seen"
+	StatusDeprecated   = "deprecated-in-use"
 )
 
 // RuleStatus is one matrix rule and what the window showed of it.
@@ -108,7 +226,7 @@ func newReport(snap *snapshot.Snapshot, o Options) *Report {
 	r.Tool.Version = o.ToolVersion
 	r.Snapshot = SnapshotInfo{
 		Source: snap.Source, Hostname: snap.Hostname, Kernel: snap.Kernel, Interfaces: snap.Interfaces,
-		Start: snap.Start, End: snap.End, Window: snap.Window().Round(time.Second).String(), Flows: len(snap.Flows), Stats: snap.Stats,
+		Start: snap.Start, End: snap.End, Window: snap.Window().Round(time.Second).String(), Flows: len(snap.Flows), Overflow: len(snap.Overflow), Stats: snap.Stats,
 	}
 	m := o.Matrix
 	r.Matrix = MatrixInfo{Product: m.Product, ProductName: m.ProductName, Version: m.Version, Role: m.Role,
@@ -120,8 +238,13 @@ func newReport(snap *snapshot.Snapshot, o Options) *Report {
 	return r
 }
 
-// otherColumn collects peers in no zone or role of the site.
-const otherColumn = "other"
+// otherColumn collects peers in no zone or role of the site;
+// unknownColumn traffic whose peer is unknown (overflow entries) or a
+// folded prefix that straddles a zone or role's edge.
+const (
+	otherColumn   = "other"
+	unknownColumn = "unknown"
+)
 
 func siteColumns(s *catalog.Site) []string {
 	var cols []string
@@ -154,6 +277,34 @@ func column(s *catalog.Site, cols []string, addr netip.Addr) string {
 	return otherColumn
 }
 
+// prefixColumn is the first column (zone, then role) holding all of p;
+// unknownColumn if a column holds part of it, otherColumn if none does.
+func prefixColumn(s *catalog.Site, cols []string, p netip.Prefix) string {
+	if s == nil {
+		return otherColumn
+	}
+	partly := false
+	for _, c := range cols {
+		var set *netipx.IPSet
+		if name, ok := strings.CutPrefix(c, "role:"); ok {
+			set = s.Roles[name]
+		} else {
+			set = s.Zones[c]
+		}
+		switch {
+		case set == nil:
+		case set.ContainsPrefix(p):
+			return c
+		case set.OverlapsPrefix(p):
+			partly = true
+		}
+	}
+	if partly {
+		return unknownColumn
+	}
+	return otherColumn
+}
+
 func (r *Report) addCell(s service, documented bool, f *snapshot.Flow, site *catalog.Site) {
 	row := r.rows[s]
 	if row == nil {
@@ -162,7 +313,23 @@ func (r *Report) addCell(s service, documented bool, f *snapshot.Flow, site *cat
 	}
 	row.Documented = row.Documented || documented
 	row.Packets += f.Packets()
-	row.Cells[column(site, r.Columns, f.Peer)] += f.Packets()
+	col := unknownColumn
+	switch {
+	case f.Peer.IsValid():
+		col = column(site, r.Columns, f.Peer)
+	case f.Folded():
+		col = prefixColumn(site, r.Columns, unmapPrefix(f.PeerPrefix))
+	}
+	row.Cells[col] += f.Packets()
+}
+
+// unmapPrefix writes an IPv4 prefix in IPv6 form (::ffff:a.b.c.d/120) as
+// IPv4 (a.b.c.d/24).
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p
 }
 
 func (r *Report) setFindings(m map[string]*Finding) {
@@ -198,6 +365,11 @@ func (r *Report) setFindings(m map[string]*Finding) {
 			}
 		}
 	}
+	for _, row := range r.rows {
+		if _, ok := row.Cells[unknownColumn]; ok && r.Columns[len(r.Columns)-1] != unknownColumn {
+			r.Columns = append(r.Columns, unknownColumn)
+		}
+	}
 	r.Observed = make([]ObservedRow, 0, len(r.rows))
 	keys := make([]service, 0, len(r.rows))
 	for s := range r.rows {
@@ -222,26 +394,30 @@ func (r *Report) setFindings(m map[string]*Finding) {
 func (a *auditor) ruleStatus() []RuleStatus {
 	out := make([]RuleStatus, 0, len(a.rules))
 	for _, ro := range a.rules {
-		all := newObs()
-		mergeObs(all, ro.inZone)
-		mergeObs(all, ro.outZone)
-		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: all.evidence(a.o.TopPeers),
-			OutOfZonePeers: len(ro.outZone.peers)}
-		switch v := all.verdict(); {
-		case all.empty():
+		// The evidence is the rule's traffic; a flood's attempts are only
+		// counted beside it (FloodPackets): they make no rule seen.
+		traffic := ro.traffic()
+		outZone, _ := ro.outZone.peerCount()
+		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: ro.evidence(traffic, a.o.TopPeers), OutOfZonePeers: outZone}
+		switch v := ro.verdict(traffic); {
+		case traffic.empty() && ro.flood.empty():
 			rs.Status = StatusNotSeen
-		case ro.rule.Deprecated:
+		case ro.rule.Deprecated && !traffic.empty():
 			rs.Status = StatusDeprecated
 		case v == stateClosed:
 			rs.Status = StatusClosed
 		case v == stateFiltered:
 			rs.Status = StatusFiltered
-		case ro.inZone.empty():
-			rs.Status = StatusOutOfZone
-		case ro.unbound && !ro.anyBound:
+		case !ro.inZone.empty() && ro.unbound && !ro.anyBound:
 			rs.Status = StatusUnverified
-		default:
+		case !ro.inZone.empty():
 			rs.Status = StatusSeen
+		case !ro.unknown.empty():
+			rs.Status = StatusPeersUnknown
+		case !ro.outZone.empty():
+			rs.Status = StatusOutOfZone
+		default: // only a suspected flood's attempts
+			rs.Status = StatusNotSeen
 		}
 		out = append(out, rs)
 	}

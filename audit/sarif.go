@@ -111,8 +111,8 @@ type kindInfo struct {
 
 var kindDocs = map[Kind]kindInfo{
 	AuditIncomplete: {
-		"The snapshot may not show all traffic, so findings may be missing.",
-		"The datapath's flow map was full (packets not counted, flows evicted), the observation window was shorter than the minimum, or connection orientations could not be stored. Record again with a larger --max-flows or a longer window before relying on the absence of findings.",
+		"The snapshot may not show all traffic or all peers, so findings may be missing.",
+		"Each finding ID names one gap: peers-lost (packets counted per service without their peer because the kernel flow map was full: zone checks could not cover them), not-counted (packets not counted at all, flows evicted), folded (peers folded into prefixes to stay within the recorder's memory budget), zones-unchecked (folded prefixes straddle a zone's edge), interrupted (the recording stopped before its planned end), checkpoint (the recorder never finished), short-window, conn-full. Record again with a larger --max-flows, a larger budget or a longer window before relying on the absence of findings.",
 	},
 	UnexpectedOpenPort: {
 		"An inbound port the matrix does not document answers peers or has a listening socket.",
@@ -141,6 +141,10 @@ var kindDocs = map[Kind]kindInfo{
 	ScanSuspected: {
 		"One peer tried many undocumented or out-of-zone ports without an answer.",
 		"A single peer reached at least the --scan-ports number of distinct undocumented or out-of-zone inbound ports and was refused or ignored: a port scan, reported once instead of once per port.",
+	},
+	FloodSuspected: {
+		"One inbound service received a flood: very many distinct peers, or SYNs that never completed.",
+		"At least --flood-peers distinct peers, or at least --flood-syns half-open SYNs arriving at --flood-rate per second or more, reached one inbound service within the window: a (spoofed-source) SYN or packet flood, reported once with its top source prefixes and rate. Its half-open attempts still count for the port's state but are left out of the per-peer findings and never make a required rule seen. Find the source upstream; rate-limit or enable SYN cookies.",
 	},
 	MissingRequired: {
 		"A rule the matrix requires showed no traffic in the observation window.",
@@ -226,9 +230,36 @@ func buildSARIF(r *Report, catalogRoot string) sarifLog {
 		if len(f.Evidence.TopPeers) > 0 {
 			top := make([]string, len(f.Evidence.TopPeers))
 			for i, p := range f.Evidence.TopPeers {
-				top[i] = p.Addr.String()
+				top[i] = peerName(p)
 			}
 			props["topPeers"] = top
+		}
+		if f.Evidence.PeersEstimated {
+			props["peersEstimated"] = true
+		}
+		if f.Evidence.PeersUnknownPackets > 0 {
+			props["peersUnknownPackets"] = f.Evidence.PeersUnknownPackets
+			props["peersUnknown"] = f.Evidence.PeersUnknown
+		}
+		if f.Evidence.FloodPackets > 0 {
+			props["floodPackets"] = f.Evidence.FloodPackets
+		}
+		if len(f.Evidence.Services) > 0 {
+			svcs := make([]string, len(f.Evidence.Services))
+			for i, s := range f.Evidence.Services {
+				svcs[i] = serviceList([]ServiceCount{s}, 1)
+			}
+			props["services"] = svcs
+		}
+		if fl := f.Evidence.Flood; fl != nil {
+			props["flood"] = map[string]any{
+				"trigger": fl.Trigger, "peers": fl.Peers, "halfOpenSyns": fl.HalfOpenSYNs,
+				"start": fl.Start.UTC().Format(time.RFC3339), "end": fl.End.UTC().Format(time.RFC3339), "span": fl.Span,
+				"rate": fl.Rate, "rateOf": fl.RateOf,
+			}
+		}
+		if in := f.Evidence.Interrupted; in != nil {
+			props["interrupted"] = in.Signal
 		}
 		if len(f.Evidence.Ports) > 0 {
 			props["ports"] = f.Evidence.Ports
@@ -273,9 +304,10 @@ func buildSARIF(r *Report, catalogRoot string) sarifLog {
 		"snapshot": map[string]any{
 			"source": r.Snapshot.Source, "hostname": r.Snapshot.Hostname, "interfaces": ifaces,
 			"start": r.Snapshot.Start.UTC().Format(time.RFC3339), "end": r.Snapshot.End.UTC().Format(time.RFC3339),
-			"window": r.Snapshot.Window, "flows": r.Snapshot.Flows, "incomplete": r.Snapshot.Stats.Lossy(),
+			"window": r.Snapshot.Window, "flows": r.Snapshot.Flows, "incomplete": !r.Coverage.Complete,
 		},
-		"counts": r.Counts,
+		"coverage": sarifCoverage(&r.Coverage),
+		"counts":   r.Counts,
 	}
 	if r.Site != "" {
 		runProps["site"] = r.Site
@@ -303,6 +335,22 @@ func buildSARIF(r *Report, catalogRoot string) sarifLog {
 			Properties:        runProps,
 		}},
 	}
+}
+
+// sarifCoverage is the report's coverage as run properties.
+func sarifCoverage(c *Coverage) map[string]any {
+	lines := c.Lines()
+	if lines == nil {
+		lines = []string{}
+	}
+	m := map[string]any{
+		"complete": c.Complete, "peerlessPackets": c.PeerlessPackets, "lostPackets": c.LostPackets,
+		"evictedFlows": c.EvictedFlows, "foldedFlows": c.FoldedFlows, "checkpoint": c.Checkpoint, "gaps": lines,
+	}
+	if c.Stopped != "" {
+		m["stopped"] = c.Stopped
+	}
+	return m
 }
 
 // kindName turns "unexpected-open-port" into "UnexpectedOpenPort", the

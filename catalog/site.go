@@ -194,26 +194,56 @@ func pathName(path []any) string {
 // contains every address; PeerCIDR needs no binding.
 func (s *Site) Contains(peer Peer, addr netip.Addr) (ok bool, bound bool) {
 	addr = addr.Unmap()
-	var set *netipx.IPSet
 	switch peer.Kind {
 	case PeerAny:
 		return true, true
 	case PeerCIDR:
 		return peer.Prefix.Contains(addr), true
-	case PeerRole:
-		set = s.Roles[peer.Role]
-		if set == nil && peer.Zone != "" {
-			set = s.Zones[peer.Zone]
-		}
-	case PeerZone:
-		set = s.Zones[peer.Zone]
-	case PeerDNS:
-		set = s.Hosts[strings.ToLower(peer.Host)]
 	}
+	set := s.set(peer)
 	if set == nil {
 		return false, false
 	}
 	return set.Contains(addr), true
+}
+
+// ContainsPrefix is Contains for every address of p at once: inside when
+// all of them are addresses of peer, overlaps when some are. An IPv4
+// prefix written in IPv6 form (::ffff:0:0/96 and longer) is unmapped.
+func (s *Site) ContainsPrefix(peer Peer, p netip.Prefix) (inside, overlaps, bound bool) {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	switch peer.Kind {
+	case PeerAny:
+		return true, true, true
+	case PeerCIDR:
+		return peer.Prefix.Bits() <= p.Bits() && peer.Prefix.Contains(p.Addr()), peer.Prefix.Overlaps(p), true
+	}
+	set := s.set(peer)
+	if set == nil {
+		return false, false, false
+	}
+	return set.ContainsPrefix(p), set.OverlapsPrefix(p), true
+}
+
+// set is the addresses the site binds to a zone, role (or the role's
+// fallback zone) or DNS peer; nil when it binds none.
+func (s *Site) set(peer Peer) *netipx.IPSet {
+	switch peer.Kind {
+	case PeerRole:
+		if set := s.Roles[peer.Role]; set != nil {
+			return set
+		}
+		if peer.Zone != "" {
+			return s.Zones[peer.Zone]
+		}
+	case PeerZone:
+		return s.Zones[peer.Zone]
+	case PeerDNS:
+		return s.Hosts[strings.ToLower(peer.Host)]
+	}
+	return nil
 }
 
 // IsSelf reports whether addr is one of the audited host's addresses as

@@ -34,19 +34,26 @@ Exit codes: 0 no findings at or above --fail-on, 2 findings, 1 error.`
 
 // auditFlags are the flags of the audit subcommand that watch shares.
 type auditFlags struct {
-	mf        matrixFlags
-	minWindow time.Duration
-	scanPorts int
+	mf         matrixFlags
+	minWindow  time.Duration
+	scanPorts  int
+	floodPeers int
+	floodSYNs  int
+	floodRate  float64
 }
 
 func (a *auditFlags) register(fs *pflag.FlagSet) {
 	a.mf.register(fs)
 	fs.DurationVar(&a.minWindow, "min-window", audit.DefaultMinWindow, "a shorter observation window is reported as audit-incomplete")
 	fs.IntVar(&a.scanPorts, "scan-ports", audit.DefaultScanPorts, "distinct refused ports from one peer that make it a suspected scanner")
+	fs.IntVar(&a.floodPeers, "flood-peers", audit.DefaultFloodPeers, "distinct peers of one inbound service that make it a suspected flood (negative: never)")
+	fs.IntVar(&a.floodSYNs, "flood-syns", audit.DefaultFloodSYNs, "SYNs to one inbound TCP service that never completed, at --flood-rate or faster, that make it a suspected SYN flood (negative: never)")
+	fs.Float64Var(&a.floodRate, "flood-rate", audit.DefaultFloodRate, "half-open SYNs per second (over their span) a --flood-syns flood needs (negative: any rate)")
 }
 
 func (a *auditFlags) options(r *resolved) audit.Options {
-	return audit.Options{Matrix: r.matrix, Site: r.site, MinWindow: a.minWindow, ScanPorts: a.scanPorts, ToolVersion: Version()}
+	return audit.Options{Matrix: r.matrix, Site: r.site, MinWindow: a.minWindow, ScanPorts: a.scanPorts,
+		FloodPeers: a.floodPeers, FloodSYNs: a.floodSYNs, FloodRate: a.floodRate, ToolVersion: Version()}
 }
 
 func runAudit(e *env, args []string) error {
