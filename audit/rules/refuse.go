@@ -121,10 +121,14 @@ func interruptedReason(snap *snapshot.Snapshot, in *snapshot.Interruption) strin
 		at = snap.End
 	}
 	var s string
-	if in.Signal == "error" {
+	sig := in.Signal
+	if sig == "" {
+		sig = "a signal"
+	}
+	if sig == "error" {
 		s = fmt.Sprintf("the recording stopped on an error at %s", at.UTC().Format(time.RFC3339))
 	} else {
-		s = fmt.Sprintf("the recording was interrupted by %s at %s", in.Signal, at.UTC().Format(time.RFC3339))
+		s = fmt.Sprintf("the recording was interrupted by %s at %s", sig, at.UTC().Format(time.RFC3339))
 	}
 	if !in.PlannedEnd.IsZero() && in.PlannedEnd.After(at) {
 		s += fmt.Sprintf(", %s before its planned end %s", in.PlannedEnd.Sub(at).Round(time.Second), in.PlannedEnd.UTC().Format(time.RFC3339))

@@ -42,6 +42,9 @@ func TestRefusal(t *testing.T) {
 		{"stopped on an error", func(s *snapshot.Snapshot, o *Options) {
 			s.Interrupted = &snapshot.Interruption{Signal: "error", At: s.End, Reason: "read maps: no such device"}
 		}, []string{"the recording stopped on an error at 2026-11-26T07:10:00Z (read maps: no such device)"}},
+		{"interrupted, signal not named (Go API)", func(s *snapshot.Snapshot, o *Options) {
+			s.Interrupted = &snapshot.Interruption{}
+		}, []string{"the recording was interrupted by a signal at 2026-11-26T07:10:00Z: traffic of the rest of the window was never seen"}},
 		{"a checkpoint", func(s *snapshot.Snapshot, o *Options) {
 			s.Checkpoint = true
 		}, []string{"the snapshot is a checkpoint, written while the recording was still running (10m0s recorded by then, until 2026-11-26T07:10:00Z)"}},
