@@ -136,10 +136,35 @@ type Options struct {
 	// AllowQuiet generates rules even when the window shows no inbound
 	// (or, with EgressPolicy Drop, no outbound) traffic at all.
 	AllowQuiet bool
-	// MinWindow: a shorter window is warned about (default
+	// MinWindow: a shorter window is refused (default
 	// audit.DefaultMinWindow).
-	MinWindow   time.Duration
+	MinWindow time.Duration
+	// PlannedWindow is the duration a live recording was asked for (0 for
+	// a snapshot file): a shorter window means it was interrupted.
+	PlannedWindow time.Duration
+	// Force writes the rules although the input is refused (see
+	// RefusedError): each reason then heads the Warnings.
+	Force       bool
 	ToolVersion string
+}
+
+// defaults fills in the zero options.
+func (o *Options) defaults() {
+	if o.Mode == "" {
+		o.Mode = Observed
+		if o.Matrix != nil {
+			o.Mode = Both
+		}
+	}
+	if o.EgressPolicy == "" {
+		o.EgressPolicy = Accept
+	}
+	if o.ManagementPorts == nil {
+		o.ManagementPorts = DefaultManagementPorts
+	}
+	if o.MinWindow == 0 {
+		o.MinWindow = audit.DefaultMinWindow
+	}
 }
 
 // ErrQuiet is returned instead of a ruleset that would drop everything
@@ -193,6 +218,14 @@ type Left struct {
 	// Undocumented: answered traffic the matrix does not document or whose
 	// peer is out of zone (counted by Ruleset.Undocumented).
 	Undocumented bool
+	// Lost: the peers are not known one by one (overflow or folded
+	// entries), so Peers is empty. Prefixes are the prefixes they were
+	// folded into (none for overflow), PeerCount the estimated distinct
+	// peers (0: unknown), Packets their packets.
+	Lost      bool
+	Prefixes  []netip.Prefix
+	PeerCount uint64
+	Packets   uint64
 }
 
 // Widening is one prefix an observed peer was widened to (--aggregate).
@@ -229,8 +262,13 @@ type Ruleset struct {
 	Opened     []string
 	Widened    []Widening
 	Management []string
-	Warnings   []string
-	Notes      []string
+	// Warnings start with the refusal reasons overridden by Force
+	// (Forced, each prefixed "FORCED (--force): ").
+	Warnings []string
+	Notes    []string
+	// Forced are the reasons Build would have refused the input for,
+	// written anyway because of Options.Force.
+	Forced []string
 	// Undocumented counts observed, answered services that the matrix
 	// does not document or whose peers were out of zone.
 	Undocumented int
@@ -265,6 +303,8 @@ type builder struct {
 	coverCache map[coverKey][]coverGroup
 	// per-service notes whose peers are listed together
 	warnPeers, openPeers *peerNotes
+	// lost groups the traffic whose peers are unknown (lost.go)
+	lost map[lostKey]*lostGroup
 }
 
 // peerNotes collects peers per message, so a line names a service once
@@ -309,22 +349,16 @@ const scannerReason = "suspected scanner (audit scan-suspected finding): its att
 
 // Build decides what to allow. snap may be nil in Documented mode (the
 // management guard then has no traffic to look at, and says so).
+//
+// Build refuses (a *RefusedError wrapping ErrRefused, naming every reason)
+// a snapshot whose flow map overflowed, that was interrupted or is a
+// checkpoint, or whose window is below MinWindow (in Documented mode,
+// which allows no traffic from it, these are warnings), and a known
+// session (Sessions) from outside every zone the matrix allows for it,
+// unless Force; a window that shows no traffic is refused with ErrQuiet
+// unless AllowQuiet.
 func Build(snap *snapshot.Snapshot, o Options) (*Ruleset, error) {
-	if o.Mode == "" {
-		o.Mode = Observed
-		if o.Matrix != nil {
-			o.Mode = Both
-		}
-	}
-	if o.EgressPolicy == "" {
-		o.EgressPolicy = Accept
-	}
-	if o.ManagementPorts == nil {
-		o.ManagementPorts = DefaultManagementPorts
-	}
-	if o.MinWindow == 0 {
-		o.MinWindow = audit.DefaultMinWindow
-	}
+	o.defaults()
 	switch {
 	case o.Mode != Observed && o.Matrix == nil:
 		return nil, fmt.Errorf("mode %s needs a matrix (--matrix and --role)", o.Mode)
@@ -333,9 +367,16 @@ func Build(snap *snapshot.Snapshot, o Options) (*Ruleset, error) {
 	case o.Aggregate4 < 0 || o.Aggregate4 > 32 || o.Aggregate6 < 0 || o.Aggregate6 > 128:
 		return nil, fmt.Errorf("aggregate prefix lengths out of range: /%d (IPv4), /%d (IPv6)", o.Aggregate4, o.Aggregate6)
 	}
+	reasons, soft := o.refusals(snap)
+	if len(reasons) > 0 && !o.Force {
+		return nil, &RefusedError{Reasons: reasons}
+	}
 	b := &builder{o: o, snap: snap, granted: map[string]bool{}, widened: map[string]*Widening{},
 		warnPeers: newPeerNotes(), openPeers: newPeerNotes(),
-		rs: &Ruleset{Mode: o.Mode, EgressPolicy: o.EgressPolicy, Tool: o.ToolVersion}}
+		rs: &Ruleset{Mode: o.Mode, EgressPolicy: o.EgressPolicy, Tool: o.ToolVersion, Forced: reasons}}
+	for _, r := range soft {
+		b.rs.Warnings = append(b.rs.Warnings, "incomplete snapshot (mode documented allows the zones without it; only the management guard and the lists below use it): "+r)
+	}
 	b.header()
 	if snap != nil {
 		if err := b.observe(); err != nil {
@@ -410,10 +451,14 @@ func (b *builder) observe() error {
 	}
 	b.scanners = audit.SuspectedScanners(rep)
 	for _, f := range rep.Findings {
-		if f.Kind == audit.AuditIncomplete {
+		// A full map and a short window are refusal reasons, stated
+		// with their numbers (refusals); the engine's other reasons
+		// are passed on.
+		if f.Kind == audit.AuditIncomplete && f.ID != "audit-incomplete/map-full" && f.ID != "audit-incomplete/short-window" {
 			b.rs.Warnings = append(b.rs.Warnings, "audit incomplete: "+f.Summary)
 		}
 	}
+	b.observeOverflow()
 	var infra, unclass int
 	for _, c := range b.classes {
 		switch c.Kind {
@@ -445,6 +490,11 @@ func (b *builder) auditable() []*audit.FlowClass {
 		}
 		if b.replyLike(c.Flow) {
 			b.replies++
+			continue
+		}
+		if !c.Flow.Peer.IsValid() {
+			// folded (or peerless) entries never become rules
+			b.lose(c, lostFolded)
 			continue
 		}
 		if c.Flow.Peer.Unmap().IsLoopback() {
@@ -687,9 +737,13 @@ func (b *builder) leaveScanner(f *snapshot.Flow) {
 }
 
 // peerSet is the set of addresses a documented peer stands for at this
-// site, as Site.Contains binds it: a role's hosts or else its zone, a
-// zone, a DNS name's addresses, a literal prefix, or everything.
-func (b *builder) peerSet(p catalog.Peer) (*netipx.IPSet, bool) {
+// site.
+func (b *builder) peerSet(p catalog.Peer) (*netipx.IPSet, bool) { return peerSet(b.o.Site, p) }
+
+// peerSet is the set of addresses a documented peer stands for at site,
+// as Site.Contains binds it: a role's hosts or else its zone, a zone, a
+// DNS name's addresses, a literal prefix, or everything.
+func peerSet(site *catalog.Site, p catalog.Peer) (*netipx.IPSet, bool) {
 	var sb netipx.IPSetBuilder
 	switch p.Kind {
 	case catalog.PeerAny:
@@ -699,7 +753,6 @@ func (b *builder) peerSet(p catalog.Peer) (*netipx.IPSet, bool) {
 		s, _ := sb.IPSet()
 		return s, true
 	}
-	site := b.o.Site
 	if site == nil {
 		return nil, false
 	}
@@ -858,18 +911,40 @@ func (b *builder) quiet() error {
 	return nil
 }
 
-// management keeps the sessions the appliance is administered through:
-// SSH and HTTPS sessions seen in the window (and sessions the caller
-// knows of), unless a rule already allows them.
+// management is the management guard. Its sessions are the inbound
+// sessions on the management ports seen in the window (answered, and
+// either established before the recording or carrying data both ways: a
+// probe or a scanner does not count) and the sessions the caller knows of
+// (Options.Sessions: the SSH_CONNECTION of a live run). For each:
+//
+//   - a rule already allows it: reported, nothing added;
+//   - else its peer is inside what the site binds to the peer of a matrix
+//     rule for that inbound service (a zone the matrix allows for it; any
+//     peer without a matrix): KEPT by a separate "management-guard" rule;
+//   - else it is NOT kept — an outsider's session, e.g. a failed SSH login
+//     from an address in no allowed zone, stays out and is listed under
+//     "Observed but NOT allowed". The one exception is a known session
+//     (the person running flowaudit): Build refuses it (refusals) unless
+//     Force, and with Force keeps it, with a warning.
+//
+// docs/RULES.md ("Never lock out management") says the same.
 func (b *builder) management() {
 	if b.o.NoManagementGuard {
 		b.rs.Warnings = append(b.rs.Warnings, "the management guard is off: nothing keeps your SSH/HTTPS session if no rule allows it")
+		for _, s := range b.o.Sessions {
+			if ok, _ := b.covers(snapshot.Inbound, s.Proto, s.Port, s.Peer.Unmap(), false); !ok {
+				b.rs.Warnings = append(b.rs.Warnings, fmt.Sprintf("the management guard is off and no rule allows your own session, inbound %s from %s (%s): applying these rules cuts it",
+					s.Service, s.Peer.Unmap(), s.Why))
+			}
+		}
 		return
 	}
 	type sess struct {
-		peer netip.Addr
-		svc  Service
-		why  string
+		peer  netip.Addr
+		svc   Service
+		why   string
+		known bool           // from Options.Sessions
+		flow  *snapshot.Flow // the observed flow, nil for a known session
 	}
 	var list []sess
 	seen := map[string]bool{}
@@ -881,11 +956,11 @@ func (b *builder) management() {
 		}
 	}
 	for _, s := range b.o.Sessions {
-		addSess(sess{s.Peer.Unmap(), s.Service, s.Why})
+		addSess(sess{peer: s.Peer.Unmap(), svc: s.Service, why: s.Why, known: true})
 	}
 	for _, c := range b.classes {
 		f := c.Flow
-		if f.Direction != snapshot.Inbound || c.State != audit.StateOpen || b.scanners[f.Peer.Unmap()] {
+		if f.Direction != snapshot.Inbound || c.State != audit.StateOpen || !f.Peer.IsValid() || b.scanners[f.Peer.Unmap()] {
 			continue
 		}
 		svc := Service{f.Proto, f.Port}
@@ -895,9 +970,9 @@ func (b *builder) management() {
 		e := f.Evidence
 		switch {
 		case e.SynIn == 0 && f.PacketsIn > 0 && f.PacketsOut > 0:
-			addSess(sess{f.Peer.Unmap(), svc, "session established before the recording started"})
+			addSess(sess{peer: f.Peer.Unmap(), svc: svc, why: "session established before the recording started", flow: f})
 		case e.SynAckOut > 0 && f.PacketsIn >= 3 && f.PacketsOut >= 2:
-			addSess(sess{f.Peer.Unmap(), svc, "session opened in the window"})
+			addSess(sess{peer: f.Peer.Unmap(), svc: svc, why: "session opened in the window", flow: f})
 		}
 	}
 	sort.Slice(list, func(i, j int) bool {
@@ -911,16 +986,47 @@ func (b *builder) management() {
 			b.rs.Management = append(b.rs.Management, fmt.Sprintf("inbound %s from %s (%s) stays allowed by %s", s.svc, s.peer, s.why, strings.Join(ids, ", ")))
 			continue
 		}
+		inZone, zones := b.o.sessionInZone(s.peer, s.svc)
+		if !inZone && !s.known {
+			b.rs.Management = append(b.rs.Management, fmt.Sprintf("inbound %s from %s (%s) is NOT kept: the peer is outside every zone the matrix allows for %s (%s); listed under Observed but NOT allowed",
+				s.svc, s.peer, s.why, s.svc, zones))
+			if !b.isLeft(s.flow) {
+				b.leave(s.flow, fmt.Sprintf("management session from outside every zone the matrix allows for %s (%s): not kept", s.svc, zones), true)
+			}
+			continue
+		}
 		var sb netipx.IPSetBuilder
 		sb.Add(s.peer)
 		set, _ := sb.IPSet()
 		b.add(grant{dir: snapshot.Inbound, proto: s.svc.Proto, lo: s.svc.Port, hi: s.svc.Port, peers: set, rules: []string{"management-guard"}, mgmt: true})
 		why := b.whyNot(s.peer, s.svc)
-		b.rs.Management = append(b.rs.Management, fmt.Sprintf("inbound %s from %s (%s) is KEPT by the management guard although %s; remove that rule once you know it is not your own session", s.svc, s.peer, s.why, why))
+		switch {
+		case !inZone: // a known session, written because of Force (else refused)
+			b.rs.Management = append(b.rs.Management, fmt.Sprintf("inbound %s from %s (%s) is KEPT because of --force although %s and the peer is outside every zone the matrix allows for %s (%s); remove that rule once you no longer need it",
+				s.svc, s.peer, s.why, why, s.svc, zones))
+			b.rs.Warnings = append(b.rs.Warnings, fmt.Sprintf("your own session, inbound %s from %s (%s), is kept by a management-guard rule although its peer is outside every zone the matrix allows for %s",
+				s.svc, s.peer, s.why, s.svc))
+		case zones == "":
+			b.rs.Management = append(b.rs.Management, fmt.Sprintf("inbound %s from %s (%s) is KEPT by the management guard although %s (no matrix to check its zone against)",
+				s.svc, s.peer, s.why, why))
+		default:
+			b.rs.Management = append(b.rs.Management, fmt.Sprintf("inbound %s from %s (%s) is KEPT by the management guard although %s: the peer is inside %s, which the matrix allows for %s",
+				s.svc, s.peer, s.why, why, zones, s.svc))
+		}
 	}
 	if len(list) == 0 && b.snap != nil {
 		b.rs.Notes = append(b.rs.Notes, fmt.Sprintf("no management session (%s) was seen in the window", servicesString(b.o.ManagementPorts)))
 	}
+}
+
+// isLeft reports whether f was already left out.
+func (b *builder) isLeft(f *snapshot.Flow) bool {
+	for _, l := range b.left {
+		if l.f == f {
+			return true
+		}
+	}
+	return false
 }
 
 // whyNot explains why the normal rules would not allow a session.
@@ -986,6 +1092,9 @@ func (b *builder) finishLeft() {
 		sort.Slice(e.Peers, func(i, j int) bool { return e.Peers[i].Less(e.Peers[j]) })
 		slices.Sort(e.Ports)
 		b.rs.NotAllowed = append(b.rs.NotAllowed, *e)
+	}
+	b.rs.NotAllowed = append(b.rs.NotAllowed, b.lostLeft()...)
+	for _, e := range b.rs.NotAllowed {
 		if e.Undocumented {
 			b.rs.Undocumented++
 		}
@@ -1001,8 +1110,14 @@ func (b *builder) finishLeft() {
 		if a.Ports[0] != c.Ports[0] {
 			return a.Ports[0] < c.Ports[0]
 		}
+		if a.Lost != c.Lost {
+			return !a.Lost
+		}
 		if a.Reason != c.Reason {
 			return a.Reason < c.Reason
+		}
+		if len(a.Peers) == 0 || len(c.Peers) == 0 {
+			return len(a.Peers) < len(c.Peers)
 		}
 		return a.Peers[0].Less(c.Peers[0])
 	})
@@ -1059,7 +1174,31 @@ func (b *builder) finish() {
 			}
 		}
 	}
-	rs.Warnings = uniq(rs.Warnings)
+	if st := b.snapStats(); st != nil && (st.FoldedFlows > 0 || b.hasLost(lostFolded)) {
+		rs.Warnings = append(rs.Warnings, fmt.Sprintf("the recorder folded %d per-peer entries into prefixes to stay within its memory budget (%d flow entries): those peers get no rule (listed under Observed but NOT allowed as \"peers folded into\"); applying these rules cuts them off if they need the service",
+			st.FoldedFlows, st.FlowBudget))
+	}
+	forced := make([]string, len(rs.Forced))
+	for i, r := range rs.Forced {
+		forced[i] = forcedPrefix + r
+	}
+	rs.Warnings = append(forced, uniq(rs.Warnings)...)
+}
+
+func (b *builder) snapStats() *snapshot.Stats {
+	if b.snap == nil {
+		return nil
+	}
+	return &b.snap.Stats
+}
+
+func (b *builder) hasLost(kind lostKind) bool {
+	for k := range b.lost {
+		if k.kind == kind {
+			return true
+		}
+	}
+	return false
 }
 
 func ruleIDs(rules []*catalog.Rule) []string {

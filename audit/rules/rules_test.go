@@ -357,8 +357,8 @@ func TestModes(t *testing.T) {
 				t.Errorf("not allowed list lacks %q:\n%s", want, all)
 			}
 		}
-		if rs.Undocumented != 3 {
-			t.Errorf("undocumented %d, want 3 (6379, 443 from .99, outbound 25)", rs.Undocumented)
+		if rs.Undocumented != 4 {
+			t.Errorf("undocumented %d, want 4 (6379, 443 from .99, 22 from 10.1.0.77 that the guard no longer keeps, outbound 25)", rs.Undocumented)
 		}
 		// documented "any" peer: the observed peers only
 		if !strings.Contains(allowText(rs), "in v4 tcp 80 198.51.100.20/31 [fix1.server.web-any]") {
@@ -459,35 +459,43 @@ func TestQuiet(t *testing.T) {
 
 func TestManagementGuard(t *testing.T) {
 	_, m, site := fixture(t)
-	preexisting := fl("in", "tcp", 22, "10.1.0.77")
+	preexisting := fl("in", "tcp", 22, "10.1.0.77") // an agent host, outside ADMIN_IP
 	preexisting.Evidence = snapshot.Evidence{}
 	probe := fl("in", "tcp", 443, "198.51.100.99")
 	probe.PacketsIn, probe.PacketsOut = 2, 1
 	base := []snapshot.Flow{fl("in", "tcp", 9000, "10.1.0.4"), preexisting, probe}
 
+	// A session from outside the zones the matrix allows for its service
+	// is not kept: it is listed, and MANAGEMENT says why.
 	rs := build(t, mksnap(base...), Options{Matrix: m, Site: site})
 	got := allowText(rs)
-	if !strings.Contains(got, "in v4 tcp 22 10.1.0.77/32 [management-guard] mgmt") || !strings.HasPrefix(got, "in v4 tcp 22") {
-		t.Errorf("the pre-existing SSH session is not kept first:\n%s", got)
+	if strings.Contains(got, "mgmt") || strings.Contains(got, "10.1.0.77") {
+		t.Errorf("an out-of-zone session is kept:\n%s", got)
 	}
 	if strings.Contains(got, "198.51.100.99") {
 		t.Errorf("a probe of 443 is not a session:\n%s", got)
 	}
 	mg := strings.Join(rs.Management, "\n")
-	if !strings.Contains(mg, "inbound tcp/22 from 10.1.0.77 (session established before the recording started) is KEPT by the management guard although peer outside zone ADMIN_IP") {
+	if mg != "inbound tcp/22 from 10.1.0.77 (session established before the recording started) is NOT kept: the peer is outside every zone the matrix allows for tcp/22 (fix1.server.ssh: zone ADMIN_IP); listed under Observed but NOT allowed" {
 		t.Errorf("management %q", rs.Management)
 	}
+	listed := false
 	for _, l := range rs.NotAllowed {
-		if l.Ports[0] == 22 {
-			t.Errorf("kept session also listed as not allowed: %s", l)
-		}
+		listed = listed || l.String() == "inbound tcp/22 from 10.1.0.77: peer outside zone ADMIN_IP (fix1.server.ssh)"
+	}
+	if !listed {
+		t.Errorf("the session is not listed as not allowed: %v", rs.NotAllowed)
 	}
 
-	// A session known from SSH_CONNECTION on another port, without traffic.
-	rs = build(t, mksnap(base...), Options{Matrix: m, Site: site,
-		Sessions: []Session{{Peer: netip.MustParseAddr("192.0.2.200"), Service: Service{snapshot.TCP, 2222}, Why: "SSH_CONNECTION"}}})
-	if !strings.Contains(allowText(rs), "in v4 tcp 2222 192.0.2.200/32 [management-guard] mgmt") {
-		t.Errorf("SSH_CONNECTION session not kept:\n%s", allowText(rs))
+	// Your own session (SSH_CONNECTION) on a port the matrix does not
+	// document: refused; with --force kept by a separate rule, first.
+	own := []Session{{Peer: netip.MustParseAddr("192.0.2.200"), Service: Service{snapshot.TCP, 2222}, Why: "SSH_CONNECTION"}}
+	if _, err := Build(mksnap(base...), Options{Matrix: m, Site: site, Sessions: own}); !errors.Is(err, ErrRefused) {
+		t.Errorf("own session outside every zone: err %v, want ErrRefused", err)
+	}
+	rs = build(t, mksnap(base...), Options{Matrix: m, Site: site, Sessions: own, Force: true})
+	if got := allowText(rs); !strings.HasPrefix(got, "in v4 tcp 2222 192.0.2.200/32 [management-guard] mgmt") {
+		t.Errorf("forced SSH_CONNECTION session not kept first:\n%s", got)
 	}
 
 	// A session a rule allows is kept by that rule, and said so.
@@ -498,17 +506,24 @@ func TestManagementGuard(t *testing.T) {
 		t.Errorf("allows:\n%s\nmanagement %q", allowText(rs), rs.Management)
 	}
 
-	// Switched off: nothing kept, and a warning.
+	// Switched off: nothing looked at, and a warning.
 	rs = build(t, mksnap(base...), Options{Matrix: m, Site: site, NoManagementGuard: true})
-	if strings.Contains(allowText(rs), "mgmt") || !strings.Contains(strings.Join(rs.Warnings, "\n"), "management guard is off") {
-		t.Errorf("guard off:\n%s\n%q", allowText(rs), rs.Warnings)
+	if strings.Contains(allowText(rs), "mgmt") || len(rs.Management) != 0 || !strings.Contains(strings.Join(rs.Warnings, "\n"), "management guard is off") {
+		t.Errorf("guard off:\n%s\n%q %q", allowText(rs), rs.Management, rs.Warnings)
 	}
 
-	// Other management ports.
+	// Other management ports: an undocumented one keeps nobody; a
+	// documented one keeps an idle session from its zone (role agent).
 	rs = build(t, mksnap(append(base, fl("in", "tcp", 9090, "198.51.100.50"))...), Options{Matrix: m, Site: site,
 		ManagementPorts: []Service{{snapshot.TCP, 9090}}})
-	if !strings.Contains(allowText(rs), "in v4 tcp 9090 198.51.100.50/32 [management-guard] mgmt") || strings.Contains(allowText(rs), "10.1.0.77") {
-		t.Errorf("--management-port tcp/9090:\n%s", allowText(rs))
+	if strings.Contains(allowText(rs), "mgmt") || !strings.Contains(strings.Join(rs.Management, "\n"), "inbound tcp/9090 from 198.51.100.50 (session opened in the window) is NOT kept: the peer is outside every zone the matrix allows for tcp/9090 (the matrix documents no inbound tcp/9090)") {
+		t.Errorf("--management-port tcp/9090:\n%s\n%q", allowText(rs), rs.Management)
+	}
+	agent := []Session{{Peer: netip.MustParseAddr("10.1.0.99"), Service: Service{snapshot.TCP, 9001}, Why: "known"}}
+	rs = build(t, mksnap(base...), Options{Matrix: m, Site: site, ManagementPorts: []Service{{snapshot.TCP, 9001}}, Sessions: agent})
+	if !strings.Contains(allowText(rs), "in v4 tcp 9001 10.1.0.99/32 [management-guard] mgmt") || strings.Contains(allowText(rs), "10.1.0.77") ||
+		!strings.Contains(strings.Join(rs.Management, "\n"), "the peer is inside fix1.server.agent: role agent (zone AGENT_NET), which the matrix allows for tcp/9001") {
+		t.Errorf("--management-port tcp/9001:\n%s\n%q", allowText(rs), rs.Management)
 	}
 }
 

@@ -171,7 +171,9 @@ func TestAzure(t *testing.T) {
 	snap, m, site := fixture(t)
 	render := func(s *snapshot.Snapshot) string {
 		var buf bytes.Buffer
-		if err := Render(&buf, build(t, s, Options{Matrix: m, Site: site, EgressPolicy: Drop}), AzureNSG, RenderOptions{}); err != nil {
+		// an idle admin session over IPv6 that only the guard keeps
+		idle := []Session{{Peer: netip.MustParseAddr("2001:db8:a::10"), Service: Service{snapshot.TCP, 22}, Why: "SSH_CONNECTION"}}
+		if err := Render(&buf, build(t, s, Options{Matrix: m, Site: site, EgressPolicy: Drop, Sessions: idle}), AzureNSG, RenderOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		return buf.String()
@@ -185,7 +187,7 @@ func TestAzure(t *testing.T) {
 	if b := render(&rev); a != b {
 		t.Error("flow order changes the Azure script")
 	}
-	if !strings.Contains(a, "--name flowaudit-in-0100 --priority 100 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 10.1.0.77/32") {
+	if !strings.Contains(a, "--name flowaudit-in-0100 --priority 100 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 2001:db8:a::10/128 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 22 ") {
 		t.Errorf("the management session is not the first rule:\n%s", a)
 	}
 	if !strings.Contains(a, "NOT ADDED: NSG rules cannot match gre") {

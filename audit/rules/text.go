@@ -28,6 +28,16 @@ func (l Left) String() string {
 		}
 		svc = fmt.Sprintf("%s/%s (%d ports)", l.Proto, strings.Join(ps, ","), len(l.Ports))
 	}
+	if l.Lost {
+		who := "unknown peers"
+		switch {
+		case l.PeerCount == 1:
+			who = "about 1 unknown peer"
+		case l.PeerCount > 1:
+			who = fmt.Sprintf("about %d unknown peers", l.PeerCount)
+		}
+		return fmt.Sprintf("%s %s %s %s (%d packets): %s", l.Direction, svc, fromTo(l.Direction), who, l.Packets, l.Reason)
+	}
 	return fmt.Sprintf("%s %s %s %s: %s", l.Direction, svc, fromTo(l.Direction), peerList(l.Peers), l.Reason)
 }
 
@@ -232,7 +242,7 @@ func (rs *Ruleset) header(target Target, howto []string) []string {
 			add("  %s", s)
 		}
 	}
-	section("MANAGEMENT (never locked out):", rs.Management)
+	section("MANAGEMENT sessions (the management guard):", rs.Management)
 	section("WARNINGS:", rs.Warnings)
 	section("Documented traffic that was refused or filtered in the window, now allowed:", rs.Opened)
 	var left []string

@@ -6,8 +6,10 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -46,9 +48,13 @@ const rulesExamples = `  # nftables rules for a UTMStack v11 manager: documented
 
 flowaudit never applies rules: it writes them for review. Modes, aggregation, the management
 guard and each target's shape and limits: docs/RULES.md.
-Exit codes: 0 rules written, 1 error (including "no traffic seen": flowaudit never turns a quiet
-window into a deny-all policy), 2 with --fail-on-undocumented when observed, answered traffic
-was undocumented or out of zone (the rules are written all the same).`
+Safe by default: a snapshot whose flow map overflowed, that was interrupted or is a checkpoint,
+a window below --min-window, and your own SSH session (SSH_CONNECTION, live) from outside every
+zone the matrix allows for it are refused; --force writes the rules anyway, with each reason
+first in the file's WARNINGS.
+Exit codes: 0 rules written, 1 error (including a refusal, and "no traffic seen": flowaudit never
+turns a quiet window into a deny-all policy), 2 with --fail-on-undocumented when observed,
+answered traffic was undocumented or out of zone (the rules are written all the same).`
 
 func runRules(e *env, args []string) error {
 	var (
@@ -64,6 +70,7 @@ func runRules(e *env, args []string) error {
 		allowUnverif bool
 		allowQuiet   bool
 		failUndoc    bool
+		force        bool
 		minWindow    time.Duration
 		awsMax       int
 		awsSpill     string
@@ -81,7 +88,8 @@ func runRules(e *env, args []string) error {
 	fs.BoolVar(&allowUnverif, "allow-unverified", false, "allow observed traffic on documented ports whose zone the site does not bind")
 	fs.BoolVar(&allowQuiet, "allow-quiet", false, "generate even when the window shows no inbound traffic (the input policy then allows only replies)")
 	fs.BoolVar(&failUndoc, "fail-on-undocumented", false, "exit 2 when observed, answered traffic was undocumented or out of zone")
-	fs.DurationVar(&minWindow, "min-window", audit.DefaultMinWindow, "a shorter observation window is warned about")
+	fs.DurationVar(&minWindow, "min-window", audit.DefaultMinWindow, "a shorter observation window is refused (see --force)")
+	fs.BoolVar(&force, "force", false, "write the rules although the input is refused (map overflowed, interrupted, checkpoint, window below --min-window, your session outside the zones); each reason heads the WARNINGS")
 	fs.IntVar(&awsMax, "aws-max-rules", rules.DefaultAWSMaxRules, "aws-sg: rules per security group, direction and address family (AWS quota)")
 	fs.StringVar(&awsSpill, "aws-spill", "fail", "aws-sg: above the quota, fail or split into several security groups (groups)")
 	if err := fs.Parse(args); err != nil {
@@ -98,7 +106,7 @@ func runRules(e *env, args []string) error {
 		return fmt.Errorf("--target: %w", err)
 	}
 	o := rules.Options{AllowUnverified: allowUnverif, AllowQuiet: allowQuiet, NoManagementGuard: noGuard,
-		MinWindow: minWindow, ToolVersion: Version()}
+		MinWindow: minWindow, Force: force, ToolVersion: Version()}
 	if mode != "" {
 		if o.Mode, err = rules.ParseMode(mode); err != nil {
 			return fmt.Errorf("--mode: %w", err)
@@ -149,19 +157,32 @@ func runRules(e *env, args []string) error {
 		}
 	}
 
-	snap, err := in.load(e)
-	if err != nil {
-		return err
-	}
 	if in.live() {
 		if s, ok := sshSession(os.Getenv("SSH_CONNECTION")); ok {
 			o.Sessions = append(o.Sessions, s)
 		}
+		o.PlannedWindow = in.duration
+		// What can be refused before recording is refused before it
+		// starts: a planned window below --min-window, your own session
+		// from outside the zones.
+		if err := rules.Precheck(o); err != nil {
+			return err
+		}
+	}
+	snap, err := loadMarked(e, &in)
+	if err != nil {
+		return err
 	}
 
 	rs, err := rules.Build(snap, o)
+	if errors.Is(err, rules.ErrRefused) && in.saveSnap != "" {
+		return fmt.Errorf("%w (the recording is kept in %s: rerun with --snapshot %s, adding --force if you accept these reasons)", err, in.saveSnap, in.saveSnap)
+	}
 	if err != nil {
 		return err
+	}
+	for _, r := range rs.Forced {
+		e.log.Warn("writing rules although they would be refused (--force)", zap.String("reason", r))
 	}
 	ro := rules.RenderOptions{AWSMaxRules: awsMax, AWSSpill: awsSpill}
 	if err := writeOutput(e, out, func(w io.Writer) error { return rules.Render(w, rs, tgt, ro) },
@@ -171,7 +192,7 @@ func runRules(e *env, args []string) error {
 	for _, m := range rs.Management {
 		e.log.Info("management", zap.String("session", m))
 	}
-	for _, w := range rs.Warnings {
+	for _, w := range rs.Warnings[len(rs.Forced):] {
 		e.log.Warn(w)
 	}
 	inb, outb := 0, 0
@@ -190,6 +211,43 @@ func runRules(e *env, args []string) error {
 		return fmt.Errorf("%d observed services were undocumented or out of zone: %w", rs.Undocumented, errFindings)
 	}
 	return nil
+}
+
+// loadMarked is in.load that, for a live recording stopped by SIGINT or
+// SIGTERM, marks the snapshot as interrupted (unless the recorder already
+// did) before --save-snapshot writes it, so a later run from the saved
+// file is refused too.
+func loadMarked(e *env, in *inputFlags) (*snapshot.Snapshot, error) {
+	if !in.live() {
+		return in.load(e)
+	}
+	caught := make(chan os.Signal, 1)
+	signal.Notify(caught, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(caught)
+	save := in.saveSnap
+	in.saveSnap = ""
+	defer func() { in.saveSnap = save }()
+	snap, err := in.load(e)
+	if err != nil {
+		return nil, err
+	}
+	if snap.Interrupted == nil {
+		select {
+		case sig := <-caught:
+			name := "SIGTERM"
+			if sig == os.Interrupt {
+				name = "SIGINT"
+			}
+			snap.Interrupted = &snapshot.Interruption{Signal: name, At: snap.End, PlannedEnd: snap.Start.Add(in.duration)}
+		default:
+		}
+	}
+	if save != "" {
+		if err := snapshot.WriteFile(save, snap); err != nil {
+			return nil, err
+		}
+	}
+	return snap, nil
 }
 
 // parseAggregate reads --aggregate values: "/24" (IPv4 when ≤ 32, else

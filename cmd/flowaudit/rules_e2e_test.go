@@ -146,9 +146,11 @@ func sendUDP(h *testenv.Host, addr netip.AddrPort, n int) error {
 // b:8081 (undocumented). The flowaudit binary records all of it live and
 // writes nftables rules (mode both, egress policy drop) in one run; the
 // ruleset is applied in a's namespace and the traffic replayed: every
-// documented and observed flow still works, b's SSH session (out of zone,
-// kept by the management guard) and the SSH_CONNECTION session still
-// work, and the undocumented flows are now refused.
+// documented and observed flow still works, the SSH_CONNECTION session
+// (outside every zone the matrix allows: refused without --force, kept
+// with it) still works, and the undocumented flows and b's SSH session
+// (an outsider for tcp/22, not kept by the management guard) are now
+// refused.
 func TestE2ERulesNftables(t *testing.T) {
 	a, b := testenv.NewPair(t)
 	testenv.RequireTool(t, "nft")
@@ -197,7 +199,21 @@ func TestE2ERulesNftables(t *testing.T) {
 		}
 	}
 	env = append(env, "SSH_CONNECTION="+b.IPv4.String()+" 50022 "+a.IPv4.String()+" 2222")
-	cmd, logs := startInNS(t, ctx, a, env, "rules",
+	lab := []string{"--catalog", "testdata/rules-lab-catalog.yaml", "--matrix", "rulelab", "--role", "server", "--site", "testdata/rules-lab-site.yaml"}
+	// Without --force: refused before anything is recorded, because the
+	// matrix documents no tcp/2222 for anyone.
+	refused, rlogs := startInNS(t, ctx, a, env, append([]string{"rules", "--iface", a.Iface, "--duration", "4s", "--min-window", "1s",
+		"--target", "nftables", "--out", rulesPath}, lab...)...)
+	var rlogged []string
+	for l := range rlogs {
+		rlogged = append(rlogged, l)
+	}
+	if err := refused.Wait(); err == nil || refused.ProcessState.ExitCode() != exitError ||
+		!strings.Contains(strings.Join(rlogged, "\n"), "your own session, inbound tcp/2222 from 192.0.2.2") ||
+		strings.Contains(strings.Join(rlogged, "\n"), `"msg":"recording"`) {
+		t.Fatalf("own session outside the zones: %v, want exit 1 before recording\n%s", err, strings.Join(rlogged, "\n"))
+	}
+	cmd, logs := startInNS(t, ctx, a, env, "rules", "--force",
 		"--iface", a.Iface, "--duration", "4s", "--save-snapshot", snapPath,
 		"--catalog", "testdata/rules-lab-catalog.yaml", "--matrix", "rulelab", "--role", "server", "--site", "testdata/rules-lab-site.yaml",
 		"--min-window", "1s", "--egress-policy", "drop", "--target", "nftables", "--out", rulesPath)
@@ -212,7 +228,7 @@ func TestE2ERulesNftables(t *testing.T) {
 		{"https v6", func() error { return talk(b, av6(8443), 1, 2*time.Second) }},
 		{"syslog", func() error { return sendUDP(b, av4(514), 5) }},
 		{"ping", func() error { return ping(b, a.IPv4, 1) }},
-		{"ssh session from b", func() error { return talk(b, av4(22), 3, 2*time.Second) }},
+		{"outsider ssh session from b", func() error { return talk(b, av4(22), 3, 2*time.Second) }},
 		{"undocumented 6379", func() error { return talk(b, av4(6379), 1, 2*time.Second) }},
 		{"feed out v4", func() error { return talk(a, bv4(8080), 1, 2*time.Second) }},
 		{"feed out v6", func() error { return talk(a, bv6(8080), 1, 2*time.Second) }},
@@ -242,8 +258,10 @@ func TestE2ERulesNftables(t *testing.T) {
 
 	// What the file says before anything is applied.
 	for _, want := range []string{
-		"inbound tcp/22 from 192.0.2.2 (session opened in the window) is KEPT by the management guard although peer outside zone ADMIN_IP",
-		"inbound tcp/2222 from 192.0.2.2 (the SSH session flowaudit ran in (SSH_CONNECTION)) is KEPT by the management guard",
+		"inbound tcp/22 from 192.0.2.2 (session opened in the window) is NOT kept: the peer is outside every zone the matrix allows for tcp/22 (rl1.server.ssh: zone ADMIN_IP)",
+		"inbound tcp/22 from 192.0.2.2: peer outside zone ADMIN_IP (rl1.server.ssh)",
+		"FORCED (--force): your own session, inbound tcp/2222 from 192.0.2.2 (the SSH session flowaudit ran in (SSH_CONNECTION)), is outside every zone",
+		"inbound tcp/2222 from 192.0.2.2 (the SSH session flowaudit ran in (SSH_CONNECTION)) is KEPT because of --force",
 		"inbound tcp/6379 from 192.0.2.2: undocumented",
 		"outbound tcp/8081 to 192.0.2.2: undocumented",
 		"rl1.server.agent: inbound tcp/9001 from zone CLIENTS (required)",
@@ -260,7 +278,7 @@ func TestE2ERulesNftables(t *testing.T) {
 			t.Errorf("ruleset lacks %q", re)
 		}
 	}
-	if regexp.MustCompile(`dport[^\n]*\b(6379|8081|9001)\b`).MatchString(ruleset) {
+	if regexp.MustCompile(`dport[^\n]*\b(22|6379|8081|9001)\b`).MatchString(ruleset) {
 		t.Error("an undocumented or unobserved port is allowed")
 	}
 
@@ -270,7 +288,7 @@ func TestE2ERulesNftables(t *testing.T) {
 	before := syslog.Load()
 	for _, s := range steps {
 		err := s.do()
-		blocked := strings.HasPrefix(s.what, "undocumented")
+		blocked := strings.HasPrefix(s.what, "undocumented") || strings.HasPrefix(s.what, "outsider")
 		switch {
 		case blocked && err == nil:
 			t.Errorf("after the rules, %s still works", s.what)
@@ -335,7 +353,7 @@ func TestE2ERulesNftables(t *testing.T) {
 		before := syslog.Load()
 		for _, s := range steps {
 			err := s.do()
-			blocked := strings.HasPrefix(s.what, "undocumented")
+			blocked := strings.HasPrefix(s.what, "undocumented") || strings.HasPrefix(s.what, "outsider")
 			switch {
 			case blocked && err == nil:
 				t.Errorf("after the iptables rules, %s still works", s.what)
@@ -357,4 +375,81 @@ func TestE2ERulesNftables(t *testing.T) {
 			t.Errorf("the https rule counted nothing:\n%s", listing)
 		}
 	})
+}
+
+// TestE2ERulesInterrupted: Ctrl-C during a live rules run stops the
+// recording and the rules are refused (exit 1, the signal and --force
+// named) rather than written from the part of the window seen. The
+// snapshot kept with --save-snapshot is marked interrupted, so a run from
+// it is refused too; --force writes the rules from it, with the reason
+// heading the WARNINGS.
+func TestE2ERulesInterrupted(t *testing.T) {
+	a, b := testenv.NewPair(t)
+	testenv.RequireTool(t, "nft")
+	dir := t.TempDir()
+	rulesPath := filepath.Join(dir, "rules.nft")
+	snapPath := filepath.Join(dir, "snap.json")
+	serveTCP(t, a, 8443)
+	lab := []string{"--catalog", "testdata/rules-lab-catalog.yaml", "--matrix", "rulelab", "--role", "server",
+		"--site", "testdata/rules-lab-site.yaml", "--min-window", "1s", "--target", "nftables"}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SSH_CONNECTION=") {
+			env = append(env, kv)
+		}
+	}
+	cmd, logs := startInNS(t, ctx, a, env, append([]string{"rules", "--iface", a.Iface, "--duration", "10m",
+		"--save-snapshot", snapPath, "--out", rulesPath}, lab...)...)
+	logged := waitLog(t, logs, `"msg":"recording"`)
+	for i := 0; i < 2; i++ {
+		if err := talk(b, netip.AddrPortFrom(a.IPv4, 8443), 1, 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A window above --min-window: the interruption is the only reason.
+	time.Sleep(1500 * time.Millisecond)
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	for l := range logs {
+		logged = append(logged, l)
+	}
+	all := strings.Join(logged, "\n")
+	if err := cmd.Wait(); err == nil || cmd.ProcessState.ExitCode() != exitError {
+		t.Fatalf("rules after SIGINT: %v, want exit 1\n%s", err, all)
+	}
+	for _, want := range []string{"refusing to write rules: the recording was interrupted by SIGINT at", "--force",
+		"the recording is kept in " + snapPath} {
+		if !strings.Contains(all, want) {
+			t.Errorf("log lacks %q:\n%s", want, all)
+		}
+	}
+	if _, err := os.Stat(rulesPath); err == nil {
+		t.Error("rules were written from an interrupted recording")
+	}
+	snap, err := snapshot.ReadFile(snapPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Interrupted == nil || snap.Interrupted.Signal != "SIGINT" || snap.Window() < time.Second || snap.Window() > time.Minute {
+		t.Fatalf("saved snapshot: interrupted %+v, window %s", snap.Interrupted, snap.Window())
+	}
+
+	// From the saved snapshot: refused again, written with --force.
+	offline := append([]string{"rules", "--snapshot", snapPath, "--out", rulesPath}, lab...)
+	code, _, stderr := runCLI(t, offline...)
+	if code != exitError || !strings.Contains(stderr, "the recording was interrupted by SIGINT") {
+		t.Errorf("from the saved snapshot: exit %d\n%s", code, stderr)
+	}
+	code, _, stderr = runCLI(t, append(offline, "--force")...)
+	if code != exitClean {
+		t.Fatalf("--force: exit %d\n%s", code, stderr)
+	}
+	if !strings.Contains(mustRead(t, rulesPath), "#   FORCED (--force): the recording was interrupted by SIGINT at ") {
+		t.Errorf("the forced reason does not head the WARNINGS:\n%s", mustRead(t, rulesPath))
+	}
+	a.Exec("nft", "-c", "-f", rulesPath)
 }

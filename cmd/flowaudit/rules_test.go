@@ -4,8 +4,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flowaudit/flowaudit/audit/rules"
 	"github.com/flowaudit/flowaudit/audit/snapshot"
@@ -304,5 +306,142 @@ func TestParseAggregate(t *testing.T) {
 	}
 	if _, ok := sshSession("garbage"); ok {
 		t.Error("garbage SSH_CONNECTION accepted")
+	}
+}
+
+// unsafeSnap writes the rules fixture with mod applied.
+func unsafeSnap(t *testing.T, mod func(*snapshot.Snapshot)) string {
+	t.Helper()
+	s, err := snapshot.ReadFile(rulesSnap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod(s)
+	p := filepath.Join(t.TempDir(), "unsafe.json")
+	if err := snapshot.WriteFile(p, s); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestRulesRefusal: rules is safe by default. A snapshot whose map
+// overflowed, that was interrupted or is a checkpoint, or whose window is
+// below --min-window exits 1 with every reason and --force on stderr and
+// writes nothing; --force writes every target with the reasons heading the
+// WARNINGS (checked by the real tools), and logs them.
+func TestRulesRefusal(t *testing.T) {
+	t0 := time.Date(2026, 11, 26, 7, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name string
+		mod  func(*snapshot.Snapshot)
+		want []string
+	}{
+		{"overflow", func(s *snapshot.Snapshot) { s.Stats.FlowInsertFailed = 4711 }, []string{
+			"the kernel flow map (65536 entries) overflowed: 4711 packets lost their peer"}},
+		{"interrupted", func(s *snapshot.Snapshot) {
+			s.End = t0.Add(5 * time.Minute)
+			s.Interrupted = &snapshot.Interruption{Signal: "SIGTERM", At: s.End, PlannedEnd: t0.Add(time.Hour)}
+		}, []string{"the recording was interrupted by SIGTERM at 2026-11-26T07:05:00Z, 55m0s before its planned end 2026-11-26T08:00:00Z"}},
+		{"checkpoint", func(s *snapshot.Snapshot) { s.Checkpoint = true }, []string{
+			"the snapshot is a checkpoint, written while the recording was still running"}},
+		{"short window", func(s *snapshot.Snapshot) { s.End = t0.Add(45 * time.Second) }, []string{
+			"the observation window is 45s, below --min-window 1m0s"}},
+		{"all of them", func(s *snapshot.Snapshot) {
+			s.Stats.FlowInsertFailed, s.Checkpoint, s.End = 3, true, t0.Add(20*time.Second)
+			s.Interrupted = &snapshot.Interruption{Signal: "SIGINT", At: s.End}
+		}, []string{"3 packets lost their peer", "interrupted by SIGINT at 2026-11-26T07:00:20Z", "is a checkpoint", "window is 20s, below --min-window"}},
+	}
+	dir := t.TempDir()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := unsafeSnap(t, tc.mod)
+			args := func(extra ...string) []string {
+				return append([]string{"rules", "--catalog", rulesCatalog, "--matrix", "fixapp", "--role", "server", "--site", rulesSite,
+					"--snapshot", p}, extra...)
+			}
+			out := filepath.Join(dir, tc.name+".nft")
+			code, _, stderr := runCLI(t, args("--target", "nftables", "--out", out)...)
+			if code != exitError {
+				t.Fatalf("exit %d, want 1\n%s", code, stderr)
+			}
+			for _, w := range append(tc.want, "refusing to write rules", "--force") {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Error("a file was written")
+			}
+			for _, target := range rules.Targets {
+				out := filepath.Join(dir, tc.name+"."+string(target))
+				code, _, stderr := runCLI(t, args("--target", string(target), "--out", out, "--force")...)
+				if code != exitClean {
+					t.Fatalf("--force --target %s: exit %d\n%s", target, code, stderr)
+				}
+				file := mustRead(t, out)
+				for _, w := range tc.want {
+					if !regexp.MustCompile(`FORCED \(--force\): [^\n]*` + regexp.QuoteMeta(w)).MatchString(file) {
+						t.Errorf("%s lacks the warning %q", target, w)
+					}
+					if !strings.Contains(stderr, w) {
+						t.Errorf("--force does not log %q:\n%s", w, stderr)
+					}
+				}
+				if strings.Count(stderr, "writing rules although they would be refused (--force)") != len(tc.want) {
+					t.Errorf("%d reasons, logged:\n%s", len(tc.want), stderr)
+				}
+				// The forced header must not break a file: the real
+				// tools check the case with every reason (ufw's dry run
+				// takes seconds per script, so not every case).
+				if tc.name == "all of them" {
+					checkWithTool(t, target, out)
+				}
+			}
+		})
+	}
+	t.Run("--min-window decides", func(t *testing.T) {
+		p := unsafeSnap(t, func(s *snapshot.Snapshot) { s.End = t0.Add(45 * time.Second) })
+		args := []string{"rules", "--snapshot", p, "--target", "nftables", "--min-window", "30s"}
+		if code, _, stderr := runCLI(t, args...); code != exitClean {
+			t.Errorf("45s window, --min-window 30s: exit %d\n%s", code, stderr)
+		}
+		p = unsafeSnap(t, func(s *snapshot.Snapshot) {})
+		code, _, stderr := runCLI(t, "rules", "--snapshot", p, "--target", "nftables", "--min-window", "1h")
+		if code != exitError || !strings.Contains(stderr, "the observation window is 10m0s, below --min-window 1h0m0s") {
+			t.Errorf("10m window, --min-window 1h: exit %d\n%s", code, stderr)
+		}
+	})
+	t.Run("documented mode warns instead", func(t *testing.T) {
+		p := unsafeSnap(t, func(s *snapshot.Snapshot) { s.Stats.FlowInsertFailed = 4711 })
+		code, stdout, stderr := runCLI(t, "rules", "--catalog", rulesCatalog, "--matrix", "fixapp", "--role", "server", "--site", rulesSite,
+			"--snapshot", p, "--mode", "documented", "--target", "nftables")
+		if code != exitClean || !strings.Contains(stdout, "incomplete snapshot (mode documented allows the zones without it") {
+			t.Errorf("exit %d\n%s", code, stderr)
+		}
+	})
+}
+
+// TestRulesRefusalLive: with --iface, what can be known before recording
+// is refused before anything is attached: a --duration below
+// --min-window, and your own SSH session from outside every zone the
+// matrix allows for it. No root needed: nothing is recorded.
+func TestRulesRefusalLive(t *testing.T) {
+	live := func(extra ...string) []string {
+		return append([]string{"rules", "--catalog", rulesCatalog, "--matrix", "fixapp", "--role", "server", "--site", rulesSite,
+			"--iface", "lo", "--target", "nftables"}, extra...)
+	}
+	t.Setenv("SSH_CONNECTION", "")
+	code, _, stderr := runCLI(t, live("--duration", "10s")...)
+	if code != exitError || !strings.Contains(stderr, "the planned observation window (--duration 10s) is below --min-window 1m0s") ||
+		!strings.Contains(stderr, "--force") || strings.Contains(stderr, `recording`) {
+		t.Errorf("short --duration: exit %d\n%s", code, stderr)
+	}
+	// An operator logged in from 198.51.100.7, outside ADMIN_IP.
+	t.Setenv("SSH_CONNECTION", "198.51.100.7 50022 192.0.2.1 22")
+	code, _, stderr = runCLI(t, live("--duration", "1m")...)
+	if code != exitError || strings.Contains(stderr, `recording`) ||
+		!strings.Contains(stderr, "your own session, inbound tcp/22 from 198.51.100.7 (the SSH session flowaudit ran in (SSH_CONNECTION)), is outside every zone the matrix allows for tcp/22 (fix1.server.ssh: zone ADMIN_IP)") ||
+		!strings.Contains(stderr, "--force keeps this one session") {
+		t.Errorf("SSH_CONNECTION outside the zones: exit %d\n%s", code, stderr)
 	}
 }

@@ -9,7 +9,7 @@
 # Peers: the exact observed addresses, merged losslessly into prefixes (no widening).
 # Ports: adjacent ports merged into ranges. Replies are accepted as established/related, never by port.
 # Egress: output policy drop; only the outbound allowances below (and replies) leave the host.
-# Allowances: 12 inbound (IPv4 9, IPv6 3), 3 outbound (IPv4 3, IPv6 0).
+# Allowances: 11 inbound (IPv4 8, IPv6 3), 3 outbound (IPv4 3, IPv6 0).
 #
 # A script of Azure CLI commands for one network security group. Review, then run:
 #   RG=my-resource-group NSG=my-nsg sh FILE
@@ -21,8 +21,8 @@
 # NSGs are stateful: replies need no rule.
 # NOT ADDED: NSG rules cannot match gre: inbound gre from 198.51.100.7 (fix1.server.tunnel)
 #
-# MANAGEMENT (never locked out):
-#   inbound tcp/22 from 10.1.0.77 (session opened in the window) is KEPT by the management guard although peer outside zone ADMIN_IP (fix1.server.ssh); remove that rule once you know it is not your own session
+# MANAGEMENT sessions (the management guard):
+#   inbound tcp/22 from 10.1.0.77 (session opened in the window) is NOT kept: the peer is outside every zone the matrix allows for tcp/22 (fix1.server.ssh: zone ADMIN_IP); listed under Observed but NOT allowed
 #   inbound tcp/22 from 192.0.2.10 (session established before the recording started) stays allowed by fix1.server.ssh
 #   inbound tcp/443 from 192.0.2.10 (session opened in the window) stays allowed by fix1.server.https
 #   inbound tcp/443 from 2001:db8:a::10 (session opened in the window) stays allowed by fix1.server.https
@@ -33,8 +33,9 @@
 # Documented traffic that was refused or filtered in the window, now allowed:
 #   inbound tcp/50051 from 10.1.0.5 was filtered in the window; fix1.server.agent-grpc documents it, so it is allowed
 #
-# Observed but NOT allowed (7):
+# Observed but NOT allowed (8):
 #   inbound tcp/21,22,23,25,110,135,139,445,1433,3306,(+3 more) (13 ports) from 203.0.113.66: suspected scanner (audit scan-suspected finding): its attempts are not allowed
+#   inbound tcp/22 from 10.1.0.77: peer outside zone ADMIN_IP (fix1.server.ssh)
 #   inbound tcp/443 from 198.51.100.99: peer outside zone ADMIN_IP (fix1.server.https)
 #   inbound tcp/4444 from 10.1.0.4: undocumented
 #   inbound tcp/6379 from 10.1.0.4: undocumented
@@ -55,28 +56,26 @@ set -eu
 : "${RG:?set RG to the resource group of the NSG}"
 : "${NSG:?set NSG to the name of the network security group}"
 
-# inbound tcp 22 from 10.1.0.77
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0100 --priority 100 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 10.1.0.77/32 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 22 --description 'flowaudit: management session kept by the flowaudit guard'
 # inbound icmp type 8 from 192.0.2.10
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0110 --priority 110 --direction Inbound --access Allow --protocol Icmp --source-address-prefixes 192.0.2.10/32 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges '*' --description 'flowaudit: fix1.server.ping (NSG matches all ICMP, not only type 8)'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0100 --priority 100 --direction Inbound --access Allow --protocol Icmp --source-address-prefixes 192.0.2.10/32 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges '*' --description 'flowaudit: fix1.server.ping (NSG matches all ICMP, not only type 8)'
 # inbound tcp 22,443 from 192.0.2.10
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0120 --priority 120 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 192.0.2.10/32 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 22 443 --description 'flowaudit: fix1.server.https, fix1.server.ssh'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0110 --priority 110 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 192.0.2.10/32 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 22 443 --description 'flowaudit: fix1.server.https, fix1.server.ssh'
 # inbound tcp 80 from 198.51.100.20/31
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0130 --priority 130 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 198.51.100.20/31 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 80 --description 'flowaudit: fix1.server.web-any'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0120 --priority 120 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 198.51.100.20/31 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 80 --description 'flowaudit: fix1.server.web-any'
 # inbound tcp 9000-9002 from 10.1.0.4/30
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0140 --priority 140 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 10.1.0.4/30 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 9000-9002 --description 'flowaudit: fix1.server.agent'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0130 --priority 130 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 10.1.0.4/30 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 9000-9002 --description 'flowaudit: fix1.server.agent'
 # inbound tcp 50051 from 10.1.0.4/31
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0150 --priority 150 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 10.1.0.4/31 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 50051 --description 'flowaudit: fix1.server.agent-grpc'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0140 --priority 140 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 10.1.0.4/31 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 50051 --description 'flowaudit: fix1.server.agent-grpc'
 # inbound udp 514 from 10.2.0.8/31
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0160 --priority 160 --direction Inbound --access Allow --protocol Udp --source-address-prefixes 10.2.0.8/31 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 514 --description 'flowaudit: fix1.server.syslog'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0150 --priority 150 --direction Inbound --access Allow --protocol Udp --source-address-prefixes 10.2.0.8/31 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 514 --description 'flowaudit: fix1.server.syslog'
 # inbound udp 2055 from 10.2.0.9
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0170 --priority 170 --direction Inbound --access Allow --protocol Udp --source-address-prefixes 10.2.0.9/32 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 2055 --description 'flowaudit: fix1.server.netflow'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0160 --priority 160 --direction Inbound --access Allow --protocol Udp --source-address-prefixes 10.2.0.9/32 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 2055 --description 'flowaudit: fix1.server.netflow'
 # inbound tcp 443 from 2001:db8:a::10
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0180 --priority 180 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 2001:db8:a::10/128 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 443 --description 'flowaudit: fix1.server.https'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0170 --priority 170 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes 2001:db8:a::10/128 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 443 --description 'flowaudit: fix1.server.https'
 # inbound tcp 9000 from fd00:1::7
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0190 --priority 190 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes fd00:1::7/128 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 9000 --description 'flowaudit: fix1.server.agent'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0180 --priority 180 --direction Inbound --access Allow --protocol Tcp --source-address-prefixes fd00:1::7/128 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges 9000 --description 'flowaudit: fix1.server.agent'
 # inbound icmpv6 type 128 from 2001:db8:a::10
-az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0200 --priority 200 --direction Inbound --access Allow --protocol Icmp --source-address-prefixes 2001:db8:a::10/128 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges '*' --description 'flowaudit: fix1.server.ping6 (NSG matches all ICMP, not only type 128)'
+az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-0190 --priority 190 --direction Inbound --access Allow --protocol Icmp --source-address-prefixes 2001:db8:a::10/128 --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges '*' --description 'flowaudit: fix1.server.ping6 (NSG matches all ICMP, not only type 128)'
 # Everything else inbound is denied explicitly.
 az network nsg rule create --resource-group "$RG" --nsg-name "$NSG" --name flowaudit-in-deny-all --priority 4096 --direction Inbound --access Deny --protocol '*' --source-address-prefixes '*' --source-port-ranges '*' --destination-address-prefixes '*' --destination-port-ranges '*' --description 'flowaudit: deny all other inbound traffic (overrides the default allow rules)'
 

@@ -9,7 +9,7 @@
 # Peers: the exact observed addresses, merged losslessly into prefixes (no widening).
 # Ports: adjacent ports merged into ranges. Replies are accepted as established/related, never by port.
 # Egress: output policy drop; only the outbound allowances below (and replies) leave the host.
-# Allowances: 12 inbound (IPv4 9, IPv6 3), 3 outbound (IPv4 3, IPv6 0).
+# Allowances: 11 inbound (IPv4 8, IPv6 3), 3 outbound (IPv4 3, IPv6 0).
 #
 # An ordered ufw script: ufw takes the first rule that matches and appends new rules, so the
 # management sessions come first and the default policies last. Preview, then run as root:
@@ -24,8 +24,8 @@
 # (/etc/ufw/after.rules) or in a network/cloud firewall.
 # ICMP: ufw's before.rules accept ICMP echo from any peer; ufw cannot restrict it by peer here.
 #
-# MANAGEMENT (never locked out):
-#   inbound tcp/22 from 10.1.0.77 (session opened in the window) is KEPT by the management guard although peer outside zone ADMIN_IP (fix1.server.ssh); remove that rule once you know it is not your own session
+# MANAGEMENT sessions (the management guard):
+#   inbound tcp/22 from 10.1.0.77 (session opened in the window) is NOT kept: the peer is outside every zone the matrix allows for tcp/22 (fix1.server.ssh: zone ADMIN_IP); listed under Observed but NOT allowed
 #   inbound tcp/22 from 192.0.2.10 (session established before the recording started) stays allowed by fix1.server.ssh
 #   inbound tcp/443 from 192.0.2.10 (session opened in the window) stays allowed by fix1.server.https
 #   inbound tcp/443 from 2001:db8:a::10 (session opened in the window) stays allowed by fix1.server.https
@@ -36,8 +36,9 @@
 # Documented traffic that was refused or filtered in the window, now allowed:
 #   inbound tcp/50051 from 10.1.0.5 was filtered in the window; fix1.server.agent-grpc documents it, so it is allowed
 #
-# Observed but NOT allowed (7):
+# Observed but NOT allowed (8):
 #   inbound tcp/21,22,23,25,110,135,139,445,1433,3306,(+3 more) (13 ports) from 203.0.113.66: suspected scanner (audit scan-suspected finding): its attempts are not allowed
+#   inbound tcp/22 from 10.1.0.77: peer outside zone ADMIN_IP (fix1.server.ssh)
 #   inbound tcp/443 from 198.51.100.99: peer outside zone ADMIN_IP (fix1.server.https)
 #   inbound tcp/4444 from 10.1.0.4: undocumented
 #   inbound tcp/6379 from 10.1.0.4: undocumented
@@ -55,9 +56,6 @@
 #   1 flows looked like the reply side of connections (ephemeral port, direction inferred, no listener): replies are accepted as established/related, never by port
 
 set -e
-
-# inbound tcp 22 from 10.1.0.77: management session kept by the flowaudit guard
-ufw allow in proto tcp from 10.1.0.77 to any port 22 comment 'flowaudit: management session kept'
 
 # inbound icmp type 8 from 192.0.2.10: fix1.server.ping
 # NOT ADDED: ufw's command line cannot match icmp; add it to /etc/ufw/before.rules if needed.
