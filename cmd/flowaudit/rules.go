@@ -6,10 +6,8 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -169,7 +167,7 @@ func runRules(e *env, args []string) error {
 			return err
 		}
 	}
-	snap, err := loadMarked(e, &in)
+	snap, err := in.load(e)
 	if err != nil {
 		return err
 	}
@@ -211,43 +209,6 @@ func runRules(e *env, args []string) error {
 		return fmt.Errorf("%d observed services were undocumented or out of zone: %w", rs.Undocumented, errFindings)
 	}
 	return nil
-}
-
-// loadMarked is in.load that, for a live recording stopped by SIGINT or
-// SIGTERM, marks the snapshot as interrupted (unless the recorder already
-// did) before --save-snapshot writes it, so a later run from the saved
-// file is refused too.
-func loadMarked(e *env, in *inputFlags) (*snapshot.Snapshot, error) {
-	if !in.live() {
-		return in.load(e)
-	}
-	caught := make(chan os.Signal, 1)
-	signal.Notify(caught, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(caught)
-	save := in.saveSnap
-	in.saveSnap = ""
-	defer func() { in.saveSnap = save }()
-	snap, err := in.load(e)
-	if err != nil {
-		return nil, err
-	}
-	if snap.Interrupted == nil {
-		select {
-		case sig := <-caught:
-			name := "SIGTERM"
-			if sig == os.Interrupt {
-				name = "SIGINT"
-			}
-			snap.Interrupted = &snapshot.Interruption{Signal: name, At: snap.End, PlannedEnd: snap.Start.Add(in.duration)}
-		default:
-		}
-	}
-	if save != "" {
-		if err := snapshot.WriteFile(save, snap); err != nil {
-			return nil, err
-		}
-	}
-	return snap, nil
 }
 
 // parseAggregate reads --aggregate values: "/24" (IPv4 when ≤ 32, else

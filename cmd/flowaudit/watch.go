@@ -220,7 +220,7 @@ func logEvent(log *zap.Logger, ev watchEvent) {
 	if len(f.Evidence.TopPeers) > 0 {
 		ps := make([]string, len(f.Evidence.TopPeers))
 		for i, p := range f.Evidence.TopPeers {
-			ps[i] = p.Addr.String()
+			ps[i] = p.String()
 		}
 		fields = append(fields, zap.Strings("top_peers", ps))
 	}
