@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 
 	"github.com/cilium/ebpf"
@@ -33,8 +34,16 @@ type AttachOptions struct {
 	Ingress string
 	TC      string
 	// ReplaceXDP allows detaching another program's netlink-attached XDP
-	// program. Without it, Attach refuses and names that program.
+	// program. Without it, Attach refuses and names that program. The
+	// replaced program is put back, in the mode it had, when flowaudit
+	// detaches (Detach, Close, or an Attach that fails half-way).
 	ReplaceXDP bool
+	// PinDir is a directory on a bpffs where a replaced program is pinned
+	// until it is put back, so that the next Attach on the interface can
+	// put it back if this process is killed by SIGKILL. "" means
+	// DefaultPinDir. Without a bpffs the program is replaced anyway, with a
+	// warning.
+	PinDir string
 }
 
 // Attachment is flowaudit attached to one interface.
@@ -46,9 +55,13 @@ type Attachment struct {
 	// Egress is "tcx" or "clsact".
 	Egress string
 
-	links   []link.Link
-	filters []netlink.Filter
-	nl      *netlink.Handle
+	links    []link.Link
+	filters  []netlink.Filter
+	replaced *replacedXDP // another program's XDP program, owed back
+	nl       *netlink.Handle
+	netns    uint64 // inode of the collector's network namespace
+	inNS     func(func() error) error
+	log      *zap.Logger
 }
 
 // legacy filter identity: our own priority and handle on clsact.
@@ -95,9 +108,20 @@ func (c *Collector) Attach(iface string, opts AttachOptions) (*Attachment, error
 	if _, ok := c.attached[idx]; ok {
 		return nil, fmt.Errorf("attach %s: %w", iface, ErrAlreadyAttached)
 	}
-	a := &Attachment{Iface: iface, Index: idx, nl: c.nl}
+	ino, err := nsInode(c.ns)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", iface, err)
+	}
+	a := &Attachment{Iface: iface, Index: idx, nl: c.nl, netns: ino, inNS: c.inNS, log: c.log}
 	err = c.inNS(func() error {
-		if err := c.attachIngress(a, nlLink, opts); err != nil {
+		// What killed runs left behind, before looking at the hooks.
+		c.recoverPinned(a, opts.PinDir)
+		c.cleanStaleFilters(a, nlLink)
+		l, err := netlink.LinkByIndex(idx) // XDP state after any restore
+		if err != nil {
+			return fmt.Errorf("look up interface: %w", err)
+		}
+		if err := c.attachIngress(a, l, opts); err != nil {
 			return err
 		}
 		return c.attachEgress(a, opts.TC)
@@ -136,39 +160,24 @@ func (c *Collector) Detach(iface string) error {
 	return fmt.Errorf("detach %s: %w", iface, ErrInterfaceNotFound)
 }
 
-// existingXDP describes an XDP program already on the interface, or "".
-func existingXDP(l netlink.Link) (id uint32, desc string) {
-	x := l.Attrs().Xdp
-	if x == nil || !x.Attached || x.ProgId == 0 {
-		return 0, ""
-	}
-	desc = fmt.Sprintf("program id %d", x.ProgId)
-	if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId)); err == nil {
-		if info, err := p.Info(); err == nil && info.Name != "" {
-			desc = fmt.Sprintf("%q (program id %d)", info.Name, x.ProgId)
-		}
-		p.Close()
-	}
-	return x.ProgId, desc
-}
-
 func (c *Collector) attachIngress(a *Attachment, l netlink.Link, opts AttachOptions) error {
 	mode := opts.Ingress
 	if mode != IngressTC {
-		if id, desc := existingXDP(l); id != 0 {
+		if cur := attachedXDP(l); cur.id != 0 {
 			if !opts.ReplaceXDP {
 				if mode == IngressAuto {
 					// Leave the other program alone and count at TC ingress instead.
 					c.log.Warn("another XDP program is attached; counting ingress at TC instead (use --replace-xdp to replace it)",
-						zap.String("iface", a.Iface), zap.String("xdp", desc))
+						zap.String("iface", a.Iface), zap.String("xdp", cur.String()))
 					return c.attachTC(a, ebpf.AttachTCXIngress, opts.TC, &a.Ingress)
 				}
-				return fmt.Errorf("%w: %s; not replacing it (ask with --replace-xdp, or use --ingress tc)", ErrXDPInUse, desc)
+				return fmt.Errorf("%w: %s; not replacing it (ask with --replace-xdp, or use --ingress tc)", ErrXDPInUse, cur)
 			}
-			if err := netlink.LinkSetXdpFd(l, -1); err != nil { // runs inside inNS
-				return fmt.Errorf("%w: %s; could not detach it (a bpf_link owns it?): %v", ErrXDPInUse, desc, err)
+			r, err := c.replaceXDP(a, l, cur, opts.PinDir) // runs inside inNS
+			if err != nil {
+				return err
 			}
-			c.log.Warn("detached the existing XDP program as asked", zap.String("iface", a.Iface), zap.String("xdp", desc))
+			a.replaced = r
 		}
 	}
 	try := func(flags link.XDPAttachFlags, name string) error {
@@ -236,7 +245,7 @@ func (c *Collector) attachTC(a *Attachment, at ebpf.AttachType, mode string, use
 		if mode == TCX {
 			return fmt.Errorf("attach tcx: %w", err)
 		}
-		c.log.Warn("tcx unavailable, falling back to clsact + cls_bpf (not auto-detached if flowaudit is killed)",
+		c.log.Warn("tcx unavailable, falling back to clsact + cls_bpf (left behind if flowaudit is killed; the next run removes it)",
 			zap.String("iface", a.Iface), zap.Error(err))
 	}
 	if err := c.attachClsact(a, prog, at == ebpf.AttachTCXIngress); err != nil {
@@ -260,16 +269,30 @@ func (c *Collector) attachClsact(a *Attachment, prog *ebpf.Program, ingress bool
 	if ingress {
 		parent = netlink.HANDLE_MIN_INGRESS
 	}
+	// Another live flowaudit may hold our priority: take the next handle.
+	handle := uint32(legacyHandle)
+	existing, err := c.nl.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: a.Index}}, parent)
+	if err != nil {
+		return wrapPerm(err, "list clsact filters")
+	}
+	for used := true; used; {
+		used = false
+		for _, f := range existing {
+			if at := f.Attrs(); at.Priority == legacyPrio && at.Handle == handle {
+				used, handle = true, handle+1
+			}
+		}
+	}
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: a.Index,
 			Parent:    parent,
-			Handle:    legacyHandle,
+			Handle:    handle,
 			Protocol:  unix.ETH_P_ALL,
 			Priority:  legacyPrio,
 		},
 		Fd:           prog.FD(),
-		Name:         "flowaudit",
+		Name:         filterName(os.Getpid()), // lets a later run tell whether we are alive
 		DirectAction: true,
 	}
 	if err := c.nl.FilterAdd(f); err != nil {
@@ -295,6 +318,9 @@ func (a *Attachment) detach() error {
 		errs = append(errs, l.Close())
 	}
 	a.links = nil
+	if a.replaced != nil { // our XDP link is gone: the other program can go back
+		errs = append(errs, a.restoreXDP())
+	}
 	for _, f := range a.filters {
 		if err := a.nl.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, fmt.Errorf("remove cls_bpf filter from %s: %w", a.Iface, err))

@@ -494,7 +494,7 @@ func attachAndWait(iface string) {
 		fmt.Println("error:", err)
 		return
 	}
-	if _, err := c.Attach(iface, AttachOptions{}); err != nil {
+	if _, err := c.Attach(iface, helperAttachOptions()); err != nil {
 		fmt.Println("error:", err)
 		return
 	}

@@ -54,7 +54,7 @@ func (l *liveFlags) register(fs *pflag.FlagSet, defaultDuration time.Duration) {
 	fs.DurationVar(&l.moveInterval, "move-interval", 10*time.Second, "how often counts move from the kernel maps into memory (also whenever the kernel map is half full)")
 	fs.StringVar(&l.ingress, "ingress", "auto", "ingress hook: auto, xdp-native, xdp-generic or tc")
 	fs.StringVar(&l.tc, "tc", "auto", "TC attach: auto (tcx, then clsact), tcx or clsact")
-	fs.BoolVar(&l.replaceXDP, "replace-xdp", false, "replace another program's XDP program on the interface")
+	fs.BoolVar(&l.replaceXDP, "replace-xdp", false, "replace another program's XDP program on the interface; it is put back when flowaudit stops (after a SIGKILL: by the next run, if /sys/fs/bpf is a bpffs)")
 	fs.DurationVar(&l.refresh, "socket-refresh", 2*time.Second, "how often to re-read local listening sockets")
 	fs.DurationVar(&l.logProgress, "log-progress", time.Minute, "when stderr is not a terminal, log the recording's progress at this interval (0: never)")
 }
