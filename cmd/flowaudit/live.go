@@ -95,7 +95,8 @@ func (l *liveFlags) attachOptions() bpf.AttachOptions {
 	return o
 }
 
-// stopSignal is the cause of a context cancelled by SIGINT or SIGTERM.
+// stopSignal is the cause of a context cancelled by SIGINT, SIGTERM or
+// SIGHUP.
 type stopSignal struct{ sig syscall.Signal }
 
 func (s stopSignal) Error() string { return s.name() + " received" }
@@ -110,6 +111,11 @@ func signalContext() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	// A hang-up (the ssh session or terminal went away) stops cleanly too,
+	// unless SIGHUP is ignored (nohup): then it must stay ignored.
+	if !signal.Ignored(syscall.SIGHUP) {
+		signal.Notify(ch, syscall.SIGHUP)
+	}
 	done := make(chan struct{})
 	go func() {
 		select {
@@ -170,14 +176,14 @@ func startLive(e *env, lf *liveFlags) (*liveSession, error) {
 	// local socket set being complete.
 	ref, err := c.StartSocketRefresh(lf.refresh)
 	if err != nil {
-		c.Close()
-		return nil, err
+		return nil, errors.Join(err, c.Close())
 	}
 	for _, ifc := range lf.ifaces {
 		if _, err := c.Attach(ifc, lf.attachOptions()); err != nil {
 			ref.Stop()
-			c.Close()
-			return nil, err
+			// Close detaches what was attached and gives back a replaced
+			// XDP program: its failure must not go unseen.
+			return nil, errors.Join(err, c.Close())
 		}
 	}
 	s := &liveSession{c: c, ref: ref, start: time.Now(), log: e.log, lf: lf, moverDone: make(chan struct{})}
@@ -235,13 +241,17 @@ func (s *liveSession) snapshot() (*snapshot.Snapshot, error) {
 	return s.c.Snapshot(bpf.SnapshotOptions{ToolVersion: Version(), Start: s.start, Sockets: s.ref})
 }
 
-func (s *liveSession) close() {
+// close stops the mover and the socket refresher, detaches and gives back
+// what --replace-xdp replaced. Its error (a program not restored) must
+// fail the command.
+func (s *liveSession) close() error {
 	s.stopMover()
 	<-s.moverDone
 	s.ref.Stop()
 	if err := s.c.Close(); err != nil {
-		s.log.Warn("detach", zap.Error(err))
+		return fmt.Errorf("detach: %w", err)
 	}
+	return nil
 }
 
 // recordOptions say where a recording reports progress and checkpoints.
@@ -260,13 +270,15 @@ type recordOptions struct {
 // recordLive records for lf.duration or until ctx ends and returns the
 // snapshot. A signal or a failure of the mover ends the recording early:
 // what was recorded is kept and marked interrupted. Progress never reads
-// the flow maps, so it never freezes however full they are.
-func recordLive(ctx context.Context, e *env, lf *liveFlags, ro recordOptions) (*snapshot.Snapshot, error) {
+// the flow maps, so it never freezes however full they are. If detaching
+// fails afterwards, the snapshot is returned together with the error: the
+// caller saves it, then fails.
+func recordLive(ctx context.Context, e *env, lf *liveFlags, ro recordOptions) (snap *snapshot.Snapshot, err error) {
 	s, err := startLive(e, lf)
 	if err != nil {
 		return nil, err
 	}
-	defer s.close()
+	defer func() { err = errors.Join(err, s.close()) }()
 	planned := s.start.Add(lf.duration)
 	e.log.Info("recording", zap.Strings("ifaces", lf.ifaces), zap.Duration("duration", lf.duration))
 
@@ -322,7 +334,7 @@ loop:
 		}
 	}
 	p.done()
-	snap, err := s.snapshot()
+	snap, err = s.snapshot()
 	if err != nil {
 		return nil, err
 	}
@@ -471,13 +483,13 @@ func (in *inputFlags) load(e *env) (*snapshot.Snapshot, error) {
 		ctx, stop := signalContext()
 		defer stop()
 		snap, err := recordLive(ctx, e, &in.liveFlags, in.recordOptions(e))
+		if snap != nil && in.saveSnap != "" {
+			if werr := snapshot.WriteFile(in.saveSnap, snap); werr != nil {
+				return nil, errors.Join(err, werr)
+			}
+		}
 		if err != nil {
 			return nil, err
-		}
-		if in.saveSnap != "" {
-			if err := snapshot.WriteFile(in.saveSnap, snap); err != nil {
-				return nil, err
-			}
 		}
 		return snap, nil
 	case in.snapPath != "":

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
@@ -47,6 +49,10 @@ var commands = map[string]*command{}
 func register(c *command) { commands[c.name] = c }
 
 func main() {
+	// A closed stdout or stderr (flowaudit … 2>&1 | head) must give write
+	// errors, not kill the process before it detaches and gives back a
+	// replaced XDP program.
+	signal.Ignore(syscall.SIGPIPE)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

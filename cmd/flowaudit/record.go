@@ -67,13 +67,15 @@ func runRecord(e *env, args []string) error {
 		ro.progress = e.stderr
 	}
 	snap, err := recordLive(ctx, e, &lf, ro)
-	if err != nil {
+	if snap == nil {
 		return err
 	}
-	if err := snapshot.WriteFile(out, snap); err != nil {
-		return err
+	// Saved even when detaching failed afterwards (err): the recording is
+	// good, the command still fails.
+	if werr := snapshot.WriteFile(out, snap); werr != nil {
+		return errors.Join(err, werr)
 	}
 	e.log.Info("snapshot written", zap.String("file", out), zap.Int("flows", len(snap.Flows)),
 		zap.Duration("window", snap.Window().Round(time.Second)))
-	return nil
+	return err
 }

@@ -54,8 +54,8 @@ func TestE2ERecordUnwritableOut(t *testing.T) {
 }
 
 // TestE2ERecordSignalsAndCheckpoints: checkpoints appear at their interval
-// and survive a SIGKILL; SIGINT and SIGTERM give a snapshot that says it
-// was interrupted, by which signal and when; without a terminal, progress
+// and survive a SIGKILL; SIGINT, SIGTERM and SIGHUP give a snapshot that
+// says it was interrupted, by which signal and when; without a terminal, progress
 // goes to the log.
 func TestE2ERecordSignalsAndCheckpoints(t *testing.T) {
 	a, b := testenv.NewPair(t)
@@ -105,8 +105,8 @@ func TestE2ERecordSignalsAndCheckpoints(t *testing.T) {
 		}
 	})
 
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-		name := map[syscall.Signal]string{syscall.SIGINT: "SIGINT", syscall.SIGTERM: "SIGTERM"}[sig]
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
+		name := map[syscall.Signal]string{syscall.SIGINT: "SIGINT", syscall.SIGTERM: "SIGTERM", syscall.SIGHUP: "SIGHUP"}[sig]
 		t.Run(name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "snap.json")
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -55,7 +55,7 @@ type watcher struct {
 	events    map[eventKind]int
 }
 
-func runWatch(e *env, args []string) error {
+func runWatch(e *env, args []string) (err error) {
 	var (
 		af       auditFlags
 		lf       liveFlags
@@ -135,7 +135,11 @@ func runWatch(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer s.close()
+	defer func() {
+		if cerr := s.close(); cerr != nil {
+			err = errors.Join(cerr, err)
+		}
+	}()
 	e.log.Info("watching", zap.Strings("ifaces", lf.ifaces), zap.String("matrix", res.matrix.ProductName+" "+res.matrix.Version),
 		zap.String("role", res.matrix.Role), zap.Duration("interval", interval), zap.Duration("window", lf.window),
 		zap.Duration("settle", settle))
@@ -156,6 +160,8 @@ func runWatch(e *env, args []string) error {
 				return fmt.Errorf("%d findings at low or above were open during the run: %w", n, errFindings)
 			}
 			return nil
+		case <-s.failed():
+			return fmt.Errorf("moving counts out of the kernel: %w", s.moverErr)
 		case <-tick.C:
 			if err := w.evaluate(s, false); err != nil {
 				return err
