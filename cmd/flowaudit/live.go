@@ -30,6 +30,7 @@ type liveFlags struct {
 	maxOverflow  uint32
 	flowBudget   int
 	moveInterval time.Duration
+	moveFill     int
 	ingress      string
 	tc           string
 	replaceXDP   bool
@@ -51,7 +52,8 @@ func (l *liveFlags) register(fs *pflag.FlagSet, defaultDuration time.Duration) {
 	fs.Uint32Var(&l.maxFlows, "max-flows", bpf.DefaultFlowEntries, "kernel flow map size (entries, two generations); when full, packets are still counted per service without their peer")
 	fs.Uint32Var(&l.maxOverflow, "max-overflow", bpf.DefaultOverflowEntries, "kernel per-service overflow map size (entries); packets are lost only when it is full too (reported)")
 	fs.IntVar(&l.flowBudget, "flow-budget", defaultFlowBudget, "memory budget in flow entries (~150 B each); beyond it the busiest services' peers fold into /24 and /48 prefixes, then one \"other peers\" entry (reported)")
-	fs.DurationVar(&l.moveInterval, "move-interval", 10*time.Second, "how often counts move from the kernel maps into memory (also whenever the kernel map is half full)")
+	fs.DurationVar(&l.moveInterval, "move-interval", 10*time.Second, "how often counts move from the kernel maps into memory")
+	fs.IntVar(&l.moveFill, "move-fill", 50, "also move as soon as the kernel flow map is this % full (checked 4 times a second; 0: only every --move-interval)")
 	fs.StringVar(&l.ingress, "ingress", "auto", "ingress hook: auto, xdp-native, xdp-generic or tc")
 	fs.StringVar(&l.tc, "tc", "auto", "TC attach: auto (tcx, then clsact), tcx or clsact")
 	fs.BoolVar(&l.replaceXDP, "replace-xdp", false, "replace another program's XDP program on the interface; it is put back when flowaudit stops (after a SIGKILL: by the next run, if /sys/fs/bpf is a bpffs)")
@@ -77,6 +79,9 @@ func (l *liveFlags) validate() error {
 	}
 	if l.moveInterval < 10*time.Millisecond {
 		return fmt.Errorf("--move-interval %s: at least 10ms", l.moveInterval)
+	}
+	if l.moveFill < 0 || l.moveFill > 100 {
+		return fmt.Errorf("--move-fill %d: a percentage, 0 to 100", l.moveFill)
 	}
 	if l.refresh < 100*time.Millisecond {
 		return fmt.Errorf("--socket-refresh %s: at least 100ms", l.refresh)
@@ -194,8 +199,8 @@ func startLive(e *env, lf *liveFlags) (*liveSession, error) {
 }
 
 // mover moves the kernel's counts into memory every --move-interval, and
-// early whenever the active generation is half full, so a long run never
-// fills the kernel map. Folds caused by the memory budget are logged as
+// early whenever the active generation is --move-fill full, so a long run
+// never fills the kernel map. Folds caused by the memory budget are logged as
 // they happen. It stops on the first error (moverErr).
 func (s *liveSession) mover(ctx context.Context) {
 	defer close(s.moverDone)
@@ -213,7 +218,7 @@ func (s *liveSession) mover(ctx context.Context) {
 					s.moverErr = err
 					return
 				}
-				if n.ActiveEntries < uint64(n.FlowCapacity)/2 {
+				if s.lf.moveFill == 0 || n.ActiveEntries*100 < uint64(n.FlowCapacity)*uint64(s.lf.moveFill) {
 					continue
 				}
 			}
