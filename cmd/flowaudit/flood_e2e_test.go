@@ -81,7 +81,10 @@ func TestE2EFloodNeverBlinds(t *testing.T) {
 	listenIn(t, a, netip.AddrPortFrom(a.IPv4, 8443))
 	listenIn(t, a, netip.AddrPortFrom(a.IPv4, 9001))
 	var syslog net.PacketConn
-	if err := a.Do(func() (err error) { syslog, err = net.ListenPacket("udp", netip.AddrPortFrom(a.IPv4, 514).String()); return }); err != nil {
+	if err := a.Do(func() (err error) {
+		syslog, err = net.ListenPacket("udp", netip.AddrPortFrom(a.IPv4, 514).String())
+		return
+	}); err != nil {
 		t.Fatal(err)
 	}
 	defer syslog.Close()
