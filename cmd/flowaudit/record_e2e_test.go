@@ -100,6 +100,12 @@ func TestE2ERecordSignalsAndCheckpoints(t *testing.T) {
 		if err != nil || !s.Checkpoint || countSYN(s, 8443) != 2 {
 			t.Errorf("after SIGKILL: %v, checkpoint %v", err, s != nil && s.Checkpoint)
 		}
+		abs := func(p string) string { s, _ := filepath.Abs(p); return s }
+		_, report, _ := runCLI(t, "audit", "--catalog", abs("testdata/lab-catalog.yaml"), "--matrix", "labapp",
+			"--role", "server", "--site", abs("testdata/lab-site.yaml"), "--snapshot", out, "--format", "json")
+		if !strings.Contains(report, `"id": "audit-incomplete/checkpoint"`) {
+			t.Errorf("the audit of the last checkpoint does not say the recorder did not finish:\n%s", report)
+		}
 		if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 1 {
 			t.Errorf("%d files beside the snapshot: temporary files left", len(ents))
 		}
@@ -133,6 +139,13 @@ func TestE2ERecordSignalsAndCheckpoints(t *testing.T) {
 			}
 			if countSYN(s, 8443) != 3 {
 				t.Errorf("the 3 connections are not in the snapshot")
+			}
+			// The audit says so.
+			abs := func(p string) string { s, _ := filepath.Abs(p); return s }
+			_, report, _ := runCLI(t, "audit", "--catalog", abs("testdata/lab-catalog.yaml"), "--matrix", "labapp",
+				"--role", "server", "--site", abs("testdata/lab-site.yaml"), "--snapshot", out, "--format", "json")
+			if !strings.Contains(report, `"id": "audit-incomplete/interrupted"`) || !strings.Contains(report, name) {
+				t.Errorf("the audit does not report the interruption by %s:\n%s", name, report)
 			}
 		})
 	}
