@@ -232,6 +232,8 @@ const (
 // it), and every reportable multicast group on it, at least the
 // solicited-node group of h.IPv6, has been reported with no report still
 // scheduled. This is kernel state, not a pause: nothing else is pending.
+// (The two hosts' groups differ, ff02::1:ff00:1 and :2, so neither
+// suppresses the other's report, which would leave its flag unset.)
 func (h *Host) waitSettled(deadline time.Time) {
 	h.tb.Helper()
 	solicited := solicitedNode(h.IPv6)
