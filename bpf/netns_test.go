@@ -138,26 +138,28 @@ func udpToClosed(h *testenv.Host, to netip.AddrPort) error {
 	})
 }
 
-// waitQuiet waits until neither veth counts a new packet for 400 ms, so the
-// counter deltas below are not disturbed by IPv6 housekeeping (MLD, ND).
-func waitQuiet(t *testing.T, hosts ...*testenv.Host) {
+// consistentRead runs read between two readings of both veths' counters
+// and repeats the three until the counters did not move in between: then
+// no packet crossed the pair while read ran, and the counters returned
+// describe exactly the packets read saw (read must be repeatable: a reset,
+// or reading cumulative maps). testenv.NewPair quiesces the pair, so the
+// first attempt is the one that counts unless something unexpected sends;
+// every repeat is logged.
+func consistentRead(t *testing.T, a, b *testenv.Host, read func() error) (ca, cb testenv.IfaceCounters) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	prev := ""
-	stable := time.Now()
-	for time.Now().Before(deadline) {
-		cur := ""
-		for _, h := range hosts {
-			cur += fmt.Sprint(h.Counters())
+	for try := 1; try <= 20; try++ {
+		a0, b0 := testenv.PairCounters(a, b)
+		if err := read(); err != nil {
+			t.Fatal(err)
 		}
-		if cur != prev {
-			prev, stable = cur, time.Now()
-		} else if time.Since(stable) >= 400*time.Millisecond {
-			return
+		ca, cb = testenv.PairCounters(a, b)
+		if ca == a0 && cb == b0 {
+			return ca, cb
 		}
-		time.Sleep(100 * time.Millisecond)
+		t.Logf("attempt %d: veth counters moved during the read (a %+v -> %+v, b %+v -> %+v), reading again", try, a0, ca, b0, cb)
 	}
-	t.Fatalf("interfaces never went quiet")
+	t.Fatalf("veth counters kept moving during 20 reads: the pair is not quiet")
+	return ca, cb
 }
 
 type flowID struct {
@@ -215,14 +217,14 @@ func testLiveTraffic(t *testing.T, opts AttachOptions, wantIn, wantEg string) {
 	}
 	defer ref.Stop()
 
-	waitQuiet(t, a, b)
-	if err := c.Reset(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.RefreshSockets(); err != nil {
-		t.Fatal(err)
-	}
-	beforeA, beforeB := a.Counters(), b.Counters()
+	// Zero the maps with no packet in between the veth counters' reading.
+	beforeA, beforeB := consistentRead(t, a, b, func() error {
+		if err := c.Reset(); err != nil {
+			return err
+		}
+		_, err := c.RefreshSockets()
+		return err
+	})
 
 	// 1. Two accepted connections per family (4 packets each).
 	done4, done6 := acceptAndReset(t, ln4, 2), acceptAndReset(t, ln6, 2)
@@ -281,13 +283,13 @@ func testLiveTraffic(t *testing.T, opts AttachOptions, wantIn, wantEg string) {
 		t.Fatal(err)
 	}
 
-	time.Sleep(200 * time.Millisecond) // the filtered SYN's socket is gone before its retransmit
-	waitQuiet(t, a, b)
-	afterA, afterB := a.Counters(), b.Counters()
-	r, err := c.ReadMaps()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Nothing is still on its way: every exchange above ended with its last
+	// packet received by a socket, which the kernel delivers after the veth
+	// and the programs counted it; the filtered dial's SYN_SENT socket was
+	// closed when the dial gave up (Go closes it before returning), and
+	// closing it stops its retransmission timer.
+	var r *Read
+	afterA, afterB := consistentRead(t, a, b, func() (err error) { r, err = c.ReadMaps(); return })
 
 	got := map[flowID]snapshot.Flow{}
 	var pin, pout uint64
