@@ -12,13 +12,20 @@ import (
 // It keys entries by the kernel's flow key, so nothing is converted until
 // a snapshot is taken, and widens the counters to 64 bits.
 //
-// Memory is bounded by a budget in entries. Beyond it, the services with
-// the most peers are folded: their per-peer entries merge into one entry
-// per /24 (IPv4) or /48 (IPv6) prefix, and if that is not enough, into one
-// "other peers" entry (/0) per address family. A folded entry keeps a
-// HyperLogLog sketch of the peers it absorbed (the same sketch the kernel
-// keeps for overflow entries), and a service once folded stays folded, so
-// its later peers go straight into their prefix.
+// Memory is bounded by a budget in entries, which covers every accumulator
+// the collector holds (all the buckets of a sliding window together, see
+// window.go). Beyond it, the services with the most peers are folded:
+// their per-peer entries merge into one entry per /24 (IPv4) or /48 (IPv6)
+// prefix, and if that is not enough, into one "other peers" entry (/0) per
+// address family. A folded entry keeps a HyperLogLog sketch of the peers
+// it absorbed (the same sketch the kernel keeps for overflow entries), and
+// a service once folded stays folded, so its later peers go straight into
+// their prefix.
+//
+// What an entry costs (measured by BenchmarkAccumulatorBytes and `make
+// bench`, Go 1.26, amd64): a per-peer entry 220–340 B of heap (the map's
+// slot, 28 B key and 128 B value, plus its load factor and growth), a
+// folded one 160 B more for its sketch.
 
 // Fold levels, stored in flow_key.pad[0] of an accumulator key (the kernel
 // always leaves the padding zero).
@@ -92,19 +99,19 @@ type FoldEvent struct {
 }
 
 type accumulator struct {
-	budget   int // entries; 0: unlimited
-	flows    map[flowauditFlowKey]accValue
-	sketches map[flowauditFlowKey]*snapshot.PeerSketch // folded entries only
+	flows map[flowauditFlowKey]accValue
+	// sketches holds the sketch of every folded entry, by value: no
+	// pointer per entry for the garbage collector to scan.
+	sketches map[flowauditFlowKey]snapshot.PeerSketch
 	overflow map[flowauditFlowKey]*overflowEntry
 	levels   map[flowauditFlowKey]uint8 // service key → fold level
 	folded   uint64                     // per-peer entries merged into a folded one
 }
 
-func newAccumulator(budget int) *accumulator {
+func newAccumulator() *accumulator {
 	return &accumulator{
-		budget:   budget,
 		flows:    map[flowauditFlowKey]accValue{},
-		sketches: map[flowauditFlowKey]*snapshot.PeerSketch{},
+		sketches: map[flowauditFlowKey]snapshot.PeerSketch{},
 		overflow: map[flowauditFlowKey]*overflowEntry{},
 		levels:   map[flowauditFlowKey]uint8{},
 	}
@@ -169,16 +176,13 @@ func (a *accumulator) addFlow(k flowauditFlowKey, v *accValue) {
 func (a *accumulator) mergeFolded(k flowauditFlowKey, level uint8, v *accValue, sk *snapshot.PeerSketch) {
 	fk := foldKey(k, level)
 	s := a.sketches[fk]
-	if s == nil {
-		s = new(snapshot.PeerSketch)
-		a.sketches[fk] = s
-	}
 	if sk != nil {
 		s.Merge(sk)
 	} else {
 		s.Add(peerOf(&k))
 		a.folded++
 	}
+	a.sketches[fk] = s
 	cur := a.flows[fk]
 	cur.add(v)
 	a.flows[fk] = cur
@@ -196,48 +200,83 @@ func (a *accumulator) addOverflow(k flowauditFlowKey, v *flowauditOverflowValue)
 	e.sketch.Merge(&sk)
 }
 
-// enforce folds services until the accumulator is within its budget (with
-// 10 % headroom, so folding does not run on every move), and returns what
-// it folded. Services with the most exact peers fold to prefixes first;
-// when only folded entries are left, those with the most prefixes fold to
-// "other peers". Overflow entries are never folded: there is one per
-// service at most.
-func (a *accumulator) enforce() []FoldEvent {
-	if a.budget <= 0 || a.size() <= a.budget {
-		return nil
+// enforce folds services of accs until the entries the budget covers —
+// fixed (entries of accumulators that must not change now, see window.go)
+// plus those of accs — are within budget, with 10 % headroom so folding
+// does not run on every move, and returns what it folded and the entries
+// left. The services with the most entries (counted over all of accs) fold
+// first, each as far as it takes to matter: to /24 and /48 prefixes when
+// that at least halves its entries, straight to "other peers" when its
+// peers are spread too thinly for prefixes to help (a spoofed-source
+// flood), so a flood never pushes a small service into prefixes while it
+// has entries left to give. A service is folded in every accumulator of
+// accs, so its later peers go straight to their fold. Overflow entries are
+// never folded: there is one per service at most.
+func enforce(accs []*accumulator, fixed, budget int) ([]FoldEvent, int) {
+	size := func() int {
+		n := fixed
+		for _, a := range accs {
+			n += a.size()
+		}
+		return n
 	}
-	target := a.budget * 9 / 10
+	if budget <= 0 || size() <= budget {
+		return nil, size()
+	}
+	target := budget * 9 / 10
 	var events []FoldEvent
-	for _, level := range []uint8{foldPrefix, foldOther} {
-		for a.size() > target {
-			picked := a.pick(level, a.size()-target)
-			if len(picked) == 0 {
-				break
-			}
-			events = append(events, a.fold(picked, level)...)
+	for size() > target {
+		prefix, other := plan(accs, size()-target)
+		if len(prefix) == 0 && len(other) == 0 {
+			break
+		}
+		if len(prefix) > 0 {
+			events = append(events, fold(accs, prefix, foldPrefix)...)
+		}
+		if len(other) > 0 {
+			events = append(events, fold(accs, other, foldOther)...)
 		}
 	}
-	return events
+	return events, size()
 }
 
-// pick chooses the services to fold to level: those with the most entries
-// below that level, until their entries add up to excess.
-func (a *accumulator) pick(level uint8, excess int) map[flowauditFlowKey]bool {
-	count := map[flowauditFlowKey]int{}
-	for k := range a.flows {
-		if k.Pad[0] < level {
-			count[serviceOf(k)]++
-		}
-	}
+// enforce holds a single accumulator to budget.
+func (a *accumulator) enforce(budget int) []FoldEvent {
+	ev, _ := enforce([]*accumulator{a}, 0, budget)
+	return ev
+}
+
+// plan chooses the services to fold and how far, largest first, until the
+// entries they save add up to excess.
+func plan(accs []*accumulator, excess int) (prefix, other map[flowauditFlowKey]bool) {
 	type svc struct {
-		k flowauditFlowKey
-		n int
+		k        flowauditFlowKey
+		n, exact int                 // entries not yet "other peers"; exact ones
+		prefixes snapshot.PeerSketch // the prefixes of the exact entries
 	}
-	order := make([]svc, 0, len(count))
-	for k, n := range count {
-		if n > 1 || level == foldOther { // one exact peer gains nothing from a prefix
-			order = append(order, svc{k, n})
+	bySvc := map[flowauditFlowKey]*svc{}
+	for _, a := range accs {
+		for k := range a.flows {
+			if k.Pad[0] >= foldOther {
+				continue
+			}
+			sk := serviceOf(k)
+			s := bySvc[sk]
+			if s == nil {
+				s = &svc{k: sk}
+				bySvc[sk] = s
+			}
+			s.n++
+			if k.Pad[0] == foldNone {
+				s.exact++
+				fk := foldKey(k, foldPrefix)
+				s.prefixes.Add(peerOf(&fk))
+			}
 		}
+	}
+	order := make([]*svc, 0, len(bySvc))
+	for _, s := range bySvc {
+		order = append(order, s)
 	}
 	sort.Slice(order, func(i, j int) bool {
 		if order[i].n != order[j].n {
@@ -245,35 +284,57 @@ func (a *accumulator) pick(level uint8, excess int) map[flowauditFlowKey]bool {
 		}
 		return keyLess(&order[i].k, &order[j].k)
 	})
-	picked := map[flowauditFlowKey]bool{}
-	sum := 0
-	for _, s := range order {
-		if sum >= excess {
-			break
+	prefix, other = map[flowauditFlowKey]bool{}, map[flowauditFlowKey]bool{}
+	saved := 0
+	for len(order) > 0 && saved < excess {
+		s := order[0]
+		order = order[1:]
+		if s.exact > 1 {
+			if est := int(s.prefixes.Estimate()); est <= s.exact/2 {
+				prefix[s.k] = true
+				saved += s.exact - est
+				// Folded to prefixes, it may still be the largest: it
+				// competes again, for "other peers".
+				s.n, s.exact = s.n-s.exact+est, 0
+				at := sort.Search(len(order), func(i int) bool { return order[i].n < s.n })
+				order = append(order[:at], append([]*svc{s}, order[at:]...)...)
+				continue
+			}
 		}
-		picked[s.k] = true
-		sum += s.n
+		if s.n > 2 { // at most one "other peers" entry per address family
+			other[s.k] = true
+			delete(prefix, s.k) // straight to "other peers"
+			saved += s.n - 2
+		}
 	}
-	return picked
+	return prefix, other
 }
 
-// fold re-keys every entry of the picked services to level, in one pass.
-func (a *accumulator) fold(picked map[flowauditFlowKey]bool, level uint8) []FoldEvent {
+// fold re-keys every entry of the picked services to level, in one pass
+// over each accumulator, and marks the services folded in all of them.
+func fold(accs []*accumulator, picked map[flowauditFlowKey]bool, level uint8) []FoldEvent {
 	merged := map[flowauditFlowKey]int{}
-	for k, v := range a.flows {
-		svc := serviceOf(k)
-		if !picked[svc] || k.Pad[0] >= level {
-			continue
+	for _, a := range accs {
+		for k, v := range a.flows {
+			svc := serviceOf(k)
+			if !picked[svc] || k.Pad[0] >= level {
+				continue
+			}
+			delete(a.flows, k)
+			var sk *snapshot.PeerSketch
+			if s, ok := a.sketches[k]; ok {
+				sk = &s
+				delete(a.sketches, k)
+			}
+			a.mergeFolded(k, level, &v, sk)
+			merged[svc]++
 		}
-		delete(a.flows, k)
-		sk := a.sketches[k]
-		delete(a.sketches, k)
-		a.mergeFolded(k, level, &v, sk)
-		merged[svc]++
+		for svc := range picked {
+			a.levels[svc] = level
+		}
 	}
 	events := make([]FoldEvent, 0, len(picked))
 	for svc := range picked {
-		a.levels[svc] = level
 		name := "prefix"
 		if level == foldOther {
 			name = "other"
@@ -281,7 +342,12 @@ func (a *accumulator) fold(picked map[flowauditFlowKey]bool, level uint8) []Fold
 		events = append(events, FoldEvent{Ifindex: svc.Ifindex, Direction: snapshot.Direction(svc.Dir),
 			Proto: snapshot.Proto(svc.Proto), Port: svc.Port, Level: name, Entries: merged[svc]})
 	}
-	sort.Slice(events, func(i, j int) bool { return events[i].Entries > events[j].Entries })
+	sort.Slice(events, func(i, j int) bool {
+		if events[i].Entries != events[j].Entries {
+			return events[i].Entries > events[j].Entries
+		}
+		return events[i].Port < events[j].Port
+	})
 	return events
 }
 
@@ -310,14 +376,19 @@ func keyLess(a, b *flowauditFlowKey) bool {
 
 // merge adds another accumulator's entries into a, folding them to the
 // coarser of the two levels where a service was folded in either.
+// It only reads o.
 func (a *accumulator) merge(o *accumulator) {
+	raised := false
 	for svc, lvl := range o.levels {
 		if lvl > a.levels[svc] {
 			a.levels[svc] = lvl
+			raised = true
 		}
 	}
 	// Entries already in a of a service o folded further are re-keyed.
-	a.refold()
+	if raised {
+		a.refold()
+	}
 	for k, v := range o.flows {
 		lvl := max(a.levels[serviceOf(k)], k.Pad[0])
 		if lvl == foldNone {
@@ -326,7 +397,11 @@ func (a *accumulator) merge(o *accumulator) {
 			a.flows[k] = cur
 			continue
 		}
-		a.mergeFolded(k, lvl, &v, o.sketches[k])
+		var sk *snapshot.PeerSketch
+		if s, ok := o.sketches[k]; ok {
+			sk = &s
+		}
+		a.mergeFolded(k, lvl, &v, sk)
 	}
 	for k, e := range o.overflow {
 		cur := a.overflow[k]
@@ -349,12 +424,12 @@ func (a *accumulator) refold() {
 			continue
 		}
 		delete(a.flows, k)
-		sk := a.sketches[k]
-		delete(a.sketches, k)
-		if sk == nil { // an exact entry: mergeFolded counts it as folded
+		s, ok := a.sketches[k]
+		if !ok { // an exact entry: mergeFolded counts it as folded
 			a.mergeFolded(k, lvl, &v, nil)
 			continue
 		}
-		a.mergeFolded(k, lvl, &v, sk)
+		delete(a.sketches, k)
+		a.mergeFolded(k, lvl, &v, &s)
 	}
 }

@@ -33,7 +33,7 @@ func accTotals(a *accumulator) (entries int, packets uint64) {
 // exact peers; no packet is lost; later peers of the folded service go
 // straight to their prefix.
 func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
-	a := newAccumulator(1000)
+	a := newAccumulator()
 	one := &accValue{packetsIn: 1, first: 5, last: 9, ev: snapshot.Evidence{SynIn: 1}}
 	// 20 admin peers on tcp/22, 5000 flood peers on tcp/443 in 20 /24s
 	// plus 100 IPv6 peers in two /48s.
@@ -46,7 +46,7 @@ func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		a.addFlow(accKey(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(i % 2), 15: byte(i)}), 443), one)
 	}
-	ev := a.enforce()
+	ev := a.enforce(1000)
 	if len(ev) != 1 || ev[0].Port != 443 || ev[0].Level != "prefix" || ev[0].Entries != 5100 {
 		t.Fatalf("fold events %+v, want tcp/443 folded to prefixes", ev)
 	}
@@ -72,8 +72,8 @@ func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
 		if k.Pad[0] != foldPrefix || p.Bits() != want || p != p.Masked() {
 			t.Errorf("tcp/443 entry %v", p)
 		}
-		if n := a.sketches[k].Estimate(); p.Addr().Is4() && !withinSketchError(n, 250) {
-			t.Errorf("%v: %d peers estimated, want 250 within the sketch's 3 sigma", p, n)
+		if sk := a.sketches[k]; p.Addr().Is4() && !withinSketchError(sk.Estimate(), 250) {
+			t.Errorf("%v: %d peers estimated, want 250 within the sketch's 3 sigma", p, sk.Estimate())
 		}
 		if v.first != 5 || v.last != 9 || v.ev.SynIn != v.packetsIn {
 			t.Errorf("%v: merged value %+v", p, v)
@@ -87,19 +87,20 @@ func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
 	}
 }
 
-// TestAccumulatorFoldsToOther: when prefixes are not enough, the service
-// with most prefixes folds to one "other peers" entry per family.
+// TestAccumulatorFoldsToOther: a service whose peers are spread too thinly
+// for prefixes to halve its entries (a spoofed-source flood) folds
+// straight to one "other peers" entry per family.
 func TestAccumulatorFoldsToOther(t *testing.T) {
-	a := newAccumulator(100)
+	a := newAccumulator()
 	one := &accValue{packetsIn: 1}
 	for i := 0; i < 4000; i++ { // 4000 peers, each in its own /24
 		a.addFlow(accKey(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), 80), one)
 	}
 	a.addFlow(accKey(netip.MustParseAddr("2001:db8::1"), 80), one)
 	a.addFlow(accKey(netip.MustParseAddr("2001:db8:ffff::1"), 80), one)
-	ev := a.enforce()
-	if len(ev) != 2 || ev[0].Level != "prefix" || ev[1].Level != "other" {
-		t.Fatalf("fold events %+v", ev)
+	ev := a.enforce(100)
+	if len(ev) != 1 || ev[0].Level != "other" || ev[0].Entries != 4002 {
+		t.Fatalf("fold events %+v, want tcp/80 folded to other peers at once", ev)
 	}
 	if entries, packets := accTotals(a); entries != 2 || packets != 4002 {
 		t.Fatalf("%d entries, %d packets, want 2 (0.0.0.0/0 and ::/0) and 4002", entries, packets)
@@ -109,19 +110,50 @@ func TestAccumulatorFoldsToOther(t *testing.T) {
 		if p.Bits() != 0 || (p.Addr() != netip.IPv4Unspecified() && p.Addr() != netip.IPv6Unspecified()) {
 			t.Errorf("entry %v, want /0", p)
 		}
-		if n := a.sketches[k].Estimate(); p.Addr().Is4() && !withinSketchError(n, 4000) {
-			t.Errorf("%v: %d peers estimated, want 4000 within the sketch's 3 sigma", p, n)
+		if sk := a.sketches[k]; p.Addr().Is4() && !withinSketchError(sk.Estimate(), 4000) {
+			t.Errorf("%v: %d peers estimated, want 4000 within the sketch's 3 sigma", p, sk.Estimate())
 		}
+	}
+}
+
+// TestAccumulatorFoldsAsFarAsNeeded: a service whose prefixes would still
+// be the largest part of the excess folds on to "other peers" in the same
+// step, before a small service is touched; when prefixes suffice, it stops
+// there.
+func TestAccumulatorFoldsAsFarAsNeeded(t *testing.T) {
+	a := newAccumulator()
+	one := &accValue{packetsIn: 1}
+	for i := 0; i < 20; i++ {
+		a.addFlow(accKey(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 22), one)
+	}
+	for i := 0; i < 4000; i++ { // 4000 peers in 400 /24s: prefixes help
+		a.addFlow(accKey(netip.AddrFrom4([4]byte{10, byte(i / 10 >> 8), byte(i / 10), byte(i % 10)}), 80), one)
+	}
+	b := newAccumulator()
+	b.merge(a)
+	ev := a.enforce(300) // 400 prefixes are still too many
+	if len(ev) != 1 || ev[0].Level != "other" || ev[0].Port != 80 || ev[0].Entries != 4000 {
+		t.Fatalf("fold events %+v, want tcp/80 folded to other peers", ev)
+	}
+	if entries, packets := accTotals(a); entries != 21 || packets != 4020 {
+		t.Errorf("%d entries, %d packets; want 20 exact tcp/22 peers + 1 and 4020", entries, packets)
+	}
+	if a.folded != 4000 {
+		t.Errorf("folded %d, want 4000", a.folded)
+	}
+	ev = b.enforce(1000) // 400 prefixes are enough
+	if len(ev) != 1 || ev[0].Level != "prefix" || ev[0].Port != 80 || b.size() != 420 {
+		t.Fatalf("fold events %+v, %d entries; want tcp/80 folded to 400 prefixes", ev, b.size())
 	}
 }
 
 // TestAccumulatorUnbounded: without a budget nothing folds.
 func TestAccumulatorUnbounded(t *testing.T) {
-	a := newAccumulator(0)
+	a := newAccumulator()
 	for i := 0; i < 3000; i++ {
 		a.addFlow(accKey(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 80), &accValue{packetsIn: 1})
 	}
-	if ev := a.enforce(); ev != nil || a.size() != 3000 {
+	if ev := a.enforce(0); ev != nil || a.size() != 3000 {
 		t.Errorf("unbounded accumulator folded: %+v, size %d", ev, a.size())
 	}
 }
@@ -130,19 +162,19 @@ func TestAccumulatorUnbounded(t *testing.T) {
 // their levels and keeps every packet and every sketched peer.
 func TestAccumulatorMerge(t *testing.T) {
 	one := &accValue{packetsIn: 1}
-	folded := newAccumulator(1000)
+	folded := newAccumulator()
 	for i := 0; i < 2000; i++ {
 		folded.addFlow(accKey(netip.AddrFrom4([4]byte{198, 18, byte(i / 200), byte(i)}), 443), one)
 	}
-	if ev := folded.enforce(); len(ev) != 1 {
+	if ev := folded.enforce(1000); len(ev) != 1 {
 		t.Fatalf("fold: %+v", ev)
 	}
-	exact := newAccumulator(1000)
+	exact := newAccumulator()
 	exact.addFlow(accKey(netip.MustParseAddr("198.18.0.77"), 443), one) // joins 198.18.0.0/24
 	exact.addFlow(accKey(netip.MustParseAddr("203.0.113.9"), 443), one) // a new /24
 	exact.addFlow(accKey(netip.MustParseAddr("192.0.2.20"), 22), one)   // another service: stays exact
 	exact.addOverflow(accKey(netip.Addr{}, 1514), &flowauditOverflowValue{V: flowauditFlowValue{PacketsIn: 3}})
-	m := newAccumulator(1000)
+	m := newAccumulator()
 	m.merge(exact)
 	m.merge(folded)
 	entries, packets := accTotals(m)

@@ -36,9 +36,10 @@ type Options struct {
 	// OverflowEntries is the max_entries of each per-service overflow map
 	// (default DefaultOverflowEntries).
 	OverflowEntries uint32
-	// FlowBudget bounds the collector's own memory, in flow entries
-	// accumulated across moves; beyond it the peers of the services with
-	// most peers are folded into prefixes. 0: unbounded.
+	// FlowBudget bounds the collector's own memory, in entries
+	// accumulated across moves — all the buckets of a Window together;
+	// beyond it the peers of the services with most peers are folded into
+	// prefixes (budget.go). 0: unbounded.
 	FlowBudget int
 	// Window, when positive, makes ReadMaps return only about the last
 	// Window of traffic (a continuous audit); zero keeps everything.
@@ -90,6 +91,17 @@ type Collector struct {
 	moved     uint64 // flow entries moved out in total
 	highWater uint32 // most entries one generation held
 	foldLog   []FoldEvent
+	// unreported: folds the next Move returns; enforceAt: entries at
+	// which the budget is next enforced once folding could not reach it
+	// (0: as soon as it is exceeded). budget.go.
+	unreported []FoldEvent
+	enforceAt  int
+
+	// exportMu serialises exports (ReadMaps), which lend the buckets out
+	// (window.go); moves never take it. exportHook, if set (tests), runs
+	// in ReadMaps during the conversion, with moveMu not held.
+	exportMu   sync.Mutex
+	exportHook func()
 }
 
 // Open loads the programs and maps into the kernel. It does not attach
@@ -330,7 +342,7 @@ func (c *Collector) Reset() error {
 	}
 	c.gen = 0
 	c.resetBuckets(time.Now())
-	c.moves, c.moved, c.highWater, c.foldLog = 0, 0, 0, nil
+	c.moves, c.moved, c.highWater, c.foldLog, c.unreported = 0, 0, 0, nil, nil
 	if err := c.SetLocalPorts(nil); err != nil {
 		return err
 	}

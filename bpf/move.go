@@ -13,7 +13,9 @@ import (
 type MoveResult struct {
 	// Flows and Overflow are the entries the emptied generation held.
 	Flows, Overflow int
-	// Folded lists the services folded to stay within the memory budget.
+	// Folded lists the services folded to stay within the memory budget
+	// since the previous Move returned (folds made while an export
+	// returned its buckets included).
 	Folded []FoldEvent
 	// Took is the whole move: flip, grace period, read and delete.
 	Took time.Duration
@@ -33,6 +35,15 @@ type MoveResult struct {
 func (c *Collector) Move() (MoveResult, error) {
 	c.moveMu.Lock()
 	defer c.moveMu.Unlock()
+	res, err := c.move()
+	if err == nil {
+		res.Folded, c.unreported = c.unreported, nil
+	}
+	return res, err
+}
+
+// move is Move with moveMu held. Folds stay in c.unreported.
+func (c *Collector) move() (MoveResult, error) {
 	c.mu.Lock()
 	closed, attached := c.closed, len(c.attached) > 0
 	c.mu.Unlock()
@@ -66,9 +77,6 @@ func (c *Collector) Move() (MoveResult, error) {
 	if uint32(res.Flows) > c.highWater {
 		c.highWater = uint32(res.Flows)
 	}
-	if res.Folded = c.cur().acc.enforce(); len(res.Folded) > 0 {
-		c.foldLog = append(c.foldLog, res.Folded...)
-	}
 	if err := c.rotate(time.Now()); err != nil {
 		return res, err
 	}
@@ -94,7 +102,7 @@ func (c *Collector) drainFlows(m *ebpf.Map) (int, error) {
 			for cpu := 0; cpu < ncpu; cpu++ {
 				v.addKernel(&vals[i*ncpu+cpu])
 			}
-			c.cur().acc.addFlow(keys[i], &v)
+			c.addFlow(keys[i], &v)
 		}
 		total += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -135,7 +143,7 @@ func (c *Collector) drainByIteration(m *ebpf.Map, ncpu int) (int, error) {
 		for i := range per {
 			v.addKernel(&per[i])
 		}
-		c.cur().acc.addFlow(k, &v)
+		c.addFlow(k, &v)
 		keys = append(keys, k)
 	}
 	if err := it.Err(); err != nil {
@@ -158,7 +166,7 @@ func (c *Collector) drainOverflow(m *ebpf.Map) (int, error) {
 	for {
 		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
-			c.cur().acc.addOverflow(keys[i], &vals[i])
+			c.addOverflow(keys[i], &vals[i])
 		}
 		total += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -200,9 +208,7 @@ func (c *Collector) Counters() (Counters, error) {
 		FlowInsertFailed: st.FlowInsertFailed, OverflowInsertFailed: st.OverflowInsertFailed,
 		FlowCapacity: st.FlowCapacity, Moves: c.moves,
 	}
-	for _, b := range c.buckets {
-		out.Accumulated += b.acc.size()
-	}
+	out.Accumulated = c.entries()
 	if st.flowNew > c.moved {
 		out.ActiveEntries = st.flowNew - c.moved
 	}

@@ -34,10 +34,15 @@ type Read struct {
 // (window.go): flows sorted, overflow entries and statistics. Interface
 // names come from the attachments; a flow on an interface flowaudit is no
 // longer attached to is named by its index.
+//
+// The collector's lock is held only for the move and to lend the
+// accumulated counts out (window.go: no copy); merging the buckets,
+// converting and sorting happen outside it, so the periodic moves of a
+// recorder never wait for an export, however large. Concurrent ReadMaps
+// calls run one after the other.
 func (c *Collector) ReadMaps() (*Read, error) {
-	if _, err := c.Move(); err != nil {
-		return nil, err
-	}
+	c.exportMu.Lock()
+	defer c.exportMu.Unlock()
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -50,42 +55,40 @@ func (c *Collector) ReadMaps() (*Read, error) {
 	c.mu.Unlock()
 
 	c.moveMu.Lock()
-	defer c.moveMu.Unlock()
-	// Stats after the move: every loss up to it is included.
-	st, err := c.readStats()
-	if err != nil {
+	if _, err := c.move(); err != nil {
+		c.moveMu.Unlock()
 		return nil, err
 	}
-	if c.window <= 0 && (c.flowType == ebpf.LRUHash || c.flowType == ebpf.LRUCPUHash) {
-		active, err := countEntries(c.flowMaps[c.gen])
-		if err != nil {
-			return nil, err
-		}
-		// Only a move deletes from a flow map: every insert neither moved
-		// nor still present was evicted.
-		if gone := c.moved + uint64(active); st.flowNew > gone {
-			st.FlowEvictions = st.flowNew - gone
-		}
+	r, accs, err := c.readLocked()
+	if err != nil {
+		c.moveMu.Unlock()
+		return nil, err
 	}
-	acc := c.merged()
-	r := &Read{}
-	if c.window > 0 {
-		r.Since = c.buckets[0].start
-		st.since(&c.buckets[0].stats)
-	}
-	st.FoldedFlows = acc.folded
-	r.Stats = st.Stats
+	c.moveMu.Unlock()
+	defer func() {
+		c.moveMu.Lock()
+		c.returnLent()
+		c.moveMu.Unlock()
+	}()
+
+	acc := mergeLent(accs)
+	r.Stats.FoldedFlows = acc.folded
 	r.Flows = make([]snapshot.Flow, 0, len(acc.flows))
+	hook := c.exportHook
 	for k, v := range acc.flows {
 		f := c.toFlow(&k, &v, names)
 		if k.Pad[0] != foldNone {
 			f.Peer = netip.Addr{}
 			f.PeerPrefix = prefixOf(&k)
-			sk := *acc.sketches[k]
+			sk := acc.sketches[k]
 			f.PeerSketch = &sk
 			f.Peers = sk.Estimate()
 		}
 		r.Flows = append(r.Flows, f)
+		if hook != nil {
+			hook()
+			hook = nil
+		}
 	}
 	for k, e := range acc.overflow {
 		f := c.toFlow(&k, &e.accValue, names)
@@ -98,6 +101,34 @@ func (c *Collector) ReadMaps() (*Read, error) {
 	snapshot.SortFlows(r.Flows)
 	snapshot.SortFlows(r.Overflow)
 	return r, nil
+}
+
+// readLocked reads the statistics right after a move (every loss up to it
+// is included) and lends the buckets out. The caller holds moveMu and, if
+// it succeeds, must call returnLent after reading the accumulators.
+func (c *Collector) readLocked() (*Read, []*accumulator, error) {
+	st, err := c.readStats()
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.window <= 0 && (c.flowType == ebpf.LRUHash || c.flowType == ebpf.LRUCPUHash) {
+		active, err := countEntries(c.flowMaps[c.gen])
+		if err != nil {
+			return nil, nil, err
+		}
+		// Only a move deletes from a flow map: every insert neither moved
+		// nor still present was evicted.
+		if gone := c.moved + uint64(active); st.flowNew > gone {
+			st.FlowEvictions = st.flowNew - gone
+		}
+	}
+	r := &Read{}
+	if c.window > 0 {
+		r.Since = c.buckets[0].start
+		st.since(&c.buckets[0].stats)
+	}
+	r.Stats = st.Stats
+	return r, c.lend(), nil
 }
 
 // countEntries counts a map's keys (the LRU benchmark variants only).

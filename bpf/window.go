@@ -6,9 +6,19 @@ import "time"
 // Options.Window of traffic, not everything since it started, so a finding
 // can go away. The collector keeps what it moves in buckets of
 // Window/windowBuckets, drops the buckets that fell out of the window, and
-// ReadMaps merges the rest. Memory stays within FlowBudget: each bucket
-// gets an equal share of it, and the merge is itself held to the budget.
-// Without a window there is one bucket, from Open (or Reset) on.
+// ReadMaps merges the rest. Without a window there is one bucket, from
+// Open (or Reset) on.
+//
+// FlowBudget covers the entries of all buckets together, whatever the
+// window: checked after every entry a move adds (budget.go), so a single
+// busy bucket may use the whole budget and seven together never exceed it.
+//
+// An export (ReadMaps) lends the buckets' accumulators out instead of
+// copying them: under moveMu it marks every bucket lent and gives the
+// current one a delta accumulator, then converts outside the lock while
+// moves go on into the delta. Nothing writes to a lent accumulator: moves
+// add to the delta, and folding only touches accumulators that are not
+// lent. When the export is done, each delta is merged back (returnLent).
 
 // windowBuckets is the number of buckets a window spans: what ReadMaps
 // returns covers between Window and Window·(1+1/windowBuckets).
@@ -21,6 +31,18 @@ type bucket struct {
 	start time.Time
 	acc   *accumulator
 	stats statsRead
+	// lent: an export is reading acc, which must not change; moves go to
+	// delta (the current bucket only) until returnLent merges it in.
+	lent  bool
+	delta *accumulator
+}
+
+// target is the accumulator moves add to.
+func (b *bucket) target() *accumulator {
+	if b.lent {
+		return b.delta
+	}
+	return b.acc
 }
 
 // cur is the bucket moves go into. The caller holds moveMu.
@@ -28,7 +50,8 @@ func (c *Collector) cur() *bucket { return c.buckets[len(c.buckets)-1] }
 
 // resetBuckets starts over with one empty bucket. The caller holds moveMu.
 func (c *Collector) resetBuckets(now time.Time) {
-	c.buckets = []*bucket{{start: now, acc: newAccumulator(c.bucketBudget())}}
+	c.buckets = []*bucket{{start: now, acc: newAccumulator()}}
+	c.enforceAt = 0
 }
 
 // rotate starts a new bucket when the current one is a slice old and drops
@@ -41,32 +64,70 @@ func (c *Collector) rotate(now time.Time) error {
 	if err != nil {
 		return err
 	}
-	c.buckets = append(c.buckets, &bucket{start: now, acc: newAccumulator(c.bucketBudget()), stats: st})
-	for len(c.buckets) > 1 && !c.buckets[1].start.After(now.Add(-c.window)) {
-		c.buckets = c.buckets[1:]
-	}
+	c.rotateAt(now, st)
 	return nil
 }
 
-// bucketBudget is each bucket's share of the memory budget.
-func (c *Collector) bucketBudget() int {
-	if c.window <= 0 || c.budget <= 0 {
-		return c.budget
+// rotateAt is rotate with the statistics at now already read. A new
+// bucket starts unfolded: a fold expires once the buckets it was made in
+// have left the window.
+func (c *Collector) rotateAt(now time.Time, st statsRead) {
+	if c.window <= 0 || now.Sub(c.cur().start) < c.window/windowBuckets {
+		return
 	}
-	return max(c.budget/(windowBuckets+1), 1)
+	c.buckets = append(c.buckets, &bucket{start: now, acc: newAccumulator(), stats: st})
+	for len(c.buckets) > 1 && !c.buckets[1].start.After(now.Add(-c.window)) {
+		c.buckets = c.buckets[1:]
+	}
 }
 
-// merged returns the buckets' counts as one accumulator (the bucket itself
-// when there is one). The caller holds moveMu.
-func (c *Collector) merged() *accumulator {
-	if len(c.buckets) == 1 {
-		return c.buckets[0].acc
-	}
-	m := newAccumulator(c.budget)
+// lend marks every bucket lent to an export and returns their
+// accumulators, oldest first. The caller holds moveMu; the export must
+// call returnLent when it no longer reads them.
+func (c *Collector) lend() []*accumulator {
+	accs := make([]*accumulator, 0, len(c.buckets))
 	for _, b := range c.buckets {
-		m.merge(b.acc)
+		b.lent = true
+		accs = append(accs, b.acc)
 	}
-	m.enforce()
+	// Later peers of a service folded in the current bucket still go
+	// straight to their fold.
+	cur := c.cur()
+	cur.delta = newAccumulator()
+	for svc, lvl := range cur.acc.levels {
+		cur.delta.levels[svc] = lvl
+	}
+	return accs
+}
+
+// returnLent merges what moves added during an export back into the
+// buckets it read, then holds them to the budget again. The caller holds
+// moveMu. Buckets that left the window meanwhile are gone with their
+// delta; a Reset meanwhile left no bucket lent.
+func (c *Collector) returnLent() {
+	for _, b := range c.buckets {
+		if !b.lent {
+			continue
+		}
+		if b.delta != nil {
+			b.acc.merge(b.delta)
+		}
+		b.lent, b.delta = false, nil
+	}
+	c.enforceAt = 0
+	c.enforceBudget()
+}
+
+// mergeLent returns lent accumulators as one (the accumulator itself when
+// there is one). It only reads them: the caller need not hold moveMu.
+func mergeLent(accs []*accumulator) *accumulator {
+	if len(accs) == 1 {
+		return accs[0]
+	}
+	m := newAccumulator()
+	for _, a := range accs {
+		m.merge(a)
+	}
 	return m
 }
 
