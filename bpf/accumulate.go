@@ -22,10 +22,11 @@ import (
 // a service once folded stays folded, so its later peers go straight into
 // their prefix.
 //
-// What an entry costs (measured by BenchmarkAccumulatorBytes and `make
-// bench`, Go 1.26, amd64): a per-peer entry 220–340 B of heap (the map's
-// slot, 28 B key and 128 B value, plus its load factor and growth), a
-// folded one 160 B more for its sketch.
+// What an entry costs (BenchmarkAccumulatorBytes, Go 1.26, amd64): a
+// per-peer entry 220–340 B of heap (a 156 B slot — 28 B key, 128 B value —
+// times the table's slack, which is largest right after it doubled), a
+// folded one 430–660 B (its sketch sits in a second map). `make bench`
+// measures what a whole watch costs per entry of budget (part 6).
 
 // Fold levels, stored in flow_key.pad[0] of an accumulator key (the kernel
 // always leaves the padding zero).

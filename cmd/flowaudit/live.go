@@ -41,17 +41,20 @@ type liveFlags struct {
 	window time.Duration
 }
 
-// defaultFlowBudget bounds the recorder's memory: about 150 bytes per
-// entry in its table (docs/ARCHITECTURE.md), so ~40 MiB, and as much again
-// while a snapshot is built.
-const defaultFlowBudget = 262144
+// defaultFlowBudget bounds the recorder's memory, all window buckets
+// together. Measured by `make bench` (BENCHMARKS.md, part 6): an entry
+// held costs 350–650 B, but evaluating a full budget (conversion, audit,
+// snapshot file, garbage-collector slack) peaks at 2–2.4 KiB per entry
+// (the help says 3): a watch that saw a million distinct peers peaks at
+// ~235 MiB with this default, where 262 144 reached 650–790 MiB.
+const defaultFlowBudget = 65536
 
 func (l *liveFlags) register(fs *pflag.FlagSet, defaultDuration time.Duration) {
 	fs.StringSliceVarP(&l.ifaces, "iface", "i", nil, "interface to record on (repeat or comma-separate for several)")
 	fs.DurationVarP(&l.duration, "duration", "d", defaultDuration, "how long to record")
 	fs.Uint32Var(&l.maxFlows, "max-flows", bpf.DefaultFlowEntries, "kernel flow map size (entries, two generations); when full, packets are still counted per service without their peer")
 	fs.Uint32Var(&l.maxOverflow, "max-overflow", bpf.DefaultOverflowEntries, "kernel per-service overflow map size (entries); packets are lost only when it is full too (reported)")
-	fs.IntVar(&l.flowBudget, "flow-budget", defaultFlowBudget, "memory budget in flow entries (~150 B each); beyond it the busiest services' peers fold into /24 and /48 prefixes, then one \"other peers\" entry (reported)")
+	fs.IntVar(&l.flowBudget, "flow-budget", defaultFlowBudget, "memory budget in flow entries, the whole window together (~350–650 B each held, up to ~3 KiB each at the peak of an evaluation); beyond it the busiest services' peers fold into /24 and /48 prefixes or one \"other peers\" entry (reported)")
 	fs.DurationVar(&l.moveInterval, "move-interval", 10*time.Second, "how often counts move from the kernel maps into memory")
 	fs.IntVar(&l.moveFill, "move-fill", 50, "also move as soon as the kernel flow map is this % full (checked 4 times a second; 0: only every --move-interval)")
 	fs.StringVar(&l.ingress, "ingress", "auto", "ingress hook: auto, xdp-native, xdp-generic or tc")

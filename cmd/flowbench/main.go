@@ -36,6 +36,9 @@ type config struct {
 	peers      string
 	scale      string
 	replayPkts uint
+	movePkts   uint
+	watchPeers uint
+	watchPPS   float64
 	skip       string
 }
 
@@ -61,6 +64,9 @@ func main() {
 	flag.StringVar(&cfg.peers, "peers", "flowaudit,tcpdump,softflowd,pmacctd-buffered,pmacctd-defaults", "part 3: tools to compare")
 	flag.StringVar(&cfg.scale, "scale", "10000,100000,1000000", "part 4: flow counts")
 	flag.UintVar(&cfg.replayPkts, "replay-packets", 1_000_000, "part 5: packets in the replayed capture")
+	flag.UintVar(&cfg.movePkts, "move-packets", 8_000_000, "part 6: frames sent while counts move out of the kernel")
+	flag.UintVar(&cfg.watchPeers, "watch-peers", 1_000_000, "part 6: distinct peers a watch sees")
+	flag.Float64Var(&cfg.watchPPS, "watch-pps", 50_000, "part 6: rate of new peers, frames per second")
 	flag.StringVar(&cfg.skip, "skip", "", "parts to skip, e.g. 3,4 (the report then says so)")
 	flag.Parse()
 	if err := run(&cfg); err != nil {
@@ -141,7 +147,7 @@ func run(cfg *config) error {
 			return fmt.Errorf("part 1: %w", err)
 		}
 	}
-	if !skip["2"] || !skip["3"] {
+	if !skip["2"] || !skip["3"] || !skip["6"] {
 		l, err := newLab()
 		if err != nil {
 			return fmt.Errorf("namespaces: %w", err)
@@ -184,6 +190,18 @@ func run(cfg *config) error {
 			logf("part 3: peers at %.0f frames/s offered, %d frames each", cfg.peerPPS, cfg.peerPkts)
 			if rep.peers, err = measurePeers(l, g, nop, cfg, tmp); err != nil {
 				return fmt.Errorf("part 3: %w", err)
+			}
+		}
+		if !skip["6"] {
+			logf("part 6: live sensors (overflow path, moves, watch memory)")
+			budget, err := defaultWatchBudget(cfg.flowaudit)
+			if err != nil {
+				return fmt.Errorf("part 6: %w", err)
+			}
+			lc := liveConfig{repeat: uint32(cfg.repeat), rounds: cfg.rounds, cpu: cfg.cpu, movePkts: uint64(cfg.movePkts),
+				watchPeers: uint64(cfg.watchPeers), watchPPS: cfg.watchPPS, budget: budget, flowaudit: cfg.flowaudit}
+			if rep.live, err = measureLive(l, g, lc, tmp, logf); err != nil {
+				return fmt.Errorf("part 6: %w", err)
 			}
 		}
 	}

@@ -24,6 +24,11 @@ const (
 	targetKeys      = 10_000
 )
 
+// helpBytesPerEntry is what --flow-budget's help says an entry of budget
+// costs at the peak of an evaluation (issue 11): part 6 checks every
+// watch against idle + budget × this.
+const helpBytesPerEntry = 3 << 10
+
 type report struct {
 	cfg     *config
 	start   time.Time
@@ -43,6 +48,7 @@ type report struct {
 	peers        []peerResult
 	scale        []scaleResult
 	replay       *replayResult
+	live         *liveResult
 }
 
 func (r *report) machine() {
@@ -191,6 +197,7 @@ func (r *report) rows() [][]string {
 				s.audit.RSSKB>>10, s.audit.Findings),
 			fmt.Sprintf("%.2f µs/flow", float64(s.audit.LoadNs+s.audit.AuditNs)/1e3/float64(s.n)), ""})
 	}
+	rows = append(rows, r.liveRows()...)
 	if rp := r.replay; rp != nil {
 		ratio, ctx := "", ""
 		if c := r.findCost(bpf.HookXDP, targetKeys, "IPv4 TCP to a listening port"); c != nil {
@@ -366,6 +373,7 @@ func (r *report) write(w io.Writer) error {
 		p("`flowaudit replay`) %s.\n\n", replayState())
 	}
 
+	p("%s", r.liveMethod())
 	p("## Reproduce\n\n")
 	p("```sh\n# as root, on a kernel with BTF (≥ 6.6 for tcx)\napt-get install tcpdump softflowd pmacct\nmake bench            # builds bin/flowaudit, runs cmd/flowbench, rewrites BENCHMARKS.md\n")
 	p("bin/flowbench -h      # flags: repeat counts, rounds, offered load, -skip 3,4, -out ''\n")
@@ -523,6 +531,10 @@ func (r *report) verdicts() string {
 			100*l.ratio, 100*targetLineRate, verdict(l.ratio >= targetLineRate), verdict(l.countedOK))
 	} else {
 		b.WriteString("- veth line rate: not measured in this run.\n")
+	}
+	if lv := r.live; lv != nil {
+		b.WriteString("\nTargets (issue 11):\n\n")
+		b.WriteString(lv.verdicts())
 	}
 	b.WriteString(r.breakdown())
 	return b.String()
