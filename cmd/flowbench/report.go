@@ -533,7 +533,7 @@ func (r *report) verdicts() string {
 		b.WriteString("- veth line rate: not measured in this run.\n")
 	}
 	if lv := r.live; lv != nil {
-		b.WriteString("\nTargets (issue 11):\n\n")
+		b.WriteString("\nLive sensors (issue 11):\n\n")
 		b.WriteString(lv.verdicts())
 	}
 	b.WriteString(r.breakdown())
