@@ -44,9 +44,9 @@ type liveFlags struct {
 // defaultFlowBudget bounds the recorder's memory, all window buckets
 // together. Measured by `make bench` (BENCHMARKS.md, part 6): an entry
 // held costs 350–650 B, but evaluating a full budget (conversion, audit,
-// snapshot file, garbage-collector slack) peaks at 2–2.4 KiB per entry
-// (the help says 3): a watch that saw a million distinct peers peaks at
-// ~235 MiB with this default, where 262 144 reached 650–790 MiB.
+// snapshot file, garbage-collector slack) peaks at 1.2–2.4 KiB per entry
+// (the help says 3): a watch that saw a million distinct peers peaked at
+// 190–235 MiB with this default, where 262 144 reached 600–790 MiB.
 const defaultFlowBudget = 65536
 
 func (l *liveFlags) register(fs *pflag.FlagSet, defaultDuration time.Duration) {
