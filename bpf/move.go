@@ -95,6 +95,7 @@ func (c *Collector) drainFlows(m *ebpf.Map) (int, error) {
 				v.addKernel(&vals[i*ncpu+cpu])
 			}
 			c.cur().acc.addFlow(keys[i], &v)
+			c.reportMoved(&keys[i], &v, false)
 		}
 		total += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -136,6 +137,7 @@ func (c *Collector) drainByIteration(m *ebpf.Map, ncpu int) (int, error) {
 			v.addKernel(&per[i])
 		}
 		c.cur().acc.addFlow(k, &v)
+		c.reportMoved(&k, &v, false)
 		keys = append(keys, k)
 	}
 	if err := it.Err(); err != nil {
@@ -159,6 +161,7 @@ func (c *Collector) drainOverflow(m *ebpf.Map) (int, error) {
 		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
 			c.cur().acc.addOverflow(keys[i], &vals[i])
+			c.reportOverflow(&keys[i], &vals[i])
 		}
 		total += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
