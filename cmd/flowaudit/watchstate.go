@@ -239,6 +239,16 @@ func (t *tracker) assignKeys(findings []audit.Finding) []string {
 // openCount is how many findings are open.
 func (t *tracker) openCount() int { return len(t.open) }
 
+// openFindings returns the open findings as last observed, by ID.
+func (t *tracker) openFindings() []audit.Finding {
+	out := make([]audit.Finding, 0, len(t.open))
+	for _, o := range t.open {
+		out = append(out, o.Finding)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
 // The state file: what a watch had reported and not resolved when it last
 // wrote, so that a restart does not report it again.
 const (
