@@ -31,7 +31,7 @@ const (
 )
 
 // watchEvent is one change in what watch reports. It is a value, so that
-// every sink (the log today, an event stream later) writes the same facts.
+// every sink (the event stream, the log, the metrics) gets the same facts.
 type watchEvent struct {
 	Time  time.Time
 	Event eventKind
