@@ -59,6 +59,10 @@ type Options struct {
 	SocketsKnown bool
 	// Logger receives attach decisions and warnings (default: no-op).
 	Logger *zap.Logger
+	// OnMove, if set, is called with every entry a move takes out of the
+	// kernel maps (moved.go), from the goroutine that moves, never
+	// concurrently. It must be quick and must not call the collector.
+	OnMove func(*MovedFlow)
 }
 
 // Collector owns the loaded programs and maps and the interfaces they are
@@ -102,6 +106,8 @@ type Collector struct {
 	// in ReadMaps during the conversion, with moveMu not held.
 	exportMu   sync.Mutex
 	exportHook func()
+
+	onMove func(*MovedFlow) // Options.OnMove
 }
 
 // Open loads the programs and maps into the kernel. It does not attach
@@ -186,6 +192,7 @@ func Open(opts Options) (*Collector, error) {
 		attached:  map[int]*Attachment{},
 		budget:    opts.FlowBudget,
 		window:    opts.Window,
+		onMove:    opts.OnMove,
 	}
 	c.resetBuckets(time.Now())
 	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {

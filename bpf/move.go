@@ -103,6 +103,7 @@ func (c *Collector) drainFlows(m *ebpf.Map) (int, error) {
 				v.addKernel(&vals[i*ncpu+cpu])
 			}
 			c.addFlow(keys[i], &v)
+			c.reportMoved(&keys[i], &v, false)
 		}
 		total += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -144,6 +145,7 @@ func (c *Collector) drainByIteration(m *ebpf.Map, ncpu int) (int, error) {
 			v.addKernel(&per[i])
 		}
 		c.addFlow(k, &v)
+		c.reportMoved(&k, &v, false)
 		keys = append(keys, k)
 	}
 	if err := it.Err(); err != nil {
@@ -167,6 +169,7 @@ func (c *Collector) drainOverflow(m *ebpf.Map) (int, error) {
 		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
 			c.addOverflow(keys[i], &vals[i])
+			c.reportOverflow(&keys[i], &vals[i])
 		}
 		total += n
 		if errors.Is(err, ebpf.ErrKeyNotExist) {

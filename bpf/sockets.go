@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -135,6 +136,9 @@ type SocketRefresher struct {
 	seen map[snapshot.Socket]time.Time
 	done chan struct{}
 	stop context.CancelFunc
+	// failures counts refreshes that failed (each is logged; the
+	// previous socket set stays in force).
+	failures atomic.Uint64
 }
 
 // StartSocketRefresh refreshes now (an error here is returned) and then
@@ -159,6 +163,7 @@ func (c *Collector) StartSocketRefresh(interval time.Duration) (*SocketRefresher
 			case <-t.C:
 				socks, err := c.RefreshSockets()
 				if err != nil {
+					r.failures.Add(1)
 					c.log.Warn("refresh local sockets", zap.Error(err))
 					continue
 				}
@@ -195,6 +200,9 @@ func (r *SocketRefresher) SeenSince(t time.Time) []snapshot.Socket {
 	snapshot.SortSockets(out)
 	return out
 }
+
+// Failures is how many periodic refreshes failed so far.
+func (r *SocketRefresher) Failures() uint64 { return r.failures.Load() }
 
 // Stop ends the refresh loop and waits for it.
 func (r *SocketRefresher) Stop() {

@@ -39,6 +39,9 @@ type liveFlags struct {
 	// window: only watch sets it (--window): judge the last window of
 	// traffic rather than everything since the start.
 	window time.Duration
+	// onMove: only watch sets it (--metrics-addr): sees every entry moved
+	// out of the kernel (bpf.Options.OnMove).
+	onMove func(*bpf.MovedFlow)
 }
 
 // defaultFlowBudget bounds the recorder's memory, all window buckets
@@ -112,24 +115,39 @@ func (s stopSignal) Error() string { return s.name() + " received" }
 // name is the signal's conventional name: "SIGINT", "SIGTERM".
 func (s stopSignal) name() string { return unix.SignalName(s.sig) }
 
-// signalContext is cancelled by SIGINT or SIGTERM, with a stopSignal as
-// its cause: recording stops early, what was recorded so far is kept and
-// marked as interrupted.
-func signalContext() (context.Context, context.CancelFunc) {
+// signalContext is cancelled by SIGINT, SIGTERM or SIGHUP, with a
+// stopSignal as its cause: recording stops early, what was recorded so far
+// is kept and marked as interrupted.
+func signalContext() (context.Context, context.CancelFunc) { return signalContextHUP(nil) }
+
+// signalContextHUP is signalContext, except that when onHUP is set SIGHUP
+// calls it (watch --events FILE reopens the file, the logrotate
+// convention) instead of stopping.
+func signalContextHUP(onHUP func()) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
 	// A hang-up (the ssh session or terminal went away) stops cleanly too,
-	// unless SIGHUP is ignored (nohup): then it must stay ignored.
-	if !signal.Ignored(syscall.SIGHUP) {
+	// unless SIGHUP is ignored (nohup): then it must stay ignored. When
+	// SIGHUP means "reopen", it is caught even under nohup: logrotate
+	// needs it, and a hang-up then only reopens the file.
+	if onHUP != nil || !signal.Ignored(syscall.SIGHUP) {
 		signal.Notify(ch, syscall.SIGHUP)
 	}
 	done := make(chan struct{})
 	go func() {
-		select {
-		case sig := <-ch:
-			cancel(stopSignal{sig.(syscall.Signal)})
-		case <-done:
+		for {
+			select {
+			case sig := <-ch:
+				if sig == syscall.SIGHUP && onHUP != nil {
+					onHUP()
+					continue
+				}
+				cancel(stopSignal{sig.(syscall.Signal)})
+				return
+			case <-done:
+				return
+			}
 		}
 	}()
 	return ctx, func() {
@@ -176,7 +194,7 @@ type liveSession struct {
 
 func startLive(e *env, lf *liveFlags) (*liveSession, error) {
 	c, err := bpf.Open(bpf.Options{FlowEntries: lf.maxFlows, OverflowEntries: lf.maxOverflow, FlowBudget: lf.flowBudget,
-		Window: lf.window, SocketsKnown: true, Logger: e.log})
+		Window: lf.window, SocketsKnown: true, Logger: e.log, OnMove: lf.onMove})
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +306,7 @@ func recordLive(ctx context.Context, e *env, lf *liveFlags, ro recordOptions) (s
 	}
 	defer func() { err = errors.Join(err, s.close()) }()
 	planned := s.start.Add(lf.duration)
-	e.log.Info("recording", zap.Strings("ifaces", lf.ifaces), zap.Duration("duration", lf.duration))
+	e.log.Info("recording", zap.Strings("ifaces", lf.ifaces), seconds("duration_seconds", lf.duration))
 
 	deadline := time.NewTimer(lf.duration)
 	defer deadline.Stop()
@@ -327,7 +345,7 @@ loop:
 				continue
 			}
 			e.log.Info("checkpoint written", zap.String("file", ro.checkpointPath), zap.Int("flows", len(snap.Flows)),
-				zap.Duration("window", snap.Window().Round(time.Second)))
+				seconds("window_seconds", snap.Window().Round(time.Second)))
 		case now := <-tick.C:
 			n, err := s.c.Counters()
 			if err != nil {
@@ -349,7 +367,7 @@ loop:
 	if stopped != nil {
 		snap.Interrupted = stopped
 		e.log.Warn("interrupted: the snapshot covers only part of the planned window", zap.String("by", stopped.Signal),
-			zap.Duration("recorded", snap.Window().Round(time.Second)), zap.Duration("planned", lf.duration))
+			seconds("recorded_seconds", snap.Window().Round(time.Second)), seconds("planned_seconds", lf.duration))
 	}
 	logStats(e.log, snap)
 	return snap, nil
@@ -358,8 +376,8 @@ loop:
 // logProgress is the progress line for logs (no terminal): the same
 // figures as fields.
 func logProgress(log *zap.Logger, elapsed, total time.Duration, n bpf.Counters) {
-	log.Info("recording progress", zap.Duration("elapsed", elapsed.Round(time.Second)),
-		zap.Duration("left", max(total-elapsed, 0).Round(time.Second)),
+	log.Info("recording progress", seconds("elapsed_seconds", elapsed.Round(time.Second)),
+		seconds("left_seconds", max(total-elapsed, 0).Round(time.Second)),
 		zap.Uint64("packets_in", n.PacketsIngress), zap.Uint64("packets_out", n.PacketsEgress),
 		zap.Int("flows", n.Accumulated), zap.Uint64("moves", n.Moves),
 		zap.Uint64("packets_without_peer", n.FlowInsertFailed), zap.Uint64("packets_lost", n.OverflowInsertFailed))

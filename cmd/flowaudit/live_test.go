@@ -76,3 +76,50 @@ func TestSignalContextNamesTheSignal(t *testing.T) {
 		t.Errorf("error interruption %+v", in)
 	}
 }
+
+// TestSignalContextHUP: with a SIGHUP handler (watch --events FILE),
+// SIGHUP calls it, as often as it comes, and does not stop anything;
+// SIGTERM still does. Without one, SIGHUP stops like SIGTERM.
+func TestSignalContextHUP(t *testing.T) {
+	hups := make(chan struct{}, 4)
+	ctx, stop := signalContextHUP(func() { hups <- struct{}{} })
+	for i := 0; i < 2; i++ {
+		if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-hups:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("SIGHUP %d did not call the handler", i+1)
+		}
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("SIGHUP stopped the context: %v", context.Cause(ctx))
+	}
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("SIGTERM did not cancel the context")
+	}
+	if in := interruption(ctx, time.Now(), time.Now()); in.Signal != "SIGTERM" {
+		t.Errorf("interruption %+v", in)
+	}
+	stop()
+
+	ctx, stop = signalContext()
+	defer stop()
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("SIGHUP without a handler did not cancel the context")
+	}
+	if in := interruption(ctx, time.Now(), time.Now()); in.Signal != "SIGHUP" {
+		t.Errorf("interruption %+v", in)
+	}
+}

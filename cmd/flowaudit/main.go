@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
@@ -156,12 +157,25 @@ func newLogger(w io.Writer, format, level string) (*zap.Logger, error) {
 		cfg.StacktraceKey = ""
 		enc = zapcore.NewConsoleEncoder(cfg)
 	case "json":
-		enc = zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+		cfg := zap.NewProductionEncoderConfig()
+		cfg.EncodeTime = iso8601UTC
+		enc = zapcore.NewJSONEncoder(cfg)
 	default:
 		return nil, fmt.Errorf("--log-format %q: want console or json", format)
 	}
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
 }
+
+// iso8601UTC writes log times as ISO 8601 / RFC 3339 in UTC with
+// milliseconds: 2026-11-26T07:33:37.123Z.
+func iso8601UTC(t time.Time, enc zapcore.PrimitiveArrayEncoder) {
+	enc.AppendString(t.UTC().Format("2006-01-02T15:04:05.000Z07:00"))
+}
+
+// seconds is a duration as a log field: a number of seconds, the unit in
+// the field's name ("interval_seconds"), so that a log pipeline needs no
+// parsing of "1m30s".
+func seconds(name string, d time.Duration) zap.Field { return zap.Float64(name, d.Seconds()) }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "flowaudit %s: audit an appliance's real traffic against its documented port matrix\n\n", Version())

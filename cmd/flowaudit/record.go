@@ -76,6 +76,6 @@ func runRecord(e *env, args []string) error {
 		return errors.Join(err, werr)
 	}
 	e.log.Info("snapshot written", zap.String("file", out), zap.Int("flows", len(snap.Flows)),
-		zap.Duration("window", snap.Window().Round(time.Second)))
+		seconds("window_seconds", snap.Window().Round(time.Second)))
 	return err
 }

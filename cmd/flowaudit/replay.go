@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -148,8 +149,8 @@ func logReplay(log *zap.Logger, r *replay.Result, out string) {
 	log.Info("replayed", zap.String("format", r.Format), zap.Strings("link_types", lts), zap.Int("packets", r.Packets),
 		zap.Int("replayed", r.Replayed), zap.Int("test_run_calls", r.Calls), zap.Uint64("ingress", st.PacketsIngress),
 		zap.Uint64("egress", st.PacketsEgress), zap.Int("flows", len(r.Snapshot.Flows)),
-		zap.Duration("window", r.Snapshot.Window()), zap.Duration("time_resolution", r.Resolution),
-		zap.Duration("elapsed", r.Elapsed.Round(time.Millisecond)), zap.String("packets_per_second", fmt.Sprintf("%.0f", rate)))
+		seconds("window_seconds", r.Snapshot.Window()), seconds("time_resolution_seconds", r.Resolution),
+		seconds("elapsed_seconds", r.Elapsed.Round(time.Millisecond)), zap.Float64("packets_per_second", math.Round(rate)))
 	for reason, n := range r.Skipped {
 		log.Warn("records not replayed", zap.String("reason", reason), zap.Int("records", n))
 	}

@@ -7,12 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/flowaudit/flowaudit/audit"
 	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/internal/metrics"
 )
 
 func init() {
@@ -28,12 +30,21 @@ const watchExamples = `  # Until Ctrl-C, evaluating every minute, snapshots kept
   flowaudit watch -i eth0 -m utmstack@11 -r manager --site site.yaml \
     --snapshot-dir /var/lib/flowaudit --state-dir /var/lib/flowaudit
 
-  # JSON logs for a SIEM, one line per event (opened, escalated, de-escalated, resolved)
-  flowaudit --log-format json watch -i eth0 -m usm -r sensor --site site.yaml
+  # Findings as ECS JSON events to a file (reopened on SIGHUP, for logrotate),
+  # Prometheus metrics on the loopback
+  flowaudit watch -i eth0 -m usm -r sensor --site site.yaml \
+    --events /var/log/flowaudit/events.json --metrics-addr 127.0.0.1:9750
+
+  # Events to the local syslog, or a remote one over TCP (RFC 5424)
+  flowaudit watch -i eth0 -m usm -r sensor --site site.yaml --events syslog://
+  flowaudit watch -i eth0 -m usm -r sensor --site site.yaml --events syslog+tcp://siem.example:601
 
 Findings that need a full window to be fair (missing-required, a short
 window) are held back until --settle has passed; a finding absent for a
-whole --settle is resolved. docs/WATCH.md describes the events.
+whole --settle is resolved. docs/WATCH.md describes the events and
+metrics, docs/EVENTS.md the event format. Without --events, events are
+log lines. SIGHUP reopens an --events file; without one it stops the
+watch like SIGINT and SIGTERM.
 Exit codes: 0 no finding at low or above was open during the run, 2 some
 was, 1 error.`
 
@@ -53,13 +64,23 @@ type watcher struct {
 	keep      int
 	written   []string
 	events    map[eventKind]int
+	out       *watchOutputs
+}
+
+// watchFlags are watch's own output flags.
+type watchFlags struct {
+	interval     time.Duration
+	events       string
+	metricsAddr  string
+	metricsPorts int
+	started      time.Time
 }
 
 func runWatch(e *env, args []string) (err error) {
 	var (
 		af       auditFlags
 		lf       liveFlags
-		interval time.Duration
+		wf       watchFlags
 		settle   time.Duration
 		dir      string
 		stateDir string
@@ -68,20 +89,27 @@ func runWatch(e *env, args []string) (err error) {
 	fs := newFlagSet(e, "watch", "flowaudit watch --iface IFACE --matrix PRODUCT[@VERSION] --role ROLE [--site FILE] [flags]", watchExamples)
 	af.register(fs)
 	lf.register(fs, 0)
-	fs.DurationVar(&interval, "interval", time.Minute, "how often to evaluate (and snapshot)")
+	fs.DurationVar(&wf.interval, "interval", time.Minute, "how often to evaluate (and snapshot)")
 	fs.DurationVar(&lf.window, "window", time.Hour, "judge the last window of traffic (0: everything since the start); a finding whose traffic left the window can resolve")
 	fs.DurationVar(&settle, "settle", 10*time.Minute, "hold back missing-required and short-window findings until this much was observed; resolve a finding absent this long")
 	fs.StringVar(&dir, "snapshot-dir", "", "write a snapshot here at every interval (atomic files)")
 	fs.IntVar(&keep, "keep", 48, "snapshots to keep in --snapshot-dir (oldest removed)")
 	fs.StringVar(&stateDir, "state-dir", "", "keep the open findings here ("+stateFileName+"), so that a restart does not report them again")
+	fs.StringVar(&wf.events, "events", "", "write finding events as ECS JSON lines (docs/EVENTS.md) to FILE (appended; reopened on SIGHUP), - (stdout) or syslog://[HOST:PORT|/PATH] (RFC 5424; syslog+tcp://HOST:PORT for TCP)")
+	fs.StringVar(&wf.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9750; off by default)")
+	fs.IntVar(&wf.metricsPorts, "metrics-ports", metrics.DefaultExtraPorts, "undocumented service ports that get a metrics label of their own (first seen answered); the others count as \"other\"")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	interval := wf.interval
 	if interval < time.Second {
 		return fmt.Errorf("--interval %s: at least 1s", interval)
+	}
+	if wf.metricsPorts < 0 {
+		return fmt.Errorf("--metrics-ports %d: must not be negative", wf.metricsPorts)
 	}
 	if settle < 0 {
 		return fmt.Errorf("--settle %s: must not be negative", settle)
@@ -115,6 +143,17 @@ func runWatch(e *env, args []string) (err error) {
 		scope:  newScope(res.matrix.Product, res.matrix.Version, res.matrix.Role, res.matrix.Conditions, lf.ifaces)}
 	// Restored findings count their absence from the start of the watch.
 	w.started = w.now()
+	wf.started = w.started
+	out, err := openWatchOutputs(e, res, &lf, &wf)
+	if err != nil {
+		return err
+	}
+	w.out = out
+	defer func() {
+		if cerr := out.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
 	if stateDir != "" {
 		unlock, err := lockStateDir(stateDir)
 		if err != nil {
@@ -127,7 +166,11 @@ func runWatch(e *env, args []string) (err error) {
 		}
 	}
 
-	ctx, stop := signalContext()
+	var onHUP func()
+	if out.sink != nil && wf.events != "-" && !strings.HasPrefix(wf.events, "syslog") {
+		onHUP = out.reopen
+	}
+	ctx, stop := signalContextHUP(onHUP)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, lf.duration)
 	defer cancel()
@@ -140,9 +183,15 @@ func runWatch(e *env, args []string) (err error) {
 			err = errors.Join(cerr, err)
 		}
 	}()
-	e.log.Info("watching", zap.Strings("ifaces", lf.ifaces), zap.String("matrix", res.matrix.ProductName+" "+res.matrix.Version),
-		zap.String("role", res.matrix.Role), zap.Duration("interval", interval), zap.Duration("window", lf.window),
-		zap.Duration("settle", settle))
+	out.live.Store(s)
+	defer out.live.Store(nil) // before s.close: scrapes stop reading the collector
+	fields := []zap.Field{zap.Strings("ifaces", lf.ifaces), zap.String("matrix", res.matrix.ProductName+" "+res.matrix.Version),
+		zap.String("role", res.matrix.Role), seconds("interval_seconds", interval), seconds("window_seconds", lf.window),
+		seconds("settle_seconds", settle)}
+	if out.sink != nil {
+		fields = append(fields, zap.String("events", out.sink.String()))
+	}
+	e.log.Info("watching", fields...)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -174,6 +223,7 @@ func runWatch(e *env, args []string) (err error) {
 // evaluation, writes a snapshot and, when something changed or at the end,
 // the state file.
 func (w *watcher) evaluate(s *liveSession, final bool) error {
+	start := w.now()
 	snap, err := s.snapshot()
 	if err != nil {
 		return err
@@ -194,7 +244,7 @@ func (w *watcher) evaluate(s *liveSession, final bool) error {
 	evs := w.t.observe(now, rep.Findings, settled)
 	for _, ev := range evs {
 		w.events[ev.Event]++
-		logEvent(w.e.log, ev)
+		w.out.event(ev)
 	}
 	if w.statePath != "" && (len(evs) > 0 || final) {
 		if err := saveState(w.statePath, w.scope, w.t, now); err != nil {
@@ -203,12 +253,14 @@ func (w *watcher) evaluate(s *liveSession, final bool) error {
 			w.e.log.Warn("watch state not written: a restart will report open findings again", zap.Error(err))
 		}
 	}
+	w.out.evaluated(&evaluation{start: start, end: w.now(), open: w.t.openFindings()})
 	return nil
 }
 
 // logEvent is the log sink of watch events: one line per event with
-// stable field names (docs/WATCH.md).
-func logEvent(log *zap.Logger, ev watchEvent) {
+// stable field names (docs/WATCH.md). With debug set (the events went to
+// --events), the line is at debug level.
+func logEvent(log *zap.Logger, ev watchEvent, debug bool) {
 	f := &ev.Finding
 	fields := []zap.Field{zap.String("event", string(ev.Event)), zap.String("id", f.ID), zap.String("kind", string(f.Kind)),
 		zap.String("severity", f.Severity.String())}
@@ -241,9 +293,12 @@ func logEvent(log *zap.Logger, ev watchEvent) {
 	stamp("last_present", ev.LastPresent)
 	fields = append(fields, zap.String("summary", f.Summary))
 	msg := "finding " + string(ev.Event)
-	if ev.Event != eventResolved && f.Severity >= audit.Low {
+	switch {
+	case debug:
+		log.Debug(msg, fields...)
+	case ev.Event != eventResolved && f.Severity >= audit.Low:
 		log.Warn(msg, fields...)
-	} else {
+	default:
 		log.Info(msg, fields...)
 	}
 }

@@ -31,7 +31,7 @@ const (
 )
 
 // watchEvent is one change in what watch reports. It is a value, so that
-// every sink (the log today, an event stream later) writes the same facts.
+// every sink (the event stream, the log, the metrics) gets the same facts.
 type watchEvent struct {
 	Time  time.Time
 	Event eventKind
@@ -238,6 +238,16 @@ func (t *tracker) assignKeys(findings []audit.Finding) []string {
 
 // openCount is how many findings are open.
 func (t *tracker) openCount() int { return len(t.open) }
+
+// openFindings returns the open findings as last observed, by ID.
+func (t *tracker) openFindings() []audit.Finding {
+	out := make([]audit.Finding, 0, len(t.open))
+	for _, o := range t.open {
+		out = append(out, o.Finding)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
 
 // The state file: what a watch had reported and not resolved when it last
 // wrote, so that a restart does not report it again.

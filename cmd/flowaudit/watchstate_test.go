@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -362,9 +363,12 @@ func TestLogEventFields(t *testing.T) {
 	var buf bytes.Buffer
 	log, _ := newLogger(&buf, "json", "info")
 	prev := openPort(8080, audit.Medium)
-	logEvent(log, watchEvent{Time: t0, Event: eventEscalated, Finding: openPort(8080, audit.High), Previous: &prev, FirstReported: t0})
+	esc0 := watchEvent{Time: t0, Event: eventEscalated, Finding: openPort(8080, audit.High), Previous: &prev, FirstReported: t0}
+	logEvent(log, esc0, false)
 	logEvent(log, watchEvent{Time: t0, Event: eventResolved, Finding: ruleFinding(audit.RequiredPortClosed, audit.High, "lab1.server.agent", 9001),
-		FirstReported: t0, LastPresent: t0.Add(time.Minute)})
+		FirstReported: t0, LastPresent: t0.Add(time.Minute)}, false)
+	// Events that went to --events are logged at debug only.
+	logEvent(log, esc0, true)
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("%d lines:\n%s", len(lines), buf.String())
@@ -400,6 +404,16 @@ func TestLogEventFields(t *testing.T) {
 		if _, ok := res[k]; ok {
 			t.Errorf("resolved has %s: %v", k, res)
 		}
+	}
+	// Diagnostic times are ISO 8601 in UTC, not epoch floats.
+	if ts, ok := esc["ts"].(string); !ok || !regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`).MatchString(ts) {
+		t.Errorf("ts %#v: want ISO 8601 UTC", esc["ts"])
+	}
+	buf.Reset()
+	dlog, _ := newLogger(&buf, "json", "debug")
+	logEvent(dlog, esc0, true)
+	if !strings.Contains(buf.String(), `"level":"debug","ts":`) || !strings.Contains(buf.String(), `"msg":"finding escalated"`) {
+		t.Errorf("debug event line: %s", buf.String())
 	}
 }
 
