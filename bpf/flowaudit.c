@@ -220,8 +220,9 @@ struct {
  * service_hints: filled by replay only, from the whole capture: for each
  * endpoint that exchanged packets with at least two distinct counterpart
  * ports, how many (its fan-in). The port heuristic takes the end with the
- * larger fan-in as the service. Not preallocated: empty live, it costs no
- * memory, and hints_loaded keeps the programs from looking in it.
+ * larger fan-in as the service. Not preallocated: live it stays empty (its
+ * hash buckets take 1 MiB, no elements), and hints_loaded keeps the
+ * programs from looking in it.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
