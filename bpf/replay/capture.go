@@ -115,7 +115,16 @@ type BadTimestamp struct {
 
 func (b BadTimestamp) String() string {
 	return fmt.Sprintf("packet %d: timestamp %s outside %s – %s, replaced by %s", b.Packet,
-		b.Raw.Format(time.RFC3339Nano), MinTimestamp.Format("2006-01-02"), MaxTimestamp.Format("2006-01-02"), b.Used.Format(time.RFC3339Nano))
+		b.RawText(), MinTimestamp.Format("2006-01-02"), MaxTimestamp.Format("2006-01-02"), b.Used.Format(time.RFC3339Nano))
+}
+
+// RawText is the file's timestamp as text; "none" for a pcapng simple
+// packet block, which has no timestamp.
+func (b BadTimestamp) RawText() string {
+	if b.Raw.IsZero() {
+		return "none"
+	}
+	return b.Raw.Format(time.RFC3339Nano)
 }
 
 func validTimestamp(t time.Time) bool { return !t.Before(MinTimestamp) && t.Before(MaxTimestamp) }

@@ -577,6 +577,15 @@ func TestReadBadTimestamps(t *testing.T) {
 	if s := sc.badTimes[1].String(); !strings.Contains(s, "packet 3: timestamp 58") || !strings.Contains(s, "replaced by 2026-11-26T07:00:01Z") {
 		t.Errorf("message %q", s)
 	}
+	// A simple packet block has no timestamp: the one before it is used.
+	var spb ngBuilder
+	spb.shb().idb(LinkEthernet, "").epb(0, pkts[1].ts, pkts[1].frame)
+	spb.block(ngSPB, append(binary.LittleEndian.AppendUint32(nil, uint32(len(pkts[0].frame))), pkts[0].frame...))
+	sc, err = scan(context.Background(), writeFile(t, "spb.pcapng", spb.b.Bytes()), "spb.pcapng", nil)
+	if err != nil || sc.packets != 2 || !sc.last.Equal(pkts[1].ts) || len(sc.badTimes) != 1 || sc.badTimes[0].RawText() != "none" ||
+		!sc.badTimes[0].Used.Equal(pkts[1].ts) {
+		t.Errorf("simple packet block: %d packets, last %v, %+v, %v", sc.packets, sc.last, sc.badTimes, err)
+	}
 	// Nothing valid at all: the epoch for every record.
 	var ng ngBuilder
 	ng.shb().idb(LinkEthernet, "").epbMicros(0, farFuture, pkts[0].frame)

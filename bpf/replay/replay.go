@@ -454,7 +454,7 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 		sc.noteConv(&fi)
 		sc.macOf[macIP{fi.srcMAC, fi.src}] = struct{}{}
 	}
-	if valid == 0 {
+	if valid == 0 && sc.packets > 0 {
 		// No valid timestamp at all: every record gets the epoch.
 		sc.firstValid, sc.first, sc.last = MinTimestamp, MinTimestamp, MinTimestamp
 	}
@@ -587,7 +587,7 @@ func logBadTimes(log *zap.Logger, name string, res *Result) {
 			break
 		}
 		log.Warn("timestamp out of range", zap.String("file", name), zap.Int("packet", b.Packet),
-			zap.String("timestamp", b.Raw.Format(time.RFC3339Nano)), zap.String("replaced_by", b.Used.Format(time.RFC3339Nano)))
+			zap.String("timestamp", b.RawText()), zap.String("replaced_by", b.Used.Format(time.RFC3339Nano)))
 	}
 	log.Warn(fmt.Sprintf("%d packets have timestamps outside %s – %s: each got the timestamp of the packet before it (the first valid one for those before any); the snapshot's window and flow times ignore them",
 		res.BadTimestamps, MinTimestamp.Format("2006-01-02"), MaxTimestamp.Format("2006-01-02")), zap.String("file", name))
