@@ -479,15 +479,17 @@ func TestChooseLocal(t *testing.T) {
 	if lc := chooseLocal(sc, nil); lc.Addrs[0] != a("192.0.2.12") {
 		t.Errorf("tie: chose %v, want the SYN receiver 192.0.2.12", lc.Addrs)
 	}
-	// Then to the address that sent packets over one that only received
-	// (a directed broadcast address), and to one that was not a DHCP
-	// server; both before the lower address (192.0.2.100 here).
+	// Then to an address that was not a DHCP server, and to one that does
+	// not look like a directed broadcast address (never sent, received
+	// from several); both before the lower address (192.0.2.100 here).
+	// An address that merely never sent is not broadcast-like.
 	for _, tc := range []struct {
 		name string
 		a, b addrCount
 	}{
-		{"the other never sent (a broadcast address)", addrCount{packets: 60, sent: 1}, addrCount{packets: 60}},
 		{"the other is a DHCP server", addrCount{packets: 60, sent: 30}, addrCount{packets: 60, sent: 30, dhcpServer: 2}},
+		{"the other is broadcast-like", addrCount{packets: 60, sent: 1}, addrCount{packets: 60, senders2: true}},
+		{"the DHCP rule first", addrCount{packets: 60, senders2: true}, addrCount{packets: 60, sent: 5, dhcpServer: 5}},
 	} {
 		a1, b1 := tc.a, tc.b
 		lc := chooseLocal(&scanResult{addrs: map[netip.Addr]*addrCount{a("192.0.2.200"): &a1, a("192.0.2.100"): &b1},
@@ -495,6 +497,11 @@ func TestChooseLocal(t *testing.T) {
 		if lc.Addrs[0] != a("192.0.2.200") {
 			t.Errorf("tie, %s: chose %v, want 192.0.2.200", tc.name, lc.Addrs)
 		}
+	}
+	quiet := addrCount{packets: 60}
+	if lc := chooseLocal(&scanResult{addrs: map[netip.Addr]*addrCount{a("192.0.2.200"): {packets: 60, sent: 60}, a("192.0.2.100"): &quiet},
+		ipPackets: [2]int{60, 0}}, nil); lc.Addrs[0] != a("192.0.2.100") {
+		t.Errorf("tie with an address that never sent (one sender): chose %v, want the lower address", lc.Addrs)
 	}
 	given := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("203.0.113.9/32")}
 	lc = chooseLocal(sc, given)

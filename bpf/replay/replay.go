@@ -251,9 +251,19 @@ type scanResult struct {
 }
 
 // addrCount is what the local-address heuristic knows of an address: IP
-// packets it appears in, TCP SYNs it received, packets it sent, and
-// packets it sent as a DHCP server (UDP 67→68, 547→546).
-type addrCount struct{ packets, synIn, sent, dhcpServer int }
+// packets it appears in, TCP SYNs it received, packets it sent, packets
+// it sent as a DHCP server (UDP 67→68, 547→546), and whether at least two
+// addresses sent to it (sender: the first one).
+type addrCount struct {
+	packets, synIn, sent, dhcpServer int
+	sender                           netip.Addr
+	senders2                         bool
+}
+
+// broadcastLike: an address that never sent but received from several
+// senders, as a directed broadcast address (192.0.2.255) does. Without
+// the prefix nothing more certain can be said.
+func (ac *addrCount) broadcastLike() bool { return ac.sent == 0 && ac.senders2 }
 
 // endpoint is one end of conversations: address, port, IP protocol.
 type endpoint struct {
@@ -444,6 +454,14 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 			if i == 1 && fi.syn {
 				ac.synIn++
 			}
+			if i == 1 && a != fi.src {
+				switch {
+				case !ac.sender.IsValid():
+					ac.sender = fi.src
+				case ac.sender != fi.src:
+					ac.senders2 = true
+				}
+			}
 		}
 		if src := sc.addrs[fi.src]; src != nil {
 			src.sent++
@@ -545,10 +563,8 @@ func chooseLocal(sc *scanResult, given []netip.Prefix) LocalChoice {
 				if ac.dhcpServer == 0 {
 					best[fam] = a
 				}
-			case (ac.sent > 0) != (bc.sent > 0):
-				// An address that never sent (a directed broadcast
-				// address) is nobody's own.
-				if ac.sent > 0 {
+			case ac.broadcastLike() != bc.broadcastLike():
+				if !ac.broadcastLike() {
 					best[fam] = a
 				}
 			case a.Less(b):
