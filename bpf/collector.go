@@ -273,7 +273,7 @@ func (c *Collector) Memory() []MapMemory {
 	}{
 		{"flows_0", c.objs.Flows0}, {"flows_1", c.objs.Flows1},
 		{"overflow_0", c.objs.Overflow0}, {"overflow_1", c.objs.Overflow1},
-		{"conns", c.objs.Conns}, {"local_ports", c.objs.LocalPorts},
+		{"conns", c.objs.Conns}, {"local_ports", c.objs.LocalPorts}, {"service_hints", c.objs.ServiceHints},
 		{"stats", c.objs.Stats}, {"ethertypes", c.objs.Ethertypes},
 	} {
 		mm := MapMemory{Name: m.name, Type: m.m.Type(), MaxEntries: m.m.MaxEntries()}
@@ -333,7 +333,8 @@ func (c *Collector) Close() error {
 }
 
 // Reset empties every map — both flow and overflow generations,
-// connection orientations, local ports, ethertype and statistics counters —
+// connection orientations, local ports, service hints, ethertype and
+// statistics counters —
 // and the counts already moved out. Replay and tests use it between runs;
 // a live recording never needs it. Nothing may be counting meanwhile.
 func (c *Collector) Reset() error {
@@ -351,6 +352,9 @@ func (c *Collector) Reset() error {
 	c.resetBuckets(time.Now())
 	c.moves, c.moved, c.highWater, c.foldLog, c.unreported = 0, 0, 0, nil, nil
 	if err := c.SetLocalPorts(nil); err != nil {
+		return err
+	}
+	if _, err := c.SetServiceHints(nil); err != nil {
 		return err
 	}
 	zero := make([]uint64, c.ncpu)

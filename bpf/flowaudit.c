@@ -103,6 +103,14 @@ struct conn_value {
 	__u8 pad[2];
 };
 
+/* struct endpoint_key: one end of conversations: address, port, protocol. Go: bpfEndpointKey. */
+struct endpoint_key {
+	__u8 addr[16]; /* IPv6, or IPv4 as ::ffff:a.b.c.d */
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
 /* struct ethertype_value: non-IP frames per ethertype. Go: bpfEthertypeValue. */
 struct ethertype_value {
 	__u64 packets;
@@ -208,6 +216,22 @@ struct {
 	__type(value, struct local_port_set);
 } local_ports SEC(".maps");
 
+/*
+ * service_hints: filled by replay only, from the whole capture: for each
+ * endpoint that exchanged packets with at least two distinct counterpart
+ * ports, how many (its fan-in). The port heuristic takes the end with the
+ * larger fan-in as the service. Not preallocated: live it stays empty (its
+ * hash buckets take 1 MiB, no elements), and hints_loaded keeps the
+ * programs from looking in it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct endpoint_key);
+	__type(value, __u32);
+} service_hints SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
@@ -236,6 +260,9 @@ volatile const __u8 sockets_known = 0;
 
 /* The generation the programs count into (0 or 1); written by userspace. */
 volatile __u32 active_gen;
+
+/* Non-zero when service_hints holds entries (replay); written by userspace. */
+volatile __u32 hints_loaded;
 
 /* Force BTF for the types userspace needs (bpf2go -type). */
 const enum stat *unused_stat __attribute__((unused));
@@ -286,6 +313,19 @@ static __always_inline int is_ephemeral(__u16 port)
 	return port >= ephemeral_lo && port <= ephemeral_hi;
 }
 
+/* fan_in: the service_hints entry of an endpoint, 0 if none. */
+static __always_inline __u32 fan_in(const __u8 *addr, __u16 port, __u8 proto)
+{
+	struct endpoint_key ek = {};
+	__u32 *n;
+
+	__builtin_memcpy(ek.addr, addr, 16);
+	ek.port = port;
+	ek.proto = proto;
+	n = bpf_map_lookup_elem(&service_hints, &ek);
+	return n ? *n : 0;
+}
+
 /* struct verdict: direction decision for one packet. */
 struct verdict {
 	__u16 port;
@@ -324,9 +364,12 @@ static __always_inline void learn_listener(__u16 port)
  *   3. with sockets_known, any other TCP segment: we are the client (RST
  *      segments first consult conns: they may refuse a peer's SYN);
  *   4. the orientation remembered for this connection;
- *   5. UDP/SCTP sent from a port with no local socket: we are the client;
- *   6. the port heuristic (ephemeral range vs not, then lower port), flagged,
- *      and for UDP/SCTP remembered so the answers join the same flow.
+ *   5. port 0 is never a service port: the other end is (flagged);
+ *   6. UDP/SCTP sent from a port with no local socket: we are the client;
+ *   7. the port heuristic, flagged, and for UDP/SCTP remembered so the
+ *      answers join the same flow: a port inside the ephemeral range is the
+ *      client's; else the end with the larger fan-in (service_hints,
+ *      replay only) is the service; else the lower port.
  * learn == 0 for ICMP-embedded packets: look, do not remember.
  */
 static __always_inline struct verdict decide(struct tuple *t, int egress, int learn)
@@ -339,6 +382,7 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 	int syn = tcp && (t->tcp_flags & TCP_FLAG_SYN_BYTE);
 	int local = port_is_local(t->proto, lport);
 	struct conn_value *known;
+	__u32 fan_l, fan_r;
 
 	/* The common case first: a known local service needs neither the
 	 * connection key nor the conns map. */
@@ -379,19 +423,39 @@ static __always_inline struct verdict decide(struct tuple *t, int egress, int le
 		v.flags = known->flags;
 		goto out;
 	}
-	if ((tcp && sockets_known) || (!tcp && egress && learn)) {
+	if (tcp && sockets_known) {
 		v.dir = DIR_OUTBOUND;
-		if (!tcp)
-			remember(&ck, v.dir, 0);
 		goto out;
 	}
 	v.flags = FLOW_F_INFERRED;
-	if (is_ephemeral(lport) != is_ephemeral(rport))
+	if (!lport != !rport) {
+		/* Port 0 is never a service port (a reply sent from port 0). */
+		v.dir = lport ? DIR_INBOUND : DIR_OUTBOUND;
+		goto guessed;
+	}
+	if (!tcp && egress && learn) {
+		v.dir = DIR_OUTBOUND;
+		v.flags = 0;
+		remember(&ck, v.dir, 0);
+		goto out;
+	}
+	if (is_ephemeral(lport) != is_ephemeral(rport)) {
 		v.dir = is_ephemeral(lport) ? DIR_OUTBOUND : DIR_INBOUND;
-	else if (lport != rport)
+		goto guessed;
+	}
+	if (hints_loaded) {
+		fan_l = fan_in(egress ? t->src : t->dst, lport, t->proto);
+		fan_r = fan_in(egress ? t->dst : t->src, rport, t->proto);
+		if (fan_l != fan_r) {
+			v.dir = fan_l > fan_r ? DIR_INBOUND : DIR_OUTBOUND;
+			goto guessed;
+		}
+	}
+	if (lport != rport)
 		v.dir = lport < rport ? DIR_INBOUND : DIR_OUTBOUND;
 	else
 		v.dir = DIR_INBOUND; /* same port both ends (e.g. NTP 123↔123) */
+guessed:
 	if (!tcp && learn)
 		remember(&ck, v.dir, v.flags);
 out:
@@ -675,23 +739,29 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 	struct flow_key k = {};
 	struct evidence ev = {}, *evp = 0;
 	struct verdict v = {};
-	__be16 ethertype;
+	__be16 outer, ethertype;
+	int cut = 0;
 	__u8 req;
 	int echo;
 
 	stat_inc(egress ? STAT_PACKETS_EGRESS : STAT_PACKETS_INGRESS);
-	if (parse_ethhdr(&nh, data_end, &ethertype) < 0) {
+	if (parse_ethhdr(&nh, data_end, &outer) < 0) {
 		stat_inc(STAT_TRUNCATED);
 		count_ethertype(0, len);
 		return;
 	}
+	/* Non-IP frames and IP frames cut short are counted under the
+	 * ethertype on the wire (after VLAN tags), e.g. 0x8864 for PPPoE. */
+	ethertype = parse_encap(&nh, data_end, outer, &cut);
 	if (ethertype != bpf_htons(ETH_P_IP) && ethertype != bpf_htons(ETH_P_IPV6)) {
-		count_ethertype(ethertype, len);
+		if (cut)
+			stat_inc(STAT_TRUNCATED);
+		count_ethertype(outer, len);
 		return;
 	}
 	if (parse_ip(&nh, data_end, ethertype, &t) < 0) {
 		stat_inc(STAT_TRUNCATED);
-		count_ethertype(ethertype, len);
+		count_ethertype(outer, len);
 		return;
 	}
 	if (t.pflags & P_TRUNCATED)

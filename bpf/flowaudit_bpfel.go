@@ -37,6 +37,14 @@ const (
 	flowauditDirectionDIR_OUTBOUND flowauditDirection = 2
 )
 
+type flowauditEndpointKey struct {
+	_     structs.HostLayout
+	Addr  [16]uint8
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
 type flowauditEthertypeValue struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -116,6 +124,7 @@ const (
 	flowauditMapOverflow1           = "overflow_1"
 	flowauditMapOverflowGens        = "overflow_gens"
 	flowauditMapOverflowZero        = "overflow_zero"
+	flowauditMapServiceHints        = "service_hints"
 	flowauditMapStats               = "stats"
 	flowauditProgFlowauditClock     = "flowaudit_clock"
 	flowauditProgFlowauditTcEgress  = "flowaudit_tc_egress"
@@ -125,6 +134,7 @@ const (
 	flowauditVarClockJiffies        = "clock_jiffies"
 	flowauditVarEphemeralHi         = "ephemeral_hi"
 	flowauditVarEphemeralLo         = "ephemeral_lo"
+	flowauditVarHintsLoaded         = "hints_loaded"
 	flowauditVarPercpuValues        = "percpu_values"
 	flowauditVarSocketsKnown        = "sockets_known"
 	flowauditVarUnusedDirection     = "unused_direction"
@@ -193,6 +203,7 @@ type flowauditMapSpecs struct {
 	Overflow1    *ebpf.MapSpec `ebpf:"overflow_1"`
 	OverflowGens *ebpf.MapSpec `ebpf:"overflow_gens"`
 	OverflowZero *ebpf.MapSpec `ebpf:"overflow_zero"`
+	ServiceHints *ebpf.MapSpec `ebpf:"service_hints"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -204,6 +215,7 @@ type flowauditVariableSpecs struct {
 	ClockJiffies    *ebpf.VariableSpec `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.VariableSpec `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.VariableSpec `ebpf:"ephemeral_lo"`
+	HintsLoaded     *ebpf.VariableSpec `ebpf:"hints_loaded"`
 	PercpuValues    *ebpf.VariableSpec `ebpf:"percpu_values"`
 	SocketsKnown    *ebpf.VariableSpec `ebpf:"sockets_known"`
 	UnusedDirection *ebpf.VariableSpec `ebpf:"unused_direction"`
@@ -240,6 +252,7 @@ type flowauditMaps struct {
 	Overflow1    *ebpf.Map `ebpf:"overflow_1"`
 	OverflowGens *ebpf.Map `ebpf:"overflow_gens"`
 	OverflowZero *ebpf.Map `ebpf:"overflow_zero"`
+	ServiceHints *ebpf.Map `ebpf:"service_hints"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 }
 
@@ -255,6 +268,7 @@ func (m *flowauditMaps) Close() error {
 		m.Overflow1,
 		m.OverflowGens,
 		m.OverflowZero,
+		m.ServiceHints,
 		m.Stats,
 	)
 }
@@ -267,6 +281,7 @@ type flowauditVariables struct {
 	ClockJiffies    *ebpf.Variable `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.Variable `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.Variable `ebpf:"ephemeral_lo"`
+	HintsLoaded     *ebpf.Variable `ebpf:"hints_loaded"`
 	PercpuValues    *ebpf.Variable `ebpf:"percpu_values"`
 	SocketsKnown    *ebpf.Variable `ebpf:"sockets_known"`
 	UnusedDirection *ebpf.Variable `ebpf:"unused_direction"`

@@ -33,9 +33,14 @@
 #define ETH_P_8021AD 0x88A8
 #endif
 
+/* PPP protocol numbers inside a PPPoE session (RFC 1332, RFC 5072). */
+#define PPP_PROTO_IP 0x0021
+#define PPP_PROTO_IPV6 0x0057
+
 /* Caps on the loops below; each is also documented in docs/ARCHITECTURE.md. */
 #define VLAN_MAX_DEPTH 2
 #define IPV6_EXT_MAX 8
+#define MPLS_MAX_LABELS 8
 
 struct hdr_cursor {
 	void *pos;
@@ -45,6 +50,18 @@ struct vlan_hdr {
 	__be16 tci;
 	__be16 encap_proto;
 };
+
+/* PPPoE session header (RFC 2516) and the PPP protocol field after it. */
+struct pppoe_sess_hdr {
+	__u8 ver_type; /* 0x11 */
+	__u8 code;     /* 0: session data */
+	__be16 session;
+	__be16 length;
+	__be16 ppp_proto;
+};
+
+/* One MPLS label stack entry: label(20) TC(3) S(1) TTL(8). */
+#define MPLS_BOTTOM_OF_STACK 0x00000100
 
 /* Generic IPv6 extension header (hop-by-hop, routing, destination options). */
 struct ipv6_ext {
@@ -124,6 +141,74 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end, _
 	}
 	*proto = p;
 	return 0;
+}
+
+/*
+ * parse_encap: the encapsulations between Ethernet/VLAN and IP that a host's
+ * port can receive: a PPPoE session (ver/type 0x11, code 0, PPP protocol
+ * IPv4 or IPv6; a DSL uplink, also over QinQ) and an MPLS label stack of up
+ * to MPLS_MAX_LABELS entries whose payload starts with IP version 4 or 6
+ * (as the kernel's MPLS code and tshark decide it: there is no type field).
+ * Returns the IP ethertype with the cursor at the IP header, or proto
+ * unchanged when nothing IP is inside (PPP control protocols, a
+ * pseudowire, a stack deeper than the cap, any other ethertype); *cut is
+ * set when the encapsulation's own header ends early.
+ */
+static __always_inline __be16 parse_encap(struct hdr_cursor *nh, void *data_end, __be16 proto, int *cut)
+{
+	if (proto == bpf_htons(ETH_P_PPP_SES)) {
+		struct pppoe_sess_hdr *ph = nh->pos;
+
+		if ((void *)(ph + 1) > data_end) {
+			*cut = 1;
+			return proto;
+		}
+		if (ph->ver_type != 0x11 || ph->code != 0)
+			return proto;
+		if (ph->ppp_proto == bpf_htons(PPP_PROTO_IP)) {
+			nh->pos = ph + 1;
+			return bpf_htons(ETH_P_IP);
+		}
+		if (ph->ppp_proto == bpf_htons(PPP_PROTO_IPV6)) {
+			nh->pos = ph + 1;
+			return bpf_htons(ETH_P_IPV6);
+		}
+		return proto;
+	}
+	if (proto == bpf_htons(ETH_P_MPLS_UC) || proto == bpf_htons(ETH_P_MPLS_MC)) {
+		void *pos = nh->pos;
+		int i;
+
+#pragma unroll
+		for (i = 0; i < MPLS_MAX_LABELS; i++) {
+			__be32 *lse = pos;
+			__u8 *first;
+
+			if ((void *)(lse + 1) > data_end) {
+				*cut = 1;
+				return proto;
+			}
+			pos = lse + 1;
+			if (!(*lse & bpf_htonl(MPLS_BOTTOM_OF_STACK)))
+				continue;
+			first = pos;
+			if ((void *)(first + 1) > data_end) {
+				*cut = 1;
+				return proto;
+			}
+			switch (*first >> 4) {
+			case 4:
+				nh->pos = pos;
+				return bpf_htons(ETH_P_IP);
+			case 6:
+				nh->pos = pos;
+				return bpf_htons(ETH_P_IPV6);
+			}
+			return proto;
+		}
+		return proto; /* deeper than the cap */
+	}
+	return proto;
 }
 
 /*

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -66,6 +67,8 @@ type parserCase struct {
 	// xdpOnly: BPF_PROG_TEST_RUN for skb programs rejects frames shorter
 	// than their L3 header (EINVAL), so the TC variant cannot feed them.
 	xdpOnly bool
+	// hints: fan-in hints, as replay loads them.
+	hints []ServiceHint
 }
 
 func k4(dir snapshot.Direction, p snapshot.Proto, port uint16) key {
@@ -132,6 +135,37 @@ func parserCases(t *testing.T) []parserCase {
 			&layers.SCTP{SrcPort: layers.SCTPPort(s), DstPort: layers.SCTPPort(d)}, gopacket.Payload(make([]byte, 16)))
 	}
 	full := tcp4(t, in, 40000, 22, fSYN)
+	// PPPoE session: ver/type 0x11, code 0, session 1, a length, the PPP protocol.
+	pppoe := func(w wire, ppp uint16, tags []uint16, inner ...gopacket.SerializableLayer) []byte {
+		et := layers.EthernetType(0x8864)
+		ls := []gopacket.SerializableLayer{}
+		for i := len(tags) - 1; i >= 0; i-- {
+			ls = append([]gopacket.SerializableLayer{vlan(tags[i], et)}, ls...)
+			et = layers.EthernetTypeDot1Q
+			if i == 0 && len(tags) == 2 {
+				et = layers.EthernetTypeQinQ
+			}
+		}
+		ls = append([]gopacket.SerializableLayer{eth(w, et)}, ls...)
+		ls = append(ls, gopacket.Payload{0x11, 0, 0, 1, 0, 40, byte(ppp >> 8), byte(ppp)})
+		return serialize(t, append(ls, inner...)...)
+	}
+	// MPLS: labels 100, 101, …, the last one bottom of stack.
+	mpls := func(w wire, labels int, inner ...gopacket.SerializableLayer) []byte {
+		var stack gopacket.Payload
+		for i := 0; i < labels; i++ {
+			lse := uint32(100+i)<<12 | 64
+			if i == labels-1 {
+				lse |= 0x100
+			}
+			stack = binary.BigEndian.AppendUint32(stack, lse)
+		}
+		return serialize(t, append([]gopacket.SerializableLayer{eth(w, layers.EthernetTypeMPLSUnicast), stack}, inner...)...)
+	}
+	pppoeSyn := pppoe(in, 0x0021, nil, ip4(in, layers.IPProtocolTCP), tcp(40000, 22, fSYN))
+	hint := func(a netip.Addr, p snapshot.Proto, port uint16, fan uint32) ServiceHint {
+		return ServiceHint{Proto: p, Addr: a, Port: port, Fan: fan}
+	}
 
 	return []parserCase{
 		{name: "ipv4 tcp syn to a service", pkts: []sent{ingress(synIn22)},
@@ -286,6 +320,69 @@ func parserCases(t *testing.T) []parserCase {
 				return f
 			}())},
 			nonIP: map[string]uint64{"0x86dd": 1}, trunc: 1},
+		{name: "pppoe session, ipv4 tcp syn in", pkts: []sent{ingress(pppoeSyn)},
+			want: map[key]counts{k4(in_, snapshot.TCP, 22): {pin: 1, ev: snapshot.Evidence{SynIn: 1}}}},
+		{name: "pppoe session over qinq, ipv6 udp out and its answer",
+			pkts: []sent{egress(pppoe(out, 0x0057, []uint16{100, 200}, ip6(out, layers.IPProtocolUDP), udp(40001, 53), gopacket.Payload("q"))),
+				ingress(pppoe(in, 0x0057, []uint16{100, 200}, ip6(in, layers.IPProtocolUDP), udp(53, 40001), gopacket.Payload("a")))},
+			want: map[key]counts{k6(out_, snapshot.UDP, 53): {pin: 1, pout: 1}}},
+		{name: "pppoe session, lcp: non-IP under 0x8864",
+			pkts:  []sent{ingress(pppoe(in, 0xc021, nil, gopacket.Payload{1, 1, 0, 4}))},
+			nonIP: map[string]uint64{"0x8864": 1}},
+		{name: "pppoe discovery (0x8863) is not a session",
+			pkts:  []sent{ingress(serialize(t, eth(in, layers.EthernetType(0x8863)), gopacket.Payload{0x11, 0x09, 0, 0, 0, 0}))},
+			nonIP: map[string]uint64{"0x8863": 1}},
+		{name: "pppoe with code 0x09 (PADI) under the session ethertype: not IP",
+			pkts:  []sent{ingress(func() []byte { f := append([]byte(nil), pppoeSyn...); f[15] = 0x09; return f }())},
+			nonIP: map[string]uint64{"0x8864": 1}},
+		{name: "truncated: pppoe header cut", pkts: []sent{ingress(pppoeSyn[:14+6])},
+			nonIP: map[string]uint64{"0x8864": 1}, trunc: 1},
+		{name: "truncated: ipv4 header cut inside pppoe", pkts: []sent{ingress(pppoeSyn[:14+8+12])},
+			nonIP: map[string]uint64{"0x8864": 1}, trunc: 1},
+		{name: "mpls one label, ipv4 tcp syn in",
+			pkts: []sent{ingress(mpls(in, 1, ip4(in, layers.IPProtocolTCP), tcp(40000, 443, fSYN)))},
+			want: map[key]counts{k4(in_, snapshot.TCP, 443): {pin: 1, ev: snapshot.Evidence{SynIn: 1}}}},
+		{name: "mpls eight labels (the cap), ipv6 udp",
+			pkts: []sent{egress(mpls(out, 8, ip6(out, layers.IPProtocolUDP), udp(40001, 514), gopacket.Payload("x")))},
+			want: map[key]counts{k6(out_, snapshot.UDP, 514): {pout: 1}}},
+		{name: "mpls nine labels: beyond the cap, non-IP",
+			pkts:  []sent{ingress(mpls(in, 9, ip4(in, layers.IPProtocolTCP), tcp(40000, 443, fSYN)))},
+			nonIP: map[string]uint64{"0x8847": 1}},
+		{name: "mpls pseudowire control word (first nibble 0): non-IP",
+			pkts:  []sent{ingress(mpls(in, 2, gopacket.Payload{0, 0, 0, 1}, eth(in, layers.EthernetTypeIPv4), ip4(in, layers.IPProtocolTCP), tcp(40000, 443, fSYN)))},
+			nonIP: map[string]uint64{"0x8847": 1}},
+		{name: "mpls inside a vlan",
+			pkts: []sent{ingress(serialize(t, eth(in, layers.EthernetTypeDot1Q), vlan(7, layers.EthernetTypeMPLSUnicast),
+				gopacket.Payload{0, 0x64, 0x11, 0x40}, ip4(in, layers.IPProtocolUDP), udp(41000, 514), gopacket.Payload("x")))},
+			want: map[key]counts{k4(in_, snapshot.UDP, 514).inf(): pi(1)}},
+		{name: "truncated: mpls stack cut before its bottom", pkts: []sent{ingress(mpls(in, 3, ip4(in, layers.IPProtocolTCP), tcp(40000, 443, fSYN))[:14+6])},
+			nonIP: map[string]uint64{"0x8847": 1}, trunc: 1},
+		{name: "port 0 is never the service: a reply from port 0 to a local ephemeral port",
+			pkts: []sent{ingress(udp4(t, in, 0, 50000)), egress(udp4(t, out, 50000, 0))},
+			want: map[key]counts{k4(in_, snapshot.UDP, 50000).inf(): {pin: 1, pout: 1}}},
+		{name: "port 0 is never the service: we send to port 0 first",
+			pkts: []sent{egress(udp4(t, out, 6081, 0))},
+			want: map[key]counts{k4(in_, snapshot.UDP, 6081).inf(): {pout: 1}}},
+		{name: "fan-in: the remote port that talked to many ports is the service (no handshake, both ports low)",
+			hints: []ServiceHint{hint(peer4, snapshot.TCP, 31600, 12)},
+			pkts:  []sent{ingress(tcp4(t, in, 31600, 8868, fPSHACK)), egress(tcp4(t, out, 8868, 31600, fACK))},
+			want:  map[key]counts{k4(out_, snapshot.TCP, 31600).inf(): {pin: 1, pout: 1}}},
+		{name: "fan-in: the local end with the larger fan-in is the service",
+			hints: []ServiceHint{hint(local4, snapshot.UDP, 9000, 5), hint(peer4, snapshot.UDP, 2000, 2)},
+			pkts:  []sent{ingress(udp4(t, in, 2000, 9000)), egress(udp4(t, out, 9000, 2000))},
+			want:  map[key]counts{k4(in_, snapshot.UDP, 9000).inf(): {pin: 1, pout: 1}}},
+		{name: "fan-in: equal fan-ins fall back to the lower port",
+			hints: []ServiceHint{hint(local4, snapshot.TCP, 9000, 3), hint(peer4, snapshot.TCP, 2000, 3)},
+			pkts:  []sent{ingress(tcp4(t, in, 9000, 2000, fACK))},
+			want:  map[key]counts{k4(in_, snapshot.TCP, 2000).inf(): pi(1)}},
+		{name: "fan-in: the ephemeral range decides first",
+			hints: []ServiceHint{hint(peer4, snapshot.TCP, 50000, 40)},
+			pkts:  []sent{ingress(tcp4(t, in, 50000, 22, fACK))},
+			want:  map[key]counts{k4(in_, snapshot.TCP, 22).inf(): pi(1)}},
+		{name: "fan-in: a handshake decides before any hint",
+			hints: []ServiceHint{hint(peer4, snapshot.TCP, 31600, 12)},
+			pkts:  []sent{ingress(tcp4(t, in, 31600, 8868, fSYN))},
+			want:  map[key]counts{k4(in_, snapshot.TCP, 8868): {pin: 1, ev: snapshot.Evidence{SynIn: 1}}}},
 		{name: "ipv6 mobility header is a protocol, not an extension header to walk over",
 			pkts: []sent{ingress(ipv6Ext(ip6(in, layers.IPProtocol(135)), gopacket.Payload{59, 0, 5, 0, 0, 0, 0, 0}))},
 			want: map[key]counts{k6(unk, snapshot.Proto(135), 0): pi(1)}},
@@ -334,6 +431,9 @@ func runParserCase(t *testing.T, c *Collector, tc parserCase, mapHook func(Hook)
 	}
 	if err := c.SetLocalPorts(tc.local); err != nil {
 		t.Fatal(err)
+	}
+	if n, err := c.SetServiceHints(tc.hints); err != nil || n != len(tc.hints) {
+		t.Fatalf("service hints: %d of %d loaded: %v", n, len(tc.hints), err)
 	}
 	var totalBytes uint64
 	for i, p := range tc.pkts {

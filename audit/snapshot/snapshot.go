@@ -603,11 +603,12 @@ func LineCol(data []byte, off int64) (line, col int) {
 	return line, col
 }
 
-// Write encodes s as indented JSON.
+// Write encodes s as indented JSON. It never fails on a time value: one
+// JSON cannot carry is written as JSONTime gives it (s is not changed).
 func Write(w io.Writer, s *Snapshot) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(s)
+	return enc.Encode(writable(s))
 }
 
 // WriteFile writes s to path atomically: a temporary file in the same

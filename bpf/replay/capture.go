@@ -93,10 +93,51 @@ type errCorrupt struct{ msg string }
 
 func (e *errCorrupt) Error() string { return e.msg }
 
+// Timestamps replay accepts: what a classic pcap file can hold (unsigned
+// 32-bit seconds since 1970, up to 2106-02-07T06:28:16Z). pcapng stores 64
+// bits and an offset, and a broken writer or a corrupt block gives times
+// hundreds of millennia away (which no snapshot window, JSON timestamp or
+// time.Duration can hold).
+var (
+	MinTimestamp = time.Unix(0, 0).UTC()
+	MaxTimestamp = time.Unix(1<<32, 0).UTC() // exclusive
+)
+
+// BadTimestamp is a record whose timestamp lies outside [MinTimestamp,
+// MaxTimestamp). Replay gives it the timestamp of the previous record
+// with a valid one (the first valid one of the file for records before
+// it; the Unix epoch when no record has one) and reports it.
+type BadTimestamp struct {
+	Packet int       // 1-based record index
+	Raw    time.Time // as the file has it
+	Used   time.Time // what replay used instead
+}
+
+func (b BadTimestamp) String() string {
+	return fmt.Sprintf("packet %d: timestamp %s outside %s – %s, replaced by %s", b.Packet,
+		b.RawText(), MinTimestamp.Format("2006-01-02"), MaxTimestamp.Format("2006-01-02"), b.Used.Format(time.RFC3339Nano))
+}
+
+// RawText is the file's timestamp as text; "none" for a pcapng simple
+// packet block, which has no timestamp.
+func (b BadTimestamp) RawText() string {
+	if b.Raw.IsZero() {
+		return "none"
+	}
+	return b.Raw.Format(time.RFC3339Nano)
+}
+
+func validTimestamp(t time.Time) bool { return !t.Before(MinTimestamp) && t.Before(MaxTimestamp) }
+
 // record is one packet as read from the file.
 type record struct {
-	data     []byte // valid until the next call to next
-	ts       time.Time
+	data []byte // valid until the next call to next
+	ts   time.Time
+	// badTS: the file's timestamp (raw) was out of range; ts is the
+	// replacement (the zero time in a scan before the first valid
+	// timestamp).
+	badTS    bool
+	raw      time.Time
 	origLen  int // length on the wire
 	linkType uint32
 	iface    string // pcapng interface name, "" if none
@@ -119,6 +160,27 @@ type capture struct {
 
 	read int // records returned so far
 	err  error
+
+	// Timestamp repair (BadTimestamp): the last valid timestamp, and
+	// what records before the first valid one get (set by the replay
+	// pass from the scan).
+	lastGood time.Time
+	haveGood bool
+	fallback time.Time
+}
+
+// fixTime checks a record's timestamp and replaces an invalid one.
+func (c *capture) fixTime(rec *record) {
+	if validTimestamp(rec.ts) {
+		c.lastGood, c.haveGood = rec.ts, true
+		return
+	}
+	rec.badTS, rec.raw = true, rec.ts
+	if c.haveGood {
+		rec.ts = c.lastGood
+	} else {
+		rec.ts = c.fallback
+	}
 }
 
 // countingReader counts the bytes read from the file, for progress.
@@ -236,7 +298,9 @@ func (c *capture) next() (rec record, err error) {
 			return record{}, c.fail(err, errors.Is(err, io.ErrUnexpectedEOF))
 		}
 		c.read++
-		return record{data: data, ts: ci.Timestamp, origLen: ci.Length, linkType: c.linkType}, nil
+		r := record{data: data, ts: ci.Timestamp, origLen: ci.Length, linkType: c.linkType}
+		c.fixTime(&r)
+		return r, nil
 	}
 	data, ci, err := c.ng.ReadPacketData()
 	if err != nil {
@@ -255,7 +319,9 @@ func (c *capture) next() (rec record, err error) {
 		name = ifc.Name
 	}
 	c.read++
-	return record{data: data, ts: ci.Timestamp, origLen: ci.Length, linkType: lt, iface: name}, nil
+	r := record{data: data, ts: ci.Timestamp, origLen: ci.Length, linkType: lt, iface: name}
+	c.fixTime(&r)
+	return r, nil
 }
 
 func (c *capture) fail(err error, truncated bool) error {

@@ -3,19 +3,25 @@ package replay
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/bpf"
 )
 
 // Capture reading, link conversion, frame parsing and the local-address
@@ -473,6 +479,30 @@ func TestChooseLocal(t *testing.T) {
 	if lc := chooseLocal(sc, nil); lc.Addrs[0] != a("192.0.2.12") {
 		t.Errorf("tie: chose %v, want the SYN receiver 192.0.2.12", lc.Addrs)
 	}
+	// Then to an address that was not a DHCP server, and to one that does
+	// not look like a directed broadcast address (never sent, received
+	// from several); both before the lower address (192.0.2.100 here).
+	// An address that merely never sent is not broadcast-like.
+	for _, tc := range []struct {
+		name string
+		a, b addrCount
+	}{
+		{"the other is a DHCP server", addrCount{packets: 60, sent: 30}, addrCount{packets: 60, sent: 30, dhcpServer: 2}},
+		{"the other is broadcast-like", addrCount{packets: 60, sent: 1}, addrCount{packets: 60, senders2: true}},
+		{"the DHCP rule first", addrCount{packets: 60, senders2: true}, addrCount{packets: 60, sent: 5, dhcpServer: 5}},
+	} {
+		a1, b1 := tc.a, tc.b
+		lc := chooseLocal(&scanResult{addrs: map[netip.Addr]*addrCount{a("192.0.2.200"): &a1, a("192.0.2.100"): &b1},
+			ipPackets: [2]int{60, 0}}, nil)
+		if lc.Addrs[0] != a("192.0.2.200") {
+			t.Errorf("tie, %s: chose %v, want 192.0.2.200", tc.name, lc.Addrs)
+		}
+	}
+	quiet := addrCount{packets: 60}
+	if lc := chooseLocal(&scanResult{addrs: map[netip.Addr]*addrCount{a("192.0.2.200"): {packets: 60, sent: 60}, a("192.0.2.100"): &quiet},
+		ipPackets: [2]int{60, 0}}, nil); lc.Addrs[0] != a("192.0.2.100") {
+		t.Errorf("tie with an address that never sent (one sender): chose %v, want the lower address", lc.Addrs)
+	}
 	given := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("203.0.113.9/32")}
 	lc = chooseLocal(sc, given)
 	want := []netip.Addr{a("192.0.2.11"), a("192.0.2.12"), a("203.0.113.9")}
@@ -486,5 +516,216 @@ func TestChooseLocal(t *testing.T) {
 	}
 	if lc := chooseLocal(&scanResult{addrs: map[netip.Addr]*addrCount{}}, nil); lc.From != "none" || len(lc.Addrs) != 0 {
 		t.Errorf("no IP: %+v", lc)
+	}
+}
+
+// epbMicros is an enhanced packet block with a raw timestamp in
+// microseconds (the default resolution), for timestamps time.Time cannot
+// turn into microseconds.
+func (n *ngBuilder) epbMicros(iface uint32, us uint64, data []byte) *ngBuilder {
+	body := make([]byte, 20, 20+len(data))
+	binary.LittleEndian.PutUint32(body[0:], iface)
+	binary.LittleEndian.PutUint32(body[4:], uint32(us>>32))
+	binary.LittleEndian.PutUint32(body[8:], uint32(us))
+	binary.LittleEndian.PutUint32(body[12:], uint32(len(data)))
+	binary.LittleEndian.PutUint32(body[16:], uint32(len(data)))
+	return n.block(ngEPB, append(body, data...))
+}
+
+// farFuture is a pcapng timestamp tshark shows in the year ~586 000.
+const farFuture = ^uint64(0) - 1<<20
+
+// badTimesCapture: five packets, the first, third and fifth with a 64-bit
+// timestamp far out of range.
+func badTimesCapture(tb testing.TB) (string, []pkt) {
+	pkts := threeFrames(tb)
+	pkts = append(pkts, pkt{epoch.Add(3 * time.Second), ipFrame(tb, peerB, hostA, udpDgram(41000, 514, 10)...), 0},
+		pkt{epoch.Add(4 * time.Second), ipFrame(tb, peerB, hostA, udpDgram(41000, 514, 20)...), 0})
+	var ng ngBuilder
+	ng.shb().idb(LinkEthernet, "eth0")
+	for i, p := range pkts {
+		if i%2 == 0 {
+			ng.epbMicros(0, farFuture-uint64(i), p.frame)
+		} else {
+			ng.epb(0, p.ts, p.frame)
+		}
+	}
+	return writeFile(tb, "bad-times.pcapng", ng.b.Bytes()), pkts
+}
+
+// TestReadBadTimestamps: a timestamp outside 1970–2106 is replaced by the
+// one of the packet before it; records before the first valid timestamp
+// get the fallback (the scan's first valid timestamp, in a replay).
+func TestReadBadTimestamps(t *testing.T) {
+	path, pkts := badTimesCapture(t)
+	recs, err := readAll(t, path)
+	if err != nil || len(recs) != 5 {
+		t.Fatalf("%d records, %v", len(recs), err)
+	}
+	if !recs[0].badTS || recs[0].raw.Year() < 500000 || !recs[0].ts.IsZero() {
+		t.Errorf("record 1: bad %v raw %v ts %v, want flagged, year ~586000, no replacement yet", recs[0].badTS, recs[0].raw, recs[0].ts)
+	}
+	for i, want := range map[int]time.Time{1: pkts[1].ts, 2: pkts[1].ts, 3: pkts[3].ts, 4: pkts[3].ts} {
+		if !recs[i].ts.Equal(want) || recs[i].badTS != (i%2 == 0) {
+			t.Errorf("record %d: ts %v bad %v, want %v", i+1, recs[i].ts, recs[i].badTS, want)
+		}
+	}
+	sc, err := scan(context.Background(), path, "bad-times.pcapng", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sc.first.Equal(pkts[1].ts) || !sc.last.Equal(pkts[3].ts) || !sc.firstValid.Equal(pkts[1].ts) {
+		t.Errorf("scan: first %v last %v first valid %v, want the valid ones only", sc.first, sc.last, sc.firstValid)
+	}
+	if sc.badTimestamps != 3 || len(sc.badTimes) != 3 || sc.badTimes[0].Packet != 1 || sc.badTimes[1].Packet != 3 || sc.badTimes[2].Packet != 5 ||
+		!sc.badTimes[0].Used.Equal(pkts[1].ts) || !sc.badTimes[2].Used.Equal(pkts[3].ts) {
+		t.Errorf("scan: %d bad timestamps %+v, want packets 1, 3, 5 replaced by the valid neighbours", sc.badTimestamps, sc.badTimes)
+	}
+	if s := sc.badTimes[1].String(); !strings.Contains(s, "packet 3: timestamp 58") || !strings.Contains(s, "replaced by 2026-11-26T07:00:01Z") {
+		t.Errorf("message %q", s)
+	}
+	// A simple packet block has no timestamp: the one before it is used.
+	var spb ngBuilder
+	spb.shb().idb(LinkEthernet, "").epb(0, pkts[1].ts, pkts[1].frame)
+	spb.block(ngSPB, append(binary.LittleEndian.AppendUint32(nil, uint32(len(pkts[0].frame))), pkts[0].frame...))
+	sc, err = scan(context.Background(), writeFile(t, "spb.pcapng", spb.b.Bytes()), "spb.pcapng", nil)
+	if err != nil || sc.packets != 2 || !sc.last.Equal(pkts[1].ts) || len(sc.badTimes) != 1 || sc.badTimes[0].RawText() != "none" ||
+		!sc.badTimes[0].Used.Equal(pkts[1].ts) {
+		t.Errorf("simple packet block: %d packets, last %v, %+v, %v", sc.packets, sc.last, sc.badTimes, err)
+	}
+	// Nothing valid at all: the epoch for every record.
+	var ng ngBuilder
+	ng.shb().idb(LinkEthernet, "").epbMicros(0, farFuture, pkts[0].frame)
+	sc, err = scan(context.Background(), writeFile(t, "all-bad.pcapng", ng.b.Bytes()), "all-bad.pcapng", nil)
+	if err != nil || !sc.first.Equal(MinTimestamp) || !sc.last.Equal(MinTimestamp) || sc.badTimes[0].Used != MinTimestamp {
+		t.Errorf("all bad: first %v last %v %+v %v", sc.first, sc.last, sc.badTimes, err)
+	}
+}
+
+func TestLinkTypeNames(t *testing.T) {
+	e := &LinkTypeError{File: "nl.pcap", LinkTypes: []uint32{253}}
+	if got := e.Error(); !strings.Contains(got, "unsupported link type Linux netlink (253): replay reads") || strings.Contains(got, "link type link type") {
+		t.Errorf("netlink: %q", got)
+	}
+	if got := LinkTypeName(4000); got != "unnamed (4000)" {
+		t.Errorf("unknown link type: %q", got)
+	}
+}
+
+// TestParseFrameEncapsulations: replay's frame parser follows parse_encap:
+// IP inside a PPPoE session (also over QinQ) and an MPLS stack of up to 8
+// labels, not beyond, not a pseudowire, not PPP control traffic.
+func TestParseFrameEncapsulations(t *testing.T) {
+	ipUDP := ipFrame(t, hostA, peerB, udpDgram(41000, 161, 4)...)[14:]
+	ip6TCP := ipFrame(t, peer6, host6, tcpSeg(40000, 22, "S", 0)...)[14:]
+	pppoe := func(ppp uint16, tags int, payload []byte) []byte {
+		f := append([]byte(nil), macB...)
+		f = append(f, macA...)
+		for i := 0; i < tags; i++ {
+			f = append(f, 0x81, 0x00, 0, byte(10+i))
+		}
+		f = append(f, 0x88, 0x64, 0x11, 0, 0, 7, 0, byte(len(payload)+2), byte(ppp>>8), byte(ppp))
+		if tags > 0 {
+			f[12], f[13] = 0x88, 0xa8
+		}
+		return append(f, payload...)
+	}
+	mpls := func(labels int, payload []byte) []byte {
+		f := append(append(append([]byte(nil), macB...), macA...), 0x88, 0x47)
+		for i := 0; i < labels; i++ {
+			lse := uint32(16+i)<<12 | 64
+			if i == labels-1 {
+				lse |= 0x100
+			}
+			f = binary.BigEndian.AppendUint32(f, lse)
+		}
+		return append(f, payload...)
+	}
+	for _, tc := range []struct {
+		name     string
+		f        []byte
+		ip       bool
+		src      netip.Addr
+		sport    uint16
+		syn      bool
+		wantPort bool
+	}{
+		{"pppoe ipv4", pppoe(0x0021, 0, ipUDP), true, hostA, 41000, false, true},
+		{"pppoe over qinq ipv6", pppoe(0x0057, 2, ip6TCP), true, peer6, 40000, true, true},
+		{"pppoe lcp", pppoe(0xc021, 0, []byte{1, 1, 0, 4}), false, netip.Addr{}, 0, false, false},
+		{"mpls one label", mpls(1, ipUDP), true, hostA, 41000, false, true},
+		{"mpls eight labels", mpls(8, ip6TCP), true, peer6, 40000, true, true},
+		{"mpls nine labels", mpls(9, ipUDP), false, netip.Addr{}, 0, false, false},
+		{"mpls pseudowire control word", mpls(2, append([]byte{0, 0, 0, 0}, ipUDP...)), false, netip.Addr{}, 0, false, false},
+		{"mpls stack cut", mpls(3, ipUDP)[:14+6], false, netip.Addr{}, 0, false, false},
+	} {
+		fi := parseFrame(tc.f)
+		if fi.ip != tc.ip || fi.src != tc.src || fi.sport != tc.sport || fi.syn != tc.syn || fi.ports != tc.wantPort {
+			t.Errorf("%s: %+v", tc.name, fi)
+		}
+	}
+}
+
+// TestServiceHints: the fan-in of an endpoint counts the distinct
+// counterpart ports of conversations in which both ends sent something
+// other than a TCP RST; only fan-ins of 2 or more become hints.
+func TestServiceHints(t *testing.T) {
+	sc := &scanResult{convs: map[conv]uint8{}}
+	srv, cli := netip.MustParseAddr("172.16.30.10"), netip.MustParseAddr("172.16.30.190")
+	scanner := netip.MustParseAddr("203.0.113.66")
+	note := func(src, dst netip.Addr, sport, dport uint16, proto uint8, rst bool) {
+		sc.noteConv(&frameInfo{ip: true, src: src, dst: dst, proto: proto, ports: true, sport: sport, dport: dport, rst: rst})
+	}
+	for p := uint16(8868); p <= 8881; p++ {
+		note(cli, srv, p, 31600, 6, false)
+		note(srv, cli, 31600, p, 6, false)
+	}
+	// A scan without SYN from one port: the closed ports answer RST, and
+	// a UDP probe nobody answers; neither is fan-in evidence.
+	for p := uint16(1); p <= 50; p++ {
+		note(scanner, srv, 40000, p, 6, false)
+		note(srv, scanner, p, 40000, 6, true)
+		note(scanner, srv, 40001, p, 17, false)
+	}
+	// One client port talking to one service: fan-in 1 on both ends.
+	note(cli, srv, 5000, 53, 17, false)
+	note(srv, cli, 53, 5000, 17, false)
+	got := serviceHints(sc.convs)
+	want := []bpf.ServiceHint{{Proto: snapshot.TCP, Addr: srv, Port: 31600, Fan: 14}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("hints %v, want %v", got, want)
+	}
+}
+
+// dhcpExchange is a DHCP exchange as tcpdump's dhcp-rfc3004.pcap has it:
+// the client's discover and request from 0.0.0.0 to the broadcast address,
+// the server's offer and ack unicast to the client's new address.
+func dhcpExchange(tb testing.TB) []pkt {
+	srv, cli := netip.MustParseAddr("192.168.1.1"), netip.MustParseAddr("192.168.1.4")
+	bcast, zero := netip.MustParseAddr("255.255.255.255"), netip.MustParseAddr("0.0.0.0")
+	udp4 := func(src, dst netip.Addr, sport, dport uint16) []byte {
+		return ser(tb, &layers.Ethernet{SrcMAC: macB, DstMAC: macA, EthernetType: layers.EthernetTypeIPv4},
+			&layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()},
+			&layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}, gopacket.Payload(make([]byte, 300)))
+	}
+	return []pkt{
+		{epoch, udp4(zero, bcast, 68, 67), 0},
+		{epoch.Add(time.Second), udp4(srv, cli, 67, 68), 0},
+		{epoch.Add(2 * time.Second), udp4(zero, bcast, 68, 67), 0},
+		{epoch.Add(3 * time.Second), udp4(srv, cli, 67, 68), 0},
+	}
+}
+
+// TestChooseLocalDHCP: in a DHCP exchange the server and the client tie on
+// packets; the captured host is the client, the server its peer.
+func TestChooseLocalDHCP(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dhcp.pcap")
+	writePcap(t, path, layers.LinkTypeEthernet, dhcpExchange(t))
+	sc, err := scan(context.Background(), path, "dhcp.pcap", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lc := chooseLocal(sc, nil); len(lc.Addrs) != 1 || lc.Addrs[0] != netip.MustParseAddr("192.168.1.4") {
+		t.Errorf("chose %v, want the DHCP client 192.168.1.4, not the server", lc.Addrs)
 	}
 }

@@ -60,6 +60,7 @@ var tsharkFields = []string{
 	"ipv6.routing.nxt", "ipv6.routing.len", "ipv6.dstopts.nxt", "ipv6.dstopts.len", "ipv6.fraghdr.nxt", "ipv6.fraghdr.offset",
 	"tcp.srcport", "tcp.dstport", "tcp.flags", "udp.srcport", "udp.dstport", "sctp.srcport", "sctp.dstport",
 	"icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code",
+	"pppoe.version", "pppoe.type", "pppoe.code", "ppp.protocol", "mpls.bottom",
 }
 
 const (
@@ -99,6 +100,11 @@ const (
 	tfICMPCode
 	tfICMP6Type
 	tfICMP6Code
+	tfPPPoEVersion
+	tfPPPoEType
+	tfPPPoECode
+	tfPPPProtocol
+	tfMPLSBottom
 	tfCount
 )
 
@@ -185,6 +191,57 @@ type oracle struct {
 	eph   [2]uint16
 	conns map[oracleConn]oracleDir
 	p     *prediction
+	// convs, when set, collects the conversations (a first pass); fan is
+	// the fan-in computed from them (docs/ARCHITECTURE.md, "Direction").
+	convs map[oracleConv]uint8
+	fan   map[oracleEnd]int
+}
+
+type oracleEnd struct {
+	addr  netip.Addr
+	port  uint16
+	proto uint8
+}
+
+// oracleConv is a conversation, a < b (address, then port).
+type oracleConv struct{ a, b oracleEnd }
+
+// note records that src sent to dst; TCP RST segments do not count.
+func (o *oracle) note(proto uint8, sport, dport uint16, flags uint8, flagsKnown bool, src, dst netip.Addr) {
+	if proto == 6 && flagsKnown && flags&0x04 != 0 {
+		return
+	}
+	s, d := oracleEnd{src, sport, proto}, oracleEnd{dst, dport, proto}
+	k, bit := oracleConv{s, d}, uint8(1)
+	if d.addr.Less(s.addr) || d.addr == s.addr && d.port < s.port {
+		k, bit = oracleConv{d, s}, 2
+	}
+	o.convs[k] |= bit
+}
+
+// fanIn: per endpoint, the distinct counterpart ports of the
+// conversations in which both ends sent; kept when at least 2.
+func fanIn(convs map[oracleConv]uint8) map[oracleEnd]int {
+	ports := map[oracleEnd]map[uint16]bool{}
+	add := func(e oracleEnd, p uint16) {
+		if ports[e] == nil {
+			ports[e] = map[uint16]bool{}
+		}
+		ports[e][p] = true
+	}
+	for k, sent := range convs {
+		if sent == 3 {
+			add(k.a, k.b.port)
+			add(k.b, k.a.port)
+		}
+	}
+	fan := map[oracleEnd]int{}
+	for e, ps := range ports {
+		if len(ps) >= 2 {
+			fan[e] = len(ps)
+		}
+	}
+	return fan
 }
 
 type oracleConn struct {
@@ -235,6 +292,8 @@ func linkHeader(lt uint32) (hdr int, dissector string) {
 // Difference classes (docs/REPLAY.md lists each with its counts).
 const (
 	classIPInEncap  = "IP inside an encapsulation the datapath does not parse (non-IP): "
+	classMPLSDeep   = "IP under more than 8 MPLS labels (non-IP)"
+	classPPPoECtl   = "IP in a PPPoE session with a version, type or code other than 1, 1, 0 (non-IP)"
 	classIPv4Cut    = "IPv4 header cut by the snap length (non-IP)"
 	classIPv4IHL    = "IPv4 header length below 20 (non-IP)"
 	classIPVersion  = "IP version field disagrees with the ethertype (non-IP)"
@@ -285,15 +344,54 @@ func (o *oracle) frame(lt uint32, f *tsFrame) {
 			i++
 		}
 	}
-	var l3 string
-	if i < len(protos) {
-		l3 = protos[i]
-	}
 	nonIP := func(class string) {
 		p.nonIP++
 		if class != "" {
 			p.classes[class]++
 		}
+	}
+	// A PPPoE session or an MPLS stack between Ethernet/VLAN and IP
+	// (parse_encap): its length, and whether the datapath goes on to IP.
+	encap, encapClass := 0, ""
+	if tags <= 2 && i < len(protos) {
+		switch protos[i] {
+		case "pppoes":
+			v, _ := f.num(tfPPPoEVersion, 0)
+			ty, _ := f.num(tfPPPoEType, 0)
+			code, _ := f.num(tfPPPoECode, 0)
+			i++
+			if i < len(protos) && protos[i] == "ppp" {
+				i++
+			}
+			encap = 8
+			pp, _ := f.num(tfPPPProtocol, 0)
+			if v != 1 || ty != 1 || code != 0 {
+				encapClass = classPPPoECtl
+			} else if pp != 0x21 && pp != 0x57 {
+				encapClass = classIPInEncap + "ppp"
+			}
+		case "mpls":
+			i++
+			labels := 0
+			for ; labels < len(f[tfMPLSBottom]); labels++ {
+				if b, _ := f.num(tfMPLSBottom, labels); b == 1 {
+					labels++
+					break
+				}
+			}
+			encap = 4 * labels
+			if labels > 8 {
+				encapClass = classMPLSDeep
+			}
+		}
+	}
+	var l3 string
+	if i < len(protos) {
+		l3 = protos[i]
+	}
+	if encapClass != "" && (l3 == "ip" || l3 == "ipv6") {
+		nonIP(encapClass)
+		return
 	}
 	switch lt {
 	case LinkRaw, LinkRawBSD, LinkRawOBSD:
@@ -325,7 +423,7 @@ func (o *oracle) frame(lt uint32, f *tsFrame) {
 		nonIP("")
 		return
 	}
-	off := hdr + 4*tags // the IP header in the record
+	off := hdr + 4*tags + encap // the IP header in the record
 	v4 := l3 == "ip"
 	// tshark follows the version nibble when it disagrees with the
 	// ethertype (0x0800 holding an IPv6 header); the datapath does not.
@@ -499,6 +597,10 @@ func (o *oracle) frame(lt uint32, f *tsFrame) {
 		if len(vals) == 3 {
 			flags = uint8(vals[2])
 		}
+		if o.convs != nil {
+			o.note(proto, uint16(vals[0]), uint16(vals[1]), flags, len(vals) == 3, src, dst)
+			return
+		}
 		p.port[protoPort{sp, o.servicePort(proto, uint16(vals[0]), uint16(vals[1]), flags, src, dst, egress)}]++
 	}
 }
@@ -514,9 +616,9 @@ func orDash(s string) string {
 // (docs/ARCHITECTURE.md, "Direction") without the local-port set, which
 // replay leaves empty.
 func (o *oracle) servicePort(proto uint8, sport, dport uint16, flags uint8, src, dst netip.Addr, egress bool) uint16 {
-	lport, rport, peer := dport, sport, src
+	lport, rport, peer, self := dport, sport, src, dst
 	if egress {
-		lport, rport, peer = sport, dport, dst
+		lport, rport, peer, self = sport, dport, dst, src
 	}
 	key := oracleConn{peer, lport, rport, proto}
 	eph := func(p uint16) bool { return p >= o.eph[0] && p <= o.eph[1] }
@@ -532,15 +634,30 @@ func (o *oracle) servicePort(proto uint8, sport, dport uint16, flags uint8, src,
 		o.conns[key] = d
 	case ok:
 		d = known
+	case (lport == 0) != (rport == 0):
+		// Port 0 is never the service.
+		d.inferred, d.dir = true, snapshot.Inbound
+		if lport == 0 {
+			d.dir = snapshot.Outbound
+		}
+		if proto != 6 {
+			o.conns[key] = d
+		}
 	case proto != 6 && egress:
 		d.dir = snapshot.Outbound
 		o.conns[key] = d
 	default:
 		d.inferred = true
+		fl, fr := o.fan[oracleEnd{self, lport, proto}], o.fan[oracleEnd{peer, rport, proto}]
 		switch {
 		case eph(lport) != eph(rport):
 			d.dir = snapshot.Inbound
 			if eph(lport) {
+				d.dir = snapshot.Outbound
+			}
+		case fl != fr:
+			d.dir = snapshot.Inbound
+			if fr > fl {
 				d.dir = snapshot.Outbound
 			}
 		case lport != rport:
@@ -634,7 +751,14 @@ func compareFile(ctx context.Context, c *bpf.Collector, path, cfgDir string) fil
 		fail("replay read %d records, tshark %d frames", res.Packets, len(frames))
 		return out
 	}
+	// First pass: the conversations, for the fan-in; second: the counts.
+	pre := newOracle(res.Local.Prefixes, res.Snapshot.EphemeralPorts)
+	pre.convs = map[oracleConv]uint8{}
+	for i := range frames {
+		pre.frame(lt, &frames[i])
+	}
 	o := newOracle(res.Local.Prefixes, res.Snapshot.EphemeralPorts)
+	o.fan = fanIn(pre.convs)
 	for i := range frames {
 		o.frame(lt, &frames[i])
 	}
@@ -880,7 +1004,13 @@ func TestOracleServicePort(t *testing.T) {
 		{"the answer from the local side stays on it", 17, 40001, 50001, 0, hostA, peerB, 40001},
 		{"same port both ends", 17, 123, 123, 0, peerB, hostA, 123},
 		{"SYN out: the remote port", 6, 50000, 8080, 0x02, hostA, peerB, 8080},
+		{"UDP in from port 0: the local port", 17, 0, 50000, 0, peerB, hostA, 50000},
+		{"UDP out to port 0: the local port", 17, 6081, 0, 0, hostA, peerB, 6081},
+		{"mid-stream TCP, both low, the peer's port has the larger fan-in", 6, 31600, 8868, 0x10, peerB, hostA, 31600},
+		{"mid-stream TCP, both low, our port has the larger fan-in", 6, 2000, 9000, 0x10, peerB, hostA, 9000},
+		{"fan-in does not override the ephemeral range", 6, 50000, 22, 0x10, peerB, hostA, 22},
 	}
+	o.fan = map[oracleEnd]int{{peerB, 31600, 6}: 12, {hostA, 9000, 6}: 3, {peerB, 2000, 6}: 2, {peerB, 50000, 6}: 40}
 	for _, s := range steps {
 		if got := o.servicePort(s.proto, s.sport, s.dport, s.flags, s.src, s.dst, o.isLocal(s.src)); got != s.want {
 			t.Errorf("%s: port %d, want %d", s.name, got, s.want)

@@ -11,14 +11,21 @@ import (
 // packets of one conversation in order on one worker).
 //
 // The parser here follows parse.h's scope on purpose (Ethernet, at most two
-// VLAN tags, IPv4 with IHL >= 5, IPv6 with at most 8 extension headers): a
-// frame the datapath counts as non-IP is non-IP here too.
+// VLAN tags, a PPPoE session or up to 8 MPLS labels, IPv4 with IHL >= 5,
+// IPv6 with at most 8 extension headers): a frame the datapath counts as
+// non-IP is non-IP here too, and it reads ports where the datapath does.
 type frameInfo struct {
 	ip       bool
 	src, dst netip.Addr
 	srcMAC   [6]byte
-	// syn: a TCP SYN without ACK (for the local-address tie-break).
-	syn bool
+	// proto is the IP protocol; ports is set when the datapath reads the
+	// port pair (TCP, UDP, SCTP; not a non-first fragment, 4 bytes there).
+	proto        uint8
+	ports        bool
+	sport, dport uint16
+	// syn: a TCP SYN without ACK (for the local-address tie-break); rst: a
+	// TCP segment with RST set. Both false when the flags were not captured.
+	syn, rst bool
 	// conv is a hash of the unordered address pair of the conversation:
 	// the outer pair, or for an ICMP destination-unreachable error the
 	// pair of the packet it quotes (the error's evidence is added to that
@@ -29,7 +36,49 @@ type frameInfo struct {
 const (
 	vlanMax    = 2 // parse.h VLAN_MAX_DEPTH
 	ipv6ExtMax = 8 // parse.h IPV6_EXT_MAX
+	mplsMax    = 8 // parse.h MPLS_MAX_LABELS
 )
+
+// decap follows parse_encap (parse.h): a PPPoE session carrying IPv4 or
+// IPv6, or an MPLS label stack of at most mplsMax entries whose payload
+// starts with IP version 4 or 6. It returns the IP ethertype and the offset
+// of the IP header, or et unchanged when nothing IP is inside.
+func decap(f []byte, et uint16, off int) (uint16, int) {
+	switch et {
+	case 0x8864:
+		if len(f) < off+8 || f[off] != 0x11 || f[off+1] != 0 {
+			return et, off
+		}
+		switch binary.BigEndian.Uint16(f[off+6 : off+8]) {
+		case 0x0021:
+			return 0x0800, off + 8
+		case 0x0057:
+			return 0x86dd, off + 8
+		}
+	case 0x8847, 0x8848:
+		for i := 0; i < mplsMax; i++ {
+			if len(f) < off+4 {
+				return et, off
+			}
+			bottom := f[off+2]&0x01 != 0
+			off += 4
+			if !bottom {
+				continue
+			}
+			if len(f) < off+1 {
+				return et, off
+			}
+			switch f[off] >> 4 {
+			case 4:
+				return 0x0800, off
+			case 6:
+				return 0x86dd, off
+			}
+			return et, off
+		}
+	}
+	return et, off
+}
 
 func parseFrame(f []byte) (fi frameInfo) {
 	if len(f) < ethHdrLen {
@@ -45,6 +94,7 @@ func parseFrame(f []byte) (fi frameInfo) {
 		et = binary.BigEndian.Uint16(f[off+2 : off+4])
 		off += 4
 	}
+	et, off = decap(f, et, off)
 	var proto uint8
 	var l4 int
 	var frag bool
@@ -58,13 +108,20 @@ func parseFrame(f []byte) (fi frameInfo) {
 		return fi
 	}
 	fi.conv = pairHash(fi.src, fi.dst)
+	fi.proto = proto
 	if frag || l4 < 0 {
 		return fi
+	}
+	if (proto == 6 || proto == 17 || proto == 132) && len(f) >= l4+4 {
+		fi.ports = true
+		fi.sport = binary.BigEndian.Uint16(f[l4 : l4+2])
+		fi.dport = binary.BigEndian.Uint16(f[l4+2 : l4+4])
 	}
 	switch {
 	case proto == 6 && len(f) >= l4+14:
 		fl := f[l4+13]
 		fi.syn = fl&0x02 != 0 && fl&0x10 == 0
+		fi.rst = fl&0x04 != 0
 	case proto == 1 && et == 0x0800 && len(f) >= l4+8 && f[l4] == 3,
 		proto == 58 && et == 0x86dd && len(f) >= l4+8 && f[l4] == 1:
 		// Destination unreachable: the quoted packet follows the 8-byte

@@ -34,7 +34,8 @@ func LinkTypeSupported(lt uint32) bool {
 	return false
 }
 
-// LinkTypeName names a link type for messages: "Ethernet (1)".
+// LinkTypeName names a link type for messages: "Ethernet (1)", and
+// "unnamed (N)" for one neither this package nor gopacket knows.
 func LinkTypeName(lt uint32) string {
 	names := map[uint32]string{
 		LinkNull: "BSD loopback", LinkEthernet: "Ethernet", LinkRawBSD: "raw IP", LinkRawOBSD: "raw IP",
@@ -43,7 +44,7 @@ func LinkTypeName(lt uint32) string {
 		9: "PPP", 50: "PPP in HDLC framing", 104: "Cisco HDLC", 107: "Frame Relay", 8: "SLIP",
 		100: "ATM RFC 1483", 106: "Linux ATM CLIP", 123: "SunATM", 129: "ARCNET (Linux)", 137: "Juniper ATM1",
 		178: "Juniper Ethernet", 195: "IEEE 802.15.4 with FCS", 226: "Solaris ipnet", 231: "D-Bus", 239: "NFLOG",
-		242: "IP over InfiniBand", 258: "Apple PKTAP", 271: "Linux vsock", 281: "Broadcom switch tag",
+		242: "IP over InfiniBand", 253: "Linux netlink", 258: "Apple PKTAP", 271: "Linux vsock", 281: "Broadcom switch tag",
 		282: "Broadcom switch tag, prepended", 284: "Marvell DSA tag", 285: "Marvell EDSA tag",
 	}
 	if lt >= 147 && lt <= 162 {
@@ -57,7 +58,8 @@ func LinkTypeName(lt uint32) string {
 			return fmt.Sprintf("%s (%d)", s, lt)
 		}
 	}
-	return fmt.Sprintf("link type %d", lt)
+	// The messages read "unsupported link type NAME (N)": no "link type" here.
+	return fmt.Sprintf("unnamed (%d)", lt)
 }
 
 // ARPHRD_* values of an SLL header that carry no network frame.

@@ -125,10 +125,27 @@ type Result struct {
 	Resolution   time.Duration
 	Slices       int           // time slices (see Options.Resolution)
 	Elapsed      time.Duration // wall time of the replay pass
+	// BadTimestamps counts records whose timestamp was outside
+	// [MinTimestamp, MaxTimestamp) and was replaced; BadTimes lists the
+	// first maxBadTimes of them.
+	BadTimestamps int
+	BadTimes      []BadTimestamp
+	// ServiceHints is the number of endpoints whose fan-in (distinct
+	// counterpart ports, at least 2) the port heuristic was given;
+	// HintsDropped those beyond the programs' map (the smallest fan-ins).
+	// ConvsUntracked counts conversations seen after the scan's
+	// conversation table was full, which gave no fan-in evidence.
+	ServiceHints, HintsDropped, ConvsUntracked int
 	// Err is set when the file could not be read to its end; the
 	// snapshot holds every packet before Err.Packet.
 	Err *CaptureError
 }
+
+// maxBadTimes bounds Result.BadTimes; maxBadTimesLogged the warnings.
+const (
+	maxBadTimes       = 100
+	maxBadTimesLogged = 10
+)
 
 // Run replays the capture at path through c's programs and returns the
 // snapshot. It resets c's maps first; c must not be attached to any
@@ -154,7 +171,9 @@ func Run(ctx context.Context, c *bpf.Collector, path string, o Options) (*Result
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Format: sc.format, LinkType: sc.linkTypes, Skipped: map[string]int{}, Err: sc.err}
+	res := &Result{Format: sc.format, LinkType: sc.linkTypes, Skipped: map[string]int{}, Err: sc.err,
+		BadTimestamps: sc.badTimestamps, BadTimes: sc.badTimes, ConvsUntracked: sc.convsUntracked}
+	logBadTimes(o.Logger, name, res)
 	res.Local = chooseLocal(sc, o.Local)
 	logLocal(o.Logger, res.Local)
 	res.Resolution = o.Resolution
@@ -168,8 +187,19 @@ func Run(ctx context.Context, c *bpf.Collector, path string, o Options) (*Result
 	if err := c.SetLocalPorts(o.Listening); err != nil {
 		return nil, err
 	}
+	hints := serviceHints(sc.convs)
+	stored, err := c.SetServiceHints(hints)
+	if err != nil {
+		return nil, err
+	}
+	res.ServiceHints, res.HintsDropped = stored, len(hints)-stored
+	if res.HintsDropped > 0 || res.ConvsUntracked > 0 {
+		o.Logger.Warn("fan-in evidence incomplete: the direction of some conversations without a handshake falls back to the lower port",
+			zap.Int("endpoints_loaded", stored), zap.Int("endpoints_dropped", res.HintsDropped),
+			zap.Int("conversations_untracked", res.ConvsUntracked))
+	}
 	r := newReplayer(c, o, res, sc)
-	if err := r.replay(ctx, path, name, sc.packets); err != nil {
+	if err := r.replay(ctx, path, name, sc.packets, sc.firstValid); err != nil {
 		return nil, err
 	}
 	res.Snapshot.Source = "replay:" + name
@@ -203,15 +233,124 @@ type scanResult struct {
 	format      string
 	packets     int // records read before EOF or the error
 	first, last time.Time
-	linkTypes   map[uint32]int
-	ifaces      map[string]int // pcapng interface names of replayable records
-	addrs       map[netip.Addr]*addrCount
-	ipPackets   [2]int // IPv4, IPv6 packets
-	macOf       map[macIP]struct{}
-	err         *CaptureError
+	// firstValid is the first valid timestamp in file order: records
+	// before it with an invalid one get it (BadTimestamp).
+	firstValid    time.Time
+	badTimestamps int
+	badTimes      []BadTimestamp
+	linkTypes     map[uint32]int
+	ifaces        map[string]int // pcapng interface names of replayable records
+	addrs         map[netip.Addr]*addrCount
+	ipPackets     [2]int // IPv4, IPv6 packets
+	macOf         map[macIP]struct{}
+	// convs: per conversation with ports, which ends sent a packet that
+	// is not a TCP RST (fan-in evidence, serviceHints).
+	convs          map[conv]uint8
+	convsUntracked int
+	err            *CaptureError
 }
 
-type addrCount struct{ packets, synIn int }
+// addrCount is what the local-address heuristic knows of an address: IP
+// packets it appears in, TCP SYNs it received, packets it sent, packets
+// it sent as a DHCP server (UDP 67→68, 547→546), and whether at least two
+// addresses sent to it (sender: the first one).
+type addrCount struct {
+	packets, synIn, sent, dhcpServer int
+	sender                           netip.Addr
+	senders2                         bool
+}
+
+// broadcastLike: an address that never sent but received from several
+// senders, as a directed broadcast address (192.0.2.255) does. Without
+// the prefix nothing more certain can be said.
+func (ac *addrCount) broadcastLike() bool { return ac.sent == 0 && ac.senders2 }
+
+// endpoint is one end of conversations: address, port, IP protocol.
+type endpoint struct {
+	addr  netip.Addr
+	port  uint16
+	proto uint8
+}
+
+func (e endpoint) less(o endpoint) bool {
+	if e.addr != o.addr {
+		return e.addr.Less(o.addr)
+	}
+	return e.port < o.port
+}
+
+// conv is a conversation between two endpoints of one protocol, a < b.
+type conv struct{ a, b endpoint }
+
+// maxConvs bounds the scan's conversation table (~100 bytes each).
+const maxConvs = 1 << 21
+
+// Bits of scanResult.convs: which end sent.
+const (
+	convSentA = 1 << iota
+	convSentB
+)
+
+// noteConv records that src sent to dst, unless it is a TCP RST (an
+// answer that says nothing listens: scans without SYN draw them).
+func (sc *scanResult) noteConv(fi *frameInfo) {
+	if !fi.ports || (fi.proto == 6 && fi.rst) {
+		return
+	}
+	s := endpoint{fi.src, fi.sport, fi.proto}
+	d := endpoint{fi.dst, fi.dport, fi.proto}
+	k, bit := conv{s, d}, uint8(convSentA)
+	if d.less(s) {
+		k, bit = conv{d, s}, convSentB
+	}
+	old, ok := sc.convs[k]
+	if !ok && len(sc.convs) >= maxConvs {
+		sc.convsUntracked++
+		return
+	}
+	sc.convs[k] = old | bit
+}
+
+// serviceHints computes the fan-in of every endpoint: the number of
+// distinct counterpart ports of the conversations in which both ends
+// sent. Endpoints with a fan-in of at least 2 are returned (sorted).
+func serviceHints(convs map[conv]uint8) []bpf.ServiceHint {
+	type peerPort struct {
+		e    endpoint
+		port uint16
+	}
+	seen := map[peerPort]struct{}{}
+	fan := map[endpoint]uint32{}
+	add := func(e endpoint, port uint16) {
+		if _, ok := seen[peerPort{e, port}]; !ok {
+			seen[peerPort{e, port}] = struct{}{}
+			fan[e]++
+		}
+	}
+	for k, sent := range convs {
+		if sent == convSentA|convSentB {
+			add(k.a, k.b.port)
+			add(k.b, k.a.port)
+		}
+	}
+	var out []bpf.ServiceHint
+	for e, n := range fan {
+		if n >= 2 {
+			out = append(out, bpf.ServiceHint{Proto: snapshot.Proto(e.proto), Addr: e.addr, Port: e.port, Fan: n})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Proto != b.Proto {
+			return a.Proto < b.Proto
+		}
+		if a.Addr != b.Addr {
+			return a.Addr.Less(b.Addr)
+		}
+		return a.Port < b.Port
+	})
+	return out
+}
 
 type macIP struct {
 	mac [6]byte
@@ -225,7 +364,9 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 	}
 	defer cp.close()
 	sc := &scanResult{format: cp.format, linkTypes: map[uint32]int{}, ifaces: map[string]int{},
-		addrs: map[netip.Addr]*addrCount{}, macOf: map[macIP]struct{}{}}
+		addrs: map[netip.Addr]*addrCount{}, macOf: map[macIP]struct{}{}, convs: map[conv]uint8{}}
+	valid := 0      // records with a valid timestamp
+	var early []int // records with an invalid timestamp before the first valid one
 	if cp.format == "pcap" && !LinkTypeSupported(cp.linkType) {
 		return nil, &LinkTypeError{File: name, LinkTypes: []uint32{cp.linkType}}
 	}
@@ -254,11 +395,28 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 				last = time.Now()
 			}
 		}
-		if sc.packets == 1 || rec.ts.Before(sc.first) {
-			sc.first = rec.ts
-		}
-		if sc.packets == 1 || rec.ts.After(sc.last) {
-			sc.last = rec.ts
+		switch {
+		case rec.badTS:
+			sc.badTimestamps++
+			if len(sc.badTimes) < maxBadTimes {
+				// Used is filled in below for records before the first
+				// valid timestamp (rec.ts is zero for them here).
+				sc.badTimes = append(sc.badTimes, BadTimestamp{Packet: sc.packets, Raw: rec.raw, Used: rec.ts})
+				if valid == 0 {
+					early = append(early, len(sc.badTimes)-1)
+				}
+			}
+		default:
+			if valid == 0 {
+				sc.firstValid = rec.ts
+			}
+			valid++
+			if valid == 1 || rec.ts.Before(sc.first) {
+				sc.first = rec.ts
+			}
+			if valid == 1 || rec.ts.After(sc.last) {
+				sc.last = rec.ts
+			}
 		}
 		sc.linkTypes[rec.linkType]++
 		if !LinkTypeSupported(rec.linkType) {
@@ -296,8 +454,30 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 			if i == 1 && fi.syn {
 				ac.synIn++
 			}
+			if i == 1 && a != fi.src {
+				switch {
+				case !ac.sender.IsValid():
+					ac.sender = fi.src
+				case ac.sender != fi.src:
+					ac.senders2 = true
+				}
+			}
 		}
+		if src := sc.addrs[fi.src]; src != nil {
+			src.sent++
+			if fi.proto == 17 && fi.ports && (fi.sport == 67 && fi.dport == 68 || fi.sport == 547 && fi.dport == 546) {
+				src.dhcpServer++
+			}
+		}
+		sc.noteConv(&fi)
 		sc.macOf[macIP{fi.srcMAC, fi.src}] = struct{}{}
+	}
+	if valid == 0 && sc.packets > 0 {
+		// No valid timestamp at all: every record gets the epoch.
+		sc.firstValid, sc.first, sc.last = MinTimestamp, MinTimestamp, MinTimestamp
+	}
+	for _, i := range early {
+		sc.badTimes[i].Used = sc.firstValid
 	}
 	if progress != nil {
 		progress(Progress{Phase: "scan", Done: cp.size, Total: cp.size})
@@ -377,6 +557,16 @@ func chooseLocal(sc *scanResult, given []netip.Prefix) LocalChoice {
 				if ac.synIn > bc.synIn {
 					best[fam] = a
 				}
+			case (ac.dhcpServer > 0) != (bc.dhcpServer > 0):
+				// A DHCP exchange: the host is the client, the server
+				// its peer.
+				if ac.dhcpServer == 0 {
+					best[fam] = a
+				}
+			case ac.broadcastLike() != bc.broadcastLike():
+				if !ac.broadcastLike() {
+					best[fam] = a
+				}
 			case a.Less(b):
 				best[fam] = a
 			}
@@ -401,6 +591,22 @@ func chooseLocal(sc *scanResult, given []netip.Prefix) LocalChoice {
 // candidate: only a unicast address can be a host's own.
 func candidate(a netip.Addr) bool {
 	return !a.IsMulticast() && !a.IsUnspecified() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// logBadTimes warns about records whose timestamps were replaced.
+func logBadTimes(log *zap.Logger, name string, res *Result) {
+	if res.BadTimestamps == 0 {
+		return
+	}
+	for i, b := range res.BadTimes {
+		if i == maxBadTimesLogged {
+			break
+		}
+		log.Warn("timestamp out of range", zap.String("file", name), zap.Int("packet", b.Packet),
+			zap.String("timestamp", b.RawText()), zap.String("replaced_by", b.Used.Format(time.RFC3339Nano)))
+	}
+	log.Warn(fmt.Sprintf("%d packets have timestamps outside %s – %s: each got the timestamp of the packet before it (the first valid one for those before any); the snapshot's window and flow times ignore them",
+		res.BadTimestamps, MinTimestamp.Format("2006-01-02"), MaxTimestamp.Format("2006-01-02")), zap.String("file", name))
 }
 
 func logLocal(log *zap.Logger, lc LocalChoice) {
@@ -498,12 +704,13 @@ func tcRefuses(f []byte) bool {
 	return false
 }
 
-func (r *replayer) replay(ctx context.Context, path, name string, packets int) error {
+func (r *replayer) replay(ctx context.Context, path, name string, packets int, firstValid time.Time) error {
 	cp, err := openCapture(path, name)
 	if err != nil {
 		return err
 	}
 	defer cp.close()
+	cp.fallback = firstValid
 	// On an early return (cancelled, a failed run) the workers must be
 	// done with the collector before the caller closes it.
 	defer r.wait() //nolint:errcheck // the error that made us return is reported

@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 	"github.com/flowaudit/flowaudit/bpf"
@@ -508,5 +510,177 @@ func TestReplayLinkTypes(t *testing.T) {
 	var lte *LinkTypeError
 	if !errors.Is(err, ErrUnsupportedLinkType) || !errors.As(err, &lte) || !strings.Contains(err.Error(), "IEEE 802.11 radiotap (127)") {
 		t.Errorf("radiotap capture: %v", err)
+	}
+}
+
+// TestReplayBadTimestamps: a pcapng whose packets carry 64-bit timestamps
+// far out of range still gives a snapshot: the packets are replayed, their
+// timestamps replaced and reported by packet number, the window and flow
+// times are those of the valid timestamps, and the snapshot file is
+// written and reads back.
+func TestReplayBadTimestamps(t *testing.T) {
+	c := openCollector(t)
+	path, pkts := badTimesCapture(t)
+	core, logs := observer.New(zap.WarnLevel)
+	res, err := Run(context.Background(), c, path, Options{Local: localPrefixes, Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := res.Snapshot
+	if res.Replayed != 5 || s.Stats.PacketsIngress+s.Stats.PacketsEgress != 5 {
+		t.Errorf("replayed %d, programs saw %d, want all 5", res.Replayed, s.Stats.PacketsIngress+s.Stats.PacketsEgress)
+	}
+	if !s.Start.Equal(pkts[1].ts) || !s.End.Equal(pkts[3].ts) {
+		t.Errorf("window %s – %s, want the valid timestamps %s – %s", s.Start, s.End, pkts[1].ts, pkts[3].ts)
+	}
+	for _, f := range s.Flows {
+		if f.FirstSeen.Before(s.Start) || f.LastSeen.After(s.End) {
+			t.Errorf("flow %s/%d seen %s – %s, outside the window", f.Proto, f.Port, f.FirstSeen, f.LastSeen)
+		}
+	}
+	if res.BadTimestamps != 3 || len(res.BadTimes) != 3 || res.BadTimes[0].Packet != 1 || res.BadTimes[2].Packet != 5 {
+		t.Errorf("bad timestamps %d: %+v", res.BadTimestamps, res.BadTimes)
+	}
+	var packets []int64
+	for _, e := range logs.FilterMessage("timestamp out of range").All() {
+		packets = append(packets, e.ContextMap()["packet"].(int64))
+	}
+	if fmt.Sprint(packets) != "[1 3 5]" || logs.FilterMessageSnippet("3 packets have timestamps outside 1970-01-01 – 2106-02-07").Len() != 1 {
+		t.Errorf("warnings name packets %v; log: %v", packets, logs.All())
+	}
+	out := filepath.Join(t.TempDir(), "snap.json")
+	if err := snapshot.WriteFile(out, s); err != nil {
+		t.Fatalf("snapshot not written: %v", err)
+	}
+	if back, err := snapshot.ReadFile(out); err != nil || !back.End.Equal(pkts[3].ts) {
+		t.Fatalf("read back: %v", err)
+	}
+}
+
+// TestReplayDirectionWithoutHandshake: a capture that starts mid-connection
+// (no SYN), client 172.16.30.190 ports 8868–8881 to a server's 31600, both
+// ports outside the ephemeral range. The lower-port rule made 14 inbound
+// flows on the client's ports; the server's port talked to 14 distinct
+// ports (fan-in), so it is the service, seen from either end. A reply
+// from source port 0 (Geneve) makes the local port the service.
+func TestReplayDirectionWithoutHandshake(t *testing.T) {
+	c := openCollector(t)
+	srv, cli := netip.MustParseAddr("172.16.30.10"), netip.MustParseAddr("172.16.30.190")
+	vtep := netip.MustParseAddr("172.16.30.77")
+	frame := func(src, dst netip.Addr, l4 ...gopacket.SerializableLayer) []byte {
+		return ser(t, append([]gopacket.SerializableLayer{&layers.Ethernet{SrcMAC: macB, DstMAC: macA, EthernetType: layers.EthernetTypeIPv4},
+			&layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: map[bool]layers.IPProtocol{true: layers.IPProtocolTCP, false: layers.IPProtocolUDP}[len(l4) == 2 && isTCP(l4[0])],
+				SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}}, l4...)...)
+	}
+	var pkts []pkt
+	add := func(f []byte) {
+		pkts = append(pkts, pkt{ts: epoch.Add(time.Duration(len(pkts)) * time.Millisecond), frame: f})
+	}
+	for round := 0; round < 3; round++ {
+		for p := uint16(8868); p <= 8881; p++ {
+			add(frame(cli, srv, tcpSeg(p, 31600, "PA", 100)...))
+			add(frame(srv, cli, tcpSeg(31600, p, "A", 0)...))
+		}
+	}
+	add(frame(vtep, cli, udpDgram(0, 6081, 80)...))
+	path := filepath.Join(t.TempDir(), "midstream.pcap")
+	writePcap(t, path, layers.LinkTypeEthernet, pkts)
+
+	for _, tc := range []struct {
+		local netip.Addr
+		want  string
+	}{
+		{cli, "inbound udp/6081 172.16.30.77 inferred 1; outbound tcp/31600 172.16.30.10 inferred 84"},
+		{srv, "inbound tcp/31600 172.16.30.190 inferred 84"},
+	} {
+		res, err := Run(context.Background(), c, path, Options{Local: []netip.Prefix{netip.PrefixFrom(tc.local, 32)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, f := range res.Snapshot.Flows {
+			if f.Peer == vtep && tc.local == srv {
+				continue // not the server's traffic
+			}
+			got = append(got, fmt.Sprintf("%s %s/%d %s inferred %d", f.Direction, f.Proto, f.Port, f.Peer, f.Packets()))
+			if !f.DirectionInferred {
+				got[len(got)-1] = strings.Replace(got[len(got)-1], "inferred", "decided", 1)
+			}
+		}
+		if strings.Join(got, "; ") != tc.want {
+			t.Errorf("local %s: flows\n %s\nwant\n %s", tc.local, strings.Join(got, "\n "), tc.want)
+		}
+		if res.ServiceHints < 1 {
+			t.Errorf("local %s: %d service hints loaded", tc.local, res.ServiceHints)
+		}
+	}
+}
+
+func isTCP(l gopacket.SerializableLayer) bool { _, ok := l.(*layers.TCP); return ok }
+
+// TestReplayEncapsulations: the same traffic inside a PPPoE session over
+// QinQ, and under an MPLS label stack, gives the flows of the plain
+// Ethernet capture (local addresses are found inside the encapsulation).
+func TestReplayEncapsulations(t *testing.T) {
+	c := openCollector(t)
+	var ipOnly []pkt
+	for _, p := range synthTraffic(t, 4, 90, 5*time.Second) {
+		if et := binary.BigEndian.Uint16(p.frame[12:14]); (et == 0x0800 || et == 0x86dd) && len(p.frame) >= 54 && len(p.frame) <= MaxFrame-16 {
+			ipOnly = append(ipOnly, p)
+		}
+	}
+	dir := t.TempDir()
+	eth := filepath.Join(dir, "eth.pcap")
+	writePcap(t, eth, layers.LinkTypeEthernet, ipOnly)
+	wrap := func(name string, f func(et uint16) []byte) string {
+		var out []pkt
+		for _, p := range ipOnly {
+			hdr := append(append([]byte(nil), p.frame[:12]...), f(binary.BigEndian.Uint16(p.frame[12:14]))...)
+			out = append(out, pkt{ts: p.ts, frame: append(hdr, p.frame[14:]...)})
+		}
+		path := filepath.Join(dir, name)
+		writePcap(t, path, layers.LinkTypeEthernet, out)
+		return path
+	}
+	pppoe := wrap("pppoe-qinq.pcap", func(et uint16) []byte {
+		ppp := uint16(0x0021)
+		if et == 0x86dd {
+			ppp = 0x0057
+		}
+		return []byte{0x88, 0xa8, 0, 100, 0x81, 0x00, 0, 200, 0x88, 0x64, 0x11, 0, 0x12, 0x34, 0, 0, byte(ppp >> 8), byte(ppp)}
+	})
+	mpls := wrap("mpls.pcap", func(uint16) []byte {
+		return []byte{0x88, 0x47, 0, 0x10, 0x00, 0x40, 0, 0x11, 0x01, 0x40}
+	})
+	want, err := Run(context.Background(), c, eth, Options{Local: localPrefixes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Flows without byte counts; the bytes differ by the headers added.
+	noBytes := func(fs []snapshot.Flow) (out []snapshot.Flow, bytes uint64) {
+		for _, f := range fs {
+			bytes += f.Bytes()
+			f.BytesIn, f.BytesOut = 0, 0
+			out = append(out, f)
+		}
+		return out, bytes
+	}
+	wantFlows, wantBytes := noBytes(want.Snapshot.Flows)
+	for path, extra := range map[string]uint64{pppoe: 16, mpls: 8} {
+		got, err := Run(context.Background(), c, path, Options{Local: localPrefixes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotFlows, gotBytes := noBytes(got.Snapshot.Flows)
+		if gotBytes != wantBytes+extra*uint64(len(ipOnly)) {
+			t.Errorf("%s: %d bytes, want %d + %d per frame", filepath.Base(path), gotBytes, wantBytes, extra)
+		}
+		if d := diffText(flowsText(wantFlows), flowsText(gotFlows)); d != "" {
+			t.Errorf("%s: flows differ from the Ethernet capture's:\n%s", filepath.Base(path), d)
+		}
+		if got.Snapshot.Stats.PacketsEgress != want.Snapshot.Stats.PacketsEgress || len(got.Snapshot.Stats.NonIP) != 0 {
+			t.Errorf("%s: egress %d (want %d), non-IP %v", filepath.Base(path), got.Snapshot.Stats.PacketsEgress,
+				want.Snapshot.Stats.PacketsEgress, got.Snapshot.Stats.NonIP)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"net"
 	"net/netip"
@@ -206,5 +207,73 @@ func TestReplayCLIDamagedCapture(t *testing.T) {
 	}
 	if _, err := os.Stat(none); err == nil {
 		t.Error("a snapshot was written for an unsupported capture")
+	}
+}
+
+// TestReplayCLIBadTimestamps: a pcapng whose fourth packet carries a 64-bit
+// timestamp in the year ~586 000 gives a snapshot and exit code 0; the
+// packet is named in a warning. A netlink capture is refused by name.
+func TestReplayCLIBadTimestamps(t *testing.T) {
+	testenv.RequireBPF(t)
+	dir := t.TempDir()
+	r, err := pcapgo.NewReader(strings.NewReader(string(labCapture(t))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ng []byte
+	block := func(typ uint32, body []byte) {
+		for len(body)%4 != 0 {
+			body = append(body, 0)
+		}
+		n := uint32(12 + len(body))
+		ng = binary.LittleEndian.AppendUint32(ng, typ)
+		ng = binary.LittleEndian.AppendUint32(ng, n)
+		ng = append(ng, body...)
+		ng = binary.LittleEndian.AppendUint32(ng, n)
+	}
+	block(0x0A0D0D0A, []byte{0x4D, 0x3C, 0x2B, 0x1A, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	block(1, []byte{1, 0, 0, 0, 0, 0, 4, 0}) // Ethernet, snap length 262144
+	for i := 1; ; i++ {
+		data, ci, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		us := uint64(ci.Timestamp.UnixMicro())
+		if i == 4 {
+			us = ^uint64(0) - 1000
+		}
+		body := binary.LittleEndian.AppendUint32(nil, 0)
+		body = binary.LittleEndian.AppendUint32(body, uint32(us>>32))
+		body = binary.LittleEndian.AppendUint32(body, uint32(us))
+		body = binary.LittleEndian.AppendUint32(body, uint32(len(data)))
+		body = binary.LittleEndian.AppendUint32(body, uint32(len(data)))
+		block(6, append(body, data...))
+	}
+	capPath := filepath.Join(dir, "far.pcapng")
+	if err := os.WriteFile(capPath, ng, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	snapPath := filepath.Join(dir, "snap.json")
+	code, _, errb := runCLI(t, "replay", capPath, "--out", snapPath)
+	if code != exitClean || !strings.Contains(errb, "timestamp out of range") || !strings.Contains(errb, `"packet": 4`) {
+		t.Errorf("exit %d, want 0 and a warning naming packet 4\n%s", code, errb)
+	}
+	s, err := snapshot.ReadFile(snapPath)
+	if err != nil {
+		t.Fatalf("no snapshot: %v", err)
+	}
+	if s.End.Year() != 2026 || s.Stats.PacketsIngress+s.Stats.PacketsEgress != 7 {
+		t.Errorf("snapshot end %s, %d packets; want 2026 and all 7", s.End, s.Stats.PacketsIngress+s.Stats.PacketsEgress)
+	}
+
+	netlink := append([]byte(nil), labCapture(t)[:24]...)
+	netlink[20] = 253 // LINKTYPE_NETLINK
+	nlPath := filepath.Join(dir, "nl.pcap")
+	if err := os.WriteFile(nlPath, netlink, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errb = runCLI(t, "replay", nlPath, "--out", filepath.Join(dir, "nl.json"))
+	if code != exitError || !strings.Contains(errb, "unsupported link type Linux netlink (253): replay reads") {
+		t.Errorf("netlink: exit %d\n%s", code, errb)
 	}
 }
