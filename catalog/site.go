@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
 	"go4.org/netipx"
 )
 
@@ -186,6 +188,45 @@ func pathName(path []any) string {
 		s[i] = fmt.Sprint(p)
 	}
 	return strings.Join(s, ".")
+}
+
+// LooksLikeSite tells a site file from a catalog file by its top-level
+// keys, without decoding it (so an alias bomb costs nothing here): a
+// "format" of flowaudit-site/… is a site and any other format a catalog;
+// without one, a file with rules, family or documents is a catalog and one
+// with zones, hosts, self or a roles mapping is a site.
+func LooksLikeSite(data []byte) bool {
+	f, err := parser.ParseBytes(data, 0)
+	if err != nil || len(f.Docs) == 0 || f.Docs[0] == nil {
+		return false
+	}
+	top := map[string]ast.Node{}
+	for _, mv := range mappingValues(f.Docs[0].Body) {
+		if k, ok := mv.Key.(ast.Node); ok {
+			top[scalarString(k)] = mv.Value
+		}
+	}
+	if v, ok := top["format"]; ok {
+		return strings.HasPrefix(scalarString(v), "flowaudit-site/")
+	}
+	for _, k := range []string{"rules", "family", "documents"} {
+		if _, ok := top[k]; ok {
+			return false
+		}
+	}
+	for _, k := range []string{"zones", "hosts", "self"} {
+		if _, ok := top[k]; ok {
+			return true
+		}
+	}
+	if v, ok := top["roles"]; ok {
+		_, isMap := unwrap(v).(*ast.MappingNode)
+		if !isMap {
+			_, isMap = unwrap(v).(*ast.MappingValueNode)
+		}
+		return isMap
+	}
+	return false
 }
 
 // Contains reports whether addr is an address of peer at this site. bound

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/goccy/go-yaml"
 	"github.com/spf13/pflag"
 
 	"github.com/flowaudit/flowaudit/catalog"
@@ -488,30 +487,11 @@ func catalogFilesIn(err error, files []string) int {
 }
 
 // catalogLooksLikeSite tells a site file from a catalog file by its top-level
-// keys: a catalog has format flowaudit-catalog/v1 and rules; a site has
-// zones, roles or hosts mappings and no rules.
+// keys (catalog.LooksLikeSite); it does not decode the file.
 func catalogLooksLikeSite(path string) bool {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return false
 	}
-	var top map[string]any
-	if err := yaml.Unmarshal(data, &top); err != nil {
-		return false
-	}
-	if f, ok := top["format"].(string); ok {
-		return strings.HasPrefix(f, "flowaudit-site/")
-	}
-	for _, k := range []string{"rules", "family", "documents"} {
-		if _, ok := top[k]; ok {
-			return false
-		}
-	}
-	for _, k := range []string{"zones", "hosts", "self"} {
-		if _, ok := top[k]; ok {
-			return true
-		}
-	}
-	_, isMap := top["roles"].(map[string]any)
-	return isMap
+	return catalog.LooksLikeSite(data)
 }
