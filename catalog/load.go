@@ -650,9 +650,11 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 			m.Role = peer.Role
 			m.MirrorOf = r.ID
 			m.Peer = Peer{Kind: PeerRole, Role: role, Zone: roles[role].Zone}
-			if len(ruleRoles) > 1 && m.Requirement == Required {
+			if len(ruleRoles) > 1 && m.Requirement != Optional {
 				// The peer talks to one of the rule's roles (a
-				// master or a probe), not to each.
+				// master or a probe), not to each: allowed, not
+				// expected — while the rule's condition holds, if
+				// it has one (Condition is kept).
 				m.Requirement = Optional
 			}
 			if dir == snapshot.Inbound {
