@@ -88,10 +88,14 @@ func ParseSite(name string, data []byte) (*Site, error) {
 		lines:   map[string]int{},
 	}
 	if raw.Product != "" {
-		if _, ver, ok := strings.Cut(raw.Product, "@"); ok {
+		ref, ed, hasEd := strings.Cut(raw.Product, "#")
+		if _, ver, ok := strings.Cut(ref, "@"); ok {
 			if _, err := ParseVersion(ver); err != nil {
 				e.add(d.line("product"), "product %q: %v", raw.Product, err)
 			}
+		}
+		if hasEd && !reLowerID.MatchString(ed) {
+			e.add(d.line("product"), "product %q: bad edition %q", raw.Product, ed)
 		}
 	}
 	if raw.Zones == nil && raw.Roles == nil && raw.Hosts == nil && raw.Self == nil {

@@ -51,7 +51,11 @@ func (m *Matrix) WriteText(w io.Writer, notes bool) error {
 	if len(m.Conditions) > 0 {
 		conds = strings.Join(m.Conditions, ", ")
 	}
-	fmt.Fprintf(w, "%s@%s  role %s  (family %s; conditions on: %s)\n", m.Product, m.Version, m.Role, m.Family, conds)
+	fam := m.Family
+	if m.Edition != "" {
+		fam += ", edition " + m.Edition
+	}
+	fmt.Fprintf(w, "%s@%s  role %s  (family %s; conditions on: %s)\n", m.Product, m.Version, m.Role, fam, conds)
 	if len(m.Rules) == 0 {
 		_, err := fmt.Fprintln(w, "  (no rules)")
 		return err

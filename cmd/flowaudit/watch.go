@@ -65,7 +65,7 @@ func runWatch(e *env, args []string) (err error) {
 		stateDir string
 		keep     int
 	)
-	fs := newFlagSet(e, "watch", "flowaudit watch --iface IFACE --matrix PRODUCT[@VERSION] --role ROLE [--site FILE] [flags]", watchExamples)
+	fs := newFlagSet(e, "watch", "flowaudit watch --iface IFACE --matrix PRODUCT[@VERSION][#EDITION] --role ROLE [--site FILE] [flags]", watchExamples)
 	af.register(fs)
 	lf.register(fs, 0)
 	fs.DurationVar(&interval, "interval", time.Minute, "how often to evaluate (and snapshot)")
