@@ -95,3 +95,33 @@ func TestCatalogShowEdition(t *testing.T) {
 		t.Errorf("list --json editions: %+v", products[0].Families)
 	}
 }
+
+// The rules file names the edition its matrix follows.
+func TestRulesEdition(t *testing.T) {
+	dir := t.TempDir()
+	site := catalogWriteFile(t, dir, "site.yaml", "roles:\n  hids-host: [10.9.0.0/24]\n")
+	snap := writeSnap(t, tflow(snapshot.Outbound, snapshot.TCP, 445, "10.9.0.5", snapshot.Evidence{}))
+	for ref, want := range map[string]string{
+		"usm@5.6.5#alienvault": "USM Appliance (OSSIM) 5.6.5 (alienvault edition), role sensor",
+		"usm":                  "USM Appliance (OSSIM) 5.6.5 (levelblue edition), role sensor",
+		"utmstack@11":          "UTMStack 11, role manager",
+	} {
+		role, siteArgs := "sensor", []string{"--site", site}
+		if strings.HasPrefix(ref, "utmstack") {
+			role, siteArgs = "manager", nil
+		}
+		out := filepath.Join(dir, "rules.nft")
+		args := append([]string{"rules", "--snapshot", snap, "--matrix", ref, "--role", role}, siteArgs...)
+		code, _, errb := runCLI(t, append(args, "--mode", "documented", "--allow-quiet", "--target", "nftables", "--out", out)...)
+		if code != exitClean {
+			t.Fatalf("%s: exit %d: %s", ref, code, errb)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), want) {
+			t.Errorf("%s: rules file lacks %q:\n%.1500s", ref, want, b)
+		}
+	}
+}
