@@ -370,11 +370,16 @@ type Rule struct {
 	// Editions restricts the rule to these editions of the family's
 	// document; empty: every edition.
 	Editions []string `json:"editions,omitempty"`
-	// Configurable marks ports the document says can be changed.
-	Configurable bool       `json:"configurable,omitempty"`
-	Purpose      string     `json:"purpose"`
-	Citation     Citation   `json:"citation"`
-	SeeAlso      []Citation `json:"see_also,omitempty"`
+	// Configurable marks ports the document says can be changed; a site
+	// file may then give the port in use (Site.ApplyPorts).
+	Configurable bool `json:"configurable,omitempty"`
+	// DefaultPorts are the document's ports when a site file overrode
+	// them (Ports holds the site's); PortsFrom is the site file line.
+	DefaultPorts []PortRange `json:"default_ports,omitempty"`
+	PortsFrom    SourcePos   `json:"ports_from,omitzero"`
+	Purpose      string      `json:"purpose"`
+	Citation     Citation    `json:"citation"`
+	SeeAlso      []Citation  `json:"see_also,omitempty"`
 	// MirrorOf is the ID of the written rule a mirrored rule was derived
 	// from (peer-role rules are written once, for one side).
 	MirrorOf string    `json:"mirror_of,omitempty"`

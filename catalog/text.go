@@ -19,8 +19,9 @@ func (r Rule) RequirementString() string {
 	return r.Requirement.String() + " if " + r.Condition
 }
 
-// Flags lists the rule's flags: deprecated, configurable, supplementary
-// (cited from outside the seed documents), mirror.
+// Flags lists the rule's flags: deprecated, configurable, site-port (a
+// site file gave the port in use), supplementary (cited from outside the
+// seed documents).
 func (r Rule) Flags() []string {
 	var f []string
 	if r.Deprecated {
@@ -28,6 +29,9 @@ func (r Rule) Flags() []string {
 	}
 	if r.Configurable {
 		f = append(f, "configurable")
+	}
+	if r.DefaultPorts != nil {
+		f = append(f, "site-port")
 	}
 	if r.Citation.Supplementary() {
 		f = append(f, "supplementary")

@@ -125,3 +125,52 @@ func TestRulesEdition(t *testing.T) {
 		}
 	}
 }
+
+// A site file gives the port a configurable rule uses (issue 12 item 16):
+// the USM VPN on 33900 is documented, 33800 is not; the report says where
+// the port came from.
+func TestAuditSitePortOverride(t *testing.T) {
+	dir := t.TempDir()
+	base := "roles:\n  sensor: [10.8.0.2]\nzones:\n  ADMIN_NETWORK: 192.0.2.0/24\n"
+	site := catalogWriteFile(t, dir, "site.yaml", base+"ports:\n  usm.server.vpn: 33900\n")
+	open := snapshot.Evidence{SynIn: 1, SynAckOut: 1}
+	snap := writeSnap(t, tflow(snapshot.Inbound, snapshot.TCP, 33900, "10.8.0.2", open))
+	args := func(site string) []string {
+		return []string{"audit", "--matrix", "usm@5.6.5", "--role", "server", "--conditions", "vpn", "--site", site, "--snapshot", snap}
+	}
+	r := auditJSON(t, args(site)...)
+	if hasFinding(r, audit.UnexpectedOpenPort, "33900") || hasFinding(r, audit.MissingRequired, "33900") {
+		t.Errorf("33900 not documented with the override: %+v", r.Findings)
+	}
+	var vpn *audit.RuleStatus
+	for i := range r.Rules {
+		if r.Rules[i].Rule.ID == "usm.server.vpn" {
+			vpn = &r.Rules[i]
+		}
+	}
+	if vpn == nil || vpn.Rule.Ports != "33900" || vpn.Rule.DefaultPorts != "33800" || vpn.Rule.PortsFrom != site+":6" || vpn.Status != audit.StatusSeen {
+		t.Errorf("vpn rule: %+v", vpn)
+	}
+	// Without the override, 33900 is an open port the matrix does not know.
+	plain := catalogWriteFile(t, dir, "plain.yaml", base)
+	out := filepath.Join(dir, "plain.json")
+	code, _, errb := runCLI(t, append(args(plain), "--format", "json", "--out", out)...)
+	b, _ := os.ReadFile(out)
+	if code != exitFindings || !strings.Contains(string(b), `"unexpected-open-port/`) {
+		t.Errorf("no override: exit %d %s", code, errb)
+	}
+	// A rule the document does not call configurable: refused, file:line.
+	bad := catalogWriteFile(t, dir, "bad.yaml", base+"ports:\n  usm.server.web-ui: 8443\n")
+	if code, _, errb := runCLI(t, args(bad)...); code != exitError || !strings.Contains(errb, bad+`:6: port override: rule \"usm.server.web-ui\" (tcp/443) is not configurable`) {
+		t.Errorf("not configurable: exit %d: %s", code, errb)
+	}
+	// catalog validate checks overrides against the site's product.
+	checked := catalogWriteFile(t, dir, "checked.yaml", "product: usm@5.6.5#alienvault\n"+base+"ports:\n  usm.server.vpm: 33900\n")
+	if code, _, errs := runCatalogCLI(t, "catalog", "validate", checked); code != exitError || !strings.Contains(errs, checked+`:7: port override: no rule "usm.server.vpm" in usm@5.6.5 (configurable: usm.server.vpn)`) {
+		t.Errorf("validate: exit %d: %s", code, errs)
+	}
+	example := filepath.Join("..", "..", "catalog", "testdata", "site", "usm-sensor.yaml")
+	if code, out, errs := runCatalogCLI(t, "catalog", "validate", example); code != exitClean || !strings.Contains(out, "checked against usm@5.6.5") {
+		t.Errorf("example: exit %d: %s %s", code, out, errs)
+	}
+}

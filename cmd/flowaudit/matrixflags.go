@@ -80,6 +80,10 @@ func (m *matrixFlags) resolve() (*resolved, error) {
 		if err := s.Check(p, v); err != nil {
 			return nil, err
 		}
+		// Configurable ports the site gives (USM VPN, VSOS proxies).
+		if err := s.ApplyPorts(p, mx); err != nil {
+			return nil, err
+		}
 		r.site = s
 	}
 	return r, nil
