@@ -304,10 +304,24 @@ func bombYAML() string {
 func TestAliasBombSite(t *testing.T) {
 	dir := t.TempDir()
 	bomb := catalogWriteFile(t, dir, "bomb.yaml", bombYAML())
-	for _, args := range [][]string{
-		{"catalog", "validate", bomb},
-		{"audit", "--matrix", "utmstack@11", "--role", "manager", "--site", bomb, "--snapshot", filepath.Join(dir, "none.json")},
+	// The same bomb as a shared catalog (--catalog): under a rule's ports.
+	catSrc := strings.Replace(catalogTestYAML, "    ports: [443]\n",
+		"    ports:\n"+strings.ReplaceAll(strings.TrimPrefix(bombYAML(), "zones:\n  ADMIN_IP:\n"), `"192.0.2.1"`, "443"), 1)
+	if !strings.Contains(catSrc, "&l8 [*l7") {
+		t.Fatal("test bug: bomb not placed in the catalog")
+	}
+	bombCat := catalogWriteFile(t, dir, "bombcat.yaml", catSrc)
+	none := filepath.Join(dir, "none.json")
+	for _, tc := range []struct {
+		file string // the file the error must name
+		args []string
+	}{
+		{bomb, []string{"catalog", "validate", bomb}},
+		{bomb, []string{"audit", "--matrix", "utmstack@11", "--role", "manager", "--site", bomb, "--snapshot", none}},
+		{bombCat, []string{"catalog", "list", "--catalog", bombCat}},
+		{bombCat, []string{"audit", "--catalog", bombCat, "--matrix", "utmstack@11", "--role", "manager", "--snapshot", none}},
 	} {
+		bomb, args := tc.file, tc.args
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
