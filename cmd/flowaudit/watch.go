@@ -113,6 +113,7 @@ func runWatch(e *env, args []string) (err error) {
 	w := &watcher{e: e, af: &af, res: res, settle: settle, now: time.Now, t: newTracker(settle), dir: dir, keep: keep,
 		events: map[eventKind]int{},
 		scope:  newScope(res.matrix.Product, res.matrix.Version, res.matrix.Role, res.matrix.Conditions, lf.ifaces)}
+	w.scope.Edition = res.matrix.Edition
 	// Restored findings count their absence from the start of the watch.
 	w.started = w.now()
 	if stateDir != "" {
