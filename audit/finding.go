@@ -88,16 +88,27 @@ type RuleRef struct {
 	Purpose     string              `json:"purpose"`
 	Citation    catalog.Citation    `json:"citation"`
 	Source      catalog.SourcePos   `json:"source"`
+	// PortsFrom is the site file line that set Ports, for a configurable
+	// port the site overrode; DefaultPorts the document's ports then.
+	PortsFrom    string `json:"ports_from,omitempty"`
+	DefaultPorts string `json:"default_ports,omitempty"`
 }
 
 func refOf(r *catalog.Rule) *RuleRef {
 	if r == nil {
 		return nil
 	}
-	return &RuleRef{
+	ref := &RuleRef{
 		ID: r.ID, Direction: r.Direction, Proto: r.ProtoString(), Ports: r.PortString(), Peer: r.Peer.String(),
 		Requirement: r.Requirement, Condition: r.Condition, Purpose: r.Purpose, Citation: r.Citation, Source: r.Source,
 	}
+	if r.DefaultPorts != nil {
+		ref.PortsFrom = r.PortsFrom.String()
+		d := *r
+		d.Ports = r.DefaultPorts
+		ref.DefaultPorts = d.PortString()
+	}
+	return ref
 }
 
 // PeerCount is one peer, or one prefix of peers, and how much traffic it

@@ -173,12 +173,15 @@ type SnapshotInfo struct {
 
 // MatrixInfo names the matrix audited against.
 type MatrixInfo struct {
-	Product     string   `json:"product"`
-	ProductName string   `json:"product_name"`
-	Version     string   `json:"version"`
-	Role        string   `json:"role"`
-	Conditions  []string `json:"conditions"`
-	Rules       int      `json:"rules"`
+	Product     string `json:"product"`
+	ProductName string `json:"product_name"`
+	Version     string `json:"version"`
+	// Edition is the edition of the vendor document the matrix follows,
+	// for a product documented in several (USM: alienvault, levelblue).
+	Edition    string   `json:"edition,omitempty"`
+	Role       string   `json:"role"`
+	Conditions []string `json:"conditions"`
+	Rules      int      `json:"rules"`
 }
 
 // Rule statuses.
@@ -229,7 +232,7 @@ func newReport(snap *snapshot.Snapshot, o Options) *Report {
 		Start: snap.Start, End: snap.End, Window: snap.Window().Round(time.Second).String(), Flows: len(snap.Flows), Overflow: len(snap.Overflow), Stats: snap.Stats,
 	}
 	m := o.Matrix
-	r.Matrix = MatrixInfo{Product: m.Product, ProductName: m.ProductName, Version: m.Version, Role: m.Role,
+	r.Matrix = MatrixInfo{Product: m.Product, ProductName: m.ProductName, Version: m.Version, Edition: m.Edition, Role: m.Role,
 		Conditions: append([]string{}, m.Conditions...), Rules: len(m.Rules)}
 	if o.Site != nil {
 		r.Site = o.Site.Source

@@ -38,8 +38,55 @@ func (c *Catalog) Product(name string) (*Product, bool) {
 // Resolve parses "PRODUCT[@VERSION]" ("utmstack@11", "usm@5.6.5", "vsos",
 // "utmstack"). Without a version it returns the newest release the
 // product's documents name (Product.Latest). A version no family covers is
-// an error.
+// an error, and so is an edition ("#alienvault"): use ResolveRef for
+// references that may name one.
 func (c *Catalog) Resolve(ref string) (*Product, Version, error) {
+	if _, ed, ok := strings.Cut(ref, "#"); ok {
+		return nil, Version{}, fmt.Errorf("%s: edition %q given where none is taken", ref, ed)
+	}
+	return c.resolve(ref)
+}
+
+// ResolveRef parses "PRODUCT[@VERSION][#EDITION]" ("usm@5.6.5#alienvault",
+// "usm#alienvault", "utmstack@11") like Resolve, and returns the edition of
+// the document the matrix is to follow: the one named, which the family
+// for the version must declare, or else the family's default (its newest;
+// "" for a family with one document).
+func (c *Catalog) ResolveRef(ref string) (*Product, Version, string, error) {
+	base, ed, hasEd := strings.Cut(strings.TrimSpace(ref), "#")
+	p, v, err := c.resolve(base)
+	if err != nil {
+		return nil, Version{}, "", err
+	}
+	f, err := p.Family(v)
+	if err != nil {
+		return nil, Version{}, "", err
+	}
+	if !hasEd {
+		return p, v, f.DefaultEdition(), nil
+	}
+	if err := f.checkEdition(p.ID, v, ed); err != nil {
+		return nil, Version{}, "", err
+	}
+	return p, v, ed, nil
+}
+
+// checkEdition reports an edition the family does not declare.
+func (f *Family) checkEdition(product string, v Version, ed string) error {
+	if _, ok := f.Edition(ed); ok {
+		return nil
+	}
+	if len(f.Editions) == 0 {
+		return fmt.Errorf("%s@%s has no editions (its family %s follows one document); drop #%s", product, v, f.ID, ed)
+	}
+	var names []string
+	for _, e := range f.Editions {
+		names = append(names, e.Name)
+	}
+	return fmt.Errorf("%s@%s has no edition %q (editions: %s; default %s)", product, v, ed, strings.Join(names, ", "), f.DefaultEdition())
+}
+
+func (c *Catalog) resolve(ref string) (*Product, Version, error) {
 	name, ver, hasVer := strings.Cut(strings.TrimSpace(ref), "@")
 	p, ok := c.Product(name)
 	if !ok {
@@ -227,12 +274,28 @@ func (f *Family) Rules() []Rule {
 // (another appliance of its kind, e.g. an HA standby) stays as it is.
 // Rules that allow the same traffic as one already in the matrix are
 // dropped, the composite's own rules winning.
+//
+// A family with several editions of its document gets the matrix of its
+// default edition (the newest); EffectiveEdition chooses another.
 func (p *Product) Effective(v Version, role string, conds map[string]bool) (*Matrix, error) {
+	return p.EffectiveEdition(v, "", role, conds)
+}
+
+// EffectiveEdition is Effective for the matrix following one edition of
+// the family's document ("" for the default): rules restricted to other
+// editions are left out. An edition the family does not declare is an
+// error.
+func (p *Product) EffectiveEdition(v Version, edition, role string, conds map[string]bool) (*Matrix, error) {
 	if v.IsZero() {
 		v = p.Latest()
 	}
 	f, err := p.Family(v)
 	if err != nil {
+		return nil, err
+	}
+	if edition == "" {
+		edition = f.DefaultEdition()
+	} else if err := f.checkEdition(p.ID, v, edition); err != nil {
 		return nil, err
 	}
 	ri, ok := f.Role(role)
@@ -269,6 +332,9 @@ func (p *Product) Effective(v Version, role string, conds map[string]bool) (*Mat
 		if !holds(r.Condition) {
 			return r, false
 		}
+		if len(r.Editions) > 0 && !slices.Contains(r.Editions, edition) {
+			return r, false
+		}
 		switch {
 		case r.inForce.Contains(v):
 		case r.hasDepr && r.deprecated.Contains(v):
@@ -280,10 +346,11 @@ func (p *Product) Effective(v Version, role string, conds map[string]bool) (*Mat
 		r.SeeAlso = slices.Clone(r.SeeAlso)
 		r.Protos = slices.Clone(r.Protos)
 		r.Ports = slices.Clone(r.Ports)
+		r.Editions = slices.Clone(r.Editions)
 		return r, true
 	}
 
-	m := &Matrix{Product: p.ID, ProductName: p.Name, Version: v.String(), Family: f.ID, Role: role, Conditions: on, Rules: []Rule{}}
+	m := &Matrix{Product: p.ID, ProductName: p.Name, Version: v.String(), Family: f.ID, Edition: edition, Role: role, Conditions: on, Rules: []Rule{}}
 	seen := map[string]bool{}
 	add := func(r Rule) {
 		k := ruleKey(r)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
@@ -45,6 +46,19 @@ func (l ErrorList) Error() string {
 
 func (l ErrorList) Unwrap() error { return ErrInvalid }
 
+// Bounds on what a hostile or broken file can make the loaders report.
+const (
+	// maxErrorsPerFile is the number of problems reported per file; the
+	// rest are summed up in one more line.
+	maxErrorsPerFile = 50
+	// maxMessageLen bounds one message (it may quote a value from the
+	// file); longer ones are clipped.
+	maxMessageLen = 1000
+)
+
+// sorted sorts the list by file and line and keeps at most
+// maxErrorsPerFile problems per file, replacing the rest by one line
+// saying how many were left out.
 func (l ErrorList) sorted() ErrorList {
 	sort.SliceStable(l, func(i, j int) bool {
 		if l[i].File != l[j].File {
@@ -52,7 +66,33 @@ func (l ErrorList) sorted() ErrorList {
 		}
 		return l[i].Line < l[j].Line
 	})
-	return l
+	out := l[:0:0]
+	for i := 0; i < len(l); {
+		j := i
+		for j < len(l) && l[j].File == l[i].File {
+			j++
+		}
+		if n := j - i; n > maxErrorsPerFile {
+			out = append(out, l[i:i+maxErrorsPerFile]...)
+			out = append(out, &Error{File: l[i].File, Msg: fmt.Sprintf("… and %d more problems (the first %d are shown)", n-maxErrorsPerFile, maxErrorsPerFile)})
+		} else {
+			out = append(out, l[i:j]...)
+		}
+		i = j
+	}
+	return out
+}
+
+// clip shortens a message to maxMessageLen bytes (on a rune boundary).
+func clip(msg string) string {
+	if len(msg) <= maxMessageLen {
+		return msg
+	}
+	cut := maxMessageLen
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes clipped)", msg[:cut], len(msg)-cut)
 }
 
 // errs collects errors for one file.
@@ -62,7 +102,7 @@ type errs struct {
 }
 
 func (e *errs) add(line int, format string, args ...any) {
-	e.list = append(e.list, &Error{File: e.file, Line: line, Msg: fmt.Sprintf(format, args...)})
+	e.list = append(e.list, &Error{File: e.file, Line: line, Msg: clip(fmt.Sprintf(format, args...))})
 }
 
 // yamlDoc is a parsed YAML file with helpers to find the line of any value.
@@ -77,6 +117,9 @@ func parseYAML(file string, data []byte, v any) (*yamlDoc, *Error) {
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return nil, yamlError(file, err)
+	}
+	if e := checkAliases(file, f); e != nil {
+		return nil, e
 	}
 	var body ast.Node
 	n := 0
@@ -113,7 +156,7 @@ var dupKey = strings.NewReplacer("mapping key", "duplicate key", "already define
 func yamlError(file string, err error) *Error {
 	var ye yaml.Error
 	if !errors.As(err, &ye) {
-		return &Error{File: file, Msg: err.Error()}
+		return &Error{File: file, Msg: clip(err.Error())}
 	}
 	tk := ye.GetToken()
 	ln := 0
@@ -152,7 +195,7 @@ func yamlError(file string, err error) *Error {
 	case tk != nil && tk.Value != "" && !strings.Contains(msg, tk.Value):
 		msg = fmt.Sprintf("%s (at %q)", msg, tk.Value)
 	}
-	return &Error{File: file, Line: ln, Msg: msg}
+	return &Error{File: file, Line: ln, Msg: clip(msg)}
 }
 
 func goTypeName(t string) string {
@@ -320,4 +363,92 @@ func scalarString(n ast.Node) string {
 		return fmt.Sprint(t.GetValue())
 	}
 	return n.String()
+}
+
+// maxAliasNodes bounds how many YAML nodes alias expansion may add to a
+// file. Decoding expands every alias into a copy of its anchor's value, so
+// a few hundred bytes of nested anchors ("billion laughs") would otherwise
+// decode into gigabytes. The built-in catalogs use aliases to share a
+// citation (a few dozen nodes each).
+const maxAliasNodes = 10000
+
+// checkAliases counts, before anything is decoded, the nodes alias
+// expansion would add to the document and refuses the file when that is
+// more than maxAliasNodes. It walks the AST once, remembering the expanded
+// size of each anchor when it is defined (an alias can only refer to an
+// anchor defined before it), so the check costs the size of the file, not
+// of its expansion.
+func checkAliases(file string, f *ast.File) *Error {
+	c := aliasCounter{file: file, anchors: map[string]int{}}
+	for _, d := range f.Docs {
+		if d != nil {
+			c.size(d.Body)
+		}
+		if c.err != nil {
+			return c.err
+		}
+	}
+	return nil
+}
+
+type aliasCounter struct {
+	file    string
+	anchors map[string]int // anchor name → nodes of its expanded value
+	added   int            // nodes added by expanding aliases so far
+	err     *Error
+}
+
+// size returns the number of nodes n stands for once aliases are expanded,
+// saturating above maxAliasNodes (the walk stops at the first alias that
+// crosses the bound).
+func (c *aliasCounter) size(n ast.Node) int {
+	if n == nil || c.err != nil {
+		return 0
+	}
+	const sat = maxAliasNodes + 1
+	sum := func(a, b int) int { return min(a+b, sat) }
+	switch t := n.(type) {
+	case *ast.AnchorNode:
+		s := c.size(t.Value)
+		if t.Name != nil {
+			c.anchors[scalarString(t.Name)] = s
+		}
+		return s
+	case *ast.AliasNode:
+		s, ok := 1, false
+		if t.Value != nil {
+			s, ok = c.anchors[scalarString(t.Value)]
+		}
+		if !ok {
+			return 1 // an unknown anchor: the decoder reports it
+		}
+		c.added = sum(c.added, s)
+		if c.added > maxAliasNodes {
+			c.err = &Error{File: c.file, Line: line(t), Msg: fmt.Sprintf(
+				"YAML aliases would expand to more than %d nodes (at alias %s); aliases are allowed only for small repeated values",
+				maxAliasNodes, clip(strings.TrimSpace(t.String())))}
+		}
+		return s
+	case *ast.TagNode:
+		return c.size(t.Value)
+	case *ast.MappingKeyNode:
+		return c.size(t.Value)
+	case *ast.MappingValueNode:
+		return sum(1, sum(c.size(t.Key), c.size(t.Value)))
+	case *ast.MappingNode:
+		s := 1
+		for _, v := range t.Values {
+			s = sum(s, c.size(v))
+		}
+		return s
+	case *ast.SequenceNode:
+		s := 1
+		for _, v := range t.Values {
+			s = sum(s, c.size(v))
+		}
+		return s
+	case *ast.DocumentNode:
+		return c.size(t.Body)
+	}
+	return 1
 }

@@ -15,8 +15,9 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/go
 
 // goldenVersions are the releases whose matrices are kept as goldens: the
 // latest of every family, plus USM releases on either side of its version
-// boundaries (otx 5.1+, WalkMe 5.4.3, 9391 before 5.6.5).
-var goldenVersions = []string{"usm@5.0", "usm@5.4", "usm@5.6.5", "utmstack@10", "utmstack@11", "vsos@9.2"}
+// boundaries (otx 5.1+, WalkMe 5.4.3, 9391 before 5.6.5), and every
+// edition of a family's document (USM: levelblue by default, alienvault).
+var goldenVersions = []string{"usm@5.0", "usm@5.4", "usm@5.6.5", "usm@5.6.5#alienvault", "utmstack@10", "utmstack@11", "vsos@9.2"}
 
 // conditionSets returns the combinations a golden covers: none, each
 // condition alone, and all together.
@@ -37,7 +38,7 @@ func TestGoldenMatrices(t *testing.T) {
 	c := builtinT(t)
 	seen := map[string]bool{}
 	for _, ref := range goldenVersions {
-		p, v, err := c.Resolve(ref)
+		p, v, ed, err := c.ResolveRef(ref)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +46,7 @@ func TestGoldenMatrices(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen[p.ID+"/"+f.ID] = true
+		seen[p.ID+"/"+f.ID+"#"+ed] = true
 		for _, role := range f.RoleNames() {
 			var buf bytes.Buffer
 			nonEmpty := false
@@ -54,9 +55,12 @@ func TestGoldenMatrices(t *testing.T) {
 				for _, n := range set {
 					conds[n] = true
 				}
-				m, err := p.Effective(v, role, conds)
+				m, err := p.EffectiveEdition(v, ed, role, conds)
 				if err != nil {
 					t.Fatalf("%s %s %v: %v", ref, role, set, err)
+				}
+				if m.Edition != ed {
+					t.Fatalf("%s: matrix follows edition %q", ref, m.Edition)
 				}
 				nonEmpty = nonEmpty || len(m.Rules) > 0
 				if err := m.WriteText(&buf, false); err != nil {
@@ -70,11 +74,20 @@ func TestGoldenMatrices(t *testing.T) {
 			checkGolden(t, filepath.Join("testdata", "golden", ref, role+".txt"), buf.Bytes())
 		}
 	}
-	// Every family of every product has goldens.
+	// Every family (and every edition of its document) has goldens.
 	for _, p := range c.Products() {
 		for _, f := range p.Families() {
-			if !seen[p.ID+"/"+f.ID] {
-				t.Errorf("no golden for %s family %s", p.ID, f.ID)
+			eds := []string{""}
+			if len(f.Editions) > 0 {
+				eds = nil
+				for _, e := range f.Editions {
+					eds = append(eds, e.Name)
+				}
+			}
+			for _, ed := range eds {
+				if !seen[p.ID+"/"+f.ID+"#"+ed] {
+					t.Errorf("no golden for %s family %s edition %q", p.ID, f.ID, ed)
+				}
 			}
 		}
 	}

@@ -26,6 +26,7 @@ type rawFile struct {
 	Product    *rawProduct  `yaml:"product"`
 	Family     *rawFamily   `yaml:"family"`
 	Documents  []rawDoc     `yaml:"documents"`
+	Editions   []rawEdition `yaml:"editions"`
 	Roles      []rawRole    `yaml:"roles"`
 	Zones      []rawNamed   `yaml:"zones"`
 	Conditions []rawNamed   `yaml:"conditions"`
@@ -53,6 +54,12 @@ type rawDoc struct {
 	Title  string `yaml:"title"`
 	Source string `yaml:"source"`
 	URL    string `yaml:"url"`
+}
+
+type rawEdition struct {
+	ID          string `yaml:"id"`
+	Document    string `yaml:"document"`
+	Description string `yaml:"description"`
 }
 
 type rawRole struct {
@@ -107,6 +114,7 @@ type rawRule struct {
 	Condition    string        `yaml:"condition"`
 	Versions     string        `yaml:"versions"`
 	Deprecated   string        `yaml:"deprecated"`
+	Editions     []string      `yaml:"editions"`
 	Configurable bool          `yaml:"configurable"`
 	Purpose      string        `yaml:"purpose"`
 	Citation     *rawCitation  `yaml:"citation"`
@@ -329,6 +337,29 @@ func parseFile(name string, data []byte) (*fileResult, ErrorList) {
 		fam.Documents = append(fam.Documents, doc)
 	}
 
+	// Editions: each follows a declared document.
+	editions := map[string]string{} // edition → document
+	for i, ed := range raw.Editions {
+		ln := d.line("editions", i)
+		switch {
+		case !reLowerID.MatchString(ed.ID):
+			e.add(ln, "edition %q: want lower-case letters, digits and '-'", ed.ID)
+			continue
+		case editions[ed.ID] != "":
+			e.add(ln, "duplicate edition %q", ed.ID)
+			continue
+		}
+		if _, ok := docs[ed.Document]; !ok {
+			ids := map[string]bool{}
+			for id := range docs {
+				ids[id] = true
+			}
+			e.add(d.line("editions", i, "document"), "edition %q: unknown document %q%s", ed.ID, ed.Document, known(ids))
+		}
+		editions[ed.ID] = ed.Document
+		fam.Editions = append(fam.Editions, EditionInfo{Name: ed.ID, Document: ed.Document, Description: ed.Description})
+	}
+
 	// Zones, conditions.
 	zones := map[string]bool{}
 	for i, z := range raw.Zones {
@@ -455,7 +486,7 @@ func parseFile(name string, data []byte) (*fileResult, ErrorList) {
 	// Rules.
 	ids := map[string]int{} // expanded ID → line
 	for i, rr := range raw.Rules {
-		rules := parseRule(d, e, fam, i, rr, roles, roleSet, zones, conds, cite)
+		rules := parseRule(d, e, fam, i, rr, roles, roleSet, zones, conds, editions, cite)
 		for _, r := range rules {
 			if prev, dup := ids[r.ID]; dup {
 				e.add(r.Source.Line, "duplicate rule id %q (also at line %d)", r.ID, prev)
@@ -473,7 +504,7 @@ func parseFile(name string, data []byte) (*fileResult, ErrorList) {
 
 // parseRule checks one written rule and returns it expanded: one rule per
 // role, plus the mirrored rule for a peer role.
-func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[string]*RoleInfo, roleSet, zones, conds map[string]bool, cite func(string, *rawCitation, ...any) Citation) []Rule {
+func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[string]*RoleInfo, roleSet, zones, conds map[string]bool, editions map[string]string, cite func(string, *rawCitation, ...any) Citation) []Rule {
 	at := func(k ...any) int { return d.line(append([]any{"rules", i}, k...)...) }
 	ln := at()
 	nerr := len(e.list)
@@ -627,13 +658,44 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 	for j := range rr.SeeAlso {
 		also = append(also, cite(label+": see_also: ", &rr.SeeAlso[j], "rules", i, "see_also", j))
 	}
+	// Editions: known, and the rule cites the document of one of them.
+	if rr.Editions != nil {
+		switch {
+		case len(fam.Editions) == 0:
+			e.add(at("editions"), "%s: editions given but the family declares none", label)
+		case len(rr.Editions) == 0:
+			e.add(at("editions"), "%s: empty editions list (leave it out for every edition)", label)
+		}
+		names := map[string]bool{}
+		for n := range editions {
+			names[n] = true
+		}
+		seen := map[string]bool{}
+		citesOne := false
+		for j, ed := range rr.Editions {
+			doc, ok := editions[ed]
+			switch {
+			case !ok && len(fam.Editions) > 0:
+				e.add(at("editions", j), "%s: unknown edition %q%s", label, ed, known(names))
+			case seen[ed]:
+				e.add(at("editions", j), "%s: edition %q listed twice", label, ed)
+			}
+			seen[ed] = true
+			if ok && (c.Doc == doc || slices.ContainsFunc(also, func(a Citation) bool { return a.Doc == doc })) {
+				citesOne = true
+			}
+		}
+		if len(fam.Editions) > 0 && len(rr.Editions) > 0 && !citesOne && len(e.list) == nerr {
+			e.add(at("editions"), "%s: restricted to editions %s but cites none of their documents", label, strings.Join(rr.Editions, ", "))
+		}
+	}
 	if len(e.list) > nerr {
 		return nil
 	}
 
 	base := Rule{
 		Direction: dir, Protos: protos, Ports: ports, Peer: peer,
-		Requirement: req, Condition: rr.Condition, Versions: inForce.String(),
+		Requirement: req, Condition: rr.Condition, Versions: inForce.String(), Editions: rr.Editions,
 		Configurable: rr.Configurable, Purpose: strings.TrimSpace(rr.Purpose),
 		Citation: c, SeeAlso: also, Source: SourcePos{File: d.file, Line: ln},
 		inForce: inForce, deprecated: depr, hasDepr: rr.Deprecated != "",
@@ -650,9 +712,11 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 			m.Role = peer.Role
 			m.MirrorOf = r.ID
 			m.Peer = Peer{Kind: PeerRole, Role: role, Zone: roles[role].Zone}
-			if len(ruleRoles) > 1 && m.Requirement == Required {
+			if len(ruleRoles) > 1 && m.Requirement != Optional {
 				// The peer talks to one of the rule's roles (a
-				// master or a probe), not to each.
+				// master or a probe), not to each: allowed, not
+				// expected — while the rule's condition holds, if
+				// it has one (Condition is kept).
 				m.Requirement = Optional
 			}
 			if dir == snapshot.Inbound {

@@ -43,7 +43,13 @@ type Family struct {
 	Versions Range
 	Latest   Version
 
-	Documents  []Document
+	Documents []Document
+	// Editions are the editions of the family's document, oldest first
+	// (USM: the AlienVault and the LevelBlue edition of one page); empty
+	// when the family follows one document. A matrix follows one edition:
+	// rules restricted to other editions are left out. The newest (last)
+	// is the default.
+	Editions   []EditionInfo
 	Roles      []RoleInfo
 	Zones      []ZoneInfo
 	Conditions []ConditionInfo
@@ -77,6 +83,35 @@ const (
 	SourceSupplementary = "supplementary"
 	SourceUser          = "user"
 )
+
+// EditionInfo describes an edition of a family's document: the matrix
+// following it has the rules common to all editions and those restricted
+// to it.
+type EditionInfo struct {
+	Name string `json:"name"`
+	// Document is the ID of the document (edition) it follows.
+	Document    string `json:"document"`
+	Description string `json:"description,omitempty"`
+}
+
+// DefaultEdition returns the edition a matrix follows when none is asked
+// for: the newest (the last declared); "" when the family has none.
+func (f *Family) DefaultEdition() string {
+	if len(f.Editions) == 0 {
+		return ""
+	}
+	return f.Editions[len(f.Editions)-1].Name
+}
+
+// Edition returns an edition of the family.
+func (f *Family) Edition(name string) (EditionInfo, bool) {
+	for _, e := range f.Editions {
+		if e.Name == name {
+			return e, true
+		}
+	}
+	return EditionInfo{}, false
+}
 
 // RoleInfo describes a role: a kind of host the catalog has rules for.
 type RoleInfo struct {
@@ -332,11 +367,19 @@ type Rule struct {
 	// port the vendor retired rather than as undocumented.
 	Versions   string `json:"versions,omitempty"`
 	Deprecated bool   `json:"deprecated,omitempty"`
-	// Configurable marks ports the document says can be changed.
-	Configurable bool       `json:"configurable,omitempty"`
-	Purpose      string     `json:"purpose"`
-	Citation     Citation   `json:"citation"`
-	SeeAlso      []Citation `json:"see_also,omitempty"`
+	// Editions restricts the rule to these editions of the family's
+	// document; empty: every edition.
+	Editions []string `json:"editions,omitempty"`
+	// Configurable marks ports the document says can be changed; a site
+	// file may then give the port in use (Site.ApplyPorts).
+	Configurable bool `json:"configurable,omitempty"`
+	// DefaultPorts are the document's ports when a site file overrode
+	// them (Ports holds the site's); PortsFrom is the site file line.
+	DefaultPorts []PortRange `json:"default_ports,omitempty"`
+	PortsFrom    SourcePos   `json:"ports_from,omitzero"`
+	Purpose      string      `json:"purpose"`
+	Citation     Citation    `json:"citation"`
+	SeeAlso      []Citation  `json:"see_also,omitempty"`
 	// MirrorOf is the ID of the written rule a mirrored rule was derived
 	// from (peer-role rules are written once, for one side).
 	MirrorOf string    `json:"mirror_of,omitempty"`
@@ -410,7 +453,10 @@ type Matrix struct {
 	ProductName string `json:"product_name"`
 	Version     string `json:"version"`
 	Family      string `json:"family"`
-	Role        string `json:"role"`
+	// Edition is the edition of the document the matrix follows, for a
+	// family with several (USM: alienvault, levelblue); "" otherwise.
+	Edition string `json:"edition,omitempty"`
+	Role    string `json:"role"`
 	// Conditions are the conditions switched on, sorted.
 	Conditions []string `json:"conditions"`
 	Rules      []Rule   `json:"rules"`

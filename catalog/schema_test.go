@@ -108,6 +108,9 @@ func TestSchemaValidatesSites(t *testing.T) {
 		"zones: {ADMIN_IP: 192.0.2.1}\nextra: 1\n",
 		"roles: {server: [not-an-address]}\n",
 		"format: flowaudit-site/v1\n",
+		"ports: {vpn: 33900}\n",
+		"ports: {usm.server.vpn: 70000}\n",
+		"ports: {usm.server.vpn: []}\n",
 	} {
 		if err := validateYAML(s, []byte(bad)); err == nil {
 			t.Errorf("schema accepted %q", bad)

@@ -196,7 +196,7 @@ func TestSeedPortsCovered(t *testing.T) {
 			var rules []Rule
 			for _, fam := range p.Families() {
 				for _, r := range fam.Rules() {
-					if citesDoc(r, doc) {
+					if citesDoc(r, doc) && inEditionOf(fam, r, doc) {
 						rules = append(rules, r)
 					}
 				}
@@ -238,6 +238,22 @@ func keyNum(k string) int {
 		n += 1 << 20
 	}
 	return n
+}
+
+// inEditionOf reports whether r is in the matrix following the edition
+// that is document doc (always, for a rule of every edition): a port the
+// LevelBlue edition gives must be in the levelblue matrix, not only in the
+// alienvault one.
+func inEditionOf(f *Family, r Rule, doc string) bool {
+	if len(r.Editions) == 0 {
+		return true
+	}
+	for _, name := range r.Editions {
+		if e, ok := f.Edition(name); ok && e.Document == doc {
+			return true
+		}
+	}
+	return false
 }
 
 func citesDoc(r Rule, doc string) bool {

@@ -5,9 +5,12 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
 	"go4.org/netipx"
 )
 
@@ -27,6 +30,11 @@ type Site struct {
 	Hosts   map[string]*netipx.IPSet
 	// Self are the audited host's addresses, if given.
 	Self *netipx.IPSet
+	// Ports overrides the ports of rules, by rule ID, where the site uses
+	// another port than the document's default for a port the document
+	// calls configurable (USM VPN 33800, VSOS proxy ports). Check
+	// validates the IDs against a product; ApplyPorts applies them.
+	Ports map[string][]PortRange
 	// Source is the file the site was read from.
 	Source string
 
@@ -40,9 +48,13 @@ type rawSite struct {
 	Zones   map[string]any `yaml:"zones"`
 	Roles   map[string]any `yaml:"roles"`
 	Hosts   map[string]any `yaml:"hosts"`
+	Ports   map[string]any `yaml:"ports"`
 }
 
-var reRole = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+var (
+	reRole   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+	reRuleID = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*){2,3}$`)
+)
 
 // LoadSite reads a site file:
 //
@@ -54,6 +66,8 @@ var reRole = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 //	hosts:
 //	  data.alienvault.com: [203.0.113.7]
 //	self: [198.51.100.7]
+//	ports:
+//	  usm.server.vpn: 33900
 //
 // Values are an address, a prefix (host bits must be zero), a range
 // "a-b", or a list of those. Problems are reported as an ErrorList of
@@ -82,18 +96,23 @@ func ParseSite(name string, data []byte) (*Site, error) {
 		Zones:   map[string]*netipx.IPSet{},
 		Roles:   map[string]*netipx.IPSet{},
 		Hosts:   map[string]*netipx.IPSet{},
+		Ports:   map[string][]PortRange{},
 		Source:  name,
 		lines:   map[string]int{},
 	}
 	if raw.Product != "" {
-		if _, ver, ok := strings.Cut(raw.Product, "@"); ok {
+		ref, ed, hasEd := strings.Cut(raw.Product, "#")
+		if _, ver, ok := strings.Cut(ref, "@"); ok {
 			if _, err := ParseVersion(ver); err != nil {
 				e.add(d.line("product"), "product %q: %v", raw.Product, err)
 			}
 		}
+		if hasEd && !reLowerID.MatchString(ed) {
+			e.add(d.line("product"), "product %q: bad edition %q", raw.Product, ed)
+		}
 	}
-	if raw.Zones == nil && raw.Roles == nil && raw.Hosts == nil && raw.Self == nil {
-		e.add(1, "site binds nothing (want zones, roles, hosts or self)")
+	if raw.Zones == nil && raw.Roles == nil && raw.Hosts == nil && raw.Self == nil && raw.Ports == nil {
+		e.add(1, "site binds nothing (want zones, roles, hosts, self or ports)")
 	}
 	section := func(key string, m map[string]any, valid func(string) bool, want string, out map[string]*netipx.IPSet) {
 		for _, kp := range d.keys(key) {
@@ -117,6 +136,17 @@ func ParseSite(name string, data []byte) (*Site, error) {
 	section("hosts", raw.Hosts, reDNS.MatchString, "not a DNS name", s.Hosts)
 	if raw.Self != nil {
 		s.Self = addrSet(d, e, raw.Self, "self")
+	}
+	for _, kp := range d.keys("ports") {
+		id := kp.key
+		if !reRuleID.MatchString(id) {
+			e.add(kp.line, "port override %q: want a rule ID FAMILY.ROLE.RULE (see flowaudit catalog show)", id)
+			continue
+		}
+		if prs := overridePorts(d, e, id, raw.Ports[id], kp.line); prs != nil {
+			s.Ports[id] = prs
+			s.lines["ports/"+id] = kp.line
+		}
 	}
 	if len(e.list) > 0 {
 		return nil, e.list.sorted()
@@ -180,12 +210,88 @@ func addrSet(d *yamlDoc, e *errs, v any, path ...any) *netipx.IPSet {
 	return set
 }
 
+// overridePorts parses the ports a site gives a rule: a port, a range
+// "lo-hi" or a list of them, as in catalogs, but not "any" nor port 0.
+func overridePorts(d *yamlDoc, e *errs, id string, v any, keyLine int) []PortRange {
+	label := fmt.Sprintf("port override of %q", id)
+	if v == nil {
+		e.add(keyLine, "%s: no ports", label)
+		return nil
+	}
+	if l, ok := v.([]any); ok && len(l) == 0 {
+		e.add(keyLine, "%s: no ports", label)
+		return nil
+	}
+	// parseRanges asks for the line of "ports" (the value) or of its j-th
+	// item; here the value sits at ports.<id>.
+	at := func(k ...any) int {
+		path := []any{"ports", id}
+		if len(k) > 1 {
+			path = append(path, k[1:]...)
+		}
+		return d.line(path...)
+	}
+	n := len(e.list)
+	prs := parseRanges(e, at, "ports", label, v, 65535, "port")
+	for _, pr := range prs {
+		switch {
+		case pr.Lo == 0 && pr.Hi == 65535:
+			e.add(at("ports"), "%s: give the port(s), not any", label)
+		case pr.Lo == 0:
+			e.add(at("ports"), "%s: port 0 is not a service port", label)
+		}
+	}
+	if len(e.list) > n {
+		return nil
+	}
+	return prs
+}
+
 func pathName(path []any) string {
 	s := make([]string, len(path))
 	for i, p := range path {
 		s[i] = fmt.Sprint(p)
 	}
 	return strings.Join(s, ".")
+}
+
+// LooksLikeSite tells a site file from a catalog file by its top-level
+// keys, without decoding it (so an alias bomb costs nothing here): a
+// "format" of flowaudit-site/… is a site and any other format a catalog;
+// without one, a file with rules, family or documents is a catalog and one
+// with zones, hosts, self, ports or a roles mapping is a site.
+func LooksLikeSite(data []byte) bool {
+	f, err := parser.ParseBytes(data, 0)
+	if err != nil || len(f.Docs) == 0 || f.Docs[0] == nil {
+		return false
+	}
+	top := map[string]ast.Node{}
+	for _, mv := range mappingValues(f.Docs[0].Body) {
+		if k, ok := mv.Key.(ast.Node); ok {
+			top[scalarString(k)] = mv.Value
+		}
+	}
+	if v, ok := top["format"]; ok {
+		return strings.HasPrefix(scalarString(v), "flowaudit-site/")
+	}
+	for _, k := range []string{"rules", "family", "documents"} {
+		if _, ok := top[k]; ok {
+			return false
+		}
+	}
+	for _, k := range []string{"zones", "hosts", "self", "ports"} {
+		if _, ok := top[k]; ok {
+			return true
+		}
+	}
+	if v, ok := top["roles"]; ok {
+		_, isMap := unwrap(v).(*ast.MappingNode)
+		if !isMap {
+			_, isMap = unwrap(v).(*ast.MappingValueNode)
+		}
+		return isMap
+	}
+	return false
 }
 
 // Contains reports whether addr is an address of peer at this site. bound
@@ -278,9 +384,92 @@ func (s *Site) Check(p *Product, v Version) error {
 			e.add(s.lines["roles/"+r], "role %q is not a role of %s@%s%s", r, p.ID, v, known(roles))
 		}
 	}
+	s.portTargets(e, p, v, f)
 	if len(e.list) > 0 {
 		return e.list.sorted()
 	}
+	return nil
+}
+
+// portTargets checks the site's port overrides against family f and
+// returns, for each, the ID of the written rule it changes (an override
+// may name a mirrored rule, ".to-server"; it changes the written rule and
+// every mirror of it). Overrides of unknown rules or of ports the document
+// does not call configurable are errors.
+func (s *Site) portTargets(e *errs, p *Product, v Version, f *Family) map[string]string {
+	out := map[string]string{}
+	if len(s.Ports) == 0 {
+		return out
+	}
+	byID := map[string]Rule{}
+	configurable := map[string]bool{}
+	for _, r := range f.Rules() {
+		byID[r.ID] = r
+		if r.Configurable && r.MirrorOf == "" {
+			configurable[r.ID] = true
+		}
+	}
+	for _, id := range sortedKeys(s.Ports) {
+		ln := s.lines["ports/"+id]
+		r, ok := byID[id]
+		switch {
+		case !ok:
+			e.add(ln, "port override: no rule %q in %s@%s (configurable: %s)", id, p.ID, v, strings.TrimSuffix(strings.TrimPrefix(known(configurable), " (known: "), ")"))
+		case !r.Configurable:
+			e.add(ln, "port override: rule %q (%s/%s) is not configurable: the document does not say its port can be changed", id, r.ProtoString(), r.PortString())
+		case len(r.Protos) == 0 || !r.Protos[0].HasPorts():
+			e.add(ln, "port override: rule %q (%s) has no ports", id, r.ProtoString())
+		default:
+			target := r.ID
+			if r.MirrorOf != "" {
+				target = r.MirrorOf
+			}
+			out[target] = id
+		}
+	}
+	return out
+}
+
+// ApplyPorts replaces the ports of the rules of m (a matrix of product p)
+// that the site overrides, recording the document's ports in
+// DefaultPorts and the site line in PortsFrom. An override names the
+// written rule or one of its mirrors; it changes both. Overrides of rules
+// not in m do nothing (a site may serve several roles); overrides of
+// unknown or not configurable rules are errors, as in Check.
+func (s *Site) ApplyPorts(p *Product, m *Matrix) error {
+	if len(s.Ports) == 0 {
+		return nil
+	}
+	v, err := ParseVersion(m.Version)
+	if err != nil {
+		return err
+	}
+	f, err := p.Family(v)
+	if err != nil {
+		return err
+	}
+	e := &errs{file: s.Source}
+	targets := s.portTargets(e, p, v, f)
+	if len(e.list) > 0 {
+		return e.list.sorted()
+	}
+	for i := range m.Rules {
+		r := &m.Rules[i]
+		written := r.ID
+		if r.MirrorOf != "" {
+			written = r.MirrorOf
+		}
+		id, ok := targets[written]
+		if !ok {
+			continue
+		}
+		if r.DefaultPorts == nil {
+			r.DefaultPorts = r.Ports
+		}
+		r.Ports = slices.Clone(s.Ports[id])
+		r.PortsFrom = SourcePos{File: s.Source, Line: s.lines["ports/"+id]}
+	}
+	SortRules(m.Rules)
 	return nil
 }
 

@@ -19,8 +19,9 @@ func (r Rule) RequirementString() string {
 	return r.Requirement.String() + " if " + r.Condition
 }
 
-// Flags lists the rule's flags: deprecated, configurable, supplementary
-// (cited from outside the seed documents), mirror.
+// Flags lists the rule's flags: deprecated, configurable, site-port (a
+// site file gave the port in use), supplementary (cited from outside the
+// seed documents).
 func (r Rule) Flags() []string {
 	var f []string
 	if r.Deprecated {
@@ -28,6 +29,9 @@ func (r Rule) Flags() []string {
 	}
 	if r.Configurable {
 		f = append(f, "configurable")
+	}
+	if r.DefaultPorts != nil {
+		f = append(f, "site-port")
 	}
 	if r.Citation.Supplementary() {
 		f = append(f, "supplementary")
@@ -51,7 +55,11 @@ func (m *Matrix) WriteText(w io.Writer, notes bool) error {
 	if len(m.Conditions) > 0 {
 		conds = strings.Join(m.Conditions, ", ")
 	}
-	fmt.Fprintf(w, "%s@%s  role %s  (family %s; conditions on: %s)\n", m.Product, m.Version, m.Role, m.Family, conds)
+	fam := m.Family
+	if m.Edition != "" {
+		fam += ", edition " + m.Edition
+	}
+	fmt.Fprintf(w, "%s@%s  role %s  (family %s; conditions on: %s)\n", m.Product, m.Version, m.Role, fam, conds)
 	if len(m.Rules) == 0 {
 		_, err := fmt.Fprintln(w, "  (no rules)")
 		return err

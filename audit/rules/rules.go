@@ -405,6 +405,9 @@ func (b *builder) header() {
 	rs, o := b.rs, b.o
 	if m := o.Matrix; m != nil {
 		rs.Matrix = fmt.Sprintf("%s %s, role %s", m.ProductName, m.Version, m.Role)
+		if m.Edition != "" {
+			rs.Matrix = fmt.Sprintf("%s %s (%s edition), role %s", m.ProductName, m.Version, m.Edition, m.Role)
+		}
 		if len(m.Conditions) > 0 {
 			rs.Matrix += ", conditions " + strings.Join(m.Conditions, ",")
 		}

@@ -27,6 +27,9 @@ const auditExamples = `  # Offline, from a snapshot recorded earlier (no root ne
   # Live for 15 minutes, HTML report for the auditors
   flowaudit audit -m usm@5.6.5 -r sensor --site site.yaml -i eth0 -d 15m --format html --out report.html
 
+  # The same against the older (AlienVault) edition of the USM document
+  flowaudit audit -m usm@5.6.5#alienvault -r sensor --site site.yaml --snapshot snap.json
+
   # In CI: SARIF for code scanning, fail only on high findings
   flowaudit audit -m vsos -r scanning-server --snapshot snap.json --format sarif --out flowaudit.sarif --fail-on high
 
@@ -64,7 +67,7 @@ func runAudit(e *env, args []string) error {
 		out    string
 		failOn string
 	)
-	fs := newFlagSet(e, "audit", "flowaudit audit --matrix PRODUCT[@VERSION] --role ROLE [--site FILE] (--snapshot FILE | --iface IFACE --duration D) [flags]", auditExamples)
+	fs := newFlagSet(e, "audit", "flowaudit audit --matrix PRODUCT[@VERSION][#EDITION] --role ROLE [--site FILE] (--snapshot FILE | --iface IFACE --duration D) [flags]", auditExamples)
 	af.register(fs)
 	in.register(fs, "audit")
 	fs.StringVarP(&format, "format", "f", "table", "report format: "+strings.Join(audit.Formats, ", "))

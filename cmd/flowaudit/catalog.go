@@ -9,7 +9,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/goccy/go-yaml"
 	"github.com/spf13/pflag"
 
 	"github.com/flowaudit/flowaudit/catalog"
@@ -134,6 +133,7 @@ type catalogListFamily struct {
 	Latest     string                  `json:"latest"`
 	Source     string                  `json:"source"`
 	Documents  []catalog.Document      `json:"documents"`
+	Editions   []catalog.EditionInfo   `json:"editions"`
 	Roles      []catalog.RoleInfo      `json:"roles"`
 	Zones      []catalog.ZoneInfo      `json:"zones"`
 	Conditions []catalog.ConditionInfo `json:"conditions"`
@@ -174,7 +174,7 @@ func runCatalogList(e *env, args []string) error {
 		for _, f := range p.Families() {
 			lp.Families = append(lp.Families, catalogListFamily{
 				ID: f.ID, Title: f.Title, Versions: f.Versions.String(), Latest: f.Latest.String(), Source: f.Source,
-				Documents: f.Documents, Roles: f.Roles, Zones: catalogNonNil(f.Zones), Conditions: catalogNonNil(f.Conditions),
+				Documents: f.Documents, Editions: catalogNonNil(f.Editions), Roles: f.Roles, Zones: catalogNonNil(f.Zones), Conditions: catalogNonNil(f.Conditions),
 				Profiles: catalogNonNil(f.Profiles), Readings: catalogNonNil(f.Readings), Rules: len(f.Rules()),
 			})
 		}
@@ -184,7 +184,7 @@ func runCatalogList(e *env, args []string) error {
 		return catalogWriteJSON(e.stdout, out)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PRODUCT\tVERSIONS\tLATEST\tFAMILY\tROLES\tCONDITIONS\tDOCUMENTS")
+	fmt.Fprintln(tw, "PRODUCT\tVERSIONS\tLATEST\tFAMILY\tROLES\tCONDITIONS\tDOCUMENTS\tEDITIONS")
 	for _, p := range out {
 		for i := len(p.Families) - 1; i >= 0; i-- {
 			f := p.Families[i]
@@ -192,7 +192,7 @@ func runCatalogList(e *env, args []string) error {
 			if i != len(p.Families)-1 {
 				name = ""
 			}
-			var roles, conds, docs []string
+			var roles, conds, docs, eds []string
 			for _, r := range f.Roles {
 				roles = append(roles, r.Name)
 			}
@@ -202,18 +202,22 @@ func runCatalogList(e *env, args []string) error {
 			for _, d := range f.Documents {
 				docs = append(docs, catalog.ShortDoc(d.ID))
 			}
+			for _, ed := range f.Editions {
+				eds = append(eds, ed.Name)
+			}
 			versions := f.Versions
 			if versions == "" {
 				versions = "all"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, versions, f.Latest, f.ID,
-				strings.Join(roles, ","), catalogDash(strings.Join(conds, ",")), strings.Join(docs, ","))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, versions, f.Latest, f.ID,
+				strings.Join(roles, ","), catalogDash(strings.Join(conds, ",")), strings.Join(docs, ","), catalogDash(strings.Join(eds, ",")))
 		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(e.stdout, "\nShow a matrix with: flowaudit catalog show PRODUCT[@VERSION] [--role ROLE] [--conditions C,...]")
+	fmt.Fprintln(e.stdout, "\nShow a matrix with: flowaudit catalog show PRODUCT[@VERSION][#EDITION] [--role ROLE] [--conditions C,...]")
+	fmt.Fprintln(e.stdout, "(EDITIONS: editions of the family's document, oldest first; a matrix follows the last unless #EDITION names another.)")
 	return nil
 }
 
@@ -245,6 +249,10 @@ const showExamples = `  # USM Appliance Sensor, release 5.4 (9391/tcp still in f
   # VSOS scanning server with ICAP, with each rule's citation and reading
   flowaudit catalog show vsos@9.2 --role scanning-server --conditions icap --notes
 
+  # The USM Sensor as the older, AlienVault edition of the document has it
+  # (the default is the newest edition, LevelBlue)
+  flowaudit catalog show usm@5.6.5#alienvault --role sensor
+
 Conditions: NAME switches one on, !NAME or NAME=false off (the default).`
 
 func runCatalogShow(e *env, args []string) error {
@@ -255,7 +263,7 @@ func runCatalogShow(e *env, args []string) error {
 		asJSON bool
 		notes  bool
 	)
-	fs := catalogFlagSet(e, "show", "flowaudit catalog show PRODUCT[@VERSION] [--role ROLE] [--conditions C,...] [--json] [--notes]", showExamples)
+	fs := catalogFlagSet(e, "show", "flowaudit catalog show PRODUCT[@VERSION][#EDITION] [--role ROLE] [--conditions C,...] [--json] [--notes]", showExamples)
 	src.register(fs)
 	fs.StringVarP(&role, "role", "r", "", "show only this role (default: every role)")
 	fs.StringSliceVarP(&conds, "conditions", "c", nil, "conditions switched on, e.g. vpn,ha (see the list printed without it)")
@@ -266,7 +274,7 @@ func runCatalogShow(e *env, args []string) error {
 	}
 	switch fs.NArg() {
 	case 0:
-		return errors.New("catalog show: missing PRODUCT[@VERSION] (see flowaudit catalog list)")
+		return errors.New("catalog show: missing PRODUCT[@VERSION][#EDITION] (see flowaudit catalog list)")
 	case 1:
 	default:
 		return fmt.Errorf("unexpected argument %q", fs.Arg(1))
@@ -275,7 +283,7 @@ func runCatalogShow(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	p, v, err := cat.Resolve(fs.Arg(0))
+	p, v, ed, err := cat.ResolveRef(fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -293,7 +301,7 @@ func runCatalogShow(e *env, args []string) error {
 	}
 	var ms []*catalog.Matrix
 	for _, r := range roles {
-		m, err := p.Effective(v, r, cm)
+		m, err := p.EffectiveEdition(v, ed, r, cm)
 		if err != nil {
 			return err
 		}
@@ -315,6 +323,17 @@ func runCatalogShow(e *env, args []string) error {
 			extra = " [" + d.Source + "]"
 		}
 		fmt.Fprintf(w, "document: %s — %s%s\n", d.ID, d.Title, extra)
+	}
+	if e, ok := f.Edition(ed); ok {
+		var names []string
+		for _, x := range f.Editions {
+			names = append(names, x.Name)
+		}
+		def := ""
+		if ed == f.DefaultEdition() {
+			def = "default; "
+		}
+		fmt.Fprintf(w, "edition: %s — follows %s (%seditions: %s)\n", e.Name, e.Document, def, strings.Join(names, ", "))
 	}
 	if len(f.Conditions) > 0 {
 		fmt.Fprintln(w, "conditions:")
@@ -373,7 +392,7 @@ func runCatalogValidate(e *env, args []string) error {
 		forceSit bool
 		product  string
 	)
-	fs := catalogFlagSet(e, "validate", "flowaudit catalog validate [--site] [--product PRODUCT[@VERSION]] FILE...", validateExamples)
+	fs := catalogFlagSet(e, "validate", "flowaudit catalog validate [--site] [--product PRODUCT[@VERSION][#EDITION]] FILE...", validateExamples)
 	fs.StringSliceVar(&src.files, "catalog", nil, "catalog file(s) that site files may refer to (besides the built-in ones)")
 	fs.BoolVar(&forceSit, "site", false, "treat every FILE as a site file (default: detect by content)")
 	fs.StringVar(&product, "product", "", "check site files against this product's zones and roles (default: the site's own product key)")
@@ -453,7 +472,7 @@ func runCatalogValidate(e *env, args []string) error {
 		}
 		checked := ""
 		if ref != "" {
-			p, v, err := siteCat.Resolve(ref)
+			p, v, _, err := siteCat.ResolveRef(ref)
 			if err != nil {
 				fmt.Fprintf(e.stderr, "%s: %v\n", path, err)
 				bad++
@@ -488,30 +507,11 @@ func catalogFilesIn(err error, files []string) int {
 }
 
 // catalogLooksLikeSite tells a site file from a catalog file by its top-level
-// keys: a catalog has format flowaudit-catalog/v1 and rules; a site has
-// zones, roles or hosts mappings and no rules.
+// keys (catalog.LooksLikeSite); it does not decode the file.
 func catalogLooksLikeSite(path string) bool {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return false
 	}
-	var top map[string]any
-	if err := yaml.Unmarshal(data, &top); err != nil {
-		return false
-	}
-	if f, ok := top["format"].(string); ok {
-		return strings.HasPrefix(f, "flowaudit-site/")
-	}
-	for _, k := range []string{"rules", "family", "documents"} {
-		if _, ok := top[k]; ok {
-			return false
-		}
-	}
-	for _, k := range []string{"zones", "hosts", "self"} {
-		if _, ok := top[k]; ok {
-			return true
-		}
-	}
-	_, isMap := top["roles"].(map[string]any)
-	return isMap
+	return catalog.LooksLikeSite(data)
 }

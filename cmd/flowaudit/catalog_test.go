@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -278,4 +279,65 @@ func catalogLineWith(s, sub string) string {
 		}
 	}
 	return ""
+}
+
+// bombYAML is a site file whose zone is a "billion laughs" alias bomb:
+// nine nested anchors, each list repeating the previous one nine times.
+func bombYAML() string {
+	var b strings.Builder
+	b.WriteString("zones:\n  ADMIN_IP:\n    - &l0 [\"192.0.2.1\", \"192.0.2.1\", \"192.0.2.1\", \"192.0.2.1\", \"192.0.2.1\", \"192.0.2.1\", \"192.0.2.1\", \"192.0.2.1\", \"192.0.2.1\"]\n")
+	for l := 1; l < 9; l++ {
+		b.WriteString("    - &l" + string(rune('0'+l)) + " [")
+		for i := 0; i < 9; i++ {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("*l" + string(rune('0'+l-1)))
+		}
+		b.WriteString("]\n")
+	}
+	return b.String()
+}
+
+// An alias bomb given as --site, or to catalog validate (which sniffs the
+// file's kind first), is refused quickly, with a short error.
+func TestAliasBombSite(t *testing.T) {
+	dir := t.TempDir()
+	bomb := catalogWriteFile(t, dir, "bomb.yaml", bombYAML())
+	// The same bomb as a shared catalog (--catalog): under a rule's ports.
+	catSrc := strings.Replace(catalogTestYAML, "    ports: [443]\n",
+		"    ports:\n"+strings.ReplaceAll(strings.TrimPrefix(bombYAML(), "zones:\n  ADMIN_IP:\n"), `"192.0.2.1"`, "443"), 1)
+	if !strings.Contains(catSrc, "&l8 [*l7") {
+		t.Fatal("test bug: bomb not placed in the catalog")
+	}
+	bombCat := catalogWriteFile(t, dir, "bombcat.yaml", catSrc)
+	none := filepath.Join(dir, "none.json")
+	for _, tc := range []struct {
+		file string // the file the error must name
+		args []string
+	}{
+		{bomb, []string{"catalog", "validate", bomb}},
+		{bomb, []string{"audit", "--matrix", "utmstack@11", "--role", "manager", "--site", bomb, "--snapshot", none}},
+		{bombCat, []string{"catalog", "list", "--catalog", bombCat}},
+		{bombCat, []string{"audit", "--catalog", bombCat, "--matrix", "utmstack@11", "--role", "manager", "--snapshot", none}},
+	} {
+		bomb, args := tc.file, tc.args
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		code, _, errs := runCatalogCLI(t, args...)
+		runtime.ReadMemStats(&after)
+		if code != exitError {
+			t.Errorf("%s: exit %d", args[0], code)
+		}
+		if !strings.Contains(errs, bomb+":") || !strings.Contains(errs, "alias") {
+			t.Errorf("%s: stderr does not name the file and the aliases: %.500s", args[0], errs)
+		}
+		if len(errs) > 4000 {
+			t.Errorf("%s: stderr is %d bytes", args[0], len(errs))
+		}
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+			t.Errorf("%s: allocated %d MiB", args[0], alloc>>20)
+		}
+	}
 }

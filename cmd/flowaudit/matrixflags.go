@@ -20,7 +20,7 @@ type matrixFlags struct {
 }
 
 func (m *matrixFlags) register(fs *pflag.FlagSet) {
-	fs.StringVarP(&m.matrix, "matrix", "m", "", "product[@version] of the documented matrix (see flowaudit catalog list)")
+	fs.StringVarP(&m.matrix, "matrix", "m", "", "product[@version][#edition] of the documented matrix (see flowaudit catalog list)")
 	fs.StringVarP(&m.role, "role", "r", "", "role of the audited host in that product (e.g. manager, sensor)")
 	fs.StringVar(&m.site, "site", "", "site file binding the matrix's zones and roles to addresses")
 	fs.StringSliceVar(&m.conditions, "conditions", nil, "conditions switched on (e.g. vpn,ha); see flowaudit catalog show")
@@ -59,7 +59,7 @@ func (m *matrixFlags) resolve() (*resolved, error) {
 			return nil, err
 		}
 	}
-	p, v, err := cat.Resolve(m.matrix)
+	p, v, ed, err := cat.ResolveRef(m.matrix)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +67,7 @@ func (m *matrixFlags) resolve() (*resolved, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--conditions: %w", err)
 	}
-	mx, err := p.Effective(v, m.role, conds)
+	mx, err := p.EffectiveEdition(v, ed, m.role, conds)
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +78,10 @@ func (m *matrixFlags) resolve() (*resolved, error) {
 			return nil, err
 		}
 		if err := s.Check(p, v); err != nil {
+			return nil, err
+		}
+		// Configurable ports the site gives (USM VPN, VSOS proxies).
+		if err := s.ApplyPorts(p, mx); err != nil {
 			return nil, err
 		}
 		r.site = s

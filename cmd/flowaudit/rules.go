@@ -73,7 +73,7 @@ func runRules(e *env, args []string) error {
 		awsMax       int
 		awsSpill     string
 	)
-	fs := newFlagSet(e, "rules", "flowaudit rules (--snapshot FILE | --iface IFACE --duration D) [--matrix P[@V] --role R [--site FILE]] [--mode observed|documented|both] --target TARGET [--out FILE] [flags]", rulesExamples)
+	fs := newFlagSet(e, "rules", "flowaudit rules (--snapshot FILE | --iface IFACE --duration D) [--matrix P[@V][#E] --role R [--site FILE]] [--mode observed|documented|both] --target TARGET [--out FILE] [flags]", rulesExamples)
 	mf.register(fs)
 	in.register(fs, "generate from")
 	fs.StringVar(&mode, "mode", "", "observed, documented or both (default: both with --matrix, else observed)")

@@ -86,7 +86,7 @@ func runWatch(e *env, args []string) (err error) {
 		stateDir string
 		keep     int
 	)
-	fs := newFlagSet(e, "watch", "flowaudit watch --iface IFACE --matrix PRODUCT[@VERSION] --role ROLE [--site FILE] [flags]", watchExamples)
+	fs := newFlagSet(e, "watch", "flowaudit watch --iface IFACE --matrix PRODUCT[@VERSION][#EDITION] --role ROLE [--site FILE] [flags]", watchExamples)
 	af.register(fs)
 	lf.register(fs, 0)
 	fs.DurationVar(&wf.interval, "interval", time.Minute, "how often to evaluate (and snapshot)")
@@ -141,6 +141,7 @@ func runWatch(e *env, args []string) (err error) {
 	w := &watcher{e: e, af: &af, res: res, settle: settle, now: time.Now, t: newTracker(settle), dir: dir, keep: keep,
 		events: map[eventKind]int{},
 		scope:  newScope(res.matrix.Product, res.matrix.Version, res.matrix.Role, res.matrix.Conditions, lf.ifaces)}
+	w.scope.Edition = res.matrix.Edition
 	// Restored findings count their absence from the start of the watch.
 	w.started = w.now()
 	wf.started = w.started

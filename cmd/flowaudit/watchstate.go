@@ -268,6 +268,7 @@ var (
 type watchScope struct {
 	Product    string   `json:"product"`
 	Version    string   `json:"version"`
+	Edition    string   `json:"edition,omitempty"` // of the vendor document (USM)
 	Role       string   `json:"role"`
 	Conditions []string `json:"conditions"`
 	Ifaces     []string `json:"ifaces"`
@@ -283,7 +284,7 @@ func newScope(product, version, role string, conditions, ifaces []string) watchS
 }
 
 func (s watchScope) equal(o watchScope) bool {
-	return s.Product == o.Product && s.Version == o.Version && s.Role == o.Role &&
+	return s.Product == o.Product && s.Version == o.Version && s.Edition == o.Edition && s.Role == o.Role &&
 		slices.Equal(s.Conditions, o.Conditions) && slices.Equal(s.Ifaces, o.Ifaces)
 }
 
@@ -292,7 +293,11 @@ func (s watchScope) String() string {
 	if len(s.Conditions) > 0 {
 		c = " [" + strings.Join(s.Conditions, ",") + "]"
 	}
-	return fmt.Sprintf("%s@%s role %s%s on %s", s.Product, s.Version, s.Role, c, strings.Join(s.Ifaces, ","))
+	ed := ""
+	if s.Edition != "" {
+		ed = "#" + s.Edition
+	}
+	return fmt.Sprintf("%s@%s%s role %s%s on %s", s.Product, s.Version, ed, s.Role, c, strings.Join(s.Ifaces, ","))
 }
 
 type watchState struct {

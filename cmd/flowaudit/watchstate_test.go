@@ -310,7 +310,10 @@ func TestStateOtherScope(t *testing.T) {
 	if err := saveState(path, testScope(), tr, t0); err != nil {
 		t.Fatal(err)
 	}
+	otherEdition := testScope()
+	otherEdition.Edition = "older"
 	for _, other := range []watchScope{
+		otherEdition,
 		newScope("labapp", "1", "server", []string{"vpn", "ha"}, []string{"veth-a", "veth-c"}),
 		newScope("labapp", "1", "client", []string{"vpn", "ha"}, []string{"veth-a"}),
 		newScope("labapp", "2", "server", []string{"vpn", "ha"}, []string{"veth-a"}),
