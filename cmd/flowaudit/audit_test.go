@@ -141,3 +141,29 @@ func mustRead(t *testing.T, p string) string {
 	}
 	return string(b)
 }
+
+// TestAuditSnapshotNewFields: a snapshot with fields this build does not
+// know is audited (they are a newer recorder's additions), and the fields
+// are named at debug level only.
+func TestAuditSnapshotNewFields(t *testing.T) {
+	p := writeSnap(t, cleanFlows()...)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.Replace(b, []byte(`"packets_in":`), []byte(`"retransmits_in": 2, "packets_in":`), 1)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI(t, append([]string{"--log-level", "debug"}, auditArgs(p)...)...)
+	if code != exitClean || !strings.Contains(out, "findings: 0 high") {
+		t.Fatalf("exit %d, stdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "snapshot fields this build does not know") || !strings.Contains(errOut, "flows[].retransmits_in") {
+		t.Errorf("no debug line naming the unknown field:\n%s", errOut)
+	}
+	_, _, errOut = runCLI(t, auditArgs(p)...)
+	if strings.Contains(errOut, "retransmits_in") {
+		t.Errorf("unknown fields reported above debug level:\n%s", errOut)
+	}
+}
