@@ -734,6 +734,10 @@ func (a *auditor) ruleFindings() {
 		}
 		// Seen: from documented peers, or from peers unknown.
 		seen := !ro.inZone.empty() || !ro.unknown.empty()
+		// In use: seen, and not only refused or unanswered (a closed or
+		// filtered port is not in use, whoever tried it).
+		inUseState := verdictOf(ro.inZone.states, ro.unknown.states)
+		used := seen && inUseState != stateClosed && inUseState != stateFiltered
 		inUse := func(f *Finding) {
 			switch {
 			case ro.unknown.empty():
@@ -748,7 +752,7 @@ func (a *auditor) ruleFindings() {
 		}
 		needed := r.Requirement == catalog.Required || r.Requirement == catalog.Conditional
 		if !needed {
-			if seen {
+			if used {
 				f := base
 				f.ID, f.Kind, f.Severity = "optional-in-use/"+r.ID, OptionalInUse, Info
 				f.Summary = fmt.Sprintf("optional %s %s/%s in use: %s", r.Direction, r.ProtoString(), r.PortString(), r.Purpose)
@@ -756,7 +760,7 @@ func (a *auditor) ruleFindings() {
 			}
 			continue
 		}
-		if r.Condition != "" && !strings.HasPrefix(r.Condition, "!") && seen {
+		if r.Condition != "" && !strings.HasPrefix(r.Condition, "!") && used {
 			f := base
 			f.ID, f.Kind, f.Severity = "optional-in-use/"+r.ID, OptionalInUse, Info
 			f.Summary = fmt.Sprintf("%s in use (condition %s): %s %s/%s", r.Purpose, r.Condition, r.Direction, r.ProtoString(), r.PortString())

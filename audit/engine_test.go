@@ -203,7 +203,14 @@ func engineCases() []engineCase {
 			}},
 		{name: "required port refused: required-port-closed", role: "server",
 			snap: snap(10*time.Minute, append(without(9000), flow("in", "tcp", 9000, "10.1.4.4", 3, 3, snapshot.Evidence{SynIn: 3, RstOut: 3}))...),
-			want: []want{{RequiredPortClosed, High, "required-port-closed/t1.server.agent"}}},
+			want: []want{{RequiredPortClosed, High, "required-port-closed/t1.server.agent"}},
+			check: func(t *testing.T, r *Report) {
+				for _, rs := range r.Rules {
+					if rs.Rule.ID == "t1.server.agent" && (rs.Status != StatusClosed || !failingStatus(rs)) {
+						t.Errorf("required closed port: status %s, failing %v", rs.Status, failingStatus(rs))
+					}
+				}
+			}},
 		{name: "required port silent: required-port-filtered", role: "server",
 			snap: snap(10*time.Minute, append(without(9000), flow("in", "tcp", 9000, "10.1.4.4", 3, 0, snapshot.Evidence{SynIn: 3}))...),
 			want: []want{{RequiredPortFiltered, High, "required-port-filtered/t1.server.agent"}}},
@@ -228,6 +235,36 @@ func engineCases() []engineCase {
 					t.Errorf("scan lists %d ports, want 22", n)
 				}
 			}},
+		{name: "optional port refused (RST): closed, not in use", role: "server",
+			snap:     with(flow("in", "tcp", 443, "192.0.2.10", 2, 2, snapshot.Evidence{SynIn: 2, RstOut: 2})),
+			want:     nil,
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.server.updates"}},
+			check: func(t *testing.T, r *Report) {
+				if st := ruleStatusByID(r)["t1.server.web"]; st != StatusClosed {
+					t.Errorf("web status %s, want closed", st)
+				}
+				for _, rs := range r.Rules {
+					if rs.Rule.ID == "t1.server.web" && failingStatus(rs) {
+						t.Error("an optional port nobody could reach is shown as a problem")
+					}
+				}
+			}},
+		{name: "optional port silent (filtered): not in use", role: "server",
+			snap:     with(flow("in", "tcp", 443, "192.0.2.10", 3, 0, snapshot.Evidence{SynIn: 3})),
+			want:     nil,
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.server.updates"}}},
+		{name: "optional port refused for its zone, answered outside it: not in use", role: "server",
+			snap: with(flow("in", "tcp", 443, "192.0.2.10", 2, 2, snapshot.Evidence{SynIn: 2, RstOut: 2}),
+				flow("in", "tcp", 443, "10.1.4.4", 9, 9, synAck(1))),
+			want:     []want{{PeerOutOfZone, High, "peer-out-of-zone/t1.server.web/tcp/443"}},
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.server.updates"}}},
+		{name: "conditional port refused: closed, not in use", role: "sensor", conds: map[string]bool{"vpn": true},
+			snap: snap(10*time.Minute,
+				flow("in", "tcp", 22, "192.0.2.10", 5, 5, synAck(1)),
+				flow("in", "udp", 514, "10.2.0.9", 5, 0, snapshot.Evidence{}),
+				flow("out", "tcp", 33800, "10.9.0.1", 3, 3, snapshot.Evidence{SynOut: 3, RstIn: 3})),
+			want:     []want{{RequiredPortClosed, High, "required-port-closed/t1.sensor.vpn"}},
+			wantInfo: []want{}},
 		{name: "flow and overflow map full: audit-incomplete high", role: "server", snap: lossy,
 			want: []want{{AuditIncomplete, High, "audit-incomplete/not-counted"}}},
 		{name: "short window", role: "server", snap: snap(20*time.Second, serverBaseline()...),

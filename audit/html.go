@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/flowaudit/flowaudit/catalog"
 )
 
 // The HTML report is one self-contained file: inline CSS, no script, no
@@ -188,11 +190,15 @@ func columnLabel(c string) string {
 func anchorOf(prefix string, i int) string { return fmt.Sprintf("%s-%d", prefix, i+1) }
 
 // failingStatus: a rule status that the table and HTML show as a problem
-// (not StatusPeersUnknown: nothing the audit knows of is wrong).
-func failingStatus(s string) bool {
-	switch s {
-	case StatusClosed, StatusFiltered, StatusOutOfZone, StatusDeprecated:
+// (not StatusPeersUnknown: nothing the audit knows of is wrong). A closed
+// or filtered port is a problem only for a rule the role needs: an
+// optional port nobody could reach is merely not in use.
+func failingStatus(rs RuleStatus) bool {
+	switch rs.Status {
+	case StatusOutOfZone, StatusDeprecated:
 		return true
+	case StatusClosed, StatusFiltered:
+		return rs.Rule.Requirement != catalog.Optional
 	}
 	return false
 }
@@ -325,7 +331,7 @@ func buildHTML(r *Report) *htmlView {
 		}
 		hr := htmlRule{
 			Anchor: anchorOf("rule", i), ID: rr.ID, Direction: rr.Direction.String(), Service: rr.Proto + "/" + rr.Ports,
-			Peer: rr.Peer, Requirement: req, Status: rs.Status, Failing: failingStatus(rs.Status), Deprecated: rs.Deprecated,
+			Peer: rr.Peer, Requirement: req, Status: rs.Status, Failing: failingStatus(rs), Deprecated: rs.Deprecated,
 			Peers: peersNum(rs.Evidence), Unknown: rs.Evidence.PeersUnknownPackets, Flood: rs.Evidence.FloodPackets, OutOfZone: rs.OutOfZonePeers, Packets: rs.Evidence.Packets,
 			Purpose: rr.Purpose, Citation: citationText(rr.Citation), Quote: rr.Citation.Quote,
 		}

@@ -119,12 +119,12 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 			req += "(" + rs.Rule.Condition + ")"
 		}
 		status := rs.Status
-		switch status {
-		case StatusClosed, StatusFiltered, StatusOutOfZone, StatusDeprecated:
+		switch {
+		case failingStatus(rs):
 			status = c(ansiRed, status)
-		case StatusPeersUnknown:
+		case status == StatusPeersUnknown:
 			status = c(ansiYellow, status)
-		case StatusNotSeen:
+		case status == StatusNotSeen, status == StatusClosed, status == StatusFiltered:
 			status = c(ansiGrey, status)
 		}
 		packets := fmt.Sprint(rs.Evidence.Packets)
