@@ -395,7 +395,6 @@ func (a *auditor) flows(rep *Report) {
 		}
 		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil) {
 			sc.add(f)
-			sc.ev.Ports = append(sc.ev.Ports, fmt.Sprintf("%s/%s", f.Proto, portLabel(f.Proto, f.Port)))
 			continue
 		}
 		rep.addCell(s, !h.undocSvc, f, a.o.Site)
@@ -501,8 +500,8 @@ func (a *auditor) flows(rep *Report) {
 		}
 	}
 	for p, o := range scanners {
-		sort.Strings(o.ev.Ports)
 		ev := o.evidence(a.o.TopPeers)
+		ev.Ports = serviceNames(scanPorts[p])
 		a.add(&Finding{
 			ID: "scan-suspected/" + p.String(), Kind: ScanSuspected, Severity: Medium, Direction: snapshot.Inbound,
 			Summary: fmt.Sprintf("%s tried %d undocumented or out-of-zone ports and was refused or ignored: a scan, reported once",
@@ -510,6 +509,26 @@ func (a *auditor) flows(rep *Report) {
 			Evidence: ev,
 		})
 	}
+}
+
+// serviceNames lists services as "tcp/22", by protocol number, then port
+// number (tcp/2 before tcp/10).
+func serviceNames(m map[service]bool) []string {
+	svcs := make([]service, 0, len(m))
+	for s := range m {
+		svcs = append(svcs, s)
+	}
+	sort.Slice(svcs, func(i, j int) bool {
+		if svcs[i].proto != svcs[j].proto {
+			return svcs[i].proto < svcs[j].proto
+		}
+		return svcs[i].port < svcs[j].port
+	})
+	out := make([]string, len(svcs))
+	for i, s := range svcs {
+		out[i] = s.proto.String() + "/" + portLabel(s.proto, s.port)
+	}
+	return out
 }
 
 // candidates are the matrix rules for a service, whatever the peer.
@@ -715,6 +734,7 @@ func (a *auditor) outOfZone(ro *ruleObs, s service, o *obs) {
 // ruleFindings: missing, closed, filtered, deprecated and optional-in-use.
 func (a *auditor) ruleFindings() {
 	window := a.snap.Window().Round(time.Second)
+	inUseBy := map[string]*Finding{}
 	for _, ro := range a.rules {
 		r := ro.rule
 		traffic := ro.traffic()
@@ -748,7 +768,16 @@ func (a *auditor) ruleFindings() {
 			default:
 				f.Evidence = merged(ro.inZone, ro.unknown).evidence(a.o.TopPeers)
 			}
-			a.add(f)
+			// Rules that share the port and whose zones hold the same
+			// peers see the same traffic: it is in use once, under the
+			// first of them, naming the others.
+			key := inUseKey(f)
+			if first, ok := inUseBy[key]; ok {
+				first.AlsoRules = append(first.AlsoRules, r.ID)
+				first.Summary += fmt.Sprintf("; the same traffic falls under %s (%s)", r.ID, r.Purpose)
+				return
+			}
+			inUseBy[key] = a.add(f)
 		}
 		needed := r.Requirement == catalog.Required || r.Requirement == catalog.Conditional
 		if !needed {
@@ -806,6 +835,20 @@ func (a *auditor) ruleFindings() {
 			a.add(&f)
 		}
 	}
+}
+
+// inUseKey identifies the traffic of an in-use finding: its direction,
+// protocol, port and evidence (packets, bytes, times, peers). Two rules of
+// one service with the same key were used by the same traffic.
+func inUseKey(f *Finding) string {
+	ev := f.Evidence
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s|%s|%s|%d|%d|%d|%d|%d|%d|%d", f.Direction, f.Proto, f.Port, ev.Packets, ev.Bytes,
+		ev.FirstSeen.UnixNano(), ev.LastSeen.UnixNano(), ev.Peers, ev.PeersUnknownPackets, len(ev.TopPeers))
+	for _, p := range ev.TopPeers {
+		fmt.Fprintf(&b, "|%s/%d", p, p.Packets)
+	}
+	return b.String()
 }
 
 // cutShort is what a missing-required summary adds when the recording

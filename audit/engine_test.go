@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -231,8 +232,16 @@ func engineCases() []engineCase {
 			snap: with(scan...),
 			want: []want{{ScanSuspected, Medium, "scan-suspected/198.51.100.66"}},
 			check: func(t *testing.T, r *Report) {
-				if n := len(r.Findings[0].Evidence.Ports); n != 22 {
+				ports := r.Findings[0].Evidence.Ports
+				if n := len(ports); n != 22 {
 					t.Errorf("scan lists %d ports, want 22", n)
+				}
+				// Numerically: tcp/22 before tcp/1000, tcp/9000 last.
+				if len(ports) == 22 && (ports[0] != "tcp/22" || ports[1] != "tcp/1000" || ports[20] != "tcp/1019" || ports[21] != "tcp/9000") {
+					t.Errorf("scan ports not in numeric order: %v", ports)
+				}
+				if got := PortRanges(ports); got != "tcp/22, tcp/1000-1019, tcp/9000" {
+					t.Errorf("port ranges %q", got)
 				}
 			}},
 		{name: "optional port refused (RST): closed, not in use", role: "server",
@@ -423,6 +432,142 @@ func TestAtLeast(t *testing.T) {
 	for s, n := range map[Severity]int{Info: 3, Low: 2, Medium: 1, High: 1} {
 		if got := r.AtLeast(s); got != n {
 			t.Errorf("AtLeast(%s) = %d, want %d", s, got, n)
+		}
+	}
+}
+
+func TestPortRanges(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want string
+	}{
+		{nil, ""},
+		{[]string{"tcp/7"}, "tcp/7"},
+		{[]string{"tcp/1", "tcp/2", "tcp/3", "tcp/5", "tcp/10", "tcp/11", "udp/11", "udp/12", "udp/14"}, "tcp/1-3, tcp/5, tcp/10-11, udp/11-12, udp/14"},
+		{[]string{"tcp/65534", "tcp/65535", "icmp/type 8 code 0", "sctp/2"}, "tcp/65534-65535, icmp/type 8 code 0, sctp/2"},
+	} {
+		if got := PortRanges(tc.in); got != tc.want {
+			t.Errorf("PortRanges(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// utmstackManager is the built-in UTMStack v11 manager matrix with the
+// netflow condition, and a site parsed from text.
+func utmstackManager(t *testing.T, site string) (*catalog.Matrix, *catalog.Site) {
+	t.Helper()
+	cat, err := catalog.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, v, err := cat.Resolve("utmstack@11")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := p.Effective(v, "manager", map[string]bool{"netflow": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if site == "" {
+		return m, nil
+	}
+	s, err := catalog.ParseSite("site.yaml", []byte(site))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, s
+}
+
+// TestSharedPortInUseOnce: UTMStack v11 documents syslog twice per
+// protocol (from SOURCE_NETWORK and from NETWORK_DEVICES). When the site
+// puts both zones on the same prefix, as the demo does, one device's
+// syslog is one in-use finding (under the rule listed first) naming both rules, not two identical rows;
+// rules of one port used by different peers keep a finding each.
+func TestSharedPortInUseOnce(t *testing.T) {
+	m, site := utmstackManager(t, `product: utmstack
+zones:
+  ADMIN_IP: 192.0.2.20/32
+  SOC_NETWORK: 192.0.2.16/28
+  ANALYST_NETWORK: 198.51.100.0/24
+  AGENT_NETWORK: 192.0.2.32/28
+  SOURCE_NETWORK: 192.0.2.48/28
+  NETWORK_DEVICES: 192.0.2.48/28
+`)
+	s := snap(10*time.Minute,
+		flow("in", "tcp", 514, "192.0.2.50", 9, 6, synAck(3)),
+		flow("in", "udp", 514, "192.0.2.50", 3, 0, snapshot.Evidence{}),
+		flow("in", "tcp", 80, "192.0.2.17", 4, 4, synAck(1)),
+		flow("in", "tcp", 80, "198.51.100.7", 6, 6, synAck(1)))
+	r, err := Run(s, Options{Matrix: m, Site: site, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inUse := map[string]Finding{}
+	for _, f := range r.Findings {
+		if f.Kind == OptionalInUse {
+			inUse[f.Proto+"/"+f.Port+" "+f.Rule.ID] = f
+		}
+	}
+	var keys []string
+	for k := range inUse {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	want := []string{
+		"tcp/514 utmstack11.manager.syslog-tcp-firewalls",
+		"tcp/80 utmstack11.manager.http-redirect",
+		"tcp/80 utmstack11.manager.http-redirect-soc",
+		"udp/514 utmstack11.manager.syslog-udp-devices",
+	}
+	if strings.Join(keys, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("in-use findings:\n%s\nwant:\n%s", strings.Join(keys, "\n"), strings.Join(want, "\n"))
+	}
+	for k, also := range map[string]string{
+		"tcp/514 utmstack11.manager.syslog-tcp-firewalls": "utmstack11.manager.syslog-tcp",
+		"udp/514 utmstack11.manager.syslog-udp-devices":   "utmstack11.manager.syslog-udp",
+	} {
+		f := inUse[k]
+		if len(f.AlsoRules) != 1 || f.AlsoRules[0] != also || !strings.Contains(f.Summary, also) {
+			t.Errorf("%s: also %v, summary %q: want %s named", k, f.AlsoRules, f.Summary, also)
+		}
+		// Both rules link to the one finding.
+		for _, rs := range r.Rules {
+			if rs.Rule.ID == also && (len(rs.Findings) != 1 || rs.Findings[0] != f.ID) {
+				t.Errorf("rule %s links %v, want %s", also, rs.Findings, f.ID)
+			}
+		}
+	}
+	for _, k := range want[1:3] {
+		if f := inUse[k]; len(f.AlsoRules) != 0 || f.Evidence.Peers != 1 {
+			t.Errorf("%s: different peers must stay apart: %+v", k, f)
+		}
+	}
+	var table bytes.Buffer
+	if err := WriteTable(&table, r, false); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(table.String(), "\n") {
+		if strings.Contains(l, "optional-in-use") && strings.Contains(l, " tcp/514 ") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("tcp/514 in use listed %d times:\n%s", n, table.String())
+	}
+	// The other formats name the second rule with the finding.
+	for format, want := range map[string]string{
+		"html":  `the same traffic falls under</small> <a href="#rule-`,
+		"junit": "rule: utmstack11.manager.syslog-udp-devices (the same traffic falls under utmstack11.manager.syslog-udp)",
+		"sarif": `"alsoMatrixRules": [`,
+		"json":  `"also_rules": [`,
+	} {
+		var b bytes.Buffer
+		if err := Write(&b, r, format, RenderOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("%s lacks %q", format, want)
 		}
 	}
 }

@@ -103,6 +103,7 @@ type htmlFinding struct {
 	Notes     []string
 	RuleID    string
 	RuleAnch  string
+	Also      []htmlLink
 	Citation  string
 	Quote     string
 	Source    string
@@ -300,7 +301,7 @@ func buildHTML(r *Report) *htmlView {
 		hf.MorePeers = f.Evidence.Peers - listed(f.Evidence.TopPeers)
 		hf.Notes = append(hf.Notes, evidenceNotes(f.Evidence)...)
 		if len(f.Evidence.Ports) > 0 {
-			hf.Notes = append(hf.Notes, "ports: "+strings.Join(f.Evidence.Ports, ", "))
+			hf.Notes = append(hf.Notes, "ports: "+PortRanges(f.Evidence.Ports))
 		}
 		if f.Evidence.Listening {
 			hf.Notes = append(hf.Notes, "a local socket listens on this port")
@@ -314,6 +315,9 @@ func buildHTML(r *Report) *htmlView {
 		if f.Rule != nil {
 			hf.RuleID = f.Rule.ID
 			hf.RuleAnch = ruleAnchor[f.Rule.ID]
+			for _, id := range f.AlsoRules {
+				hf.Also = append(hf.Also, htmlLink{Href: "#" + ruleAnchor[id], Text: id})
+			}
 			hf.Citation = citationText(f.Rule.Citation)
 			hf.Quote = f.Rule.Citation.Quote
 			if f.Rule.Source.File != "" {

@@ -255,13 +255,16 @@ func findingDetail(f *Finding) string {
 		fmt.Fprintf(&b, "\nseen: %s to %s", f.Evidence.FirstSeen.UTC().Format(time.RFC3339), f.Evidence.LastSeen.UTC().Format(time.RFC3339))
 	}
 	if len(f.Evidence.Ports) > 0 {
-		fmt.Fprintf(&b, "\nports: %s", strings.Join(f.Evidence.Ports, ", "))
+		fmt.Fprintf(&b, "\nports: %s", PortRanges(f.Evidence.Ports))
 	}
 	for _, n := range evidenceNotes(f.Evidence) {
 		fmt.Fprintf(&b, "\n%s", n)
 	}
 	if f.Rule != nil {
 		fmt.Fprintf(&b, "\nrule: %s", f.Rule.ID)
+		if len(f.AlsoRules) > 0 {
+			fmt.Fprintf(&b, " (the same traffic falls under %s)", strings.Join(f.AlsoRules, ", "))
+		}
 		if c := citationText(f.Rule.Citation); c != "" {
 			fmt.Fprintf(&b, " (%s)", c)
 		}

@@ -3,6 +3,7 @@ package audit
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -360,7 +361,7 @@ func (r *Report) setFindings(m map[string]*Finding) {
 	}
 	for i := range r.Rules {
 		for _, f := range r.Findings {
-			if f.Rule != nil && f.Rule.ID == r.Rules[i].Rule.ID {
+			if f.Rule != nil && (f.Rule.ID == r.Rules[i].Rule.ID || slices.Contains(f.AlsoRules, r.Rules[i].Rule.ID)) {
 				r.Rules[i].Findings = append(r.Rules[i].Findings, f.ID)
 			}
 		}

@@ -279,6 +279,9 @@ func buildSARIF(r *Report, catalogRoot string) sarifLog {
 		if f.Rule != nil {
 			props["matrixRule"] = f.Rule.ID
 		}
+		if len(f.AlsoRules) > 0 {
+			props["alsoMatrixRules"] = f.AlsoRules
+		}
 		results = append(results, sarifResult{
 			RuleID: string(f.Kind), RuleIndex: idx, Level: sarifLevel(f.Severity),
 			Message:             sarifText{f.Summary},
