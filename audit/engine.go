@@ -193,17 +193,70 @@ type ruleObs struct {
 	unknown *obs
 	// flood holds a suspected flood's half-open attempts: they count for
 	// the port's state only.
-	flood    *obs
+	flood *obs
+	// broad is traffic that only this rule's broad port range (and those
+	// of other broad rules) covers, toward a peer the site does not bind:
+	// unverified, never "in use" (see broadRule).
+	broad    *obs
 	unbound  bool // some traffic matched only because the site does not bind the rule's peer
 	anyBound bool // some traffic matched a bound peer
 }
 
 func newRuleObs(r *catalog.Rule) *ruleObs {
-	return &ruleObs{rule: r, inZone: newObs(), outZone: newObs(), unknown: newObs(), flood: newObs()}
+	return &ruleObs{rule: r, inZone: newObs(), outZone: newObs(), unknown: newObs(), flood: newObs(), broad: newObs()}
 }
 
 // traffic is the rule's traffic, without a suspected flood's attempts.
-func (ro *ruleObs) traffic() *obs { return merged(ro.inZone, ro.outZone, ro.unknown) }
+func (ro *ruleObs) traffic() *obs { return merged(ro.inZone, ro.outZone, ro.unknown, ro.broad) }
+
+// BroadPorts is the number of ports from which a rule's port range is
+// broad: "high TCP ports (1024 or above)", "any". Traffic that only a
+// broad rule covers, through a peer the site does not bind, cannot be
+// called documented: almost any connection falls in the range, and the
+// peer is the only thing that would make it the documented one.
+const BroadPorts = 1024
+
+// broadRule reports whether r's ports span at least BroadPorts ports (a
+// port protocol with no ports listed spans all of them).
+func broadRule(r *catalog.Rule) bool {
+	if len(r.Protos) == 0 || !r.Protos[0].HasPorts() {
+		return false
+	}
+	if len(r.Ports) == 0 {
+		return true
+	}
+	n := 0
+	for _, pr := range r.Ports {
+		n += int(pr.Hi) - int(pr.Lo) + 1
+	}
+	return n >= BroadPorts
+}
+
+// narrowest drops the broad rules of ros unless all are broad: traffic a
+// narrow rule of an unbound peer documents owes nothing to a broad range
+// toward an unbound peer, which must not be "in use" through it.
+func narrowest(ros []*ruleObs) []*ruleObs {
+	var out []*ruleObs
+	for _, ro := range ros {
+		if !broadRule(ro.rule) {
+			out = append(out, ro)
+		}
+	}
+	if len(out) == 0 {
+		return ros
+	}
+	return out
+}
+
+// allBroad: every rule of ros is broad.
+func allBroad(ros []*ruleObs) bool {
+	for _, ro := range ros {
+		if !broadRule(ro.rule) {
+			return false
+		}
+	}
+	return len(ros) > 0
+}
 
 // verdict is the port's state from the rule's traffic and a flood's
 // attempts together.
@@ -322,6 +375,7 @@ func (a *auditor) flows(rep *Report) {
 		rules    []*ruleObs // matched rules (in zone or unverified)
 		outOf    *ruleObs   // documented port, peer outside every matching rule's zone
 		unbound  bool       // rules matched because the site binds none of their peers
+		broad    []*ruleObs // only broad rules with unbound peers cover it: unverified
 		undocSvc bool
 		flood    bool // a suspected flood's attempt, set apart
 	}
@@ -335,8 +389,11 @@ func (a *auditor) flows(rep *Report) {
 				h.undocSvc = true
 			} else {
 				h.rules, h.unbound, h.outOf = a.matchPeer(cands, f.Peer)
+				if h.unbound && allBroad(h.rules) {
+					h.broad, h.rules, h.unbound = h.rules, nil, false
+				}
 			}
-			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil)
+			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil || h.broad != nil)
 			hits = append(hits, h)
 		}
 	}
@@ -345,7 +402,7 @@ func (a *auditor) flows(rep *Report) {
 	// out-of-zone inbound ports from one peer.
 	scanPorts := map[netip.Addr]map[service]bool{}
 	for _, h := range hits {
-		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil) {
+		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil || h.broad != nil) {
 			continue
 		}
 		if scanPorts[h.f.Peer] == nil {
@@ -378,6 +435,20 @@ func (a *auditor) flows(rep *Report) {
 		}
 		outOfZone[ro][s].add(f)
 	}
+	type broadObs struct {
+		rules []*ruleObs
+		o     *obs
+	}
+	unverifiedBy := map[service]*broadObs{}
+	unverified := func(ros []*ruleObs, s service, f *snapshot.Flow) {
+		for _, ro := range ros {
+			ro.broad.add(f)
+		}
+		if unverifiedBy[s] == nil {
+			unverifiedBy[s] = &broadObs{rules: ros, o: newObs()}
+		}
+		unverifiedBy[s].o.add(f)
+	}
 	floodObs := map[service]*obs{}
 	setApart := func(s service, f *snapshot.Flow) {
 		if floodObs[s] == nil {
@@ -393,7 +464,7 @@ func (a *auditor) flows(rep *Report) {
 			setApart(s, f)
 			continue
 		}
-		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil) {
+		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil || h.broad != nil) {
 			sc.add(f)
 			continue
 		}
@@ -407,6 +478,8 @@ func (a *auditor) flows(rep *Report) {
 				ro.unbound = ro.unbound || h.unbound
 				ro.anyBound = ro.anyBound || !h.unbound
 			}
+		case h.broad != nil:
+			unverified(h.broad, s, f)
 		case h.outOf != nil:
 			outOf(h.outOf, s, f)
 		}
@@ -421,7 +494,7 @@ func (a *auditor) flows(rep *Report) {
 		for _, f := range g.folded {
 			m := a.matchPrefix(cands, f.PeerPrefix)
 			rep.addCell(s, len(cands) > 0, f, a.o.Site)
-			if fl.takes(f, len(cands) == 0 || m.outOf != nil) {
+			if fl.takes(f, len(cands) == 0 || m.outOf != nil || allBroad(m.unbound)) {
 				setApart(s, f)
 				continue
 			}
@@ -441,6 +514,8 @@ func (a *auditor) flows(rep *Report) {
 					ro.unknown.add(f)
 					l.zones[ro.rule.Peer.String()] = true
 				}
+			case len(m.unbound) > 0 && allBroad(m.unbound):
+				unverified(m.unbound, s, f)
 			case len(m.unbound) > 0:
 				for _, ro := range m.unbound {
 					ro.inZone.add(f)
@@ -498,6 +573,9 @@ func (a *auditor) flows(rep *Report) {
 		for s, o := range bySvc {
 			a.outOfZone(ro, s, o)
 		}
+	}
+	for s, u := range unverifiedBy {
+		a.unverifiedFlow(u.rules, s, u.o)
 	}
 	for p, o := range scanners {
 		ev := o.evidence(a.o.TopPeers)
@@ -568,9 +646,11 @@ func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match []*ruleObs
 	if len(match) > 0 {
 		return match, false, nil
 	}
-	if len(free) > 0 {
-		return free, true, nil
+	if len(free) > 0 && !(allBroad(free) && outOf != nil) {
+		return narrowest(free), true, nil
 	}
+	// Out of every bound rule's zone; a broad rule whose peer the site
+	// does not bind does not make the traffic documented.
 	return nil, false, outOf
 }
 
@@ -617,8 +697,8 @@ func (a *auditor) matchPrefix(cands []*ruleObs, p netip.Prefix) prefixMatch {
 		return prefixMatch{inside: m.inside}
 	case len(m.partly) > 0:
 		return prefixMatch{partly: m.partly}
-	case len(m.unbound) > 0:
-		return prefixMatch{unbound: m.unbound}
+	case len(m.unbound) > 0 && !(allBroad(m.unbound) && outOf != nil):
+		return prefixMatch{unbound: narrowest(m.unbound)}
 	}
 	return prefixMatch{outOf: outOf}
 }
@@ -712,6 +792,39 @@ func (a *auditor) undocumented(s service, o *obs) {
 		f.Summary += " (direction inferred from port numbers)"
 	}
 	a.add(f)
+}
+
+// unverifiedFlow reports traffic that only broad rules cover, through
+// peers the site does not bind (rules are those rules, in matrix order).
+func (a *auditor) unverifiedFlow(rules []*ruleObs, s service, o *obs) {
+	r := rules[0].rule
+	ev := o.evidence(a.o.TopPeers)
+	port := portLabel(s.proto, s.port)
+	binds := "no site binds"
+	if a.o.Site != nil {
+		binds = "the site does not bind"
+	}
+	toward := "toward"
+	if s.dir == snapshot.Inbound {
+		toward = "from"
+	}
+	var what string
+	switch s.dir {
+	case snapshot.Outbound:
+		what = fmt.Sprintf("this host connects to %s/%s with %s", s.proto, port, who(ev))
+	default:
+		what = fmt.Sprintf("%s reached %s %s/%s", who(ev), s.dir, s.proto, port)
+	}
+	others := ""
+	if len(rules) > 1 {
+		others = fmt.Sprintf(" (and %s)", plural(len(rules)-1, "other broad rule"))
+	}
+	a.add(&Finding{
+		ID: fmt.Sprintf("unverified-flow/%s/%s/%d", s.dir, s.proto, s.port), Kind: UnverifiedFlow, Severity: Medium,
+		Direction: s.dir, Proto: s.proto.String(), Port: port, Rule: refOf(r), Evidence: ev,
+		Summary: fmt.Sprintf("%s: only the broad range %s/%s of %s%s, %s %s, documents it, and %s %s, so the peer is unverified (%s)",
+			what, r.ProtoString(), r.PortString(), r.ID, others, toward, r.Peer, binds, r.Peer, r.Purpose),
+	})
 }
 
 func (a *auditor) outOfZone(ro *ruleObs, s service, o *obs) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -568,6 +569,191 @@ zones:
 		}
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("%s lacks %q", format, want)
+		}
+	}
+}
+
+func broadMatrix(t *testing.T, site string) (*catalog.Matrix, *catalog.Site) {
+	t.Helper()
+	c, err := catalog.LoadFiles("testdata/engine/broad.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, v, err := c.Resolve("broadapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := p.Effective(v, "server", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if site == "" {
+		return m, nil
+	}
+	s, err := catalog.ParseSite("site.yaml", []byte(site))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, s
+}
+
+func findingIDs(r *Report) []string {
+	var out []string
+	for _, f := range r.Findings {
+		out = append(out, fmt.Sprintf("%s %s", f.Severity, f.ID))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestBroadRangeUnverified: traffic that only a broad documented range
+// covers, toward a peer nothing binds, is not silently "in use": it is an
+// unverified-flow at medium. A narrow rule of an unbound peer still makes
+// traffic optional-in-use; a bound rule the peer is outside of makes it out
+// of zone; a bound peer in the range makes it in use.
+func TestBroadRangeUnverified(t *testing.T) {
+	out := snapshot.Evidence{SynOut: 1, SynAckIn: 1}
+	flows := func(extra ...snapshot.Flow) *snapshot.Snapshot {
+		base := []snapshot.Flow{flow("out", "tcp", 5432, "10.5.0.7", 20, 20, out)}
+		return snap(10*time.Minute, append(base, extra...)...)
+	}
+	folded := flow("out", "tcp", 8443, "198.51.100.1", 30, 30, out)
+	folded.Peer, folded.PeerPrefix, folded.Peers = netip.Addr{}, netip.MustParsePrefix("198.51.100.0/24"), 12
+	var scan []snapshot.Flow
+	for p := uint16(2000); p < 2020; p++ {
+		scan = append(scan, flow("in", "tcp", p, "203.0.113.66", 1, 1, snapshot.Evidence{SynIn: 1, RstOut: 1}))
+	}
+	const dbSite = "zones:\n  DB_NET: 10.5.0.0/24\n"
+	for _, tc := range []struct {
+		name string
+		site string
+		snap *snapshot.Snapshot
+		want []string
+		// status of b1.server.rpc-high; summary the unverified finding must contain
+		status, summary string
+	}{
+		{"no site: an arbitrary outbound high port", "", flows(flow("out", "tcp", 4444, "203.0.113.9", 12, 10, out)),
+			[]string{"medium unverified-flow/outbound/tcp/4444"}, StatusUnverified, "no site binds role hids-host"},
+		{"site without the role", dbSite, flows(flow("out", "tcp", 4444, "203.0.113.9", 12, 10, out)),
+			[]string{"medium unverified-flow/outbound/tcp/4444"}, StatusUnverified, "the site does not bind role hids-host"},
+		{"site binds the role, peer in it: in use", dbSite + "roles:\n  hids-host: 203.0.113.9\n",
+			flows(flow("out", "tcp", 4444, "203.0.113.9", 12, 10, out)),
+			[]string{"info optional-in-use/b1.server.rpc-high"}, StatusSeen, ""},
+		{"site binds the role, peer outside it: out of zone", dbSite + "roles:\n  hids-host: 203.0.113.10\n",
+			flows(flow("out", "tcp", 4444, "203.0.113.9", 12, 10, out)),
+			[]string{"medium peer-out-of-zone/b1.server.rpc-high/tcp/4444"}, StatusOutOfZone, ""},
+		{"a bound narrow rule on the port wins over the broad one: out of zone", dbSite,
+			flows(flow("out", "tcp", 5432, "203.0.113.9", 12, 10, out)),
+			[]string{"medium peer-out-of-zone/b1.server.db/tcp/5432"}, StatusNotSeen, ""},
+		{"a narrow range of the unbound role: in use, unverified", dbSite,
+			flows(flow("in", "tcp", 7001, "203.0.113.9", 12, 10, synAck(1))),
+			[]string{"info optional-in-use/b1.server.agent-range"}, StatusNotSeen, ""},
+		{"a folded prefix on a broad range", dbSite, flows(folded),
+			[]string{"low audit-incomplete/folded", "medium unverified-flow/outbound/tcp/8443"}, StatusUnverified, "~12 peers"},
+		{"probes across a broad inbound range are a scan, reported once", dbSite, flows(scan...),
+			[]string{"medium scan-suspected/203.0.113.66"}, StatusNotSeen, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, site := broadMatrix(t, tc.site)
+			if err := tc.snap.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			r, err := Run(tc.snap, Options{Matrix: m, Site: site, Now: func() time.Time { return t0 }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := diffStrings(findingIDs(r), tc.want); d != "" {
+				t.Errorf("findings differ:\n%s", d)
+			}
+			if st := ruleStatusByID(r)["b1.server.rpc-high"]; st != tc.status {
+				t.Errorf("rpc-high status %s, want %s", st, tc.status)
+			}
+			for _, f := range r.Findings {
+				if f.Kind != UnverifiedFlow {
+					continue
+				}
+				if f.Rule == nil || f.Rule.ID != "b1.server.rpc-high" || !strings.Contains(f.Summary, tc.summary) ||
+					!strings.Contains(f.Summary, "broad range tcp/1024-65535") {
+					t.Errorf("unverified finding: rule %v, summary %q", f.Rule, f.Summary)
+				}
+				if len(r.Rules) > 0 && !slices.Contains(ruleFindings(r, "b1.server.rpc-high"), f.ID) {
+					t.Errorf("rule rpc-high does not link %s", f.ID)
+				}
+			}
+		})
+	}
+}
+
+func ruleFindings(r *Report, id string) []string {
+	for _, rs := range r.Rules {
+		if rs.Rule.ID == id {
+			return rs.Findings
+		}
+	}
+	return nil
+}
+
+// TestUSMSensorHighPortsWithoutSite is issue 12's case: USM's sensor
+// documents "high TCP ports (1024 or above)" toward HIDS hosts; without a
+// site, an outbound tcp/4444 to an arbitrary host was "optional-in-use".
+func TestUSMSensorHighPortsWithoutSite(t *testing.T) {
+	cat, err := catalog.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, v, err := cat.Resolve("usm@5.6.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := p.Effective(v, "sensor", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := snap(10*time.Minute, flow("out", "tcp", 4444, "203.0.113.200", 40, 35, snapshot.Evidence{SynOut: 1, SynAckIn: 1}))
+	r, err := Run(s, Options{Matrix: m, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got *Finding
+	for i, f := range r.Findings {
+		if f.Port == "4444" || strings.Contains(f.Summary, "4444") {
+			if got != nil {
+				t.Errorf("tcp/4444 reported twice: %s and %s", got.ID, f.ID)
+			}
+			got = &r.Findings[i]
+		}
+	}
+	if got == nil || got.Kind != UnverifiedFlow || got.Severity < Medium {
+		t.Fatalf("tcp/4444 to an arbitrary host: %+v, want an unverified-flow of medium severity", got)
+	}
+	if r.AtLeast(Low) == 0 {
+		t.Error("the default --fail-on low would pass this audit")
+	}
+}
+
+// TestClassifyBroad: the rule generator's classification agrees with the
+// audit on broad ranges: a bound narrow rule's outsider is out of zone,
+// not unverified through the broad range; a narrow unbound rule, not the
+// broad one, is the rule a flow falls under.
+func TestClassifyBroad(t *testing.T) {
+	m, site := broadMatrix(t, "zones:\n  DB_NET: 10.5.0.0/24\n")
+	out := snapshot.Evidence{SynOut: 1, SynAckIn: 1}
+	s := snap(10*time.Minute,
+		flow("out", "tcp", 5432, "203.0.113.9", 1, 1, out),
+		flow("in", "tcp", 7001, "203.0.113.9", 1, 1, synAck(1)),
+		flow("out", "tcp", 4444, "203.0.113.9", 1, 1, out))
+	got := Classify(s, m, site)
+	want := []struct {
+		kind FlowKind
+		rule string
+	}{{FlowOutOfZone, "b1.server.db"}, {FlowUnverified, "b1.server.agent-range"}, {FlowUnverified, "b1.server.rpc-high"}}
+	for i, w := range want {
+		if got[i].Kind != w.kind || len(got[i].Rules) != 1 || got[i].Rules[0].ID != w.rule {
+			var ids []string
+			for _, r := range got[i].Rules {
+				ids = append(ids, r.ID)
+			}
+			t.Errorf("flow %d: %s %v, want %s [%s]", i, got[i].Kind, ids, w.kind, w.rule)
 		}
 	}
 }

@@ -27,6 +27,9 @@ const (
 	FloodSuspected       Kind = "flood-suspected"
 	AuditIncomplete      Kind = "audit-incomplete"
 	OptionalInUse        Kind = "optional-in-use"
+	// UnverifiedFlow: traffic only a broad documented port range covers
+	// (BroadPorts), toward a peer the site does not bind.
+	UnverifiedFlow Kind = "unverified-flow"
 )
 
 // Kinds lists every kind, in report order: within a severity, what
@@ -35,7 +38,7 @@ const (
 // come after missing-required so a flood never pushes a conformance
 // finding down (docs/FINDINGS.md).
 var Kinds = []Kind{AuditIncomplete, UnexpectedOpenPort, PeerOutOfZone, RequiredPortClosed, RequiredPortFiltered,
-	UndocumentedFlow, DeprecatedPort, ScanSuspected, MissingRequired, FloodSuspected, OptionalInUse}
+	UndocumentedFlow, UnverifiedFlow, DeprecatedPort, ScanSuspected, MissingRequired, FloodSuspected, OptionalInUse}
 
 // Severity orders findings; --fail-on compares against it.
 type Severity uint8

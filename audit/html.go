@@ -35,6 +35,7 @@ type htmlView struct {
 	Matrix     string
 	Conditions string
 	Site       string
+	NoSite     string
 	Snapshot   SnapshotInfo
 	Start, End htmlTime
 	Interfaces []htmlIface
@@ -211,6 +212,7 @@ func buildHTML(r *Report) *htmlView {
 		Generated: mkTime(r.Generated),
 		Matrix:    fmt.Sprintf("%s (%s) %s, role %s, %d rules", r.Matrix.ProductName, r.Matrix.Product, r.Matrix.Version, r.Matrix.Role, r.Matrix.Rules),
 		Site:      r.Site,
+		NoSite:    noSiteText,
 		Snapshot:  r.Snapshot,
 		Start:     mkTime(r.Snapshot.Start),
 		End:       mkTime(r.Snapshot.End),

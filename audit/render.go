@@ -65,6 +65,9 @@ func sevColor(s Severity) string {
 	return ansiGrey
 }
 
+// noSiteText says what an audit without a site file could not check.
+const noSiteText = "zones and roles are bound to no address, so no peer was checked against its zone (give --site)"
+
 // WriteTable writes the terminal report: header, findings, then the
 // documented matrix with what was observed per rule.
 func WriteTable(w io.Writer, r *Report, color bool) error {
@@ -90,7 +93,7 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 	if r.Site != "" {
 		fmt.Fprintf(&b, "site: %s\n", r.Site)
 	} else {
-		fmt.Fprintln(&b, "site: none (zones unbound: peer checks unverified)")
+		fmt.Fprintln(&b, c(ansiBold+ansiYellow, "site: NONE: "+noSiteText))
 	}
 	fmt.Fprintf(&b, "findings: %d high, %d medium, %d low, %d info\n\n",
 		r.Counts["high"], r.Counts["medium"], r.Counts["low"], r.Counts["info"])

@@ -415,6 +415,8 @@ func (a *auditor) ruleStatus() []RuleStatus {
 			rs.Status = StatusSeen
 		case !ro.unknown.empty():
 			rs.Status = StatusPeersUnknown
+		case !ro.broad.empty():
+			rs.Status = StatusUnverified
 		case !ro.outZone.empty():
 			rs.Status = StatusOutOfZone
 		default: // only a suspected flood's attempts

@@ -134,6 +134,10 @@ var kindDocs = map[Kind]kindInfo{
 		"Traffic the matrix does not document for this role.",
 		"This host exchanged traffic on a service the vendor matrix does not list for the audited role (outbound connections, unanswered inbound attempts, ICMP echo, other protocols). Check whether it is needed; document it in a site-specific catalog or block it.",
 	},
+	UnverifiedFlow: {
+		"Traffic only a broad documented port range covers, toward a peer the site does not bind.",
+		"A rule documents a wide port range (1024 or more ports, e.g. \"high TCP ports\") toward a zone or role, and this traffic falls in the range, but the site file binds no address to that zone or role: nothing shows that the peer is the documented one, and almost any connection falls in such a range. Bind the zone or role in the site file (--site) so the peer can be checked, or find out what the traffic is.",
+	},
 	DeprecatedPort: {
 		"Traffic on a port the vendor document says is no longer used in this release.",
 		"The rule is listed for this release only as deprecated. Traffic on it points at a leftover configuration or an outdated peer; migrate it to the current port.",

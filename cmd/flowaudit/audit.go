@@ -90,6 +90,7 @@ func runAudit(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	warnNoSite(e, res)
 	snap, err := in.load(e)
 	if err != nil {
 		return err

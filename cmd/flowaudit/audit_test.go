@@ -167,3 +167,21 @@ func TestAuditSnapshotNewFields(t *testing.T) {
 		t.Errorf("unknown fields reported above debug level:\n%s", errOut)
 	}
 }
+
+// TestAuditNoSiteWarning: without --site the audit says loudly, on stderr
+// and in the report, that no peer was checked against its zone.
+func TestAuditNoSiteWarning(t *testing.T) {
+	p := writeSnap(t, cleanFlows()...)
+	noSite := []string{"audit", "--catalog", testCatalog, "--matrix", "testapp", "--role", "server", "--snapshot", p}
+	_, out, errOut := runCLI(t, noSite...)
+	if !strings.Contains(errOut, "NO SITE FILE (--site)") || !strings.Contains(errOut, "ADMIN_IP") {
+		t.Errorf("no warning naming the unbound zones on stderr:\n%s", errOut)
+	}
+	if !strings.Contains(out, "site: NONE: zones and roles are bound to no address") {
+		t.Errorf("the report does not say it had no site:\n%s", out)
+	}
+	_, out, errOut = runCLI(t, auditArgs(p)...)
+	if strings.Contains(errOut, "NO SITE FILE") || strings.Contains(out, "site: NONE") {
+		t.Errorf("warning with a site:\n%s\n%s", errOut, out)
+	}
+}
