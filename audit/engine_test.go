@@ -757,3 +757,55 @@ func TestClassifyBroad(t *testing.T) {
 		}
 	}
 }
+
+// TestMatrixSeparatesOutOfZone: the documented-matrix table counts the
+// peers a rule allows apart from those outside its zone (SSH from one
+// admin and two outsiders: 1 peer allowed, 2 out of zone, not "3 seen").
+func TestMatrixSeparatesOutOfZone(t *testing.T) {
+	m, site := loadTestMatrix(t, "server", nil)
+	s := snap(10*time.Minute, append(serverBaseline(),
+		flow("in", "tcp", 22, "10.1.4.4", 9, 8, synAck(1)),
+		flow("in", "tcp", 22, "10.1.4.5", 5, 4, synAck(1)))...)
+	r, err := Run(s, Options{Matrix: m, Site: site, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ssh RuleStatus
+	for _, rs := range r.Rules {
+		if rs.Rule.ID == "t1.server.ssh" {
+			ssh = rs
+		}
+	}
+	if ssh.Status != StatusSeen || ssh.Allowed.Peers != 1 || ssh.Allowed.Packets != 78 ||
+		ssh.OutOfZone == nil || ssh.OutOfZone.Peers != 2 || ssh.OutOfZone.Packets != 26 || ssh.OutOfZonePeers != 2 {
+		t.Fatalf("ssh: status %s, allowed %d peers %d packets, out of zone %+v", ssh.Status, ssh.Allowed.Peers, ssh.Allowed.Packets, ssh.OutOfZone)
+	}
+	if ssh.Evidence.Peers != 3 {
+		t.Errorf("all traffic: %d peers, want 3", ssh.Evidence.Peers)
+	}
+	var b bytes.Buffer
+	if err := WriteTable(&b, r, false); err != nil {
+		t.Fatal(err)
+	}
+	var row string
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "t1.server.ssh ") {
+			row = l
+		}
+	}
+	if f := strings.Fields(row); len(f) < 11 || f[6] != "seen" || f[7] != "1" || f[8] != "78" || !strings.Contains(row, "2 peers, 26 packets") {
+		t.Errorf("ssh row %q: want seen, 1 peer, 78 packets, and 2 peers, 26 packets out of zone", row)
+	}
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "t1.server.agent ") && !strings.HasSuffix(strings.TrimSpace(l), " -") {
+			t.Errorf("agent row without outsiders: %q", l)
+		}
+	}
+	var h bytes.Buffer
+	if err := WriteHTML(&h, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(h.String(), `<td class="num bad">2 peers<br><small>26 pkts</small></td>`) {
+		t.Error("HTML matrix lacks the out-of-zone cell of ssh")
+	}
+}

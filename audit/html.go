@@ -124,6 +124,7 @@ type htmlRule struct {
 	Unknown     uint64
 	Flood       uint64
 	OutOfZone   int
+	OutPackets  uint64
 	Packets     uint64
 	Findings    []htmlLink
 	Purpose     string
@@ -338,11 +339,14 @@ func buildHTML(r *Report) *htmlView {
 		hr := htmlRule{
 			Anchor: anchorOf("rule", i), ID: rr.ID, Direction: rr.Direction.String(), Service: rr.Proto + "/" + rr.Ports,
 			Peer: rr.Peer, Requirement: req, Status: rs.Status, Failing: failingStatus(rs), Deprecated: rs.Deprecated,
-			Peers: peersNum(rs.Evidence), Unknown: rs.Evidence.PeersUnknownPackets, Flood: rs.Evidence.FloodPackets, OutOfZone: rs.OutOfZonePeers, Packets: rs.Evidence.Packets,
+			Peers: peersNum(rs.Allowed), Unknown: rs.Allowed.PeersUnknownPackets, Flood: rs.Allowed.FloodPackets, OutOfZone: rs.OutOfZonePeers, Packets: rs.Allowed.Packets,
 			Purpose: rr.Purpose, Citation: citationText(rr.Citation), Quote: rr.Citation.Quote,
 		}
 		if rr.Source.File != "" {
 			hr.Source = rr.Source.String()
+		}
+		if rs.OutOfZone != nil {
+			hr.OutPackets = rs.OutOfZone.Packets
 		}
 		for _, id := range rs.Findings {
 			hr.Findings = append(hr.Findings, htmlLink{Href: "#" + findingAnchor[id], Text: id})

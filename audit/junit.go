@@ -212,12 +212,12 @@ func ruleDetail(rs RuleStatus) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "status: %s\n", rs.Status)
 	fmt.Fprintf(&b, "rule: %s %s, peer %s, %s: %s\n", rr.ID, ruleService(rr), rr.Peer, req, rr.Purpose)
-	fmt.Fprintf(&b, "observed: %d packets from %s", rs.Evidence.Packets, who(rs.Evidence))
-	if rs.OutOfZonePeers > 0 {
-		fmt.Fprintf(&b, ", %s out of zone", countOf(rs.OutOfZonePeers, "peer"))
+	fmt.Fprintf(&b, "observed: %d packets from %s the rule allows", rs.Allowed.Packets, who(rs.Allowed))
+	if oz := rs.OutOfZone; oz != nil {
+		fmt.Fprintf(&b, "; %d packets from %s outside its zone", oz.Packets, who(*oz))
 	}
-	if rs.Evidence.FloodPackets > 0 {
-		fmt.Fprintf(&b, ", %d packets of a suspected flood (state only)", rs.Evidence.FloodPackets)
+	if rs.Allowed.FloodPackets > 0 {
+		fmt.Fprintf(&b, "; %d packets of a suspected flood (state only)", rs.Allowed.FloodPackets)
 	}
 	if c := citationText(rr.Citation); c != "" {
 		fmt.Fprintf(&b, "\ncited: %s", c)
@@ -226,13 +226,6 @@ func ruleDetail(rs RuleStatus) string {
 		fmt.Fprintf(&b, "\nsource: %s", rr.Source)
 	}
 	return b.String()
-}
-
-func countOf(n int, what string) string {
-	if n == 1 {
-		return "1 " + what
-	}
-	return fmt.Sprintf("%d %ss", n, what)
 }
 
 func findingDetail(f *Finding) string {

@@ -115,7 +115,7 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 
 	fmt.Fprintln(&b, c(ansiBold, "documented matrix vs observed"))
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULE\tDIR\tSERVICE\tPEER\tREQ\tSTATUS\tPEERS\tPACKETS")
+	fmt.Fprintln(tw, "RULE\tDIR\tSERVICE\tPEER\tREQ\tSTATUS\tPEERS\tPACKETS\tOUT OF ZONE")
 	for _, rs := range r.Rules {
 		req := rs.Rule.Requirement.String()
 		if rs.Rule.Condition != "" {
@@ -130,12 +130,21 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 		case status == StatusNotSeen, status == StatusClosed, status == StatusFiltered:
 			status = c(ansiGrey, status)
 		}
-		packets := fmt.Sprint(rs.Evidence.Packets)
-		if rs.Evidence.FloodPackets > 0 {
-			packets += fmt.Sprintf(" (+%d flood)", rs.Evidence.FloodPackets)
+		// PEERS and PACKETS are the peers the rule allows (or may: unverified,
+		// unknown); peers outside its zone are counted apart.
+		packets := fmt.Sprint(rs.Allowed.Packets)
+		if rs.Allowed.FloodPackets > 0 {
+			packets += fmt.Sprintf(" (+%d flood)", rs.Allowed.FloodPackets)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
-			rs.Rule.Peer, req, status, peersNum(rs.Evidence), packets)
+		outside := "-"
+		if oz := rs.OutOfZone; oz != nil {
+			outside = c(ansiRed, fmt.Sprintf("%s peers, %d packets", peersNum(*oz), oz.Packets))
+			if oz.Peers == 1 && !oz.PeersEstimated && oz.PeersUnknownPackets == 0 {
+				outside = c(ansiRed, fmt.Sprintf("1 peer, %d packets", oz.Packets))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
+			rs.Rule.Peer, req, status, peersNum(rs.Allowed), packets, outside)
 	}
 	tw.Flush()
 	if r.Infrastructure.Packets > 0 || r.Unclassified.Packets > 0 {

@@ -201,11 +201,20 @@ const (
 type RuleStatus struct {
 	Rule RuleRef `json:"rule"`
 	// Status is one of the Status* constants.
-	Status     string   `json:"status"`
-	Deprecated bool     `json:"deprecated,omitempty"`
-	Evidence   Evidence `json:"evidence"`
-	// OutOfZonePeers counts peers that used the rule's port from outside its zone.
-	OutOfZonePeers int `json:"out_of_zone_peers,omitempty"`
+	Status     string `json:"status"`
+	Deprecated bool   `json:"deprecated,omitempty"`
+	// Evidence is all of the rule's traffic: Allowed and OutOfZone
+	// together.
+	Evidence Evidence `json:"evidence"`
+	// Allowed is the traffic of the peers the rule allows or may allow:
+	// in its zone, in a zone the site does not bind (unverified), or
+	// unknown (no peer identity, a folded prefix across the zone's edge);
+	// with a suspected flood's packets beside it (FloodPackets).
+	Allowed Evidence `json:"allowed"`
+	// OutOfZone is the traffic of the peers outside the rule's zone (nil
+	// when there was none); OutOfZonePeers counts them.
+	OutOfZone      *Evidence `json:"out_of_zone,omitempty"`
+	OutOfZonePeers int       `json:"out_of_zone_peers,omitempty"`
 	// Findings are the IDs of findings about this rule.
 	Findings []string `json:"findings,omitempty"`
 }
@@ -399,7 +408,12 @@ func (a *auditor) ruleStatus() []RuleStatus {
 		// counted beside it (FloodPackets): they make no rule seen.
 		traffic := ro.traffic()
 		outZone, _ := ro.outZone.peerCount()
-		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: ro.evidence(traffic, a.o.TopPeers), OutOfZonePeers: outZone}
+		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: ro.evidence(traffic, a.o.TopPeers),
+			Allowed: ro.evidence(merged(ro.inZone, ro.unknown, ro.broad), a.o.TopPeers), OutOfZonePeers: outZone}
+		if !ro.outZone.empty() {
+			ev := ro.outZone.evidence(a.o.TopPeers)
+			rs.OutOfZone = &ev
+		}
 		switch v := ro.verdict(traffic); {
 		case traffic.empty() && ro.flood.empty():
 			rs.Status = StatusNotSeen
