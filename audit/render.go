@@ -15,9 +15,13 @@ var Formats = []string{"table", "json", "html", "junit", "sarif"}
 type RenderOptions struct {
 	// Color enables ANSI colour in the table (only on a terminal).
 	Color bool
-	// CatalogRoot is the directory SARIF paths of built-in catalog files
-	// are relative to (the repository root: "catalog/data/…").
+	// CatalogRoot is the directory SARIF paths are made relative to (the
+	// repository the SARIF log is uploaded for; flowaudit audit passes its
+	// working directory).
 	CatalogRoot string
+	// CatalogFiles are the user's catalog files (--catalog): SARIF results
+	// that no other file of the user's locates point at the first.
+	CatalogFiles []string
 }
 
 // Write renders r in format.
@@ -32,7 +36,7 @@ func Write(w io.Writer, r *Report, format string, o RenderOptions) error {
 	case "junit":
 		return WriteJUnit(w, r)
 	case "sarif":
-		return WriteSARIF(w, r, o.CatalogRoot)
+		return WriteSARIF(w, r, o)
 	}
 	return fmt.Errorf("unknown report format %q (want %s)", format, strings.Join(Formats, ", "))
 }

@@ -791,7 +791,7 @@ func TestSARIFSchema(t *testing.T) {
 	}
 	// With a catalog root too.
 	var buf bytes.Buffer
-	if err := WriteSARIF(&buf, r, t.TempDir()); err != nil {
+	if err := WriteSARIF(&buf, r, RenderOptions{CatalogRoot: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := validateSARIF(sch, buf.Bytes()); err != nil {
@@ -800,7 +800,7 @@ func TestSARIFSchema(t *testing.T) {
 	// An empty audit validates as well.
 	empty := &Report{Version: ReportVersion, Counts: map[string]int{}}
 	buf.Reset()
-	if err := WriteSARIF(&buf, empty, ""); err != nil {
+	if err := WriteSARIF(&buf, empty, RenderOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := validateSARIF(sch, buf.Bytes()); err != nil {
@@ -870,6 +870,9 @@ type sLog struct {
 						StartLine int `json:"startLine"`
 					} `json:"region"`
 				} `json:"physicalLocation"`
+				Message *struct {
+					Text string `json:"text"`
+				} `json:"message"`
 			} `json:"locations"`
 			PartialFingerprints map[string]string `json:"partialFingerprints"`
 			Properties          map[string]any    `json:"properties"`
@@ -909,7 +912,10 @@ func TestSARIF(t *testing.T) {
 		t.Fatalf("%d results, %d findings", len(run.Results), len(r.Findings))
 	}
 	files := catalog.BuiltinFiles()
-	matrixFile := "catalog/data/utmstack-v11.yaml"
+	site, err := os.ReadFile("testdata/render/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	levels := map[Severity]string{High: "error", Medium: "warning", Low: "note", Info: "note"}
 	for i, f := range r.Findings {
 		res := run.Results[i]
@@ -940,29 +946,55 @@ func TestSARIF(t *testing.T) {
 		if line < 1 || strings.Contains(uri, `\`) || strings.HasPrefix(uri, "/") || strings.Contains(uri, "..") {
 			t.Errorf("%s: location %s:%d", f.ID, uri, line)
 		}
-		wantURI, wantLine := matrixFile, 1
-		if f.Rule != nil {
-			wantURI, wantLine = f.Rule.Source.File, f.Rule.Source.Line
+		// The built-in catalog is not in the user's repository: results
+		// point at the site file, at the binding of the rule's peer.
+		if strings.HasPrefix(uri, "catalog/") {
+			t.Errorf("%s: points at the built-in catalog %s", f.ID, uri)
 		}
-		if uri != wantURI || line != wantLine {
-			t.Errorf("%s: location %s:%d, want %s:%d", f.ID, uri, line, wantURI, wantLine)
+		if uri != "testdata/render/site.yaml" {
+			t.Errorf("%s: location %s, want the site file", f.ID, uri)
+			continue
 		}
-		// The location really is the rule in the catalog file.
-		content, ok := files[uri]
-		if !ok {
-			t.Errorf("%s: %s is not a built-in catalog file", f.ID, uri)
+		siteLines := strings.Split(string(site), "\n")
+		if f.Rule == nil {
+			if line != 1 {
+				t.Errorf("%s: a finding without a rule at line %d", f.ID, line)
+			}
+			continue
+		}
+		var key string
+		if strings.HasPrefix(f.Rule.Peer, "zone ") {
+			key = "  " + strings.TrimPrefix(f.Rule.Peer, "zone ") + ":"
+		} else if strings.HasPrefix(f.Rule.Peer, "role agent") {
+			key = "  AGENT_NETWORK:" // the role's fallback zone
+		}
+		msg := res.Locations[0].Message
+		switch {
+		case key != "" && !strings.Contains(string(site), "\n"+key):
+			// Unbound (ANALYST_NETWORK): line 1, and the message says so.
+			if line != 1 || msg == nil || !strings.Contains(msg.Text, "does not bind "+f.Rule.Peer) {
+				t.Errorf("%s: unbound %s at %s:%d, message %v", f.ID, f.Rule.Peer, uri, line, msg)
+			}
+		case key == "" || line > len(siteLines) || !strings.HasPrefix(siteLines[line-1], key):
+			t.Errorf("%s: %s:%d is not the binding of %s", f.ID, uri, line, f.Rule.Peer)
+		}
+		if msg == nil || !strings.Contains(msg.Text, f.Rule.ID) || !strings.Contains(msg.Text, f.Rule.Source.String()) {
+			t.Errorf("%s: location message %v lacks the rule and its built-in source", f.ID, msg)
+		}
+		// The rule's place in the built-in catalog is kept as a property,
+		// and really is the rule.
+		src, _ := res.Properties["catalogSource"].(string)
+		file, lineStr, _ := strings.Cut(src, ":")
+		n, _ := strconv.Atoi(lineStr)
+		content, ok := files[file]
+		if src != f.Rule.Source.String() || !ok || n < 1 {
+			t.Errorf("%s: catalogSource %q", f.ID, src)
 			continue
 		}
 		lines := strings.Split(string(content), "\n")
-		if line > len(lines) {
-			t.Errorf("%s: line %d beyond %s", f.ID, line, uri)
-			continue
-		}
-		if f.Rule != nil {
-			local := f.Rule.ID[strings.LastIndex(f.Rule.ID, ".")+1:]
-			if !strings.Contains(lines[line-1], "- id: "+local) {
-				t.Errorf("%s: %s:%d is %q, not rule %s", f.ID, uri, line, lines[line-1], local)
-			}
+		local := f.Rule.ID[strings.LastIndex(f.Rule.ID, ".")+1:]
+		if n > len(lines) || !strings.Contains(lines[n-1], "- id: "+local) {
+			t.Errorf("%s: %s is not rule %s", f.ID, src, local)
 		}
 	}
 }
@@ -990,31 +1022,67 @@ func TestSARIFURI(t *testing.T) {
 	}
 }
 
-// A finding whose rule comes from a user catalog outside the root and a
-// finding without a rule in a matrix without rules still get a location.
+// TestSARIFLocationFallbacks: every result has a location in the user's
+// repository, or the documented placeholder, never the built-in catalog;
+// a matrix from a user catalog outside the root keeps a (file://) URI.
 func TestSARIFLocationFallbacks(t *testing.T) {
-	r := &Report{Version: ReportVersion, Counts: map[string]int{"high": 1}}
-	r.Matrix = MatrixInfo{Product: "demo", ProductName: "Demo", Version: "1", Role: "server"}
-	r.Findings = []Finding{
-		{ID: "a", Kind: UndocumentedFlow, Severity: High, Summary: "x"},
-		{ID: "b", Kind: MissingRequired, Severity: Medium, Summary: "y",
-			Rule: &RuleRef{ID: "demo.server.r", Source: catalog.SourcePos{File: "cats/demo.yaml", Line: 0}}},
+	builtinSrc := catalog.SourcePos{File: "catalog/data/utmstack-v11.yaml", Line: 93}
+	findings := []Finding{
+		{ID: "undoc", Kind: UndocumentedFlow, Severity: High, Summary: "x"},
+		{ID: "zone", Kind: PeerOutOfZone, Severity: High, Summary: "y",
+			Rule: &RuleRef{ID: "utmstack11.manager.ssh", Peer: "zone ADMIN_IP", Source: builtinSrc}},
+		{ID: "unbound", Kind: MissingRequired, Severity: Medium, Summary: "z",
+			Rule: &RuleRef{ID: "utmstack11.manager.cloud", Peer: "zone CENTRAL_SERVER_IP", Source: builtinSrc}},
+		{ID: "user", Kind: MissingRequired, Severity: Medium, Summary: "w",
+			Rule: &RuleRef{ID: "demo.server.r", Peer: "zone X", Source: catalog.SourcePos{File: "cats/demo.yaml", Line: 0}}},
 	}
-	var buf bytes.Buffer
-	if err := WriteSARIF(&buf, r, ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := validateSARIF(sarifValidator(t), buf.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	l := parseSARIF(t, buf.Bytes())
-	got := []string{}
-	for _, res := range l.Runs[0].Results {
-		pl := res.Locations[0].PhysicalLocation
-		got = append(got, fmt.Sprintf("%s:%d", pl.ArtifactLocation.URI, pl.Region.StartLine))
-	}
-	if want := "catalog/demo:1 cats/demo.yaml:1"; strings.Join(got, " ") != want {
-		t.Errorf("locations %v, want %s", got, want)
+	builtinRules := []RuleStatus{{Rule: RuleRef{Source: builtinSrc}}}
+	for _, tc := range []struct {
+		name     string
+		site     string
+		catalogs []string
+		rules    []RuleStatus
+		want     string
+	}{
+		{"site given", "sites/lab.yaml", nil, builtinRules,
+			"sites/lab.yaml:1 sites/lab.yaml:7 sites/lab.yaml:1 cats/demo.yaml:1"},
+		{"catalog given, no site", "", []string{"cats/mine.yaml"}, builtinRules,
+			"cats/mine.yaml:1 cats/mine.yaml:1 cats/mine.yaml:1 cats/demo.yaml:1"},
+		{"site and catalog given", "sites/lab.yaml", []string{"cats/mine.yaml"}, builtinRules,
+			"cats/mine.yaml:1 sites/lab.yaml:7 sites/lab.yaml:1 cats/demo.yaml:1"},
+		{"nothing of the user's", "", nil, builtinRules,
+			"flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 cats/demo.yaml:1"},
+		{"a matrix of a user catalog", "", nil, []RuleStatus{{Rule: RuleRef{Source: catalog.SourcePos{File: "cats/demo.yaml", Line: 4}}}},
+			"cats/demo.yaml:1 flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 cats/demo.yaml:1"},
+		{"a matrix without rules", "", nil, nil,
+			"flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 cats/demo.yaml:1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Report{Version: ReportVersion, Counts: map[string]int{"high": 2, "medium": 2}, Findings: findings, Rules: tc.rules, Site: tc.site}
+			r.Matrix = MatrixInfo{Product: "utmstack", ProductName: "UTMStack", Version: "11", Role: "manager"}
+			if tc.site != "" {
+				r.SiteLines = map[string]int{"zone ADMIN_IP": 7}
+			}
+			var buf bytes.Buffer
+			if err := WriteSARIF(&buf, r, RenderOptions{CatalogFiles: tc.catalogs}); err != nil {
+				t.Fatal(err)
+			}
+			if err := validateSARIF(sarifValidator(t), buf.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			l := parseSARIF(t, buf.Bytes())
+			got := []string{}
+			for _, res := range l.Runs[0].Results {
+				pl := res.Locations[0].PhysicalLocation
+				got = append(got, fmt.Sprintf("%s:%d", pl.ArtifactLocation.URI, pl.Region.StartLine))
+			}
+			if strings.Join(got, " ") != tc.want {
+				t.Errorf("locations\n %s\nwant\n %s", strings.Join(got, " "), tc.want)
+			}
+			if strings.Contains(buf.String(), `"uri": "catalog/`) {
+				t.Error("a result points at the built-in catalog")
+			}
+		})
 	}
 }
 

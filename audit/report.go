@@ -29,6 +29,10 @@ type Report struct {
 	Matrix    MatrixInfo   `json:"matrix"`
 	// Site is the site file's path, empty when none was given.
 	Site string `json:"site,omitempty"`
+	// SiteLines gives, for each rule peer of the matrix the site binds
+	// ("zone ADMIN_IP", RuleRef.Peer), the line of the site file that
+	// binds it.
+	SiteLines map[string]int `json:"site_lines,omitempty"`
 	// Counts of findings per severity.
 	Counts map[string]int `json:"counts"`
 	// Findings, most severe first.
@@ -243,6 +247,15 @@ func newReport(snap *snapshot.Snapshot, o Options) *Report {
 		Conditions: append([]string{}, m.Conditions...), Rules: len(m.Rules)}
 	if o.Site != nil {
 		r.Site = o.Site.Source
+		for i := range m.Rules {
+			p := m.Rules[i].Peer
+			if l := o.Site.Line(p); l > 0 {
+				if r.SiteLines == nil {
+					r.SiteLines = map[string]int{}
+				}
+				r.SiteLines[p.String()] = l
+			}
+		}
 	}
 	r.Columns = siteColumns(o.Site)
 	return r

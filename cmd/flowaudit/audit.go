@@ -101,7 +101,11 @@ func runAudit(e *env, args []string) error {
 		return err
 	}
 	cwd, _ := os.Getwd()
-	ro := audit.RenderOptions{Color: out == "" && format == "table" && isTerminal(e.stdout), CatalogRoot: cwd}
+	// SARIF locations are made relative to the working directory (the
+	// repository the log is for) and point at the user's site and catalog
+	// files, never at the built-in catalog.
+	ro := audit.RenderOptions{Color: out == "" && format == "table" && isTerminal(e.stdout), CatalogRoot: cwd,
+		CatalogFiles: af.mf.catalogs}
 	if err := writeOutput(e, out, func(w io.Writer) error { return audit.Write(w, rep, format, ro) },
 		"report written", zap.String("format", format)); err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -183,5 +184,90 @@ func TestAuditNoSiteWarning(t *testing.T) {
 	_, out, errOut = runCLI(t, auditArgs(p)...)
 	if strings.Contains(errOut, "NO SITE FILE") || strings.Contains(out, "site: NONE") {
 		t.Errorf("warning with a site:\n%s\n%s", errOut, out)
+	}
+}
+
+// TestAuditSARIFLocations: in the repository the SARIF log is for (the
+// working directory), results point at the user's site file (at the
+// binding of the rule's zone) and catalog file, never at catalog/data/….
+func TestAuditSARIFLocations(t *testing.T) {
+	site, err := os.ReadFile("../../audit/testdata/render/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := os.ReadFile(testCatalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := t.TempDir()
+	snap := writeSnap(t, tflow(snapshot.Inbound, snapshot.TCP, 22, "203.0.113.50", snapshot.Evidence{SynIn: 1, SynAckOut: 1}),
+		tflow(snapshot.Outbound, snapshot.UDP, 53, "198.51.100.53", snapshot.Evidence{}))
+	if err := os.MkdirAll(filepath.Join(repo, "ci"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"ci/site.yaml": site, "ci/extra.yaml": cat} {
+		if err := os.WriteFile(filepath.Join(repo, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Chdir(repo)
+	adminLine := 0
+	for i, l := range strings.Split(string(site), "\n") {
+		if strings.HasPrefix(l, "  ADMIN_IP:") {
+			adminLine = i + 1
+		}
+	}
+	locations := func(args ...string) map[string]string {
+		t.Helper()
+		out := filepath.Join(repo, "fa.sarif")
+		code, _, errOut := runCLI(t, append([]string{"audit", "--matrix", "utmstack@11", "--role", "manager", "--snapshot", snap,
+			"--format", "sarif", "--out", out}, args...)...)
+		if code != exitFindings {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l struct {
+			Runs []struct {
+				Results []struct {
+					Locations []struct {
+						PhysicalLocation struct {
+							ArtifactLocation struct{ URI string } `json:"artifactLocation"`
+							Region           struct{ StartLine int }
+						} `json:"physicalLocation"`
+					} `json:"locations"`
+					PartialFingerprints map[string]string `json:"partialFingerprints"`
+				} `json:"results"`
+			} `json:"runs"`
+		}
+		if err := json.Unmarshal(b, &l); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, r := range l.Runs[0].Results {
+			pl := r.Locations[0].PhysicalLocation
+			got[r.PartialFingerprints["flowauditFindingId/v1"]] = fmt.Sprintf("%s:%d", pl.ArtifactLocation.URI, pl.Region.StartLine)
+		}
+		return got
+	}
+	got := locations("--site", "ci/site.yaml", "--catalog", "ci/extra.yaml")
+	if w := fmt.Sprintf("ci/site.yaml:%d", adminLine); got["peer-out-of-zone/utmstack11.manager.ssh/tcp/22"] != w {
+		t.Errorf("out-of-zone SSH at %s, want %s", got["peer-out-of-zone/utmstack11.manager.ssh/tcp/22"], w)
+	}
+	if w := "ci/extra.yaml:1"; got["undocumented-flow/outbound/udp/53"] != w {
+		t.Errorf("undocumented flow at %s, want %s", got["undocumented-flow/outbound/udp/53"], w)
+	}
+	for id, loc := range got {
+		if strings.HasPrefix(loc, "catalog/") || strings.HasPrefix(loc, "file:") {
+			t.Errorf("%s at %s: not a file of the repository", id, loc)
+		}
+	}
+	got = locations()
+	for id, loc := range got {
+		if loc != "flowaudit-matrix/utmstack@11/manager:1" {
+			t.Errorf("without site or catalog: %s at %s, want the placeholder", id, loc)
+		}
 	}
 }
