@@ -460,7 +460,7 @@ func (a *auditor) flows(rep *Report) {
 		f := h.f
 		s := serviceOf(f)
 		if h.flood {
-			rep.addCell(s, !h.undocSvc, f, a.o.Site)
+			rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site)
 			setApart(s, f)
 			continue
 		}
@@ -468,7 +468,7 @@ func (a *auditor) flows(rep *Report) {
 			sc.add(f)
 			continue
 		}
-		rep.addCell(s, !h.undocSvc, f, a.o.Site)
+		rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site)
 		switch {
 		case h.undocSvc:
 			undocOf(s).add(f)
@@ -493,7 +493,7 @@ func (a *auditor) flows(rep *Report) {
 		fl := floods[s]
 		for _, f := range g.folded {
 			m := a.matchPrefix(cands, f.PeerPrefix)
-			rep.addCell(s, len(cands) > 0, f, a.o.Site)
+			rep.addCell(s, len(cands) > 0, m.outOf != nil, f, a.o.Site)
 			if fl.takes(f, len(cands) == 0 || m.outOf != nil || allBroad(m.unbound)) {
 				setApart(s, f)
 				continue
@@ -526,7 +526,7 @@ func (a *auditor) flows(rep *Report) {
 			}
 		}
 		for _, f := range g.overflow {
-			rep.addCell(s, len(cands) > 0, f, a.o.Site)
+			rep.addCell(s, len(cands) > 0, false, f, a.o.Site)
 			if fl.takes(f, true) {
 				setApart(s, f)
 				continue

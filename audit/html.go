@@ -145,14 +145,20 @@ type htmlColumn struct {
 type htmlRow struct {
 	Service    string
 	Documented bool
-	Packets    uint64
-	Cells      []htmlCell
+	// OutOfZone: some of the row's traffic came from peers outside the
+	// documented zones.
+	OutOfZone bool
+	Packets   uint64
+	Cells     []htmlCell
 }
 
 type htmlCell struct {
 	Packets uint64
 	Level   int
 	Title   string
+	// OutOfZone counts the cell's packets from peers outside the zone of
+	// every rule of the service: the cell is coloured as a problem.
+	OutOfZone uint64
 }
 
 type htmlLegend struct {
@@ -370,10 +376,16 @@ func buildHTML(r *Report) *htmlView {
 		}
 		for _, c := range v.Columns {
 			p := row.Cells[c.Name]
-			hr.Cells = append(hr.Cells, htmlCell{
+			cell := htmlCell{
 				Packets: p, Level: heatLevel(p, v.MaxPackets),
 				Title: fmt.Sprintf("%s (%s) with %s: %d packets", hr.Service, doc, c.Label, p),
-			})
+			}
+			if oz := row.OutOfZone[c.Name]; oz > 0 && row.Documented {
+				cell.OutOfZone = oz
+				cell.Title += fmt.Sprintf(", %d of them from peers OUTSIDE the documented zone", oz)
+				hr.OutOfZone = true
+			}
+			hr.Cells = append(hr.Cells, cell)
 		}
 		v.Rows = append(v.Rows, hr)
 	}

@@ -411,7 +411,7 @@ func TestHTMLIncompleteBanner(t *testing.T) {
 
 var (
 	heatRowRE  = regexp.MustCompile(`(?s)<tr class="(doc|undoc)" data-row="([^"]*)">(.*?)</tr>`)
-	heatCellRE = regexp.MustCompile(`<td class="heat l(\d)" title="([^"]*)">(\d+)</td>`)
+	heatCellRE = regexp.MustCompile(`<td class="heat l(\d)( oz)?" title="([^"]*)">(\d+)(?:<br><small>(\d+) out of zone</small>)?</td>`)
 )
 
 func TestHTMLHeatmap(t *testing.T) {
@@ -438,6 +438,7 @@ func TestHTMLHeatmap(t *testing.T) {
 		}
 	}
 	levels := map[int]bool{}
+	ozCells := 0
 	for i, row := range rows {
 		o := r.Observed[i]
 		svc := fmt.Sprintf("%s %s/%s", o.Direction, o.Proto, o.Port)
@@ -457,7 +458,7 @@ func TestHTMLHeatmap(t *testing.T) {
 		}
 		for j, c := range r.Columns {
 			want := o.Cells[c]
-			got, _ := strconv.ParseUint(cells[j][3], 10, 64)
+			got, _ := strconv.ParseUint(cells[j][4], 10, 64)
 			level, _ := strconv.Atoi(cells[j][1])
 			if got != want {
 				t.Errorf("%s × %s shows %d packets, want %d", svc, c, got, want)
@@ -465,11 +466,35 @@ func TestHTMLHeatmap(t *testing.T) {
 			if level != heatLevel(want, maxp) {
 				t.Errorf("%s × %s level %d, want %d", svc, c, level, heatLevel(want, maxp))
 			}
-			if !strings.Contains(cells[j][2], strconv.FormatUint(want, 10)+" packets") {
-				t.Errorf("%s × %s tooltip %q lacks the count", svc, c, cells[j][2])
+			if !strings.Contains(cells[j][3], strconv.FormatUint(want, 10)+" packets") {
+				t.Errorf("%s × %s tooltip %q lacks the count", svc, c, cells[j][3])
+			}
+			// Out-of-zone traffic on a documented port is not coloured
+			// like compliant traffic: crimson, marked, counted.
+			oz := o.OutOfZone[c]
+			if (cells[j][2] == " oz") != (o.Documented && oz > 0) || (oz > 0 && o.Documented && cells[j][5] != strconv.FormatUint(oz, 10)) {
+				t.Errorf("%s × %s: class %q, %q out of zone; want %d packets out of zone marked", svc, c, cells[j][2], cells[j][5], oz)
+			}
+			if oz > 0 && o.Documented {
+				ozCells++
+				if !strings.Contains(row[3], "OUT OF ZONE") || !strings.Contains(cells[j][3], "OUTSIDE the documented zone") {
+					t.Errorf("%s: out-of-zone traffic without the row tag or the tooltip", svc)
+				}
 			}
 			levels[level] = true
 		}
+	}
+	// The fixture's SSH from 203.0.113.50 is out of zone (no zone of the site).
+	for _, o := range r.Observed {
+		if o.Proto == "tcp" && o.Port == "22" && o.OutOfZone["other"] != 55 {
+			t.Errorf("tcp/22 out of zone %v, want 55 packets in column other", o.OutOfZone)
+		}
+	}
+	if ozCells == 0 {
+		t.Error("no out-of-zone cell in the heat-map")
+	}
+	if !strings.Contains(out, `<td class="heat oz l9">`) {
+		t.Error("the legend has no out-of-zone row")
 	}
 	if len(levels) < 5 {
 		t.Errorf("heat-map uses %d colour levels, want a spread (≥5)", len(levels))

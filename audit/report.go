@@ -232,6 +232,10 @@ type ObservedRow struct {
 	Packets    uint64             `json:"packets"`
 	// Cells: packets per column (zone or role the peer is in, or "other").
 	Cells map[string]uint64 `json:"cells"`
+	// OutOfZone: of a documented row's Cells, the packets per column of
+	// peers outside the zone of every rule of the service (the
+	// peer-out-of-zone traffic); absent when there were none.
+	OutOfZone map[string]uint64 `json:"out_of_zone,omitempty"`
 }
 
 func newReport(snap *snapshot.Snapshot, o Options) *Report {
@@ -328,7 +332,7 @@ func prefixColumn(s *catalog.Site, cols []string, p netip.Prefix) string {
 	return otherColumn
 }
 
-func (r *Report) addCell(s service, documented bool, f *snapshot.Flow, site *catalog.Site) {
+func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow, site *catalog.Site) {
 	row := r.rows[s]
 	if row == nil {
 		row = &ObservedRow{Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Cells: map[string]uint64{}}
@@ -344,6 +348,12 @@ func (r *Report) addCell(s service, documented bool, f *snapshot.Flow, site *cat
 		col = prefixColumn(site, r.Columns, unmapPrefix(f.PeerPrefix))
 	}
 	row.Cells[col] += f.Packets()
+	if outOfZone {
+		if row.OutOfZone == nil {
+			row.OutOfZone = map[string]uint64{}
+		}
+		row.OutOfZone[col] += f.Packets()
+	}
 }
 
 // unmapPrefix writes an IPv4 prefix in IPv6 form (::ffff:a.b.c.d/120) as
