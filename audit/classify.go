@@ -116,6 +116,8 @@ func Classify(snap *snapshot.Snapshot, m *catalog.Matrix, site *catalog.Site) []
 // classifyPeer sorts a peer against the candidate rules of its service the
 // way matchPeer does: in zone of every bound rule that contains it, else
 // unverified under every rule the site does not bind, else out of zone.
+// Rules the site does not bind that are all broad (BroadPorts) give way to
+// a bound rule the peer is outside of: the flow is out of zone.
 func (a *auditor) classifyPeer(cands []*ruleObs, peer netip.Addr) (FlowKind, []*catalog.Rule) {
 	if len(cands) == 0 {
 		return FlowUndocumented, nil
@@ -135,10 +137,29 @@ func (a *auditor) classifyPeer(cands []*ruleObs, peer netip.Addr) (FlowKind, []*
 	switch {
 	case len(match) > 0:
 		return FlowDocumented, match
-	case len(unbound) > 0:
+	case len(unbound) > 0 && !(len(outOf) > 0 && allBroadRules(unbound)):
+		var narrow []*catalog.Rule
+		for _, r := range unbound {
+			if !broadRule(r) {
+				narrow = append(narrow, r)
+			}
+		}
+		if len(narrow) > 0 {
+			return FlowUnverified, narrow
+		}
 		return FlowUnverified, unbound
 	}
 	return FlowOutOfZone, outOf
+}
+
+// allBroadRules: every rule of rs is broad (broadRule).
+func allBroadRules(rs []*catalog.Rule) bool {
+	for _, r := range rs {
+		if !broadRule(r) {
+			return false
+		}
+	}
+	return len(rs) > 0
 }
 
 // classifyPrefix sorts a folded prefix of peers like matchPrefix does:

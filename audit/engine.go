@@ -193,17 +193,70 @@ type ruleObs struct {
 	unknown *obs
 	// flood holds a suspected flood's half-open attempts: they count for
 	// the port's state only.
-	flood    *obs
+	flood *obs
+	// broad is traffic that only this rule's broad port range (and those
+	// of other broad rules) covers, toward a peer the site does not bind:
+	// unverified, never "in use" (see broadRule).
+	broad    *obs
 	unbound  bool // some traffic matched only because the site does not bind the rule's peer
 	anyBound bool // some traffic matched a bound peer
 }
 
 func newRuleObs(r *catalog.Rule) *ruleObs {
-	return &ruleObs{rule: r, inZone: newObs(), outZone: newObs(), unknown: newObs(), flood: newObs()}
+	return &ruleObs{rule: r, inZone: newObs(), outZone: newObs(), unknown: newObs(), flood: newObs(), broad: newObs()}
 }
 
 // traffic is the rule's traffic, without a suspected flood's attempts.
-func (ro *ruleObs) traffic() *obs { return merged(ro.inZone, ro.outZone, ro.unknown) }
+func (ro *ruleObs) traffic() *obs { return merged(ro.inZone, ro.outZone, ro.unknown, ro.broad) }
+
+// BroadPorts is the number of ports from which a rule's port range is
+// broad: "high TCP ports (1024 or above)", "any". Traffic that only a
+// broad rule covers, through a peer the site does not bind, cannot be
+// called documented: almost any connection falls in the range, and the
+// peer is the only thing that would make it the documented one.
+const BroadPorts = 1024
+
+// broadRule reports whether r's ports span at least BroadPorts ports (a
+// port protocol with no ports listed spans all of them).
+func broadRule(r *catalog.Rule) bool {
+	if len(r.Protos) == 0 || !r.Protos[0].HasPorts() {
+		return false
+	}
+	if len(r.Ports) == 0 {
+		return true
+	}
+	n := 0
+	for _, pr := range r.Ports {
+		n += int(pr.Hi) - int(pr.Lo) + 1
+	}
+	return n >= BroadPorts
+}
+
+// narrowest drops the broad rules of ros unless all are broad: traffic a
+// narrow rule of an unbound peer documents owes nothing to a broad range
+// toward an unbound peer, which must not be "in use" through it.
+func narrowest(ros []*ruleObs) []*ruleObs {
+	var out []*ruleObs
+	for _, ro := range ros {
+		if !broadRule(ro.rule) {
+			out = append(out, ro)
+		}
+	}
+	if len(out) == 0 {
+		return ros
+	}
+	return out
+}
+
+// allBroad: every rule of ros is broad.
+func allBroad(ros []*ruleObs) bool {
+	for _, ro := range ros {
+		if !broadRule(ro.rule) {
+			return false
+		}
+	}
+	return len(ros) > 0
+}
 
 // verdict is the port's state from the rule's traffic and a flood's
 // attempts together.
@@ -322,6 +375,7 @@ func (a *auditor) flows(rep *Report) {
 		rules    []*ruleObs // matched rules (in zone or unverified)
 		outOf    *ruleObs   // documented port, peer outside every matching rule's zone
 		unbound  bool       // rules matched because the site binds none of their peers
+		broad    []*ruleObs // only broad rules with unbound peers cover it: unverified
 		undocSvc bool
 		flood    bool // a suspected flood's attempt, set apart
 	}
@@ -335,8 +389,11 @@ func (a *auditor) flows(rep *Report) {
 				h.undocSvc = true
 			} else {
 				h.rules, h.unbound, h.outOf = a.matchPeer(cands, f.Peer)
+				if h.unbound && allBroad(h.rules) {
+					h.broad, h.rules, h.unbound = h.rules, nil, false
+				}
 			}
-			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil)
+			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil || h.broad != nil)
 			hits = append(hits, h)
 		}
 	}
@@ -345,7 +402,7 @@ func (a *auditor) flows(rep *Report) {
 	// out-of-zone inbound ports from one peer.
 	scanPorts := map[netip.Addr]map[service]bool{}
 	for _, h := range hits {
-		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil) {
+		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil || h.broad != nil) {
 			continue
 		}
 		if scanPorts[h.f.Peer] == nil {
@@ -378,6 +435,20 @@ func (a *auditor) flows(rep *Report) {
 		}
 		outOfZone[ro][s].add(f)
 	}
+	type broadObs struct {
+		rules []*ruleObs
+		o     *obs
+	}
+	unverifiedBy := map[service]*broadObs{}
+	unverified := func(ros []*ruleObs, s service, f *snapshot.Flow) {
+		for _, ro := range ros {
+			ro.broad.add(f)
+		}
+		if unverifiedBy[s] == nil {
+			unverifiedBy[s] = &broadObs{rules: ros, o: newObs()}
+		}
+		unverifiedBy[s].o.add(f)
+	}
 	floodObs := map[service]*obs{}
 	setApart := func(s service, f *snapshot.Flow) {
 		if floodObs[s] == nil {
@@ -389,16 +460,15 @@ func (a *auditor) flows(rep *Report) {
 		f := h.f
 		s := serviceOf(f)
 		if h.flood {
-			rep.addCell(s, !h.undocSvc, f, a.o.Site)
+			rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site)
 			setApart(s, f)
 			continue
 		}
-		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil) {
+		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil || h.broad != nil) {
 			sc.add(f)
-			sc.ev.Ports = append(sc.ev.Ports, fmt.Sprintf("%s/%s", f.Proto, portLabel(f.Proto, f.Port)))
 			continue
 		}
-		rep.addCell(s, !h.undocSvc, f, a.o.Site)
+		rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site)
 		switch {
 		case h.undocSvc:
 			undocOf(s).add(f)
@@ -408,6 +478,8 @@ func (a *auditor) flows(rep *Report) {
 				ro.unbound = ro.unbound || h.unbound
 				ro.anyBound = ro.anyBound || !h.unbound
 			}
+		case h.broad != nil:
+			unverified(h.broad, s, f)
 		case h.outOf != nil:
 			outOf(h.outOf, s, f)
 		}
@@ -421,8 +493,8 @@ func (a *auditor) flows(rep *Report) {
 		fl := floods[s]
 		for _, f := range g.folded {
 			m := a.matchPrefix(cands, f.PeerPrefix)
-			rep.addCell(s, len(cands) > 0, f, a.o.Site)
-			if fl.takes(f, len(cands) == 0 || m.outOf != nil) {
+			rep.addCell(s, len(cands) > 0, m.outOf != nil, f, a.o.Site)
+			if fl.takes(f, len(cands) == 0 || m.outOf != nil || allBroad(m.unbound)) {
 				setApart(s, f)
 				continue
 			}
@@ -442,6 +514,8 @@ func (a *auditor) flows(rep *Report) {
 					ro.unknown.add(f)
 					l.zones[ro.rule.Peer.String()] = true
 				}
+			case len(m.unbound) > 0 && allBroad(m.unbound):
+				unverified(m.unbound, s, f)
 			case len(m.unbound) > 0:
 				for _, ro := range m.unbound {
 					ro.inZone.add(f)
@@ -452,7 +526,7 @@ func (a *auditor) flows(rep *Report) {
 			}
 		}
 		for _, f := range g.overflow {
-			rep.addCell(s, len(cands) > 0, f, a.o.Site)
+			rep.addCell(s, len(cands) > 0, false, f, a.o.Site)
 			if fl.takes(f, true) {
 				setApart(s, f)
 				continue
@@ -500,9 +574,12 @@ func (a *auditor) flows(rep *Report) {
 			a.outOfZone(ro, s, o)
 		}
 	}
+	for s, u := range unverifiedBy {
+		a.unverifiedFlow(u.rules, s, u.o)
+	}
 	for p, o := range scanners {
-		sort.Strings(o.ev.Ports)
 		ev := o.evidence(a.o.TopPeers)
+		ev.Ports = serviceNames(scanPorts[p])
 		a.add(&Finding{
 			ID: "scan-suspected/" + p.String(), Kind: ScanSuspected, Severity: Medium, Direction: snapshot.Inbound,
 			Summary: fmt.Sprintf("%s tried %d undocumented or out-of-zone ports and was refused or ignored: a scan, reported once",
@@ -510,6 +587,26 @@ func (a *auditor) flows(rep *Report) {
 			Evidence: ev,
 		})
 	}
+}
+
+// serviceNames lists services as "tcp/22", by protocol number, then port
+// number (tcp/2 before tcp/10).
+func serviceNames(m map[service]bool) []string {
+	svcs := make([]service, 0, len(m))
+	for s := range m {
+		svcs = append(svcs, s)
+	}
+	sort.Slice(svcs, func(i, j int) bool {
+		if svcs[i].proto != svcs[j].proto {
+			return svcs[i].proto < svcs[j].proto
+		}
+		return svcs[i].port < svcs[j].port
+	})
+	out := make([]string, len(svcs))
+	for i, s := range svcs {
+		out[i] = s.proto.String() + "/" + portLabel(s.proto, s.port)
+	}
+	return out
 }
 
 // candidates are the matrix rules for a service, whatever the peer.
@@ -549,9 +646,11 @@ func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match []*ruleObs
 	if len(match) > 0 {
 		return match, false, nil
 	}
-	if len(free) > 0 {
-		return free, true, nil
+	if len(free) > 0 && !(allBroad(free) && outOf != nil) {
+		return narrowest(free), true, nil
 	}
+	// Out of every bound rule's zone; a broad rule whose peer the site
+	// does not bind does not make the traffic documented.
 	return nil, false, outOf
 }
 
@@ -598,8 +697,8 @@ func (a *auditor) matchPrefix(cands []*ruleObs, p netip.Prefix) prefixMatch {
 		return prefixMatch{inside: m.inside}
 	case len(m.partly) > 0:
 		return prefixMatch{partly: m.partly}
-	case len(m.unbound) > 0:
-		return prefixMatch{unbound: m.unbound}
+	case len(m.unbound) > 0 && !(allBroad(m.unbound) && outOf != nil):
+		return prefixMatch{unbound: narrowest(m.unbound)}
 	}
 	return prefixMatch{outOf: outOf}
 }
@@ -695,6 +794,39 @@ func (a *auditor) undocumented(s service, o *obs) {
 	a.add(f)
 }
 
+// unverifiedFlow reports traffic that only broad rules cover, through
+// peers the site does not bind (rules are those rules, in matrix order).
+func (a *auditor) unverifiedFlow(rules []*ruleObs, s service, o *obs) {
+	r := rules[0].rule
+	ev := o.evidence(a.o.TopPeers)
+	port := portLabel(s.proto, s.port)
+	binds := "no site binds"
+	if a.o.Site != nil {
+		binds = "the site does not bind"
+	}
+	toward := "toward"
+	if s.dir == snapshot.Inbound {
+		toward = "from"
+	}
+	var what string
+	switch s.dir {
+	case snapshot.Outbound:
+		what = fmt.Sprintf("this host connects to %s/%s with %s", s.proto, port, who(ev))
+	default:
+		what = fmt.Sprintf("%s reached %s %s/%s", who(ev), s.dir, s.proto, port)
+	}
+	others := ""
+	if len(rules) > 1 {
+		others = fmt.Sprintf(" (and %s)", plural(len(rules)-1, "other broad rule"))
+	}
+	a.add(&Finding{
+		ID: fmt.Sprintf("unverified-flow/%s/%s/%d", s.dir, s.proto, s.port), Kind: UnverifiedFlow, Severity: Medium,
+		Direction: s.dir, Proto: s.proto.String(), Port: port, Rule: refOf(r), Evidence: ev,
+		Summary: fmt.Sprintf("%s: only the broad range %s/%s of %s%s, %s %s, documents it, and %s %s, so the peer is unverified (%s)",
+			what, r.ProtoString(), r.PortString(), r.ID, others, toward, r.Peer, binds, r.Peer, r.Purpose),
+	})
+}
+
 func (a *auditor) outOfZone(ro *ruleObs, s service, o *obs) {
 	r := ro.rule
 	ev := o.evidence(a.o.TopPeers)
@@ -715,6 +847,7 @@ func (a *auditor) outOfZone(ro *ruleObs, s service, o *obs) {
 // ruleFindings: missing, closed, filtered, deprecated and optional-in-use.
 func (a *auditor) ruleFindings() {
 	window := a.snap.Window().Round(time.Second)
+	inUseBy := map[string]*Finding{}
 	for _, ro := range a.rules {
 		r := ro.rule
 		traffic := ro.traffic()
@@ -734,6 +867,10 @@ func (a *auditor) ruleFindings() {
 		}
 		// Seen: from documented peers, or from peers unknown.
 		seen := !ro.inZone.empty() || !ro.unknown.empty()
+		// In use: seen, and not only refused or unanswered (a closed or
+		// filtered port is not in use, whoever tried it).
+		inUseState := verdictOf(ro.inZone.states, ro.unknown.states)
+		used := seen && inUseState != stateClosed && inUseState != stateFiltered
 		inUse := func(f *Finding) {
 			switch {
 			case ro.unknown.empty():
@@ -744,11 +881,20 @@ func (a *auditor) ruleFindings() {
 			default:
 				f.Evidence = merged(ro.inZone, ro.unknown).evidence(a.o.TopPeers)
 			}
-			a.add(f)
+			// Rules that share the port and whose zones hold the same
+			// peers see the same traffic: it is in use once, under the
+			// first of them, naming the others.
+			key := inUseKey(f)
+			if first, ok := inUseBy[key]; ok {
+				first.AlsoRules = append(first.AlsoRules, r.ID)
+				first.Summary += fmt.Sprintf("; the same traffic falls under %s (%s)", r.ID, r.Purpose)
+				return
+			}
+			inUseBy[key] = a.add(f)
 		}
 		needed := r.Requirement == catalog.Required || r.Requirement == catalog.Conditional
 		if !needed {
-			if seen {
+			if used {
 				f := base
 				f.ID, f.Kind, f.Severity = "optional-in-use/"+r.ID, OptionalInUse, Info
 				f.Summary = fmt.Sprintf("optional %s %s/%s in use: %s", r.Direction, r.ProtoString(), r.PortString(), r.Purpose)
@@ -756,7 +902,7 @@ func (a *auditor) ruleFindings() {
 			}
 			continue
 		}
-		if r.Condition != "" && !strings.HasPrefix(r.Condition, "!") && seen {
+		if r.Condition != "" && !strings.HasPrefix(r.Condition, "!") && used {
 			f := base
 			f.ID, f.Kind, f.Severity = "optional-in-use/"+r.ID, OptionalInUse, Info
 			f.Summary = fmt.Sprintf("%s in use (condition %s): %s %s/%s", r.Purpose, r.Condition, r.Direction, r.ProtoString(), r.PortString())
@@ -802,6 +948,20 @@ func (a *auditor) ruleFindings() {
 			a.add(&f)
 		}
 	}
+}
+
+// inUseKey identifies the traffic of an in-use finding: its direction,
+// protocol, port and evidence (packets, bytes, times, peers). Two rules of
+// one service with the same key were used by the same traffic.
+func inUseKey(f *Finding) string {
+	ev := f.Evidence
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s|%s|%s|%d|%d|%d|%d|%d|%d|%d", f.Direction, f.Proto, f.Port, ev.Packets, ev.Bytes,
+		ev.FirstSeen.UnixNano(), ev.LastSeen.UnixNano(), ev.Peers, ev.PeersUnknownPackets, len(ev.TopPeers))
+	for _, p := range ev.TopPeers {
+		fmt.Fprintf(&b, "|%s/%d", p, p.Packets)
+	}
+	return b.String()
 }
 
 // cutShort is what a missing-required summary adds when the recording

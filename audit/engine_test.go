@@ -1,8 +1,10 @@
 package audit
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -203,7 +205,14 @@ func engineCases() []engineCase {
 			}},
 		{name: "required port refused: required-port-closed", role: "server",
 			snap: snap(10*time.Minute, append(without(9000), flow("in", "tcp", 9000, "10.1.4.4", 3, 3, snapshot.Evidence{SynIn: 3, RstOut: 3}))...),
-			want: []want{{RequiredPortClosed, High, "required-port-closed/t1.server.agent"}}},
+			want: []want{{RequiredPortClosed, High, "required-port-closed/t1.server.agent"}},
+			check: func(t *testing.T, r *Report) {
+				for _, rs := range r.Rules {
+					if rs.Rule.ID == "t1.server.agent" && (rs.Status != StatusClosed || !failingStatus(rs)) {
+						t.Errorf("required closed port: status %s, failing %v", rs.Status, failingStatus(rs))
+					}
+				}
+			}},
 		{name: "required port silent: required-port-filtered", role: "server",
 			snap: snap(10*time.Minute, append(without(9000), flow("in", "tcp", 9000, "10.1.4.4", 3, 0, snapshot.Evidence{SynIn: 3}))...),
 			want: []want{{RequiredPortFiltered, High, "required-port-filtered/t1.server.agent"}}},
@@ -224,10 +233,48 @@ func engineCases() []engineCase {
 			snap: with(scan...),
 			want: []want{{ScanSuspected, Medium, "scan-suspected/198.51.100.66"}},
 			check: func(t *testing.T, r *Report) {
-				if n := len(r.Findings[0].Evidence.Ports); n != 22 {
+				ports := r.Findings[0].Evidence.Ports
+				if n := len(ports); n != 22 {
 					t.Errorf("scan lists %d ports, want 22", n)
 				}
+				// Numerically: tcp/22 before tcp/1000, tcp/9000 last.
+				if len(ports) == 22 && (ports[0] != "tcp/22" || ports[1] != "tcp/1000" || ports[20] != "tcp/1019" || ports[21] != "tcp/9000") {
+					t.Errorf("scan ports not in numeric order: %v", ports)
+				}
+				if got := PortRanges(ports); got != "tcp/22, tcp/1000-1019, tcp/9000" {
+					t.Errorf("port ranges %q", got)
+				}
 			}},
+		{name: "optional port refused (RST): closed, not in use", role: "server",
+			snap:     with(flow("in", "tcp", 443, "192.0.2.10", 2, 2, snapshot.Evidence{SynIn: 2, RstOut: 2})),
+			want:     nil,
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.server.updates"}},
+			check: func(t *testing.T, r *Report) {
+				if st := ruleStatusByID(r)["t1.server.web"]; st != StatusClosed {
+					t.Errorf("web status %s, want closed", st)
+				}
+				for _, rs := range r.Rules {
+					if rs.Rule.ID == "t1.server.web" && failingStatus(rs) {
+						t.Error("an optional port nobody could reach is shown as a problem")
+					}
+				}
+			}},
+		{name: "optional port silent (filtered): not in use", role: "server",
+			snap:     with(flow("in", "tcp", 443, "192.0.2.10", 3, 0, snapshot.Evidence{SynIn: 3})),
+			want:     nil,
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.server.updates"}}},
+		{name: "optional port refused for its zone, answered outside it: not in use", role: "server",
+			snap: with(flow("in", "tcp", 443, "192.0.2.10", 2, 2, snapshot.Evidence{SynIn: 2, RstOut: 2}),
+				flow("in", "tcp", 443, "10.1.4.4", 9, 9, synAck(1))),
+			want:     []want{{PeerOutOfZone, High, "peer-out-of-zone/t1.server.web/tcp/443"}},
+			wantInfo: []want{{OptionalInUse, Info, "optional-in-use/t1.server.updates"}}},
+		{name: "conditional port refused: closed, not in use", role: "sensor", conds: map[string]bool{"vpn": true},
+			snap: snap(10*time.Minute,
+				flow("in", "tcp", 22, "192.0.2.10", 5, 5, synAck(1)),
+				flow("in", "udp", 514, "10.2.0.9", 5, 0, snapshot.Evidence{}),
+				flow("out", "tcp", 33800, "10.9.0.1", 3, 3, snapshot.Evidence{SynOut: 3, RstIn: 3})),
+			want:     []want{{RequiredPortClosed, High, "required-port-closed/t1.sensor.vpn"}},
+			wantInfo: []want{}},
 		{name: "flow and overflow map full: audit-incomplete high", role: "server", snap: lossy,
 			want: []want{{AuditIncomplete, High, "audit-incomplete/not-counted"}}},
 		{name: "short window", role: "server", snap: snap(20*time.Second, serverBaseline()...),
@@ -387,5 +434,378 @@ func TestAtLeast(t *testing.T) {
 		if got := r.AtLeast(s); got != n {
 			t.Errorf("AtLeast(%s) = %d, want %d", s, got, n)
 		}
+	}
+}
+
+func TestPortRanges(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want string
+	}{
+		{nil, ""},
+		{[]string{"tcp/7"}, "tcp/7"},
+		{[]string{"tcp/1", "tcp/2", "tcp/3", "tcp/5", "tcp/10", "tcp/11", "udp/11", "udp/12", "udp/14"}, "tcp/1-3, tcp/5, tcp/10-11, udp/11-12, udp/14"},
+		{[]string{"tcp/65534", "tcp/65535", "icmp/type 8 code 0", "sctp/2"}, "tcp/65534-65535, icmp/type 8 code 0, sctp/2"},
+	} {
+		if got := PortRanges(tc.in); got != tc.want {
+			t.Errorf("PortRanges(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// utmstackManager is the built-in UTMStack v11 manager matrix with the
+// netflow condition, and a site parsed from text.
+func utmstackManager(t *testing.T, site string) (*catalog.Matrix, *catalog.Site) {
+	t.Helper()
+	cat, err := catalog.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, v, err := cat.Resolve("utmstack@11")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := p.Effective(v, "manager", map[string]bool{"netflow": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if site == "" {
+		return m, nil
+	}
+	s, err := catalog.ParseSite("site.yaml", []byte(site))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, s
+}
+
+// TestSharedPortInUseOnce: UTMStack v11 documents syslog twice per
+// protocol (from SOURCE_NETWORK and from NETWORK_DEVICES). When the site
+// puts both zones on the same prefix, as the demo does, one device's
+// syslog is one in-use finding (under the rule listed first) naming both rules, not two identical rows;
+// rules of one port used by different peers keep a finding each.
+func TestSharedPortInUseOnce(t *testing.T) {
+	m, site := utmstackManager(t, `product: utmstack
+zones:
+  ADMIN_IP: 192.0.2.20/32
+  SOC_NETWORK: 192.0.2.16/28
+  ANALYST_NETWORK: 198.51.100.0/24
+  AGENT_NETWORK: 192.0.2.32/28
+  SOURCE_NETWORK: 192.0.2.48/28
+  NETWORK_DEVICES: 192.0.2.48/28
+`)
+	s := snap(10*time.Minute,
+		flow("in", "tcp", 514, "192.0.2.50", 9, 6, synAck(3)),
+		flow("in", "udp", 514, "192.0.2.50", 3, 0, snapshot.Evidence{}),
+		flow("in", "tcp", 80, "192.0.2.17", 4, 4, synAck(1)),
+		flow("in", "tcp", 80, "198.51.100.7", 6, 6, synAck(1)))
+	r, err := Run(s, Options{Matrix: m, Site: site, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inUse := map[string]Finding{}
+	for _, f := range r.Findings {
+		if f.Kind == OptionalInUse {
+			inUse[f.Proto+"/"+f.Port+" "+f.Rule.ID] = f
+		}
+	}
+	var keys []string
+	for k := range inUse {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	want := []string{
+		"tcp/514 utmstack11.manager.syslog-tcp-firewalls",
+		"tcp/80 utmstack11.manager.http-redirect",
+		"tcp/80 utmstack11.manager.http-redirect-soc",
+		"udp/514 utmstack11.manager.syslog-udp-devices",
+	}
+	if strings.Join(keys, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("in-use findings:\n%s\nwant:\n%s", strings.Join(keys, "\n"), strings.Join(want, "\n"))
+	}
+	for k, also := range map[string]string{
+		"tcp/514 utmstack11.manager.syslog-tcp-firewalls": "utmstack11.manager.syslog-tcp",
+		"udp/514 utmstack11.manager.syslog-udp-devices":   "utmstack11.manager.syslog-udp",
+	} {
+		f := inUse[k]
+		if len(f.AlsoRules) != 1 || f.AlsoRules[0] != also || !strings.Contains(f.Summary, also) {
+			t.Errorf("%s: also %v, summary %q: want %s named", k, f.AlsoRules, f.Summary, also)
+		}
+		// Both rules link to the one finding.
+		for _, rs := range r.Rules {
+			if rs.Rule.ID == also && (len(rs.Findings) != 1 || rs.Findings[0] != f.ID) {
+				t.Errorf("rule %s links %v, want %s", also, rs.Findings, f.ID)
+			}
+		}
+	}
+	for _, k := range want[1:3] {
+		if f := inUse[k]; len(f.AlsoRules) != 0 || f.Evidence.Peers != 1 {
+			t.Errorf("%s: different peers must stay apart: %+v", k, f)
+		}
+	}
+	var table bytes.Buffer
+	if err := WriteTable(&table, r, false); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(table.String(), "\n") {
+		if strings.Contains(l, "optional-in-use") && strings.Contains(l, " tcp/514 ") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("tcp/514 in use listed %d times:\n%s", n, table.String())
+	}
+	// The other formats name the second rule with the finding.
+	for format, want := range map[string]string{
+		"html":  `the same traffic falls under</small> <a href="#rule-`,
+		"junit": "rule: utmstack11.manager.syslog-udp-devices (the same traffic falls under utmstack11.manager.syslog-udp)",
+		"sarif": `"alsoMatrixRules": [`,
+		"json":  `"also_rules": [`,
+	} {
+		var b bytes.Buffer
+		if err := Write(&b, r, format, RenderOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("%s lacks %q", format, want)
+		}
+	}
+}
+
+func broadMatrix(t *testing.T, site string) (*catalog.Matrix, *catalog.Site) {
+	t.Helper()
+	c, err := catalog.LoadFiles("testdata/engine/broad.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, v, err := c.Resolve("broadapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := p.Effective(v, "server", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if site == "" {
+		return m, nil
+	}
+	s, err := catalog.ParseSite("site.yaml", []byte(site))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, s
+}
+
+func findingIDs(r *Report) []string {
+	var out []string
+	for _, f := range r.Findings {
+		out = append(out, fmt.Sprintf("%s %s", f.Severity, f.ID))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestBroadRangeUnverified: traffic that only a broad documented range
+// covers, toward a peer nothing binds, is not silently "in use": it is an
+// unverified-flow at medium. A narrow rule of an unbound peer still makes
+// traffic optional-in-use; a bound rule the peer is outside of makes it out
+// of zone; a bound peer in the range makes it in use.
+func TestBroadRangeUnverified(t *testing.T) {
+	out := snapshot.Evidence{SynOut: 1, SynAckIn: 1}
+	flows := func(extra ...snapshot.Flow) *snapshot.Snapshot {
+		base := []snapshot.Flow{flow("out", "tcp", 5432, "10.5.0.7", 20, 20, out)}
+		return snap(10*time.Minute, append(base, extra...)...)
+	}
+	folded := flow("out", "tcp", 8443, "198.51.100.1", 30, 30, out)
+	folded.Peer, folded.PeerPrefix, folded.Peers = netip.Addr{}, netip.MustParsePrefix("198.51.100.0/24"), 12
+	var scan []snapshot.Flow
+	for p := uint16(2000); p < 2020; p++ {
+		scan = append(scan, flow("in", "tcp", p, "203.0.113.66", 1, 1, snapshot.Evidence{SynIn: 1, RstOut: 1}))
+	}
+	const dbSite = "zones:\n  DB_NET: 10.5.0.0/24\n"
+	for _, tc := range []struct {
+		name string
+		site string
+		snap *snapshot.Snapshot
+		want []string
+		// status of b1.server.rpc-high; summary the unverified finding must contain
+		status, summary string
+	}{
+		{"no site: an arbitrary outbound high port", "", flows(flow("out", "tcp", 4444, "203.0.113.9", 12, 10, out)),
+			[]string{"medium unverified-flow/outbound/tcp/4444"}, StatusUnverified, "no site binds role hids-host"},
+		{"site without the role", dbSite, flows(flow("out", "tcp", 4444, "203.0.113.9", 12, 10, out)),
+			[]string{"medium unverified-flow/outbound/tcp/4444"}, StatusUnverified, "the site does not bind role hids-host"},
+		{"site binds the role, peer in it: in use", dbSite + "roles:\n  hids-host: 203.0.113.9\n",
+			flows(flow("out", "tcp", 4444, "203.0.113.9", 12, 10, out)),
+			[]string{"info optional-in-use/b1.server.rpc-high"}, StatusSeen, ""},
+		{"site binds the role, peer outside it: out of zone", dbSite + "roles:\n  hids-host: 203.0.113.10\n",
+			flows(flow("out", "tcp", 4444, "203.0.113.9", 12, 10, out)),
+			[]string{"medium peer-out-of-zone/b1.server.rpc-high/tcp/4444"}, StatusOutOfZone, ""},
+		{"a bound narrow rule on the port wins over the broad one: out of zone", dbSite,
+			flows(flow("out", "tcp", 5432, "203.0.113.9", 12, 10, out)),
+			[]string{"medium peer-out-of-zone/b1.server.db/tcp/5432"}, StatusNotSeen, ""},
+		{"a narrow range of the unbound role: in use, unverified", dbSite,
+			flows(flow("in", "tcp", 7001, "203.0.113.9", 12, 10, synAck(1))),
+			[]string{"info optional-in-use/b1.server.agent-range"}, StatusNotSeen, ""},
+		{"a folded prefix on a broad range", dbSite, flows(folded),
+			[]string{"low audit-incomplete/folded", "medium unverified-flow/outbound/tcp/8443"}, StatusUnverified, "~12 peers"},
+		{"probes across a broad inbound range are a scan, reported once", dbSite, flows(scan...),
+			[]string{"medium scan-suspected/203.0.113.66"}, StatusNotSeen, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, site := broadMatrix(t, tc.site)
+			if err := tc.snap.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			r, err := Run(tc.snap, Options{Matrix: m, Site: site, Now: func() time.Time { return t0 }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := diffStrings(findingIDs(r), tc.want); d != "" {
+				t.Errorf("findings differ:\n%s", d)
+			}
+			if st := ruleStatusByID(r)["b1.server.rpc-high"]; st != tc.status {
+				t.Errorf("rpc-high status %s, want %s", st, tc.status)
+			}
+			for _, f := range r.Findings {
+				if f.Kind != UnverifiedFlow {
+					continue
+				}
+				if f.Rule == nil || f.Rule.ID != "b1.server.rpc-high" || !strings.Contains(f.Summary, tc.summary) ||
+					!strings.Contains(f.Summary, "broad range tcp/1024-65535") {
+					t.Errorf("unverified finding: rule %v, summary %q", f.Rule, f.Summary)
+				}
+				if len(r.Rules) > 0 && !slices.Contains(ruleFindings(r, "b1.server.rpc-high"), f.ID) {
+					t.Errorf("rule rpc-high does not link %s", f.ID)
+				}
+			}
+		})
+	}
+}
+
+func ruleFindings(r *Report, id string) []string {
+	for _, rs := range r.Rules {
+		if rs.Rule.ID == id {
+			return rs.Findings
+		}
+	}
+	return nil
+}
+
+// TestUSMSensorHighPortsWithoutSite is issue 12's case: USM's sensor
+// documents "high TCP ports (1024 or above)" toward HIDS hosts; without a
+// site, an outbound tcp/4444 to an arbitrary host was "optional-in-use".
+func TestUSMSensorHighPortsWithoutSite(t *testing.T) {
+	cat, err := catalog.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, v, err := cat.Resolve("usm@5.6.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := p.Effective(v, "sensor", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := snap(10*time.Minute, flow("out", "tcp", 4444, "203.0.113.200", 40, 35, snapshot.Evidence{SynOut: 1, SynAckIn: 1}))
+	r, err := Run(s, Options{Matrix: m, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got *Finding
+	for i, f := range r.Findings {
+		if f.Port == "4444" || strings.Contains(f.Summary, "4444") {
+			if got != nil {
+				t.Errorf("tcp/4444 reported twice: %s and %s", got.ID, f.ID)
+			}
+			got = &r.Findings[i]
+		}
+	}
+	if got == nil || got.Kind != UnverifiedFlow || got.Severity < Medium {
+		t.Fatalf("tcp/4444 to an arbitrary host: %+v, want an unverified-flow of medium severity", got)
+	}
+	if r.AtLeast(Low) == 0 {
+		t.Error("the default --fail-on low would pass this audit")
+	}
+}
+
+// TestClassifyBroad: the rule generator's classification agrees with the
+// audit on broad ranges: a bound narrow rule's outsider is out of zone,
+// not unverified through the broad range; a narrow unbound rule, not the
+// broad one, is the rule a flow falls under.
+func TestClassifyBroad(t *testing.T) {
+	m, site := broadMatrix(t, "zones:\n  DB_NET: 10.5.0.0/24\n")
+	out := snapshot.Evidence{SynOut: 1, SynAckIn: 1}
+	s := snap(10*time.Minute,
+		flow("out", "tcp", 5432, "203.0.113.9", 1, 1, out),
+		flow("in", "tcp", 7001, "203.0.113.9", 1, 1, synAck(1)),
+		flow("out", "tcp", 4444, "203.0.113.9", 1, 1, out))
+	got := Classify(s, m, site)
+	want := []struct {
+		kind FlowKind
+		rule string
+	}{{FlowOutOfZone, "b1.server.db"}, {FlowUnverified, "b1.server.agent-range"}, {FlowUnverified, "b1.server.rpc-high"}}
+	for i, w := range want {
+		if got[i].Kind != w.kind || len(got[i].Rules) != 1 || got[i].Rules[0].ID != w.rule {
+			var ids []string
+			for _, r := range got[i].Rules {
+				ids = append(ids, r.ID)
+			}
+			t.Errorf("flow %d: %s %v, want %s [%s]", i, got[i].Kind, ids, w.kind, w.rule)
+		}
+	}
+}
+
+// TestMatrixSeparatesOutOfZone: the documented-matrix table counts the
+// peers a rule allows apart from those outside its zone (SSH from one
+// admin and two outsiders: 1 peer allowed, 2 out of zone, not "3 seen").
+func TestMatrixSeparatesOutOfZone(t *testing.T) {
+	m, site := loadTestMatrix(t, "server", nil)
+	s := snap(10*time.Minute, append(serverBaseline(),
+		flow("in", "tcp", 22, "10.1.4.4", 9, 8, synAck(1)),
+		flow("in", "tcp", 22, "10.1.4.5", 5, 4, synAck(1)))...)
+	r, err := Run(s, Options{Matrix: m, Site: site, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ssh RuleStatus
+	for _, rs := range r.Rules {
+		if rs.Rule.ID == "t1.server.ssh" {
+			ssh = rs
+		}
+	}
+	if ssh.Status != StatusSeen || ssh.Allowed.Peers != 1 || ssh.Allowed.Packets != 78 ||
+		ssh.OutOfZone == nil || ssh.OutOfZone.Peers != 2 || ssh.OutOfZone.Packets != 26 || ssh.OutOfZonePeers != 2 {
+		t.Fatalf("ssh: status %s, allowed %d peers %d packets, out of zone %+v", ssh.Status, ssh.Allowed.Peers, ssh.Allowed.Packets, ssh.OutOfZone)
+	}
+	if ssh.Evidence.Peers != 3 {
+		t.Errorf("all traffic: %d peers, want 3", ssh.Evidence.Peers)
+	}
+	var b bytes.Buffer
+	if err := WriteTable(&b, r, false); err != nil {
+		t.Fatal(err)
+	}
+	var row string
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "t1.server.ssh ") {
+			row = l
+		}
+	}
+	if f := strings.Fields(row); len(f) < 11 || f[6] != "seen" || f[7] != "1" || f[8] != "78" || !strings.Contains(row, "2 peers, 26 packets") {
+		t.Errorf("ssh row %q: want seen, 1 peer, 78 packets, and 2 peers, 26 packets out of zone", row)
+	}
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "t1.server.agent ") && !strings.HasSuffix(strings.TrimSpace(l), " -") {
+			t.Errorf("agent row without outsiders: %q", l)
+		}
+	}
+	var h bytes.Buffer
+	if err := WriteHTML(&h, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(h.String(), `<td class="num bad">2 peers<br><small>26 pkts</small></td>`) {
+		t.Error("HTML matrix lacks the out-of-zone cell of ssh")
 	}
 }

@@ -27,6 +27,9 @@ const (
 	FloodSuspected       Kind = "flood-suspected"
 	AuditIncomplete      Kind = "audit-incomplete"
 	OptionalInUse        Kind = "optional-in-use"
+	// UnverifiedFlow: traffic only a broad documented port range covers
+	// (BroadPorts), toward a peer the site does not bind.
+	UnverifiedFlow Kind = "unverified-flow"
 )
 
 // Kinds lists every kind, in report order: within a severity, what
@@ -35,7 +38,7 @@ const (
 // come after missing-required so a flood never pushes a conformance
 // finding down (docs/FINDINGS.md).
 var Kinds = []Kind{AuditIncomplete, UnexpectedOpenPort, PeerOutOfZone, RequiredPortClosed, RequiredPortFiltered,
-	UndocumentedFlow, DeprecatedPort, ScanSuspected, MissingRequired, FloodSuspected, OptionalInUse}
+	UndocumentedFlow, UnverifiedFlow, DeprecatedPort, ScanSuspected, MissingRequired, FloodSuspected, OptionalInUse}
 
 // Severity orders findings; --fail-on compares against it.
 type Severity uint8
@@ -240,8 +243,12 @@ type Finding struct {
 	// Summary is the one-line explanation a person reads first.
 	Summary string `json:"summary"`
 	// Rule is the matrix rule concerned; nil for undocumented traffic.
-	Rule     *RuleRef `json:"rule,omitempty"`
-	Evidence Evidence `json:"evidence"`
+	Rule *RuleRef `json:"rule,omitempty"`
+	// AlsoRules are the IDs of further rules of the same service the
+	// same traffic falls under (optional-in-use): reported once, under
+	// Rule.
+	AlsoRules []string `json:"also_rules,omitempty"`
+	Evidence  Evidence `json:"evidence"`
 }
 
 // portLabel formats a flow's port for people: "22", "icmp type 8", "-".
@@ -253,4 +260,41 @@ func portLabel(p snapshot.Proto, port uint16) string {
 		return fmt.Sprintf("type %d code %d", port>>8, port&0xff)
 	}
 	return "-"
+}
+
+// PortRanges writes a list of "proto/port" names (Evidence.Ports, sorted
+// by protocol, then port number) with runs of consecutive ports of one
+// protocol as ranges: "tcp/1-21, tcp/23-79, tcp/6379, udp/53". Names
+// that are not "proto/number" (ICMP types) are kept as they are.
+func PortRanges(ports []string) string {
+	var out []string
+	var proto string
+	lo, hi := -1, -1
+	flush := func() {
+		switch {
+		case lo < 0:
+		case lo == hi:
+			out = append(out, fmt.Sprintf("%s/%d", proto, lo))
+		default:
+			out = append(out, fmt.Sprintf("%s/%d-%d", proto, lo, hi))
+		}
+		lo, hi = -1, -1
+	}
+	for _, p := range ports {
+		pr, num, ok := strings.Cut(p, "/")
+		n, err := strconv.Atoi(num)
+		if !ok || err != nil {
+			flush()
+			out = append(out, p)
+			continue
+		}
+		if lo >= 0 && pr == proto && n == hi+1 {
+			hi = n
+			continue
+		}
+		flush()
+		proto, lo, hi = pr, n, n
+	}
+	flush()
+	return strings.Join(out, ", ")
 }

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/flowaudit/flowaudit/catalog"
 )
 
 // The HTML report is one self-contained file: inline CSS, no script, no
@@ -33,6 +35,7 @@ type htmlView struct {
 	Matrix     string
 	Conditions string
 	Site       string
+	NoSite     string
 	Snapshot   SnapshotInfo
 	Start, End htmlTime
 	Interfaces []htmlIface
@@ -101,6 +104,7 @@ type htmlFinding struct {
 	Notes     []string
 	RuleID    string
 	RuleAnch  string
+	Also      []htmlLink
 	Citation  string
 	Quote     string
 	Source    string
@@ -120,6 +124,7 @@ type htmlRule struct {
 	Unknown     uint64
 	Flood       uint64
 	OutOfZone   int
+	OutPackets  uint64
 	Packets     uint64
 	Findings    []htmlLink
 	Purpose     string
@@ -140,14 +145,20 @@ type htmlColumn struct {
 type htmlRow struct {
 	Service    string
 	Documented bool
-	Packets    uint64
-	Cells      []htmlCell
+	// OutOfZone: some of the row's traffic came from peers outside the
+	// documented zones.
+	OutOfZone bool
+	Packets   uint64
+	Cells     []htmlCell
 }
 
 type htmlCell struct {
 	Packets uint64
 	Level   int
 	Title   string
+	// OutOfZone counts the cell's packets from peers outside the zone of
+	// every rule of the service: the cell is coloured as a problem.
+	OutOfZone uint64
 }
 
 type htmlLegend struct {
@@ -188,11 +199,15 @@ func columnLabel(c string) string {
 func anchorOf(prefix string, i int) string { return fmt.Sprintf("%s-%d", prefix, i+1) }
 
 // failingStatus: a rule status that the table and HTML show as a problem
-// (not StatusPeersUnknown: nothing the audit knows of is wrong).
-func failingStatus(s string) bool {
-	switch s {
-	case StatusClosed, StatusFiltered, StatusOutOfZone, StatusDeprecated:
+// (not StatusPeersUnknown: nothing the audit knows of is wrong). A closed
+// or filtered port is a problem only for a rule the role needs: an
+// optional port nobody could reach is merely not in use.
+func failingStatus(rs RuleStatus) bool {
+	switch rs.Status {
+	case StatusOutOfZone, StatusDeprecated:
 		return true
+	case StatusClosed, StatusFiltered:
+		return rs.Rule.Requirement != catalog.Optional
 	}
 	return false
 }
@@ -204,6 +219,7 @@ func buildHTML(r *Report) *htmlView {
 		Generated: mkTime(r.Generated),
 		Matrix:    fmt.Sprintf("%s (%s) %s, role %s, %d rules", r.Matrix.ProductName, r.Matrix.Product, r.Matrix.Version, r.Matrix.Role, r.Matrix.Rules),
 		Site:      r.Site,
+		NoSite:    noSiteText,
 		Snapshot:  r.Snapshot,
 		Start:     mkTime(r.Snapshot.Start),
 		End:       mkTime(r.Snapshot.End),
@@ -294,7 +310,7 @@ func buildHTML(r *Report) *htmlView {
 		hf.MorePeers = f.Evidence.Peers - listed(f.Evidence.TopPeers)
 		hf.Notes = append(hf.Notes, evidenceNotes(f.Evidence)...)
 		if len(f.Evidence.Ports) > 0 {
-			hf.Notes = append(hf.Notes, "ports: "+strings.Join(f.Evidence.Ports, ", "))
+			hf.Notes = append(hf.Notes, "ports: "+PortRanges(f.Evidence.Ports))
 		}
 		if f.Evidence.Listening {
 			hf.Notes = append(hf.Notes, "a local socket listens on this port")
@@ -308,6 +324,9 @@ func buildHTML(r *Report) *htmlView {
 		if f.Rule != nil {
 			hf.RuleID = f.Rule.ID
 			hf.RuleAnch = ruleAnchor[f.Rule.ID]
+			for _, id := range f.AlsoRules {
+				hf.Also = append(hf.Also, htmlLink{Href: "#" + ruleAnchor[id], Text: id})
+			}
 			hf.Citation = citationText(f.Rule.Citation)
 			hf.Quote = f.Rule.Citation.Quote
 			if f.Rule.Source.File != "" {
@@ -325,12 +344,15 @@ func buildHTML(r *Report) *htmlView {
 		}
 		hr := htmlRule{
 			Anchor: anchorOf("rule", i), ID: rr.ID, Direction: rr.Direction.String(), Service: rr.Proto + "/" + rr.Ports,
-			Peer: rr.Peer, Requirement: req, Status: rs.Status, Failing: failingStatus(rs.Status), Deprecated: rs.Deprecated,
-			Peers: peersNum(rs.Evidence), Unknown: rs.Evidence.PeersUnknownPackets, Flood: rs.Evidence.FloodPackets, OutOfZone: rs.OutOfZonePeers, Packets: rs.Evidence.Packets,
+			Peer: rr.Peer, Requirement: req, Status: rs.Status, Failing: failingStatus(rs), Deprecated: rs.Deprecated,
+			Peers: peersNum(rs.Allowed), Unknown: rs.Allowed.PeersUnknownPackets, Flood: rs.Allowed.FloodPackets, OutOfZone: rs.OutOfZonePeers, Packets: rs.Allowed.Packets,
 			Purpose: rr.Purpose, Citation: citationText(rr.Citation), Quote: rr.Citation.Quote,
 		}
 		if rr.Source.File != "" {
 			hr.Source = rr.Source.String()
+		}
+		if rs.OutOfZone != nil {
+			hr.OutPackets = rs.OutOfZone.Packets
 		}
 		for _, id := range rs.Findings {
 			hr.Findings = append(hr.Findings, htmlLink{Href: "#" + findingAnchor[id], Text: id})
@@ -354,10 +376,16 @@ func buildHTML(r *Report) *htmlView {
 		}
 		for _, c := range v.Columns {
 			p := row.Cells[c.Name]
-			hr.Cells = append(hr.Cells, htmlCell{
+			cell := htmlCell{
 				Packets: p, Level: heatLevel(p, v.MaxPackets),
 				Title: fmt.Sprintf("%s (%s) with %s: %d packets", hr.Service, doc, c.Label, p),
-			})
+			}
+			if oz := row.OutOfZone[c.Name]; oz > 0 && row.Documented {
+				cell.OutOfZone = oz
+				cell.Title += fmt.Sprintf(", %d of them from peers OUTSIDE the documented zone", oz)
+				hr.OutOfZone = true
+			}
+			hr.Cells = append(hr.Cells, cell)
 		}
 		v.Rows = append(v.Rows, hr)
 	}

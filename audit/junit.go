@@ -9,8 +9,9 @@ import (
 )
 
 // JUnit XML output (docs/REPORTS.md): a <testsuites> with two suites,
-// "matrix" (one test case per documented rule) and "findings" (one per
-// finding). The shape is the common one CI systems read (Jenkins, GitLab,
+// "matrix" (one test case per documented rule, never failing) and
+// "findings" (one per finding, failing from severity low): one failure per
+// finding. The shape is the common one CI systems read (Jenkins, GitLab,
 // GitHub test reporters): counts on every suite and on <testsuites>,
 // <failure message type> with details as text, <system-out> for passes.
 
@@ -101,37 +102,24 @@ func buildJUnit(r *Report) junitSuites {
 		Name: fmt.Sprintf("matrix %s@%s %s", r.Matrix.Product, r.Matrix.Version, r.Matrix.Role),
 		ID:   0, Package: pkg, Hostname: host, Timestamp: ts, Time: "0", Properties: props,
 	}
+	// The matrix suite documents every rule and never fails: each problem
+	// fails exactly once, as its finding's case in the findings suite
+	// (one failure per finding, however many rules it concerns).
 	for _, rs := range r.Rules {
 		c := junitCase{Name: rs.Rule.ID + " " + ruleService(rs.Rule), Classname: pkg, Time: "0"}
-		var failing []*Finding
-		var others []*Finding
+		var b strings.Builder
+		b.WriteString(ruleDetail(rs))
 		for _, id := range rs.Findings {
 			f := byID[id]
-			switch {
-			case f == nil:
-			case f.Severity >= junitFailLevel:
-				failing = append(failing, f)
-			default:
-				others = append(others, f)
+			if f == nil {
+				continue
+			}
+			fmt.Fprintf(&b, "\n[%s] %s: %s", f.Severity, f.ID, f.Summary)
+			if f.Severity >= junitFailLevel {
+				b.WriteString(" (a failure in the findings suite)")
 			}
 		}
-		detail := ruleDetail(rs)
-		if len(failing) > 0 {
-			worst := failing[0] // r.Findings and so rs.Findings are most severe first
-			var b strings.Builder
-			b.WriteString(detail)
-			for _, f := range failing {
-				fmt.Fprintf(&b, "\n[%s] %s: %s", f.Severity, f.ID, f.Summary)
-			}
-			c.Failure = &junitFailure{Message: worst.Summary, Type: string(worst.Kind), Text: b.String()}
-		} else {
-			var b strings.Builder
-			b.WriteString(detail)
-			for _, f := range others {
-				fmt.Fprintf(&b, "\n[%s] %s: %s", f.Severity, f.ID, f.Summary)
-			}
-			c.SystemOut = b.String()
-		}
+		c.SystemOut = b.String()
 		matrix.Cases = append(matrix.Cases, c)
 	}
 	matrix.count()
@@ -212,12 +200,12 @@ func ruleDetail(rs RuleStatus) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "status: %s\n", rs.Status)
 	fmt.Fprintf(&b, "rule: %s %s, peer %s, %s: %s\n", rr.ID, ruleService(rr), rr.Peer, req, rr.Purpose)
-	fmt.Fprintf(&b, "observed: %d packets from %s", rs.Evidence.Packets, who(rs.Evidence))
-	if rs.OutOfZonePeers > 0 {
-		fmt.Fprintf(&b, ", %s out of zone", countOf(rs.OutOfZonePeers, "peer"))
+	fmt.Fprintf(&b, "observed: %d packets from %s the rule allows", rs.Allowed.Packets, who(rs.Allowed))
+	if oz := rs.OutOfZone; oz != nil {
+		fmt.Fprintf(&b, "; %d packets from %s outside its zone", oz.Packets, who(*oz))
 	}
-	if rs.Evidence.FloodPackets > 0 {
-		fmt.Fprintf(&b, ", %d packets of a suspected flood (state only)", rs.Evidence.FloodPackets)
+	if rs.Allowed.FloodPackets > 0 {
+		fmt.Fprintf(&b, "; %d packets of a suspected flood (state only)", rs.Allowed.FloodPackets)
 	}
 	if c := citationText(rr.Citation); c != "" {
 		fmt.Fprintf(&b, "\ncited: %s", c)
@@ -226,13 +214,6 @@ func ruleDetail(rs RuleStatus) string {
 		fmt.Fprintf(&b, "\nsource: %s", rr.Source)
 	}
 	return b.String()
-}
-
-func countOf(n int, what string) string {
-	if n == 1 {
-		return "1 " + what
-	}
-	return fmt.Sprintf("%d %ss", n, what)
 }
 
 func findingDetail(f *Finding) string {
@@ -255,13 +236,16 @@ func findingDetail(f *Finding) string {
 		fmt.Fprintf(&b, "\nseen: %s to %s", f.Evidence.FirstSeen.UTC().Format(time.RFC3339), f.Evidence.LastSeen.UTC().Format(time.RFC3339))
 	}
 	if len(f.Evidence.Ports) > 0 {
-		fmt.Fprintf(&b, "\nports: %s", strings.Join(f.Evidence.Ports, ", "))
+		fmt.Fprintf(&b, "\nports: %s", PortRanges(f.Evidence.Ports))
 	}
 	for _, n := range evidenceNotes(f.Evidence) {
 		fmt.Fprintf(&b, "\n%s", n)
 	}
 	if f.Rule != nil {
 		fmt.Fprintf(&b, "\nrule: %s", f.Rule.ID)
+		if len(f.AlsoRules) > 0 {
+			fmt.Fprintf(&b, " (the same traffic falls under %s)", strings.Join(f.AlsoRules, ", "))
+		}
 		if c := citationText(f.Rule.Citation); c != "" {
 			fmt.Fprintf(&b, " (%s)", c)
 		}

@@ -15,9 +15,13 @@ var Formats = []string{"table", "json", "html", "junit", "sarif"}
 type RenderOptions struct {
 	// Color enables ANSI colour in the table (only on a terminal).
 	Color bool
-	// CatalogRoot is the directory SARIF paths of built-in catalog files
-	// are relative to (the repository root: "catalog/data/…").
+	// CatalogRoot is the directory SARIF paths are made relative to (the
+	// repository the SARIF log is uploaded for; flowaudit audit passes its
+	// working directory).
 	CatalogRoot string
+	// CatalogFiles are the user's catalog files (--catalog): SARIF results
+	// that no other file of the user's locates point at the first.
+	CatalogFiles []string
 }
 
 // Write renders r in format.
@@ -32,7 +36,7 @@ func Write(w io.Writer, r *Report, format string, o RenderOptions) error {
 	case "junit":
 		return WriteJUnit(w, r)
 	case "sarif":
-		return WriteSARIF(w, r, o.CatalogRoot)
+		return WriteSARIF(w, r, o)
 	}
 	return fmt.Errorf("unknown report format %q (want %s)", format, strings.Join(Formats, ", "))
 }
@@ -65,6 +69,9 @@ func sevColor(s Severity) string {
 	return ansiGrey
 }
 
+// noSiteText says what an audit without a site file could not check.
+const noSiteText = "zones and roles are bound to no address, so no peer was checked against its zone (give --site)"
+
 // WriteTable writes the terminal report: header, findings, then the
 // documented matrix with what was observed per rule.
 func WriteTable(w io.Writer, r *Report, color bool) error {
@@ -90,7 +97,7 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 	if r.Site != "" {
 		fmt.Fprintf(&b, "site: %s\n", r.Site)
 	} else {
-		fmt.Fprintln(&b, "site: none (zones unbound: peer checks unverified)")
+		fmt.Fprintln(&b, c(ansiBold+ansiYellow, "site: NONE: "+noSiteText))
 	}
 	fmt.Fprintf(&b, "findings: %d high, %d medium, %d low, %d info\n\n",
 		r.Counts["high"], r.Counts["medium"], r.Counts["low"], r.Counts["info"])
@@ -112,27 +119,36 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 
 	fmt.Fprintln(&b, c(ansiBold, "documented matrix vs observed"))
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULE\tDIR\tSERVICE\tPEER\tREQ\tSTATUS\tPEERS\tPACKETS")
+	fmt.Fprintln(tw, "RULE\tDIR\tSERVICE\tPEER\tREQ\tSTATUS\tPEERS\tPACKETS\tOUT OF ZONE")
 	for _, rs := range r.Rules {
 		req := rs.Rule.Requirement.String()
 		if rs.Rule.Condition != "" {
 			req += "(" + rs.Rule.Condition + ")"
 		}
 		status := rs.Status
-		switch status {
-		case StatusClosed, StatusFiltered, StatusOutOfZone, StatusDeprecated:
+		switch {
+		case failingStatus(rs):
 			status = c(ansiRed, status)
-		case StatusPeersUnknown:
+		case status == StatusPeersUnknown:
 			status = c(ansiYellow, status)
-		case StatusNotSeen:
+		case status == StatusNotSeen, status == StatusClosed, status == StatusFiltered:
 			status = c(ansiGrey, status)
 		}
-		packets := fmt.Sprint(rs.Evidence.Packets)
-		if rs.Evidence.FloodPackets > 0 {
-			packets += fmt.Sprintf(" (+%d flood)", rs.Evidence.FloodPackets)
+		// PEERS and PACKETS are the peers the rule allows (or may: unverified,
+		// unknown); peers outside its zone are counted apart.
+		packets := fmt.Sprint(rs.Allowed.Packets)
+		if rs.Allowed.FloodPackets > 0 {
+			packets += fmt.Sprintf(" (+%d flood)", rs.Allowed.FloodPackets)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
-			rs.Rule.Peer, req, status, peersNum(rs.Evidence), packets)
+		outside := "-"
+		if oz := rs.OutOfZone; oz != nil {
+			outside = c(ansiRed, fmt.Sprintf("%s peers, %d packets", peersNum(*oz), oz.Packets))
+			if oz.Peers == 1 && !oz.PeersEstimated && oz.PeersUnknownPackets == 0 {
+				outside = c(ansiRed, fmt.Sprintf("1 peer, %d packets", oz.Packets))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
+			rs.Rule.Peer, req, status, peersNum(rs.Allowed), packets, outside)
 	}
 	tw.Flush()
 	if r.Infrastructure.Packets > 0 || r.Unclassified.Packets > 0 {

@@ -411,7 +411,7 @@ func TestHTMLIncompleteBanner(t *testing.T) {
 
 var (
 	heatRowRE  = regexp.MustCompile(`(?s)<tr class="(doc|undoc)" data-row="([^"]*)">(.*?)</tr>`)
-	heatCellRE = regexp.MustCompile(`<td class="heat l(\d)" title="([^"]*)">(\d+)</td>`)
+	heatCellRE = regexp.MustCompile(`<td class="heat l(\d)( oz)?" title="([^"]*)">(\d+)(?:<br><small>(\d+) out of zone</small>)?</td>`)
 )
 
 func TestHTMLHeatmap(t *testing.T) {
@@ -438,6 +438,7 @@ func TestHTMLHeatmap(t *testing.T) {
 		}
 	}
 	levels := map[int]bool{}
+	ozCells := 0
 	for i, row := range rows {
 		o := r.Observed[i]
 		svc := fmt.Sprintf("%s %s/%s", o.Direction, o.Proto, o.Port)
@@ -457,7 +458,7 @@ func TestHTMLHeatmap(t *testing.T) {
 		}
 		for j, c := range r.Columns {
 			want := o.Cells[c]
-			got, _ := strconv.ParseUint(cells[j][3], 10, 64)
+			got, _ := strconv.ParseUint(cells[j][4], 10, 64)
 			level, _ := strconv.Atoi(cells[j][1])
 			if got != want {
 				t.Errorf("%s × %s shows %d packets, want %d", svc, c, got, want)
@@ -465,11 +466,35 @@ func TestHTMLHeatmap(t *testing.T) {
 			if level != heatLevel(want, maxp) {
 				t.Errorf("%s × %s level %d, want %d", svc, c, level, heatLevel(want, maxp))
 			}
-			if !strings.Contains(cells[j][2], strconv.FormatUint(want, 10)+" packets") {
-				t.Errorf("%s × %s tooltip %q lacks the count", svc, c, cells[j][2])
+			if !strings.Contains(cells[j][3], strconv.FormatUint(want, 10)+" packets") {
+				t.Errorf("%s × %s tooltip %q lacks the count", svc, c, cells[j][3])
+			}
+			// Out-of-zone traffic on a documented port is not coloured
+			// like compliant traffic: crimson, marked, counted.
+			oz := o.OutOfZone[c]
+			if (cells[j][2] == " oz") != (o.Documented && oz > 0) || (oz > 0 && o.Documented && cells[j][5] != strconv.FormatUint(oz, 10)) {
+				t.Errorf("%s × %s: class %q, %q out of zone; want %d packets out of zone marked", svc, c, cells[j][2], cells[j][5], oz)
+			}
+			if oz > 0 && o.Documented {
+				ozCells++
+				if !strings.Contains(row[3], "OUT OF ZONE") || !strings.Contains(cells[j][3], "OUTSIDE the documented zone") {
+					t.Errorf("%s: out-of-zone traffic without the row tag or the tooltip", svc)
+				}
 			}
 			levels[level] = true
 		}
+	}
+	// The fixture's SSH from 203.0.113.50 is out of zone (no zone of the site).
+	for _, o := range r.Observed {
+		if o.Proto == "tcp" && o.Port == "22" && o.OutOfZone["other"] != 55 {
+			t.Errorf("tcp/22 out of zone %v, want 55 packets in column other", o.OutOfZone)
+		}
+	}
+	if ozCells == 0 {
+		t.Error("no out-of-zone cell in the heat-map")
+	}
+	if !strings.Contains(out, `<td class="heat oz l9">`) {
+		t.Error("the legend has no out-of-zone row")
 	}
 	if len(levels) < 5 {
 		t.Errorf("heat-map uses %d colour levels, want a spread (≥5)", len(levels))
@@ -639,12 +664,12 @@ func TestJUnit(t *testing.T) {
 		t.Errorf("testsuites: tests=%d failures=%d errors=%d skipped=%d, suites sum to %d/%d", s.Tests, s.Failures, s.Errors, s.Skipped, tests, failures)
 	}
 
-	// Matrix: one case per rule, failing iff a finding at low or above is about it.
+	// Matrix: one case per rule, never failing; its system-out names the
+	// rule's findings, the failing ones as failures of the findings suite.
 	rules := s.Suites[0]
 	if len(rules.Cases) != len(r.Rules) {
 		t.Fatalf("matrix suite has %d cases, matrix %d rules", len(rules.Cases), len(r.Rules))
 	}
-	ruleFails := 0
 	for i, rs := range r.Rules {
 		c := rules.Cases[i]
 		if !strings.HasPrefix(c.Name, rs.Rule.ID+" ") || !strings.Contains(c.Name, rs.Rule.Proto+"/"+rs.Rule.Ports) {
@@ -653,47 +678,48 @@ func TestJUnit(t *testing.T) {
 		if c.Classname != "utmstack.manager" {
 			t.Errorf("case %s classname %q", c.Name, c.Classname)
 		}
-		var worst *Finding
-		for j := range r.Findings {
-			f := &r.Findings[j]
-			if f.Rule != nil && f.Rule.ID == rs.Rule.ID && f.Severity >= Low && (worst == nil || f.Severity > worst.Severity) {
-				worst = f
-			}
+		if len(c.Failure) != 0 {
+			t.Errorf("rule %s fails in the matrix suite: its findings fail in the findings suite", rs.Rule.ID)
 		}
-		if worst == nil {
-			if len(c.Failure) != 0 {
-				t.Errorf("rule %s (%s) fails without a finding", rs.Rule.ID, rs.Status)
-			}
-			if !strings.Contains(c.SystemOut, "status: "+rs.Status) {
-				t.Errorf("rule %s: system-out %q lacks the status", rs.Rule.ID, c.SystemOut)
-			}
-			continue
+		if !strings.Contains(c.SystemOut, "status: "+rs.Status) {
+			t.Errorf("rule %s: system-out %q lacks the status", rs.Rule.ID, c.SystemOut)
 		}
-		ruleFails++
-		if len(c.Failure) != 1 || c.Failure[0].Type != string(worst.Kind) || c.Failure[0].Message != worst.Summary {
-			t.Errorf("rule %s: failure %+v, want type %s message %q", rs.Rule.ID, c.Failure, worst.Kind, worst.Summary)
+		for _, id := range rs.Findings {
+			if !strings.Contains(c.SystemOut, id) {
+				t.Errorf("rule %s: system-out lacks its finding %s", rs.Rule.ID, id)
+			}
 		}
 	}
-	if rules.Failures != ruleFails {
-		t.Errorf("matrix suite failures %d, want %d", rules.Failures, ruleFails)
+	if rules.Failures != 0 {
+		t.Errorf("matrix suite failures %d, want 0", rules.Failures)
 	}
-	// Known outcomes of the fixture.
-	want := map[string]string{
+	// Known outcomes of the fixture: the rule's case names its failing finding.
+	for id, kind := range map[string]string{
 		"utmstack11.manager.agent-50051": "required-port-closed",
 		"utmstack11.manager.cockpit":     "missing-required",
 		"utmstack11.manager.ssh":         "peer-out-of-zone",
-		"utmstack11.manager.https":       "",
-		"utmstack11.manager.syslog-udp":  "",
+	} {
+		for i, rs := range r.Rules {
+			if rs.Rule.ID == id && !strings.Contains(rules.Cases[i].SystemOut, kind+"/") {
+				t.Errorf("rule %s: system-out lacks its %s finding:\n%s", id, kind, rules.Cases[i].SystemOut)
+			}
+		}
 	}
-	for i, rs := range r.Rules {
-		if kind, ok := want[rs.Rule.ID]; ok {
-			got := ""
-			if f := rules.Cases[i].Failure; len(f) == 1 {
-				got = f[0].Type
+	// One failure per finding at low or above, in all.
+	if s.Failures != r.AtLeast(Low) {
+		t.Errorf("%d failures for %d findings at low or above", s.Failures, r.AtLeast(Low))
+	}
+	failed := map[string]int{}
+	for _, su := range s.Suites {
+		for _, c := range su.Cases {
+			if len(c.Failure) > 0 {
+				failed[c.Name]++
 			}
-			if got != kind {
-				t.Errorf("rule %s: failure type %q, want %q", rs.Rule.ID, got, kind)
-			}
+		}
+	}
+	for _, f := range r.Findings {
+		if n := failed[f.ID]; (f.Severity >= Low) != (n == 1) || n > 1 {
+			t.Errorf("finding %s (%s) fails %d times", f.ID, f.Severity, n)
 		}
 	}
 
@@ -790,7 +816,7 @@ func TestSARIFSchema(t *testing.T) {
 	}
 	// With a catalog root too.
 	var buf bytes.Buffer
-	if err := WriteSARIF(&buf, r, t.TempDir()); err != nil {
+	if err := WriteSARIF(&buf, r, RenderOptions{CatalogRoot: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := validateSARIF(sch, buf.Bytes()); err != nil {
@@ -799,7 +825,7 @@ func TestSARIFSchema(t *testing.T) {
 	// An empty audit validates as well.
 	empty := &Report{Version: ReportVersion, Counts: map[string]int{}}
 	buf.Reset()
-	if err := WriteSARIF(&buf, empty, ""); err != nil {
+	if err := WriteSARIF(&buf, empty, RenderOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := validateSARIF(sch, buf.Bytes()); err != nil {
@@ -869,6 +895,9 @@ type sLog struct {
 						StartLine int `json:"startLine"`
 					} `json:"region"`
 				} `json:"physicalLocation"`
+				Message *struct {
+					Text string `json:"text"`
+				} `json:"message"`
 			} `json:"locations"`
 			PartialFingerprints map[string]string `json:"partialFingerprints"`
 			Properties          map[string]any    `json:"properties"`
@@ -908,7 +937,10 @@ func TestSARIF(t *testing.T) {
 		t.Fatalf("%d results, %d findings", len(run.Results), len(r.Findings))
 	}
 	files := catalog.BuiltinFiles()
-	matrixFile := "catalog/data/utmstack-v11.yaml"
+	site, err := os.ReadFile("testdata/render/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	levels := map[Severity]string{High: "error", Medium: "warning", Low: "note", Info: "note"}
 	for i, f := range r.Findings {
 		res := run.Results[i]
@@ -939,29 +971,55 @@ func TestSARIF(t *testing.T) {
 		if line < 1 || strings.Contains(uri, `\`) || strings.HasPrefix(uri, "/") || strings.Contains(uri, "..") {
 			t.Errorf("%s: location %s:%d", f.ID, uri, line)
 		}
-		wantURI, wantLine := matrixFile, 1
-		if f.Rule != nil {
-			wantURI, wantLine = f.Rule.Source.File, f.Rule.Source.Line
+		// The built-in catalog is not in the user's repository: results
+		// point at the site file, at the binding of the rule's peer.
+		if strings.HasPrefix(uri, "catalog/") {
+			t.Errorf("%s: points at the built-in catalog %s", f.ID, uri)
 		}
-		if uri != wantURI || line != wantLine {
-			t.Errorf("%s: location %s:%d, want %s:%d", f.ID, uri, line, wantURI, wantLine)
+		if uri != "testdata/render/site.yaml" {
+			t.Errorf("%s: location %s, want the site file", f.ID, uri)
+			continue
 		}
-		// The location really is the rule in the catalog file.
-		content, ok := files[uri]
-		if !ok {
-			t.Errorf("%s: %s is not a built-in catalog file", f.ID, uri)
+		siteLines := strings.Split(string(site), "\n")
+		if f.Rule == nil {
+			if line != 1 {
+				t.Errorf("%s: a finding without a rule at line %d", f.ID, line)
+			}
+			continue
+		}
+		var key string
+		if strings.HasPrefix(f.Rule.Peer, "zone ") {
+			key = "  " + strings.TrimPrefix(f.Rule.Peer, "zone ") + ":"
+		} else if strings.HasPrefix(f.Rule.Peer, "role agent") {
+			key = "  AGENT_NETWORK:" // the role's fallback zone
+		}
+		msg := res.Locations[0].Message
+		switch {
+		case key != "" && !strings.Contains(string(site), "\n"+key):
+			// Unbound (ANALYST_NETWORK): line 1, and the message says so.
+			if line != 1 || msg == nil || !strings.Contains(msg.Text, "does not bind "+f.Rule.Peer) {
+				t.Errorf("%s: unbound %s at %s:%d, message %v", f.ID, f.Rule.Peer, uri, line, msg)
+			}
+		case key == "" || line > len(siteLines) || !strings.HasPrefix(siteLines[line-1], key):
+			t.Errorf("%s: %s:%d is not the binding of %s", f.ID, uri, line, f.Rule.Peer)
+		}
+		if msg == nil || !strings.Contains(msg.Text, f.Rule.ID) || !strings.Contains(msg.Text, f.Rule.Source.String()) {
+			t.Errorf("%s: location message %v lacks the rule and its built-in source", f.ID, msg)
+		}
+		// The rule's place in the built-in catalog is kept as a property,
+		// and really is the rule.
+		src, _ := res.Properties["catalogSource"].(string)
+		file, lineStr, _ := strings.Cut(src, ":")
+		n, _ := strconv.Atoi(lineStr)
+		content, ok := files[file]
+		if src != f.Rule.Source.String() || !ok || n < 1 {
+			t.Errorf("%s: catalogSource %q", f.ID, src)
 			continue
 		}
 		lines := strings.Split(string(content), "\n")
-		if line > len(lines) {
-			t.Errorf("%s: line %d beyond %s", f.ID, line, uri)
-			continue
-		}
-		if f.Rule != nil {
-			local := f.Rule.ID[strings.LastIndex(f.Rule.ID, ".")+1:]
-			if !strings.Contains(lines[line-1], "- id: "+local) {
-				t.Errorf("%s: %s:%d is %q, not rule %s", f.ID, uri, line, lines[line-1], local)
-			}
+		local := f.Rule.ID[strings.LastIndex(f.Rule.ID, ".")+1:]
+		if n > len(lines) || !strings.Contains(lines[n-1], "- id: "+local) {
+			t.Errorf("%s: %s is not rule %s", f.ID, src, local)
 		}
 	}
 }
@@ -989,31 +1047,67 @@ func TestSARIFURI(t *testing.T) {
 	}
 }
 
-// A finding whose rule comes from a user catalog outside the root and a
-// finding without a rule in a matrix without rules still get a location.
+// TestSARIFLocationFallbacks: every result has a location in the user's
+// repository, or the documented placeholder, never the built-in catalog;
+// a matrix from a user catalog outside the root keeps a (file://) URI.
 func TestSARIFLocationFallbacks(t *testing.T) {
-	r := &Report{Version: ReportVersion, Counts: map[string]int{"high": 1}}
-	r.Matrix = MatrixInfo{Product: "demo", ProductName: "Demo", Version: "1", Role: "server"}
-	r.Findings = []Finding{
-		{ID: "a", Kind: UndocumentedFlow, Severity: High, Summary: "x"},
-		{ID: "b", Kind: MissingRequired, Severity: Medium, Summary: "y",
-			Rule: &RuleRef{ID: "demo.server.r", Source: catalog.SourcePos{File: "cats/demo.yaml", Line: 0}}},
+	builtinSrc := catalog.SourcePos{File: "catalog/data/utmstack-v11.yaml", Line: 93}
+	findings := []Finding{
+		{ID: "undoc", Kind: UndocumentedFlow, Severity: High, Summary: "x"},
+		{ID: "zone", Kind: PeerOutOfZone, Severity: High, Summary: "y",
+			Rule: &RuleRef{ID: "utmstack11.manager.ssh", Peer: "zone ADMIN_IP", Source: builtinSrc}},
+		{ID: "unbound", Kind: MissingRequired, Severity: Medium, Summary: "z",
+			Rule: &RuleRef{ID: "utmstack11.manager.cloud", Peer: "zone CENTRAL_SERVER_IP", Source: builtinSrc}},
+		{ID: "user", Kind: MissingRequired, Severity: Medium, Summary: "w",
+			Rule: &RuleRef{ID: "demo.server.r", Peer: "zone X", Source: catalog.SourcePos{File: "cats/demo.yaml", Line: 0}}},
 	}
-	var buf bytes.Buffer
-	if err := WriteSARIF(&buf, r, ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := validateSARIF(sarifValidator(t), buf.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	l := parseSARIF(t, buf.Bytes())
-	got := []string{}
-	for _, res := range l.Runs[0].Results {
-		pl := res.Locations[0].PhysicalLocation
-		got = append(got, fmt.Sprintf("%s:%d", pl.ArtifactLocation.URI, pl.Region.StartLine))
-	}
-	if want := "catalog/demo:1 cats/demo.yaml:1"; strings.Join(got, " ") != want {
-		t.Errorf("locations %v, want %s", got, want)
+	builtinRules := []RuleStatus{{Rule: RuleRef{Source: builtinSrc}}}
+	for _, tc := range []struct {
+		name     string
+		site     string
+		catalogs []string
+		rules    []RuleStatus
+		want     string
+	}{
+		{"site given", "sites/lab.yaml", nil, builtinRules,
+			"sites/lab.yaml:1 sites/lab.yaml:7 sites/lab.yaml:1 cats/demo.yaml:1"},
+		{"catalog given, no site", "", []string{"cats/mine.yaml"}, builtinRules,
+			"cats/mine.yaml:1 cats/mine.yaml:1 cats/mine.yaml:1 cats/demo.yaml:1"},
+		{"site and catalog given", "sites/lab.yaml", []string{"cats/mine.yaml"}, builtinRules,
+			"cats/mine.yaml:1 sites/lab.yaml:7 sites/lab.yaml:1 cats/demo.yaml:1"},
+		{"nothing of the user's", "", nil, builtinRules,
+			"flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 cats/demo.yaml:1"},
+		{"a matrix of a user catalog", "", nil, []RuleStatus{{Rule: RuleRef{Source: catalog.SourcePos{File: "cats/demo.yaml", Line: 4}}}},
+			"cats/demo.yaml:1 flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 cats/demo.yaml:1"},
+		{"a matrix without rules", "", nil, nil,
+			"flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 flowaudit-matrix/utmstack@11/manager:1 cats/demo.yaml:1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Report{Version: ReportVersion, Counts: map[string]int{"high": 2, "medium": 2}, Findings: findings, Rules: tc.rules, Site: tc.site}
+			r.Matrix = MatrixInfo{Product: "utmstack", ProductName: "UTMStack", Version: "11", Role: "manager"}
+			if tc.site != "" {
+				r.SiteLines = map[string]int{"zone ADMIN_IP": 7}
+			}
+			var buf bytes.Buffer
+			if err := WriteSARIF(&buf, r, RenderOptions{CatalogFiles: tc.catalogs}); err != nil {
+				t.Fatal(err)
+			}
+			if err := validateSARIF(sarifValidator(t), buf.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			l := parseSARIF(t, buf.Bytes())
+			got := []string{}
+			for _, res := range l.Runs[0].Results {
+				pl := res.Locations[0].PhysicalLocation
+				got = append(got, fmt.Sprintf("%s:%d", pl.ArtifactLocation.URI, pl.Region.StartLine))
+			}
+			if strings.Join(got, " ") != tc.want {
+				t.Errorf("locations\n %s\nwant\n %s", strings.Join(got, " "), tc.want)
+			}
+			if strings.Contains(buf.String(), `"uri": "catalog/`) {
+				t.Error("a result points at the built-in catalog")
+			}
+		})
 	}
 }
 

@@ -3,6 +3,7 @@ package audit
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -28,6 +29,10 @@ type Report struct {
 	Matrix    MatrixInfo   `json:"matrix"`
 	// Site is the site file's path, empty when none was given.
 	Site string `json:"site,omitempty"`
+	// SiteLines gives, for each rule peer of the matrix the site binds
+	// ("zone ADMIN_IP", RuleRef.Peer), the line of the site file that
+	// binds it.
+	SiteLines map[string]int `json:"site_lines,omitempty"`
 	// Counts of findings per severity.
 	Counts map[string]int `json:"counts"`
 	// Findings, most severe first.
@@ -203,11 +208,20 @@ const (
 type RuleStatus struct {
 	Rule RuleRef `json:"rule"`
 	// Status is one of the Status* constants.
-	Status     string   `json:"status"`
-	Deprecated bool     `json:"deprecated,omitempty"`
-	Evidence   Evidence `json:"evidence"`
-	// OutOfZonePeers counts peers that used the rule's port from outside its zone.
-	OutOfZonePeers int `json:"out_of_zone_peers,omitempty"`
+	Status     string `json:"status"`
+	Deprecated bool   `json:"deprecated,omitempty"`
+	// Evidence is all of the rule's traffic: Allowed and OutOfZone
+	// together.
+	Evidence Evidence `json:"evidence"`
+	// Allowed is the traffic of the peers the rule allows or may allow:
+	// in its zone, in a zone the site does not bind (unverified), or
+	// unknown (no peer identity, a folded prefix across the zone's edge);
+	// with a suspected flood's packets beside it (FloodPackets).
+	Allowed Evidence `json:"allowed"`
+	// OutOfZone is the traffic of the peers outside the rule's zone (nil
+	// when there was none); OutOfZonePeers counts them.
+	OutOfZone      *Evidence `json:"out_of_zone,omitempty"`
+	OutOfZonePeers int       `json:"out_of_zone_peers,omitempty"`
 	// Findings are the IDs of findings about this rule.
 	Findings []string `json:"findings,omitempty"`
 }
@@ -221,6 +235,10 @@ type ObservedRow struct {
 	Packets    uint64             `json:"packets"`
 	// Cells: packets per column (zone or role the peer is in, or "other").
 	Cells map[string]uint64 `json:"cells"`
+	// OutOfZone: of a documented row's Cells, the packets per column of
+	// peers outside the zone of every rule of the service (the
+	// peer-out-of-zone traffic); absent when there were none.
+	OutOfZone map[string]uint64 `json:"out_of_zone,omitempty"`
 }
 
 func newReport(snap *snapshot.Snapshot, o Options) *Report {
@@ -236,6 +254,15 @@ func newReport(snap *snapshot.Snapshot, o Options) *Report {
 		Conditions: append([]string{}, m.Conditions...), Rules: len(m.Rules)}
 	if o.Site != nil {
 		r.Site = o.Site.Source
+		for i := range m.Rules {
+			p := m.Rules[i].Peer
+			if l := o.Site.Line(p); l > 0 {
+				if r.SiteLines == nil {
+					r.SiteLines = map[string]int{}
+				}
+				r.SiteLines[p.String()] = l
+			}
+		}
 	}
 	r.Columns = siteColumns(o.Site)
 	return r
@@ -308,7 +335,7 @@ func prefixColumn(s *catalog.Site, cols []string, p netip.Prefix) string {
 	return otherColumn
 }
 
-func (r *Report) addCell(s service, documented bool, f *snapshot.Flow, site *catalog.Site) {
+func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow, site *catalog.Site) {
 	row := r.rows[s]
 	if row == nil {
 		row = &ObservedRow{Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Cells: map[string]uint64{}}
@@ -324,6 +351,12 @@ func (r *Report) addCell(s service, documented bool, f *snapshot.Flow, site *cat
 		col = prefixColumn(site, r.Columns, unmapPrefix(f.PeerPrefix))
 	}
 	row.Cells[col] += f.Packets()
+	if outOfZone {
+		if row.OutOfZone == nil {
+			row.OutOfZone = map[string]uint64{}
+		}
+		row.OutOfZone[col] += f.Packets()
+	}
 }
 
 // unmapPrefix writes an IPv4 prefix in IPv6 form (::ffff:a.b.c.d/120) as
@@ -363,7 +396,7 @@ func (r *Report) setFindings(m map[string]*Finding) {
 	}
 	for i := range r.Rules {
 		for _, f := range r.Findings {
-			if f.Rule != nil && f.Rule.ID == r.Rules[i].Rule.ID {
+			if f.Rule != nil && (f.Rule.ID == r.Rules[i].Rule.ID || slices.Contains(f.AlsoRules, r.Rules[i].Rule.ID)) {
 				r.Rules[i].Findings = append(r.Rules[i].Findings, f.ID)
 			}
 		}
@@ -401,7 +434,12 @@ func (a *auditor) ruleStatus() []RuleStatus {
 		// counted beside it (FloodPackets): they make no rule seen.
 		traffic := ro.traffic()
 		outZone, _ := ro.outZone.peerCount()
-		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: ro.evidence(traffic, a.o.TopPeers), OutOfZonePeers: outZone}
+		rs := RuleStatus{Rule: *refOf(ro.rule), Deprecated: ro.rule.Deprecated, Evidence: ro.evidence(traffic, a.o.TopPeers),
+			Allowed: ro.evidence(merged(ro.inZone, ro.unknown, ro.broad), a.o.TopPeers), OutOfZonePeers: outZone}
+		if !ro.outZone.empty() {
+			ev := ro.outZone.evidence(a.o.TopPeers)
+			rs.OutOfZone = &ev
+		}
 		switch v := ro.verdict(traffic); {
 		case traffic.empty() && ro.flood.empty():
 			rs.Status = StatusNotSeen
@@ -417,6 +455,8 @@ func (a *auditor) ruleStatus() []RuleStatus {
 			rs.Status = StatusSeen
 		case !ro.unknown.empty():
 			rs.Status = StatusPeersUnknown
+		case !ro.broad.empty():
+			rs.Status = StatusUnverified
 		case !ro.outZone.empty():
 			rs.Status = StatusOutOfZone
 		default: // only a suspected flood's attempts

@@ -134,6 +134,10 @@ var kindDocs = map[Kind]kindInfo{
 		"Traffic the matrix does not document for this role.",
 		"This host exchanged traffic on a service the vendor matrix does not list for the audited role (outbound connections, unanswered inbound attempts, ICMP echo, other protocols). Check whether it is needed; document it in a site-specific catalog or block it.",
 	},
+	UnverifiedFlow: {
+		"Traffic only a broad documented port range covers, toward a peer the site does not bind.",
+		"A rule documents a wide port range (1024 or more ports, e.g. \"high TCP ports\") toward a zone or role, and this traffic falls in the range, but the site file binds no address to that zone or role: nothing shows that the peer is the documented one, and almost any connection falls in such a range. Bind the zone or role in the site file (--site) so the peer can be checked, or find out what the traffic is.",
+	},
 	DeprecatedPort: {
 		"Traffic on a port the vendor document says is no longer used in this release.",
 		"The rule is listed for this release only as deprecated. Traffic on it points at a leftover configuration or an outdated peer; migrate it to the current port.",
@@ -174,18 +178,22 @@ func sarifLevel(s Severity) string {
 	return "note"
 }
 
-// WriteSARIF writes r as a SARIF 2.1.0 log. catalogRoot, if not empty, is
-// the directory catalog file paths are made relative to; built-in catalog
-// files always read "catalog/data/<file>.yaml" (their place in the
-// repository).
-func WriteSARIF(w io.Writer, r *Report, catalogRoot string) error {
-	log := buildSARIF(r, catalogRoot)
+// WriteSARIF writes r as a SARIF 2.1.0 log. o.CatalogRoot, if not empty,
+// is the directory (the repository the log is uploaded for) file paths are
+// made relative to; o.CatalogFiles are the user's catalog files. Results
+// point at files of the user's repository (docs/REPORTS.md, Locations):
+// the user's catalog file of a rule, else the site file (at the line that
+// binds the rule's peer), else a user catalog file, else the documented
+// placeholder SARIFPlaceholder; never at the built-in catalog, which is not
+// in the user's repository.
+func WriteSARIF(w io.Writer, r *Report, o RenderOptions) error {
+	log := buildSARIF(r, o)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(log)
 }
 
-func buildSARIF(r *Report, catalogRoot string) sarifLog {
+func buildSARIF(r *Report, o RenderOptions) sarifLog {
 	kindIndex := map[Kind]int{}
 	rules := make([]sarifReportingDescr, 0, len(Kinds))
 	for i, k := range Kinds {
@@ -198,22 +206,13 @@ func buildSARIF(r *Report, catalogRoot string) sarifLog {
 		})
 	}
 
-	matrixFile, matrixMsg := matrixLocation(r)
 	results := make([]sarifResult, 0, len(r.Findings))
 	for _, f := range r.Findings {
 		idx, ok := kindIndex[f.Kind]
 		if !ok {
 			idx = -1 // a kind this build does not describe; ruleId still names it
 		}
-		loc := sarifLocation{PhysicalLocation: sarifPhysical{
-			ArtifactLocation: sarifArtifact{URI: sarifURI(matrixFile, catalogRoot)},
-			Region:           sarifRegion{StartLine: 1},
-		}, Message: &sarifText{matrixMsg}}
-		if f.Rule != nil && f.Rule.Source.File != "" {
-			loc.PhysicalLocation.ArtifactLocation.URI = sarifURI(f.Rule.Source.File, catalogRoot)
-			loc.PhysicalLocation.Region.StartLine = max(1, f.Rule.Source.Line)
-			loc.Message = &sarifText{ruleLocationText(f.Rule)}
-		}
+		loc := findingLocation(r, &f, o)
 		props := map[string]any{
 			"severity":  f.Severity.String(),
 			"direction": f.Direction.String(),
@@ -278,6 +277,12 @@ func buildSARIF(r *Report, catalogRoot string) sarifLog {
 		}
 		if f.Rule != nil {
 			props["matrixRule"] = f.Rule.ID
+			if f.Rule.Source.File != "" {
+				props["catalogSource"] = f.Rule.Source.String()
+			}
+		}
+		if len(f.AlsoRules) > 0 {
+			props["alsoMatrixRules"] = f.AlsoRules
 		}
 		results = append(results, sarifResult{
 			RuleID: string(f.Kind), RuleIndex: idx, Level: sarifLevel(f.Severity),
@@ -366,28 +371,87 @@ func kindName(k Kind) string {
 	return b.String()
 }
 
-// matrixLocation is where findings without a rule point: the catalog file
-// of the matrix, found as the file of its first rule (a matrix comes from
-// one product family, one file). Empty when the matrix has no rules.
-func matrixLocation(r *Report) (file, msg string) {
+// SARIFPlaceholder is the artifact results point at when the audit names
+// no file of the user's repository (built-in matrix, no site file, no
+// catalog file): "flowaudit-matrix/PRODUCT@VERSION/ROLE", line 1. Code
+// scanning shows the results under that path, one per audited matrix;
+// no such file needs to exist (docs/REPORTS.md).
+const SARIFPlaceholder = "flowaudit-matrix/%s@%s/%s"
+
+// builtinFile reports whether file is one of the embedded catalog files.
+func builtinFile(file string) bool { return builtinCatalogFiles()[file] }
+
+// findingLocation is where a finding's result points, in this order:
+//
+//   - a rule from a user's catalog file: that file, at the rule;
+//   - a finding without a rule of a matrix from a user's catalog file:
+//     that file, line 1;
+//   - a rule of the built-in catalog, with a site file: the site file, at
+//     the line binding the rule's peer (line 1 when it binds none);
+//   - a finding without a rule: the first user catalog file given, line 1,
+//     where the traffic would be documented; else the site file, line 1;
+//   - a rule of the built-in catalog without a site: the first user
+//     catalog file, line 1;
+//   - otherwise the placeholder (SARIFPlaceholder), line 1.
+//
+// The message names the matrix rule and its built-in source.
+func findingLocation(r *Report, f *Finding, o RenderOptions) sarifLocation {
+	at := func(file string, line int, msg string) sarifLocation {
+		return sarifLocation{PhysicalLocation: sarifPhysical{
+			ArtifactLocation: sarifArtifact{URI: sarifURI(file, o.CatalogRoot)},
+			Region:           sarifRegion{StartLine: max(1, line)},
+		}, Message: &sarifText{msg}}
+	}
+	var userCatalog string
+	if len(o.CatalogFiles) > 0 {
+		userCatalog = o.CatalogFiles[0]
+	}
+	placeholder := fmt.Sprintf(SARIFPlaceholder, r.Matrix.Product, r.Matrix.Version, r.Matrix.Role)
+	if rr := f.Rule; rr != nil {
+		msg := ruleLocationText(rr)
+		switch {
+		case rr.Source.File != "" && !builtinFile(rr.Source.File):
+			return at(rr.Source.File, rr.Source.Line, msg)
+		case r.Site != "":
+			if l := r.SiteLines[rr.Peer]; l > 0 {
+				return at(r.Site, l, msg+"; "+rr.Peer+" is bound here")
+			}
+			return at(r.Site, 1, msg+"; this site file does not bind "+rr.Peer)
+		case userCatalog != "":
+			return at(userCatalog, 1, msg)
+		}
+		return at(placeholder, 1, msg+"; no site file or catalog file of yours was given (placeholder location)")
+	}
+	msg := fmt.Sprintf("no rule of the %s %s matrix for role %s documents this", r.Matrix.ProductName, r.Matrix.Version, r.Matrix.Role)
+	if file := matrixFile(r); file != "" && !builtinFile(file) {
+		return at(file, 1, msg)
+	}
+	switch {
+	case userCatalog != "":
+		return at(userCatalog, 1, msg)
+	case r.Site != "":
+		return at(r.Site, 1, msg)
+	}
+	return at(placeholder, 1, msg+"; no site file or catalog file of yours was given (placeholder location)")
+}
+
+// matrixFile is the catalog file of the matrix, found as the file of its
+// first rule (a matrix comes from one product family, one file); empty
+// when the matrix has no rules.
+func matrixFile(r *Report) string {
 	for _, rs := range r.Rules {
 		if rs.Rule.Source.File != "" {
-			file = rs.Rule.Source.File
-			break
+			return rs.Rule.Source.File
 		}
 	}
-	msg = fmt.Sprintf("no rule of the %s %s matrix for role %s documents this", r.Matrix.ProductName, r.Matrix.Version, r.Matrix.Role)
-	if file == "" {
-		// No rule to take a file from: name the matrix instead, as a
-		// relative reference so the log stays valid.
-		file = "catalog/" + r.Matrix.Product
-		msg += " (the matrix has no rules, so no catalog file is known)"
-	}
-	return file, msg
+	return ""
 }
 
 func ruleLocationText(rr *RuleRef) string {
 	s := "matrix rule " + rr.ID
+	if rr.Source.File != "" && builtinFile(rr.Source.File) {
+		s += " (built-in catalog, " + rr.Source.String() + ")"
+	}
 	if c := citationText(rr.Citation); c != "" {
 		s += ", cited from " + c
 	}

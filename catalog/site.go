@@ -352,6 +352,27 @@ func (s *Site) set(peer Peer) *netipx.IPSet {
 	return nil
 }
 
+// Line is the line of the site file that binds peer: its role's entry
+// (or the role's fallback zone), zone or DNS name; 0 when the site binds
+// none (and for "any" and CIDR peers, which need no binding). Reports
+// point at it (SARIF locations).
+func (s *Site) Line(peer Peer) int {
+	switch peer.Kind {
+	case PeerRole:
+		if l := s.lines["roles/"+peer.Role]; l > 0 {
+			return l
+		}
+		if peer.Zone != "" {
+			return s.lines["zones/"+peer.Zone]
+		}
+	case PeerZone:
+		return s.lines["zones/"+peer.Zone]
+	case PeerDNS:
+		return s.lines["hosts/"+strings.ToLower(peer.Host)]
+	}
+	return 0
+}
+
 // IsSelf reports whether addr is one of the audited host's addresses as
 // the site file gives them (false when the site gives none).
 func (s *Site) IsSelf(addr netip.Addr) bool {

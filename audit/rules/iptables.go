@@ -36,7 +36,7 @@ func renderIPT(w *bytes.Buffer, rs *Ruleset, fam Family) error {
 		howto = append(howto, fmt.Sprintf("%s: %d allowances are not in this file; generate them with --target %s.", other, n, otherTarget))
 	}
 	howto = append(howto, "")
-	howto = append(howto, hostFirewallCaveat...)
+	howto = append(howto, rs.hostCaveat(hostFirewallCaveat)...)
 	w.WriteString(prefixed("# ", rs.header(target, howto)))
 	w.WriteString("\n*filter\n")
 	w.WriteString(":INPUT DROP [0:0]\n")

@@ -30,7 +30,7 @@ func renderNFT(w *bytes.Buffer, rs *Ruleset) error {
 		"Counters: nft list table inet flowaudit (per rule, and per peer in the sets).",
 		"",
 	}
-	howto = append(howto, hostFirewallCaveat...)
+	howto = append(howto, rs.hostCaveat(hostFirewallCaveat)...)
 	w.WriteString("#!/usr/sbin/nft -f\n")
 	w.WriteString(prefixed("# ", rs.header(NFTables, howto)))
 	w.WriteString("\n")

@@ -266,6 +266,10 @@ type Ruleset struct {
 	// (Forced, each prefixed "FORCED (--force): ").
 	Warnings []string
 	Notes    []string
+	// ProductNotes are notes about the audited product's deployment that
+	// the host firewall targets add to their container caveat (UTMStack
+	// v11 runs in containers); empty for other products.
+	ProductNotes []string
 	// Forced are the reasons Build would have refused the input for,
 	// written anyway because of Options.Force.
 	Forced []string
@@ -411,6 +415,7 @@ func (b *builder) header() {
 		if len(m.Conditions) > 0 {
 			rs.Matrix += ", conditions " + strings.Join(m.Conditions, ",")
 		}
+		rs.ProductNotes = productNotes[m.Family]
 	}
 	if o.Site != nil {
 		rs.Site = o.Site.Source

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/catalog"
 )
 
 func TestCloudFormationShape(t *testing.T) {
@@ -192,5 +193,58 @@ func TestAzure(t *testing.T) {
 	}
 	if !strings.Contains(a, "NOT ADDED: NSG rules cannot match gre") {
 		t.Error("GRE not reported as impossible")
+	}
+}
+
+// TestProductNotes: the container note about UTMStack v11 is said in the
+// host firewall files of UTMStack v11, and in no other product's files;
+// the generic Docker caveat names no product.
+func TestProductNotes(t *testing.T) {
+	cat, err := catalog.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	matrix := func(ref, role string) *catalog.Matrix {
+		p, v, err := cat.Resolve(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := p.Effective(v, role, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	snap := mksnap(fl("in", "tcp", 22, "192.0.2.20"))
+	render := func(m *catalog.Matrix, target Target) string {
+		rs := build(t, snap, Options{Mode: Observed, Matrix: m, NoManagementGuard: true})
+		var buf bytes.Buffer
+		if err := Render(&buf, rs, target, RenderOptions{}); err != nil {
+			t.Fatalf("%s %s: %v", m.Product, target, err)
+		}
+		return buf.String()
+	}
+	hostTargets := []Target{NFTables, IPTables, UFW}
+	for _, mx := range []*catalog.Matrix{matrix("usm@5.6.5", "server"), matrix("vsos", "scanning-server"), matrix("utmstack@10", "master")} {
+		for _, target := range append(hostTargets, AWSSG, AzureNSG) {
+			out := render(mx, target)
+			if strings.Contains(out, "UTMStack v11") || strings.Contains(out, "UTMStack v11 runs") {
+				t.Errorf("%s %s (%s): carries UTMStack v11's note:\n%s", mx.Product, mx.Version, target, out)
+			}
+			if target != AWSSG && target != AzureNSG && !strings.Contains(out, "DOCKER-USER") {
+				t.Errorf("%s %s (%s): the generic Docker caveat is missing", mx.Product, mx.Version, target)
+			}
+		}
+	}
+	u11 := matrix("utmstack@11", "manager")
+	for _, target := range hostTargets {
+		if out := render(u11, target); !strings.Contains(out, "UTMStack v11 runs its services in Docker containers") {
+			t.Errorf("utmstack@11 %s: no container note:\n%s", target, out)
+		}
+	}
+	for _, target := range []Target{AWSSG, AzureNSG} {
+		if out := render(u11, target); strings.Contains(out, "runs its services in Docker") {
+			t.Errorf("utmstack@11 %s: a host firewall note in a cloud target", target)
+		}
 	}
 }

@@ -260,11 +260,30 @@ func (rs *Ruleset) header(target Target, howto []string) []string {
 	return l
 }
 
-// hostFirewallCaveat is said by every host firewall target.
+// hostFirewallCaveat is said by every host firewall target, whatever the
+// product: it is about the host, not about the product.
 var hostFirewallCaveat = []string{
 	"Containers: ports published by Docker are DNAT-ed and forwarded, so their traffic never reaches",
-	"the input chain; these rules do not restrict them (UTMStack v11 runs its services in containers).",
-	"Restrict such ports in Docker's DOCKER-USER chain or in a network/cloud firewall.",
+	"the input chain; these rules do not restrict them. Restrict such ports in Docker's DOCKER-USER",
+	"chain or in a network/cloud firewall.",
+}
+
+// productNotes are what the host firewall targets add for one product
+// family (catalog family ID), and only for it: a note belongs to the
+// product it concerns.
+var productNotes = map[string][]string{
+	"utmstack11": {
+		"UTMStack v11 runs its services in Docker containers (its firewall document lists container",
+		"management, and 7946/tcp+udp for container network discovery): check which of its ports",
+		"Docker publishes.",
+	},
+}
+
+// hostCaveat is the container caveat of the host firewall targets, with
+// the audited product's own notes.
+func (rs *Ruleset) hostCaveat(caveat []string) []string {
+	out := append([]string{}, caveat...)
+	return append(out, rs.ProductNotes...)
 }
 
 // prefixed writes lines with a comment marker ("# ").

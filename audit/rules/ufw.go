@@ -11,6 +11,14 @@ import (
 // ufwProtos are the protocols ufw's command line can match.
 var ufwProtos = map[snapshot.Proto]bool{snapshot.TCP: true, snapshot.UDP: true, snapshot.GRE: true, snapshot.ESP: true, snapshot.AH: true}
 
+// ufwDockerCaveat is ufw's form of hostFirewallCaveat.
+var ufwDockerCaveat = []string{
+	"DOCKER: ports published by Docker containers BYPASS ufw. Docker DNATs them in PREROUTING and",
+	"forwards them, so ufw's INPUT rules never see that traffic: these rules do not restrict them.",
+	"Restrict published ports in the DOCKER-USER chain (/etc/ufw/after.rules) or in a network/cloud",
+	"firewall.",
+}
+
 func renderUFW(w *bytes.Buffer, rs *Ruleset) error {
 	howto := []string{
 		"An ordered ufw script: ufw takes the first rule that matches and appends new rules, so the",
@@ -20,12 +28,9 @@ func renderUFW(w *bytes.Buffer, rs *Ruleset) error {
 		"It does not reset ufw (existing rules stay: review 'ufw status numbered') and does not enable it:",
 		"check 'ufw show added', then 'ufw enable'. IPv6 rules need IPV6=yes in /etc/default/ufw.",
 		"",
-		"DOCKER: ports published by Docker containers BYPASS ufw. Docker DNATs them in PREROUTING and",
-		"forwards them, so ufw's INPUT rules never see that traffic: these rules do not restrict them.",
-		"UTMStack v11 runs its services in containers. Restrict published ports in the DOCKER-USER chain",
-		"(/etc/ufw/after.rules) or in a network/cloud firewall.",
-		"ICMP: ufw's before.rules accept ICMP echo from any peer; ufw cannot restrict it by peer here.",
 	}
+	howto = append(howto, rs.hostCaveat(ufwDockerCaveat)...)
+	howto = append(howto, "ICMP: ufw's before.rules accept ICMP echo from any peer; ufw cannot restrict it by peer here.")
 	w.WriteString("#!/bin/sh\n")
 	w.WriteString(prefixed("# ", rs.header(UFW, howto)))
 	w.WriteString("\nset -e\n\n")

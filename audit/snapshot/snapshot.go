@@ -8,6 +8,7 @@ package snapshot
 
 import (
 	"bytes"
+	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +29,11 @@ const FormatVersion = 2
 
 // ErrFormat is wrapped by every error about a malformed snapshot file.
 var ErrFormat = errors.New("malformed snapshot")
+
+// ErrNewerVersion is wrapped by the error about a snapshot whose version is
+// higher than FormatVersion: a newer flowaudit wrote it, and this build
+// cannot know what its fields mean.
+var ErrNewerVersion = errors.New("snapshot written by a newer flowaudit")
 
 // Direction tells who initiated the traffic of a flow, relative to the
 // recording host.
@@ -348,6 +355,12 @@ type Snapshot struct {
 	// direction, protocol, service port) without the peer. They carry
 	// their handshake evidence and a sketch of their distinct peers.
 	Overflow []Flow `json:"overflow,omitempty"`
+
+	// Unknown lists the fields of the file this build does not know, as
+	// paths ("flows[].new_counter"), sorted, each once: a newer writer's
+	// additions, which do not change the meaning of the known fields
+	// (docs/SNAPSHOT.md, Compatibility) and are ignored. Never written.
+	Unknown []string `json:"-"`
 }
 
 // Window returns the length of the observation window.
@@ -423,8 +436,11 @@ func flowLess(a, b *Flow) bool {
 
 // Validate checks the invariants a reader relies on.
 func (s *Snapshot) Validate() error {
-	if s.Version != FormatVersion {
-		return fmt.Errorf("%w: version %d, this build reads versions 1 and %d", ErrFormat, s.Version, FormatVersion)
+	switch {
+	case s.Version > FormatVersion:
+		return newerVersion(s.Version)
+	case s.Version != FormatVersion:
+		return fmt.Errorf("%w: version %d, this build reads versions 1 to %d", ErrFormat, s.Version, FormatVersion)
 	}
 	if !s.End.IsZero() && s.End.Before(s.Start) {
 		return fmt.Errorf("%w: window end %s before start %s", ErrFormat, s.End.Format(time.RFC3339), s.Start.Format(time.RFC3339))
@@ -477,19 +493,37 @@ func (s *Snapshot) upgradeV1() {
 }
 
 // Read parses and validates a snapshot. name is used in error messages.
+// Fields this build does not know are ignored and listed in Unknown; a
+// version newer than FormatVersion is refused with ErrNewerVersion.
 func Read(r io.Reader, name string) (*Snapshot, error) {
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var s Snapshot
-	if err := dec.Decode(&s); err != nil {
-		return nil, fmt.Errorf("%s: %w: %s", name, ErrFormat, describeJSONError(data, dec, err))
+	s, err := decode(data, true)
+	var unknown []string
+	if err != nil {
+		// A newer writer may have changed what a field holds: its file is
+		// not malformed, and must not be judged by this build's types.
+		var probe struct {
+			Version int `json:"version"`
+		}
+		if json.Unmarshal(data, &probe) == nil && probe.Version > FormatVersion {
+			return nil, fmt.Errorf("%s: %w", name, newerVersion(probe.Version))
+		}
+		if isUnknownField(err) {
+			// A field this build does not know: read again without the
+			// check (any other error still shows), and list them all.
+			if s, err = decode(data, false); err == nil {
+				unknown = unknownFields(data)
+			}
+		}
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("%s: %w: trailing data after the snapshot object", name, ErrFormat)
+	if err != nil {
+		if errors.Is(err, errTrailing) {
+			return nil, fmt.Errorf("%s: %w: trailing data after the snapshot object", name, ErrFormat)
+		}
+		return nil, fmt.Errorf("%s: %w: %s", name, ErrFormat, err)
 	}
 	if s.Version == 1 {
 		for i := range s.Flows {
@@ -505,7 +539,130 @@ func Read(r io.Reader, name string) (*Snapshot, error) {
 	if err := s.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	s.Unknown = unknown
+	return s, nil
+}
+
+var errTrailing = errors.New("trailing data")
+
+func newerVersion(v int) error {
+	return fmt.Errorf("%w (version %d); this build reads versions 1 to %d: upgrade flowaudit to read it", ErrNewerVersion, v, FormatVersion)
+}
+
+// decode parses data into a Snapshot; strict refuses unknown fields. A
+// decoding error is described with its line and column.
+func decode(data []byte, strict bool) (*Snapshot, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
+	var s Snapshot
+	if err := dec.Decode(&s); err != nil {
+		if strict && isUnknownField(err) {
+			return nil, err
+		}
+		return nil, errors.New(describeJSONError(data, dec, err))
+	}
+	if dec.More() {
+		return nil, errTrailing
+	}
 	return &s, nil
+}
+
+// isUnknownField: encoding/json's error for a field DisallowUnknownFields
+// refuses (it has no error type of its own).
+func isUnknownField(err error) bool { return strings.HasPrefix(err.Error(), "json: unknown field ") }
+
+// unknownFields lists the object keys of data that no field of Snapshot
+// takes, as paths: "flowz", "flows[].new_counter", "stats.non_ip[].x".
+// Keys match fields case-insensitively, as encoding/json matches them.
+func unknownFields(data []byte) []string {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return nil
+	}
+	found := map[string]bool{}
+	walkUnknown(v, reflect.TypeFor[Snapshot](), "", found)
+	out := make([]string, 0, len(found))
+	for p := range found {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+var (
+	jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+func walkUnknown(v any, t reflect.Type, path string, found map[string]bool) {
+	if t.Implements(jsonUnmarshaler) || reflect.PointerTo(t).Implements(jsonUnmarshaler) ||
+		t.Implements(textUnmarshaler) || reflect.PointerTo(t).Implements(textUnmarshaler) {
+		return // a value with its own syntax (an address, a time, a sketch)
+	}
+	switch t.Kind() {
+	case reflect.Pointer:
+		walkUnknown(v, t.Elem(), path, found)
+	case reflect.Slice, reflect.Array:
+		if list, ok := v.([]any); ok {
+			for _, e := range list {
+				walkUnknown(e, t.Elem(), path+"[]", found)
+			}
+		}
+	case reflect.Map:
+		if m, ok := v.(map[string]any); ok {
+			for _, e := range m {
+				walkUnknown(e, t.Elem(), path+"[]", found)
+			}
+		}
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return
+		}
+		for key, e := range m {
+			f, ok := jsonField(t, key)
+			name := key
+			if path != "" {
+				name = path + "." + key
+			}
+			if !ok {
+				found[name] = true
+				continue
+			}
+			walkUnknown(e, f.Type, name, found)
+		}
+	}
+}
+
+// jsonField is the field of struct type t that encoding/json decodes key
+// into: the exact name first, then a case-insensitive match.
+func jsonField(t reflect.Type, key string) (reflect.StructField, bool) {
+	var fold reflect.StructField
+	folded := false
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = f.Name
+		}
+		if name == key {
+			return f, true
+		}
+		if !folded && strings.EqualFold(name, key) {
+			fold, folded = f, true
+		}
+	}
+	return fold, folded
 }
 
 // ReadFile reads and validates the snapshot at path.

@@ -78,8 +78,8 @@ func TestReadErrors(t *testing.T) {
 		{"bad listening address", "{\"version\": 1,\n\"listening\": [\n{\"addr\": \"x\"}]}", []string{"line 3", "listening[0]"}},
 		{"wrong type", "{\"version\": 1,\n\"flows\": [{\"peer\": \"192.0.2.1\", \"port\": \"22\"}]}", []string{"line 2", "port"}},
 		{"port out of range", "{\"version\": 1,\n\"flows\": [{\"peer\": \"192.0.2.1\", \"port\": 70000}]}", []string{"line 2", "70000"}},
-		{"unknown field", "{\"version\": 1,\n\"flowz\": []}", []string{"line 2", "flowz"}},
-		{"version", "{\"version\": 3}", []string{"version 3", "versions 1 and 2"}},
+		{"unknown field and a bad value", "{\"version\": 1,\n\"flowz\": [],\n\"flows\": [{\"peer\": \"300.1.1.1\"}]}", []string{"line 3", "flows[0]", "300.1.1.1"}},
+		{"version 0", "{\"version\": 0}", []string{"malformed", "version 0", "versions 1 to 2"}},
 		{"trailing data", "{\"version\": 1} {}", []string{"trailing"}},
 		{"missing peer", "{\"version\": 1, \"flows\": [{\"port\": 22, \"proto\": \"tcp\"}]}", []string{"flows[0]", "missing peer"}},
 		{"port on a portless protocol", "{\"version\": 1, \"flows\": [{\"peer\": \"192.0.2.1\", \"proto\": \"gre\", \"port\": 5}]}", []string{"gre", "port is 5"}},
@@ -214,6 +214,67 @@ func TestReadVersion1(t *testing.T) {
 	withPrefix := strings.Replace(v1, `"peer":"192.0.2.7"`, `"peer_prefix":"192.0.2.0/24"`, 1)
 	if _, err := Read(strings.NewReader(withPrefix), "old.json"); err == nil || !strings.Contains(err.Error(), "need version 2") {
 		t.Errorf("v1 with a v2 field: %v", err)
+	}
+}
+
+// TestReadUnknownFields: SNAPSHOT.md promises that a new field does not
+// bump the version, so a reader must take a file with fields it does not
+// know, read the fields it knows, and list the others.
+func TestReadUnknownFields(t *testing.T) {
+	var b strings.Builder
+	if err := Write(&b, sample()); err != nil {
+		t.Fatal(err)
+	}
+	doc := b.String()
+	doc = strings.Replace(doc, `"source":`, `"recorder_uptime": 12, "source":`, 1)
+	doc = strings.Replace(doc, `"packets_in":`, `"retransmits": {"in": 3}, "packets_in":`, 1)
+	doc = strings.Replace(doc, `"flow_capacity":`, `"ringbuf_drops": 0, "flow_capacity":`, 1)
+	doc = strings.Replace(doc, `"iface":`, `"IFACE_INDEX": 2, "iface":`, 2) // twice: listed once
+	s, err := Read(strings.NewReader(doc), "newer-fields.json")
+	if err != nil {
+		t.Fatalf("a version %d file with new fields was refused: %v", FormatVersion, err)
+	}
+	want := []string{"flows[].IFACE_INDEX", "flows[].retransmits", "recorder_uptime", "stats.ringbuf_drops"}
+	if strings.Join(s.Unknown, " ") != strings.Join(want, " ") {
+		t.Errorf("unknown fields %q, want %q", s.Unknown, want)
+	}
+	ref := sample()
+	if s.Source != ref.Source || len(s.Flows) != len(ref.Flows) || s.Flows[0].PacketsIn != ref.Flows[0].PacketsIn ||
+		s.Stats.FlowCapacity != ref.Stats.FlowCapacity {
+		t.Errorf("known fields not read: %+v", s)
+	}
+	// A case-insensitive match is a known field, as encoding/json reads it.
+	s, err = Read(strings.NewReader(strings.Replace(b.String(), `"source":`, `"Source":`, 1)), "case.json")
+	if err != nil || len(s.Unknown) != 0 || s.Source != ref.Source {
+		t.Errorf("Source: %v, unknown %q, source %q", err, s.Unknown, s.Source)
+	}
+	// A file without unknown fields lists none.
+	s, err = Read(strings.NewReader(b.String()), "plain.json")
+	if err != nil || s.Unknown != nil {
+		t.Errorf("plain file: %v, unknown %q", err, s.Unknown)
+	}
+}
+
+// TestReadNewerVersion: a file of a later format version is not
+// "malformed": a newer flowaudit wrote it, whatever its fields hold.
+func TestReadNewerVersion(t *testing.T) {
+	doc := `{"version": 3, "flows": {"changed": "shape"}, "stats": 7}`
+	_, err := Read(strings.NewReader(doc), "future.json")
+	if !errors.Is(err, ErrNewerVersion) || errors.Is(err, ErrFormat) {
+		t.Fatalf("error %v: want ErrNewerVersion, not ErrFormat", err)
+	}
+	for _, w := range []string{"future.json", "written by a newer flowaudit (version 3)", "versions 1 to 2"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+	if strings.Contains(err.Error(), "malformed") {
+		t.Errorf("error %q calls a newer file malformed", err)
+	}
+	s := sample()
+	s.Version = FormatVersion + 1
+	if err := s.Validate(); !errors.Is(err, ErrNewerVersion) {
+		t.Errorf("Validate: %v", err)
 	}
 }
 

@@ -93,6 +93,7 @@ func runAudit(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	warnNoSite(e, res)
 	snap, err := in.load(e)
 	if err != nil {
 		return err
@@ -103,7 +104,11 @@ func runAudit(e *env, args []string) error {
 		return err
 	}
 	cwd, _ := os.Getwd()
-	ro := audit.RenderOptions{Color: out == "" && format == "table" && isTerminal(e.stdout), CatalogRoot: cwd}
+	// SARIF locations are made relative to the working directory (the
+	// repository the log is for) and point at the user's site and catalog
+	// files, never at the built-in catalog.
+	ro := audit.RenderOptions{Color: out == "" && format == "table" && isTerminal(e.stdout), CatalogRoot: cwd,
+		CatalogFiles: af.mf.catalogs}
 	if err := writeOutput(e, out, func(w io.Writer) error { return audit.Write(w, rep, format, ro) },
 		"report written", zap.String("format", format)); err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -140,4 +141,133 @@ func mustRead(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestAuditSnapshotNewFields: a snapshot with fields this build does not
+// know is audited (they are a newer recorder's additions), and the fields
+// are named at debug level only.
+func TestAuditSnapshotNewFields(t *testing.T) {
+	p := writeSnap(t, cleanFlows()...)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.Replace(b, []byte(`"packets_in":`), []byte(`"retransmits_in": 2, "packets_in":`), 1)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI(t, append([]string{"--log-level", "debug"}, auditArgs(p)...)...)
+	if code != exitClean || !strings.Contains(out, "findings: 0 high") {
+		t.Fatalf("exit %d, stdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "snapshot fields this build does not know") || !strings.Contains(errOut, "flows[].retransmits_in") {
+		t.Errorf("no debug line naming the unknown field:\n%s", errOut)
+	}
+	_, _, errOut = runCLI(t, auditArgs(p)...)
+	if strings.Contains(errOut, "retransmits_in") {
+		t.Errorf("unknown fields reported above debug level:\n%s", errOut)
+	}
+}
+
+// TestAuditNoSiteWarning: without --site the audit says loudly, on stderr
+// and in the report, that no peer was checked against its zone.
+func TestAuditNoSiteWarning(t *testing.T) {
+	p := writeSnap(t, cleanFlows()...)
+	noSite := []string{"audit", "--catalog", testCatalog, "--matrix", "testapp", "--role", "server", "--snapshot", p}
+	_, out, errOut := runCLI(t, noSite...)
+	if !strings.Contains(errOut, "NO SITE FILE (--site)") || !strings.Contains(errOut, "ADMIN_IP") {
+		t.Errorf("no warning naming the unbound zones on stderr:\n%s", errOut)
+	}
+	if !strings.Contains(out, "site: NONE: zones and roles are bound to no address") {
+		t.Errorf("the report does not say it had no site:\n%s", out)
+	}
+	_, out, errOut = runCLI(t, auditArgs(p)...)
+	if strings.Contains(errOut, "NO SITE FILE") || strings.Contains(out, "site: NONE") {
+		t.Errorf("warning with a site:\n%s\n%s", errOut, out)
+	}
+}
+
+// TestAuditSARIFLocations: in the repository the SARIF log is for (the
+// working directory), results point at the user's site file (at the
+// binding of the rule's zone) and catalog file, never at catalog/data/….
+func TestAuditSARIFLocations(t *testing.T) {
+	site, err := os.ReadFile("../../audit/testdata/render/site.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := os.ReadFile(testCatalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := t.TempDir()
+	snap := writeSnap(t, tflow(snapshot.Inbound, snapshot.TCP, 22, "203.0.113.50", snapshot.Evidence{SynIn: 1, SynAckOut: 1}),
+		tflow(snapshot.Outbound, snapshot.UDP, 53, "198.51.100.53", snapshot.Evidence{}))
+	if err := os.MkdirAll(filepath.Join(repo, "ci"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"ci/site.yaml": site, "ci/extra.yaml": cat} {
+		if err := os.WriteFile(filepath.Join(repo, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Chdir(repo)
+	adminLine := 0
+	for i, l := range strings.Split(string(site), "\n") {
+		if strings.HasPrefix(l, "  ADMIN_IP:") {
+			adminLine = i + 1
+		}
+	}
+	locations := func(args ...string) map[string]string {
+		t.Helper()
+		out := filepath.Join(repo, "fa.sarif")
+		code, _, errOut := runCLI(t, append([]string{"audit", "--matrix", "utmstack@11", "--role", "manager", "--snapshot", snap,
+			"--format", "sarif", "--out", out}, args...)...)
+		if code != exitFindings {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l struct {
+			Runs []struct {
+				Results []struct {
+					Locations []struct {
+						PhysicalLocation struct {
+							ArtifactLocation struct{ URI string } `json:"artifactLocation"`
+							Region           struct{ StartLine int }
+						} `json:"physicalLocation"`
+					} `json:"locations"`
+					PartialFingerprints map[string]string `json:"partialFingerprints"`
+				} `json:"results"`
+			} `json:"runs"`
+		}
+		if err := json.Unmarshal(b, &l); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, r := range l.Runs[0].Results {
+			pl := r.Locations[0].PhysicalLocation
+			got[r.PartialFingerprints["flowauditFindingId/v1"]] = fmt.Sprintf("%s:%d", pl.ArtifactLocation.URI, pl.Region.StartLine)
+		}
+		return got
+	}
+	got := locations("--site", "ci/site.yaml", "--catalog", "ci/extra.yaml")
+	if w := fmt.Sprintf("ci/site.yaml:%d", adminLine); got["peer-out-of-zone/utmstack11.manager.ssh/tcp/22"] != w {
+		t.Errorf("out-of-zone SSH at %s, want %s", got["peer-out-of-zone/utmstack11.manager.ssh/tcp/22"], w)
+	}
+	if w := "ci/extra.yaml:1"; got["undocumented-flow/outbound/udp/53"] != w {
+		t.Errorf("undocumented flow at %s, want %s", got["undocumented-flow/outbound/udp/53"], w)
+	}
+	for id, loc := range got {
+		if strings.HasPrefix(loc, "catalog/") || strings.HasPrefix(loc, "file:") {
+			t.Errorf("%s at %s: not a file of the repository", id, loc)
+		}
+	}
+	got = locations()
+	for id, loc := range got {
+		if loc != "flowaudit-matrix/utmstack@11/manager:1" {
+			t.Errorf("without site or catalog: %s at %s, want the placeholder", id, loc)
+		}
+	}
 }

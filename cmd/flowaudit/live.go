@@ -519,7 +519,18 @@ func (in *inputFlags) load(e *env) (*snapshot.Snapshot, error) {
 		}
 		return snap, nil
 	case in.snapPath != "":
-		return snapshot.ReadFile(in.snapPath)
+		snap, err := snapshot.ReadFile(in.snapPath)
+		if err != nil {
+			return nil, err
+		}
+		if len(snap.Unknown) > 0 {
+			// A newer recorder's additions: they change nothing this build
+			// reads (docs/SNAPSHOT.md, Compatibility).
+			e.log.Debug("snapshot fields this build does not know, ignored", zap.String("file", in.snapPath),
+				zap.Int("version", snap.Version), zap.String("written by", strings.TrimSpace(snap.Tool.Name+" "+snap.Tool.Version)),
+				zap.Strings("fields", snap.Unknown))
+		}
+		return snap, nil
 	}
 	return nil, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap"
 
 	"github.com/flowaudit/flowaudit/catalog"
 )
@@ -87,4 +88,33 @@ func (m *matrixFlags) resolve() (*resolved, error) {
 		r.site = s
 	}
 	return r, nil
+}
+
+// noSiteWarning is what audit and watch say, loudly, when no site file is
+// given: no zone and no role is bound to an address, so nothing checks a
+// peer, and traffic on documented ports is unverified.
+const noSiteWarning = "NO SITE FILE (--site): the matrix's zones and roles are bound to no address, so no peer is checked " +
+	"against its zone. Traffic on a documented port is reported as unverified, never as out of zone; traffic that only a " +
+	"broad documented range covers is an unverified-flow finding. Give --site to audit the peers."
+
+// warnNoSite logs noSiteWarning when r has no site.
+func warnNoSite(e *env, r *resolved) {
+	if r.site != nil {
+		return
+	}
+	var zones, roles []string
+	if f := r.matrix; f != nil {
+		seen := map[string]bool{}
+		for _, rule := range f.Rules {
+			switch {
+			case rule.Peer.Kind == catalog.PeerZone && !seen["z"+rule.Peer.Zone]:
+				seen["z"+rule.Peer.Zone] = true
+				zones = append(zones, rule.Peer.Zone)
+			case rule.Peer.Kind == catalog.PeerRole && !seen["r"+rule.Peer.Role]:
+				seen["r"+rule.Peer.Role] = true
+				roles = append(roles, rule.Peer.Role)
+			}
+		}
+	}
+	e.log.Warn(noSiteWarning, zap.Strings("unbound zones", zones), zap.Strings("unbound roles", roles))
 }

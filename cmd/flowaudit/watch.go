@@ -130,6 +130,7 @@ func runWatch(e *env, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	warnNoSite(e, res)
 	// Everything that can fail on the output side fails before anything
 	// is attached.
 	if err := checkWritableDir("--snapshot-dir", dir); err != nil {

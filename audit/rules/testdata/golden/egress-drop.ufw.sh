@@ -20,8 +20,8 @@
 #
 # DOCKER: ports published by Docker containers BYPASS ufw. Docker DNATs them in PREROUTING and
 # forwards them, so ufw's INPUT rules never see that traffic: these rules do not restrict them.
-# UTMStack v11 runs its services in containers. Restrict published ports in the DOCKER-USER chain
-# (/etc/ufw/after.rules) or in a network/cloud firewall.
+# Restrict published ports in the DOCKER-USER chain (/etc/ufw/after.rules) or in a network/cloud
+# firewall.
 # ICMP: ufw's before.rules accept ICMP echo from any peer; ufw cannot restrict it by peer here.
 #
 # MANAGEMENT sessions (the management guard):
