@@ -11,7 +11,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build generate check-clang test test-short lint clean demo bench
+.PHONY: all build generate check-clang test test-short lint tidy-check clean demo bench
 
 all: build
 
@@ -42,7 +42,7 @@ bench: build
 	bin/flowbench -flowaudit $(BIN) $(BENCH_FLAGS)
 
 # The whole suite, kernel tests included (root). This is what CI runs.
-test:
+test: tidy-check
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
@@ -51,7 +51,11 @@ test:
 test-short:
 	$(GO) test -short -count=1 ./...
 
-lint:
+# go.mod and go.sum must be exactly what `go mod tidy` writes.
+tidy-check:
+	$(GO) mod tidy -diff
+
+lint: tidy-check
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/gopacket/layers"
+	"github.com/gopacket/gopacket/layers"
 )
 
 // BenchmarkReplay: packets per second through BPF_PROG_TEST_RUN for a

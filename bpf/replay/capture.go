@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/gopacket/pcapgo"
+	"github.com/gopacket/gopacket/pcapgo"
 )
 
 // Capture files: classic pcap and pcapng, read with gopacket's pcapgo.
@@ -308,7 +308,11 @@ func (c *capture) next() (rec record, err error) {
 			c.err = io.EOF
 			return record{}, io.EOF
 		}
-		return record{}, c.fail(err, errors.Is(err, io.ErrUnexpectedEOF))
+		// pcapgo does not always wrap what its reader returned (e.g.
+		// "could not discard 2 bytes: unexpected EOF"), so ask the guard,
+		// which saw the end of file itself.
+		truncated := errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(c.guard.err, io.ErrUnexpectedEOF)
+		return record{}, c.fail(err, truncated)
 	}
 	lt, ok := c.guard.linkType(c.section, ci.InterfaceIndex)
 	if !ok {
