@@ -10,6 +10,8 @@
 #   OUT                       output directory (default ./demo-out)
 #   FLOWAUDIT                 flowaudit binary (default bin/flowaudit, built if missing)
 #   DEMO_QUIET=1              do not print the reports (the demo test reads the files)
+#   CAPTURE=FILE              also write a pcap of the appliance's eth0 (tcpdump, 128-byte
+#                             snap length) for the recording window; testdata/captures/ was made so
 #
 # Everything happens inside namespaces named fademo-*; traffic only goes to
 # 192.0.2.0/24 and 2001:db8::/64 (documentation ranges) inside the lab. The
@@ -159,6 +161,13 @@ rec=$!
 pids+=("$rec")
 for _ in $(seq 100); do grep -q "recording" "$work/record.log" && break; sleep 0.1; done
 grep -q "recording" "$work/record.log" || { cat "$work/record.log" >&2; die "flowaudit did not start"; }
+if [[ -n ${CAPTURE:-} ]]; then
+  ip netns exec "$NS-appliance" tcpdump -i eth0 -n -s 128 -U -w "$CAPTURE" >"$work/tcpdump.log" 2>&1 &
+  cap=$!
+  pids+=("$cap")
+  for _ in $(seq 100); do grep -q "listening on" "$work/tcpdump.log" && break; sleep 0.1; done
+  grep -q "listening on" "$work/tcpdump.log" || { cat "$work/tcpdump.log" >&2; die "tcpdump did not start"; }
+fi
 
 # --- clients (every command bounded by timeout) -------------------------------
 # t HOST CMD...: run a client in HOST's namespace, bounded by ${T:-5}s;
@@ -200,6 +209,10 @@ say "rogue (192.0.2.66): nmap SYN scan"
 T=60 t rogue nmap -n -Pn -sS --max-retries 0 -T4 -p 1-1024,6379,9000-9001,9090,50051 "$APP"
 
 wait "$rec" || { cat "$work/record.log" >&2; die "flowaudit record failed"; }
+if [[ -n ${CAPTURE:-} ]]; then
+  kill -INT "$cap" && wait "$cap" || true
+  say "capture:     $CAPTURE"
+fi
 [[ -s $snap ]] || die "no snapshot written"
 
 # --- audit and rules ----------------------------------------------------------

@@ -729,3 +729,33 @@ func TestChooseLocalDHCP(t *testing.T) {
 		t.Errorf("chose %v, want the DHCP client 192.168.1.4, not the server", lc.Addrs)
 	}
 }
+
+// The demo lab's capture (testdata/captures): the only IPv6 conversation
+// is one agent's, whose neighbour discovery puts its address in more IPv6
+// packets than the appliance's. The IPv4 choice's MAC address decides.
+func TestChooseLocalOneHostMAC(t *testing.T) {
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	appliance, agent := [6]byte{2, 0, 0, 0, 0, 0x10}, [6]byte{2, 0, 0, 0, 0, 0x35}
+	sc := func(macs bool) *scanResult {
+		s := &scanResult{addrs: map[netip.Addr]*addrCount{
+			a("192.0.2.10"):   {packets: 100, sent: 50},
+			a("192.0.2.35"):   {packets: 30, sent: 15},
+			a("2001:db8::10"): {packets: 40, sent: 20, synIn: 3},
+			a("2001:db8::35"): {packets: 44, sent: 24},
+		}, ipPackets: [2]int{100, 44}, macOf: map[macIP]struct{}{}}
+		if macs {
+			for ip, mac := range map[string][6]byte{"192.0.2.10": appliance, "2001:db8::10": appliance,
+				"192.0.2.35": agent, "2001:db8::35": agent} {
+				s.macOf[macIP{mac, a(ip)}] = struct{}{}
+			}
+		}
+		return s
+	}
+	if lc := chooseLocal(sc(true), nil); len(lc.Addrs) != 2 || lc.Addrs[0] != a("192.0.2.10") || lc.Addrs[1] != a("2001:db8::10") {
+		t.Errorf("chose %v, want 192.0.2.10 and 2001:db8::10 (same MAC)", lc.Addrs)
+	}
+	// Without MAC addresses (e.g. a raw-IP capture) the count decides.
+	if lc := chooseLocal(sc(false), nil); len(lc.Addrs) != 2 || lc.Addrs[1] != a("2001:db8::35") {
+		t.Errorf("without MACs chose %v, want the most frequent 2001:db8::35", lc.Addrs)
+	}
+}

@@ -357,6 +357,45 @@ type macIP struct {
 	ip  netip.Addr
 }
 
+// moreLocal: a is a better guess than b for the captured host's address
+// of its IP version (docs/REPLAY.md, "Local addresses").
+func (sc *scanResult) moreLocal(a, b netip.Addr) bool {
+	ac, bc := sc.addrs[a], sc.addrs[b]
+	switch {
+	case ac.packets != bc.packets:
+		return ac.packets > bc.packets
+	case ac.synIn != bc.synIn:
+		return ac.synIn > bc.synIn
+	case (ac.dhcpServer > 0) != (bc.dhcpServer > 0):
+		// A DHCP exchange: the host is the client, the server its peer.
+		return ac.dhcpServer == 0
+	case ac.broadcastLike() != bc.broadcastLike():
+		return !ac.broadcastLike()
+	default:
+		return a.Less(b)
+	}
+}
+
+// macsOf: the non-zero MAC addresses a sent from.
+func (sc *scanResult) macsOf(a netip.Addr) map[[6]byte]bool {
+	m := map[[6]byte]bool{}
+	for mi := range sc.macOf {
+		if mi.ip == a && mi.mac != ([6]byte{}) {
+			m[mi.mac] = true
+		}
+	}
+	return m
+}
+
+func intersects(a, b map[[6]byte]bool) bool {
+	for k := range a {
+		if b[k] {
+			return true
+		}
+	}
+	return false
+}
+
 func scan(ctx context.Context, path, name string, progress func(Progress)) (*scanResult, error) {
 	cp, err := openCapture(path, name)
 	if err != nil {
@@ -534,41 +573,47 @@ func chooseLocal(sc *scanResult, given []netip.Prefix) LocalChoice {
 	} else {
 		lc.From = "heuristic"
 		best := [2]netip.Addr{}
-		for a, ac := range sc.addrs {
-			if !candidate(a) {
-				continue
+		pick := func(keep func(netip.Addr) bool) {
+			for a := range sc.addrs {
+				if !candidate(a) || !keep(a) {
+					continue
+				}
+				fam := 0
+				if a.Is6() {
+					fam = 1
+				}
+				if b := best[fam]; !b.IsValid() || sc.moreLocal(a, b) {
+					best[fam] = a
+				}
 			}
-			fam := 0
-			if a.Is6() {
-				fam = 1
-			}
-			b := best[fam]
-			if !b.IsValid() {
-				best[fam] = a
-				continue
-			}
-			bc := sc.addrs[b]
-			switch {
-			case ac.packets != bc.packets:
-				if ac.packets > bc.packets {
-					best[fam] = a
+		}
+		pick(func(netip.Addr) bool { return true })
+		// One host: the chosen IPv4 and IPv6 addresses should be sent
+		// from the same MAC address. When they are not, the address with
+		// the larger share anchors the other version, which is chosen
+		// again among the addresses that host's MAC sent from (an IPv6
+		// conversation with one peer, whose neighbour discovery tips the
+		// count toward the peer, is decided by the IPv4 side).
+		if best[0].IsValid() && best[1].IsValid() {
+			macs := [2]map[[6]byte]bool{sc.macsOf(best[0]), sc.macsOf(best[1])}
+			if len(macs[0]) > 0 && len(macs[1]) > 0 && !intersects(macs[0], macs[1]) {
+				anchor := 0
+				if share(best[1]) > share(best[0]) {
+					anchor = 1
 				}
-			case ac.synIn != bc.synIn:
-				if ac.synIn > bc.synIn {
-					best[fam] = a
+				other := 1 - anchor
+				prev := best[other]
+				best[other] = netip.Addr{}
+				fromAnchor := map[netip.Addr]bool{} // one pass: captures can hold millions of addresses
+				for mi := range sc.macOf {
+					if macs[anchor][mi.mac] {
+						fromAnchor[mi.ip] = true
+					}
 				}
-			case (ac.dhcpServer > 0) != (bc.dhcpServer > 0):
-				// A DHCP exchange: the host is the client, the server
-				// its peer.
-				if ac.dhcpServer == 0 {
-					best[fam] = a
+				pick(func(a netip.Addr) bool { return a.Is6() == (other == 1) && fromAnchor[a] })
+				if !best[other].IsValid() {
+					best[other] = prev
 				}
-			case ac.broadcastLike() != bc.broadcastLike():
-				if !ac.broadcastLike() {
-					best[fam] = a
-				}
-			case a.Less(b):
-				best[fam] = a
 			}
 		}
 		for _, a := range best {
