@@ -39,7 +39,7 @@ func checkLoadError(t *testing.T, err error) {
 func fuzzSeeds(f *testing.F, site bool) {
 	if site {
 		f.Add([]byte(bombSite()))
-		b, err := os.ReadFile(filepath.Join("testdata", "site", "utmstack11.yaml"))
+		b, err := os.ReadFile(filepath.Join("..", "testdata", "sites", "utmstack11.yaml"))
 		if err != nil {
 			f.Fatal(err)
 		}

@@ -86,7 +86,7 @@ func TestSchemaValidatesCatalogs(t *testing.T) {
 
 func TestSchemaValidatesSites(t *testing.T) {
 	s := compileSchema(t, "site.schema.json", SiteSchema())
-	paths, _ := filepath.Glob(filepath.Join("testdata", "site", "*.yaml"))
+	paths, _ := filepath.Glob(filepath.Join("..", "testdata", "sites", "*.yaml"))
 	if len(paths) == 0 {
 		t.Fatal("no site examples")
 	}

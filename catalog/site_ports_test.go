@@ -146,7 +146,7 @@ func TestSitePortOverrideErrors(t *testing.T) {
 // The example site with an override validates against the schema and the
 // loader (TestSchemaValidatesSites reads every testdata site).
 func TestSitePortExample(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("testdata", "site", "usm-sensor.yaml"))
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "sites", "usm-sensor.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

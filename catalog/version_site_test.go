@@ -82,7 +82,7 @@ func TestRange(t *testing.T) {
 }
 
 func TestSite(t *testing.T) {
-	s, err := LoadSite(filepath.Join("testdata", "site", "utmstack11.yaml"))
+	s, err := LoadSite(filepath.Join("..", "testdata", "sites", "utmstack11.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

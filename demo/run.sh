@@ -5,7 +5,7 @@
 #
 # Environment:
 #   MATRIX, ROLE, CONDITIONS  matrix to audit against (default utmstack@11, manager, netflow)
-#   SITE                      site file (default demo/site-utmstack11.yaml for UTMStack v11)
+#   SITE                      site file (default testdata/sites/utmstack11-demo.yaml for UTMStack v11)
 #   DURATION                  recording window (default 20s)
 #   OUT                       output directory (default ./demo-out)
 #   FLOWAUDIT                 flowaudit binary (default bin/flowaudit, built if missing)
@@ -26,7 +26,7 @@ if [[ -z ${CONDITIONS+x} ]]; then
   [[ $MATRIX == utmstack@11* ]] && CONDITIONS=netflow || CONDITIONS=""
 fi
 if [[ -z ${SITE+x} ]]; then
-  [[ $MATRIX == utmstack@11* ]] && SITE=$here/site-utmstack11.yaml || SITE=""
+  [[ $MATRIX == utmstack@11* ]] && SITE=$root/testdata/sites/utmstack11-demo.yaml || SITE=""
 fi
 DURATION=${DURATION:-20s}
 OUT=${OUT:-$PWD/demo-out}

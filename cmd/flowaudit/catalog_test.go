@@ -215,7 +215,7 @@ func TestCatalogValidate(t *testing.T) {
 	// The built-in catalogs validate, with the example site.
 	builtins, _ := filepath.Glob(filepath.Join("..", "..", "catalog", "data", "*.yaml"))
 	args := append([]string{"catalog", "validate"}, builtins...)
-	args = append(args, filepath.Join("..", "..", "catalog", "testdata", "site", "utmstack11.yaml"))
+	args = append(args, filepath.Join("..", "..", "testdata", "sites", "utmstack11.yaml"))
 	if code, out, errs := runCatalogCLI(t, args...); code != exitClean || strings.Count(out, ": ok (") != len(builtins)+1 {
 		t.Errorf("built-ins: exit %d\n%s\n%s", code, out, errs)
 	}

@@ -169,7 +169,7 @@ func TestAuditSitePortOverride(t *testing.T) {
 	if code, _, errs := runCatalogCLI(t, "catalog", "validate", checked); code != exitError || !strings.Contains(errs, checked+`:7: port override: no rule "usm.server.vpm" in usm@5.6.5 (configurable: usm.server.vpn)`) {
 		t.Errorf("validate: exit %d: %s", code, errs)
 	}
-	example := filepath.Join("..", "..", "catalog", "testdata", "site", "usm-sensor.yaml")
+	example := filepath.Join("..", "..", "testdata", "sites", "usm-sensor.yaml")
 	if code, out, errs := runCatalogCLI(t, "catalog", "validate", example); code != exitClean || !strings.Contains(out, "checked against usm@5.6.5") {
 		t.Errorf("example: exit %d: %s %s", code, out, errs)
 	}
