@@ -326,8 +326,14 @@ func TestE2EWatch(t *testing.T) {
 	if len(ents) == 0 || len(ents) > 3 {
 		t.Fatalf("%d snapshots in --snapshot-dir, want 1..3 (--keep 3)", len(ents))
 	}
-	if _, err := snapshot.ReadFile(filepath.Join(dir, ents[len(ents)-1].Name())); err != nil {
-		t.Errorf("periodic snapshot unreadable: %v", err)
+	last, err := snapshot.ReadFile(filepath.Join(dir, ents[len(ents)-1].Name()))
+	if err != nil {
+		t.Fatalf("periodic snapshot unreadable: %v", err)
+	}
+	// --duration is watched time, from the attach: the final evaluation
+	// covers all of it however long loading took.
+	if w := last.End.Sub(last.Start); w < 5*time.Second {
+		t.Errorf("final snapshot covers %s, want the whole --duration 5s", w)
 	}
 }
 

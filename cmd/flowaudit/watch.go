@@ -174,12 +174,15 @@ func runWatch(e *env, args []string) (err error) {
 	}
 	ctx, stop := signalContextHUP(onHUP)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, lf.duration)
-	defer cancel()
 	s, err := startLive(e, &lf)
 	if err != nil {
 		return err
 	}
+	// --duration counts from the attach, as record's does: loading and
+	// attaching can take seconds on a busy host, and must not eat the
+	// watched time (the whole of a short watch, once, in a test).
+	ctx, cancel := context.WithTimeout(ctx, lf.duration)
+	defer cancel()
 	defer func() {
 		if cerr := s.close(); cerr != nil {
 			err = errors.Join(cerr, err)
