@@ -155,8 +155,8 @@ func writeFindingsWidth(b *strings.Builder, r *Report, c func(code, s string) st
 // writeMatrixWidth writes the matrix table (a header row, then the rules)
 // fitted to width columns: when it is too wide, the rule ids lose the
 // dotted prefix they all share (said above the table), then the PEER and
-// OUT OF ZONE cells are wrapped, the wider column first, down to the width
-// of their header.
+// OUT OF ZONE cells (and headers) are wrapped, the wider column first, down
+// to their longest word.
 func writeMatrixWidth(b *strings.Builder, rows [][]string, c func(code, s string) string, width int) {
 	colW := func() []int {
 		w := make([]int, len(rows[0]))
@@ -191,14 +191,14 @@ func writeMatrixWidth(b *strings.Builder, rows [][]string, c func(code, s string
 	for total(w) > width {
 		col := -1
 		for _, j := range wrappable {
-			if w[j] > visibleWidth(rows[0][j]) && (col < 0 || w[j] > w[col]) {
+			if col < 0 || w[j] > w[col] {
 				col = j
 			}
 		}
 		if col < 0 {
 			break // as narrow as it gets
 		}
-		target := max(w[col]-(total(w)-width), visibleWidth(rows[0][col]))
+		target := max(w[col]-(total(w)-width), 1)
 		got := 0
 		for _, row := range rows {
 			for _, l := range wrapText(row[col], target) {

@@ -22,11 +22,11 @@ func TestTableWidth(t *testing.T) {
 			}
 			out := b.String()
 			for i, l := range strings.Split(out, "\n") {
-				// Below about 110 columns the columns that cannot wrap
+				// Below 100 columns the columns that cannot wrap
 				// (rule ids, kinds, services, statuses) are wider than
 				// the terminal by themselves; the explanations under
 				// their rows and the header lines fit.
-				if visibleWidth(l) > width && (width >= 120 || explained.MatchString(l) || !strings.Contains(l, "  ")) {
+				if visibleWidth(l) > width && (width >= 100 || explained.MatchString(l) || !strings.Contains(l, "  ")) {
 					t.Errorf("width %d colour %v: line %d is %d columns: %q", width, color, i+1, visibleWidth(l), l)
 				}
 			}

@@ -4,12 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
+
+	"github.com/flowaudit/flowaudit/audit"
+	"github.com/flowaudit/flowaudit/catalog"
 )
 
 // cli is one run of the command line: the cobra tree built from commands,
@@ -27,10 +31,11 @@ type cli struct {
 func newCLI(stdout, stderr io.Writer) *cli {
 	c := &cli{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
-		Use:   "flowaudit",
+		Use:   "flowaudit COMMAND",
 		Short: "audit an appliance's real traffic against its documented port matrix",
-		Long: "flowaudit records what a security appliance's interfaces really carry (XDP and TC counters in the kernel)\n" +
-			"and audits it against the vendor's documented port matrix.",
+		// Long is the man page's description (--help shows the command
+		// list instead).
+		Long:              manDescription,
 		Version:           Version(),
 		SilenceErrors:     true,
 		SilenceUsage:      true,
@@ -59,6 +64,8 @@ func newCLI(stdout, stderr io.Writer) *cli {
 		c.failed = cmd
 		return usageError{err}
 	})
+	_ = root.RegisterFlagCompletionFunc("log-format", flagCompletions["log-format"])
+	_ = root.RegisterFlagCompletionFunc("log-level", flagCompletions["log-level"])
 	root.SetHelpFunc(func(cmd *cobra.Command, _ []string) { c.help(cmd, cmd.OutOrStdout()) })
 	names := make([]string, 0, len(commands))
 	for n := range commands {
@@ -78,6 +85,20 @@ func newCLI(stdout, stderr io.Writer) *cli {
 		},
 	})
 	root.AddCommand(manCommand(root))
+	// cobra's completion command, with a wrong shell a usage error (it
+	// would print its help and exit 0).
+	root.InitDefaultCompletionCmd()
+	for _, s := range root.Commands() {
+		if s.Name() == "completion" {
+			s.Args = cobra.ArbitraryArgs
+			s.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) == 0 {
+					return usageErrorf("missing shell (bash, zsh, fish or powershell)")
+				}
+				return usageErrorf("unknown shell %q (want bash, zsh, fish or powershell)", args[0])
+			}
+		}
+	}
 	c.root = root
 	return c
 }
@@ -120,12 +141,7 @@ func (c *cli) cobraCommand(cmd *command, parent string) *cobra.Command {
 					return cmd.run(&env{stdout: c.stdout, stderr: c.stderr, log: zap.NewNop()}, []string{"--help"})
 				}
 			}
-			err = c.withLogger(cob, func(e *env) error { return cmd.run(e, rest) })
-			if isFlagError(err) {
-				c.failed = cob
-				return usageError{err}
-			}
-			return err
+			return c.withLogger(cob, func(e *env) error { return cmd.run(e, rest) })
 		}
 	case cmd.setup != nil:
 		fs := cc.Flags()
@@ -135,6 +151,11 @@ func (c *cli) cobraCommand(cmd *command, parent string) *cobra.Command {
 			fs.StringVar(&config, "config", "", "read flags from this YAML file (its "+cmd.name+" section; flags given here override it; see deploy/flowaudit.yaml)")
 		}
 		runf := cmd.setup(fs)
+		for name, complete := range flagCompletions {
+			if fs.Lookup(name) != nil {
+				_ = cc.RegisterFlagCompletionFunc(name, complete)
+			}
+		}
 		cc.RunE = func(cob *cobra.Command, args []string) error {
 			if config != "" {
 				if err := applyConfigFile(config, c.root, cob); err != nil {
@@ -157,6 +178,49 @@ func (c *cli) cobraCommand(cmd *command, parent string) *cobra.Command {
 		cc.AddCommand(c.cobraCommand(s, parent+" "+cmd.name))
 	}
 	return cc
+}
+
+// words completes a flag with fixed words.
+func words(w ...string) cobra.CompletionFunc {
+	return cobra.FixedCompletions(w, cobra.ShellCompDirectiveNoFileComp)
+}
+
+// flagCompletions complete the values of the flags of these names, in
+// whichever subcommand has them.
+var flagCompletions = map[string]cobra.CompletionFunc{
+	"format":     words(audit.Formats...),
+	"fail-on":    words("info", "low", "medium", "high"),
+	"ingress":    words("auto", "xdp-native", "xdp-generic", "tc"),
+	"tc":         words("auto", "tcx", "clsact"),
+	"log-format": words("console", "json"),
+	"log-level":  words("debug", "info", "warn", "error"),
+	// The interfaces of this network namespace.
+	"iface": func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		ifs, err := net.Interfaces()
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveError
+		}
+		var names []string
+		for _, i := range ifs {
+			names = append(names, i.Name)
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	},
+	// product@version of the built-in catalog.
+	"matrix": func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		cat, err := catalog.Builtin()
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveError
+		}
+		var refs []string
+		for _, p := range cat.Products() {
+			refs = append(refs, p.ID)
+			for _, f := range p.Families() {
+				refs = append(refs, p.ID+"@"+f.Latest.String())
+			}
+		}
+		return refs, cobra.ShellCompDirectiveNoFileComp
+	},
 }
 
 // choiceValue is a flag taking one of a few words.
@@ -196,6 +260,9 @@ func (c *cli) withLogger(cob *cobra.Command, f func(e *env) error) error {
 	}
 	defer log.Sync() //nolint:errcheck // stderr sync errors are meaningless
 	err = f(&env{stdout: c.stdout, stderr: c.stderr, log: log})
+	if isFlagError(err) { // an old-style subcommand's own parsing
+		err = usageError{err}
+	}
 	var ue usageError
 	switch {
 	case err == nil, errors.Is(err, errFindings), errors.Is(err, pflag.ErrHelp):

@@ -59,6 +59,8 @@ func manCommand(root *cobra.Command) *cobra.Command {
 	return cc
 }
 
+var mdEscape = strings.NewReplacer("[", `\[`, "]", `\]`, "(", `\(`, ")", `\)`, "*", `\*`, "_", `\_`, "<", `\<`, ">", `\>`, "|", `\|`)
+
 // writeManPages writes a page per available command under root into dir
 // (each atomically) and returns how many.
 func writeManPages(root *cobra.Command, dir string, date time.Time) (int, error) {
@@ -66,12 +68,18 @@ func writeManPages(root *cobra.Command, dir string, date time.Time) (int, error)
 		return 0, fmt.Errorf("man pages: %w", err)
 	}
 	root.InitDefaultCompletionCmd()
+	root.InitDefaultVersionFlag()
 	n := 0
 	var walk func(c *cobra.Command) error
 	walk = func(c *cobra.Command) error {
 		if c.HasParent() && (!c.IsAvailableCommand() || c.IsAdditionalHelpTopicCommand() || c.Name() == "help") {
 			return nil
 		}
+		// The usage line goes through Markdown: "[--site FILE] (…)"
+		// would be a link.
+		use := c.Use
+		c.Use = strings.ReplaceAll(mdEscape.Replace(use), `\[flags\]`, "[flags]") // UseLine adds a second one otherwise
+		defer func() { c.Use = use }()
 		var buf bytes.Buffer
 		hdr := &doc.GenManHeader{Title: strings.ToUpper(strings.ReplaceAll(c.CommandPath(), " ", "-")), Section: "1",
 			Date: &date, Source: "flowaudit " + Version(), Manual: "flowaudit manual"}
@@ -98,3 +106,33 @@ func writeManPages(root *cobra.Command, dir string, date time.Time) (int, error)
 	}
 	return n, nil
 }
+
+// manDescription is flowaudit(1)'s DESCRIPTION and the sections after it
+// (Markdown, as cobra/doc writes the page).
+const manDescription = `flowaudit records what a security appliance's interfaces really carry, with XDP and TC
+programs counting flows in the kernel, and audits it against the vendor's documented port
+matrix for the appliance's role: undocumented open ports and flows, peers outside their
+zone, required ports that are closed or unused, scans and floods. **flowaudit audit** writes
+a report (table, JSON, HTML, JUnit, SARIF); **flowaudit watch** runs as a sensor service,
+with finding events and Prometheus metrics; **flowaudit rules** writes least-privilege
+firewall rules for review.
+
+Recording needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
+
+# EXIT STATUS
+**0** no finding at or above **--fail-on** (or the command succeeded), **1** an error
+(bad usage, bad input, missing privileges, I/O), **2** findings at or above **--fail-on**.
+
+# ENVIRONMENT
+**NO_COLOR**
+: when set and not empty, the table report has no colour (colour is only used when standard output is a terminal).
+
+**SOURCE_DATE_EPOCH**
+: the date written in generated man pages (flowaudit gen-man, make man).
+
+# FILES
+**/etc/flowaudit/flowaudit.yaml**
+: the configuration file given with **--config** to **audit**, **record** and **watch**: a section per command whose keys are the long flag names; flags on the command line win. An example is deploy/flowaudit.yaml in the sources.
+
+**/var/lib/flowaudit**
+: the usual **--state-dir** and **--snapshot-dir** of **watch**.`
