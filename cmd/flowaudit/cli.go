@@ -348,8 +348,17 @@ func (c *cli) help(cmd *cobra.Command, w io.Writer) {
 		}
 		fmt.Fprintf(w, "\nRun '%s SUBCOMMAND --help' for its flags.\n", cmd.CommandPath())
 	}
-	if fl := cmd.LocalNonPersistentFlags(); fl.HasAvailableFlags() {
-		fmt.Fprintf(w, "\nFlags:\n%s", fl.FlagUsages())
+	// The subcommand's own flags in the order it declares them.
+	own := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
+	own.SortFlags = false
+	inherited := cmd.InheritedFlags()
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if inherited.Lookup(f.Name) == nil && cmd.PersistentFlags().Lookup(f.Name) == nil {
+			own.AddFlag(f)
+		}
+	})
+	if own.HasAvailableFlags() {
+		fmt.Fprintf(w, "\nFlags:\n%s", own.FlagUsages())
 	}
 	if fl := cmd.InheritedFlags(); fl.HasAvailableFlags() {
 		fmt.Fprintf(w, "\nGlobal flags:\n%s", fl.FlagUsages())

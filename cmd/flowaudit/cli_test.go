@@ -109,6 +109,11 @@ func TestHelpAndVersion(t *testing.T) {
 			t.Errorf("%v: exit %d %q", args, code, out)
 		}
 	}
+	// A subcommand's flags in the order it declares them, as before cobra.
+	_, out, _ = runCLI(t, "record", "--help")
+	if i, j := strings.Index(out, "--iface"), strings.Index(out, "--checkpoint"); i < 0 || j < 0 || i > j {
+		t.Errorf("record --help: flags not in declaration order:\n%s", out)
+	}
 	// Global flags before or after the command.
 	snap := writeSnap(t, cleanFlows()...)
 	for _, args := range [][]string{
