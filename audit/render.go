@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/flowaudit/flowaudit/internal/textfit"
 )
 
 // Formats a report can be written in.
@@ -110,7 +112,7 @@ func writeTable(w io.Writer, r *Report, color bool, width int) error {
 	fmt.Fprintf(&head, "findings: %d high, %d medium, %d low, %d info\n\n",
 		r.Counts["high"], r.Counts["medium"], r.Counts["low"], r.Counts["info"])
 
-	b.WriteString(wrapLines(head.String(), width))
+	b.WriteString(textfit.WrapLines(head.String(), width))
 
 	if len(r.Findings) > 0 && width > 0 {
 		writeFindingsWidth(&b, r, c, width)
@@ -171,7 +173,7 @@ func writeTable(w io.Writer, r *Report, color bool, width int) error {
 		tw.Flush()
 	}
 	if r.Infrastructure.Packets > 0 || r.Unclassified.Packets > 0 {
-		b.WriteString(wrapLines(fmt.Sprintf("\nnot audited: %d packets of ICMP errors / neighbour discovery, %d packets of IP fragments\n",
+		b.WriteString(textfit.WrapLines(fmt.Sprintf("\nnot audited: %d packets of ICMP errors / neighbour discovery, %d packets of IP fragments\n",
 			r.Infrastructure.Packets, r.Unclassified.Packets), width))
 	}
 	_, err := io.WriteString(w, b.String())

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/flowaudit/flowaudit/internal/textfit"
 )
 
 // TestTableWidth: fitted to a terminal, every line of the table is within
@@ -26,8 +28,8 @@ func TestTableWidth(t *testing.T) {
 				// (rule ids, kinds, services, statuses) are wider than
 				// the terminal by themselves; the explanations under
 				// their rows and the header lines fit.
-				if visibleWidth(l) > width && (width >= 100 || explained.MatchString(l) || !strings.Contains(l, "  ")) {
-					t.Errorf("width %d colour %v: line %d is %d columns: %q", width, color, i+1, visibleWidth(l), l)
+				if textfit.Width(l) > width && (width >= 100 || explained.MatchString(l) || !strings.Contains(l, "  ")) {
+					t.Errorf("width %d colour %v: line %d is %d columns: %q", width, color, i+1, textfit.Width(l), l)
 				}
 			}
 			// Every word of the whole table is there (a wrapped cell puts
@@ -94,21 +96,4 @@ func stripANSI(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-func TestWrapText(t *testing.T) {
-	for _, tc := range []struct {
-		in    string
-		width int
-		want  []string
-	}{
-		{"a bb ccc dddd", 6, []string{"a bb", "ccc", "dddd"}},
-		{"averyveryverylongword x", 5, []string{"averyveryverylongword", "x"}},
-		{"", 5, []string{""}},
-		{"\x1b[31mred\x1b[0m words here", 9, []string{"\x1b[31mred\x1b[0m words", "here"}},
-	} {
-		if got := wrapText(tc.in, tc.width); strings.Join(got, "|") != strings.Join(tc.want, "|") {
-			t.Errorf("wrapText(%q, %d) = %q, want %q", tc.in, tc.width, got, tc.want)
-		}
-	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -113,8 +114,10 @@ type catalogListProduct struct {
 func setupCatalogList(fs *pflag.FlagSet) runFunc {
 	var src catalogSource
 	var asJSON bool
+	var width int
 	src.register(fs)
 	fs.BoolVar(&asJSON, "json", false, "write JSON instead of a table")
+	fs.IntVar(&width, "width", 0, widthUsage)
 	return func(e *env, args []string) error {
 		if len(args) > 0 {
 			return usageErrorf("unexpected argument %q", args[0])
@@ -138,7 +141,8 @@ func setupCatalogList(fs *pflag.FlagSet) runFunc {
 		if asJSON {
 			return catalogWriteJSON(e.stdout, out)
 		}
-		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+		var buf bytes.Buffer
+		tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "PRODUCT\tVERSIONS\tLATEST\tFAMILY\tROLES\tCONDITIONS\tDOCUMENTS\tEDITIONS")
 		for _, p := range out {
 			for i := len(p.Families) - 1; i >= 0; i-- {
@@ -171,9 +175,10 @@ func setupCatalogList(fs *pflag.FlagSet) runFunc {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, "\nShow a matrix with: flowaudit catalog show PRODUCT[@VERSION][#EDITION] [--role ROLE] [--conditions C,...]")
-		fmt.Fprintln(e.stdout, "(EDITIONS: editions of the family's document, oldest first; a matrix follows the last unless #EDITION names another.)")
-		return nil
+		fmt.Fprintln(&buf, "\nShow a matrix with: flowaudit catalog show PRODUCT[@VERSION][#EDITION] [--role ROLE] [--conditions C,...]")
+		fmt.Fprintln(&buf, "(EDITIONS: editions of the family's document, oldest first; a matrix follows the last unless #EDITION names another.)")
+		return writeFitted(e, width, buf.String(), func(l string) bool { return strings.HasPrefix(l, "PRODUCT  ") },
+			"ROLES", "CONDITIONS", "DOCUMENTS", "EDITIONS")
 	}
 }
 
@@ -224,6 +229,8 @@ func setupCatalogShow(fs *pflag.FlagSet) runFunc {
 	fs.StringSliceVarP(&conds, "conditions", "c", nil, "conditions switched on, e.g. vpn,ha (see the list printed without it)")
 	fs.BoolVar(&asJSON, "json", false, "write the matrices as a JSON array")
 	fs.BoolVar(&notes, "notes", false, "print every rule's citation, quote and reading, and the family's readings")
+	var width int
+	fs.IntVar(&width, "width", 0, widthUsage)
 	return func(e *env, args []string) error {
 		switch len(args) {
 		case 0:
@@ -263,19 +270,19 @@ func setupCatalogShow(fs *pflag.FlagSet) runFunc {
 		if asJSON {
 			return catalogWriteJSON(e.stdout, ms)
 		}
-		w := e.stdout
-		fmt.Fprintf(w, "%s@%s — %s", p.ID, v, p.Name)
+		var w bytes.Buffer
+		fmt.Fprintf(&w, "%s@%s — %s", p.ID, v, p.Name)
 		if f.Title != "" {
-			fmt.Fprintf(w, " (%s)", f.Title)
+			fmt.Fprintf(&w, " (%s)", f.Title)
 		}
-		fmt.Fprintln(w)
-		fmt.Fprintf(w, "catalog: %s\n", f.Source)
+		fmt.Fprintln(&w)
+		fmt.Fprintf(&w, "catalog: %s\n", f.Source)
 		for _, d := range f.Documents {
 			extra := ""
 			if d.Source != catalog.SourceSeed {
 				extra = " [" + d.Source + "]"
 			}
-			fmt.Fprintf(w, "document: %s — %s%s\n", d.ID, d.Title, extra)
+			fmt.Fprintf(&w, "document: %s — %s%s\n", d.ID, d.Title, extra)
 		}
 		if e, ok := f.Edition(ed); ok {
 			var names []string
@@ -286,37 +293,38 @@ func setupCatalogShow(fs *pflag.FlagSet) runFunc {
 			if ed == f.DefaultEdition() {
 				def = "default; "
 			}
-			fmt.Fprintf(w, "edition: %s — follows %s (%seditions: %s)\n", e.Name, e.Document, def, strings.Join(names, ", "))
+			fmt.Fprintf(&w, "edition: %s — follows %s (%seditions: %s)\n", e.Name, e.Document, def, strings.Join(names, ", "))
 		}
 		if len(f.Conditions) > 0 {
-			fmt.Fprintln(w, "conditions:")
+			fmt.Fprintln(&w, "conditions:")
 			for _, c := range f.Conditions {
 				state := "off"
 				if cm[c.Name] {
 					state = "on"
 				}
-				fmt.Fprintf(w, "  %-20s %-3s  %s\n", c.Name, state, c.Description)
+				fmt.Fprintf(&w, "  %-20s %-3s  %s\n", c.Name, state, c.Description)
 			}
 		}
 		for _, m := range ms {
-			fmt.Fprintln(w)
-			if err := m.WriteText(w, notes); err != nil {
+			fmt.Fprintln(&w)
+			if err := m.WriteText(&w, notes); err != nil {
 				return err
 			}
 		}
 		if notes && len(f.Readings) > 0 {
-			fmt.Fprintln(w, "\nreadings of the documents:")
+			fmt.Fprintln(&w, "\nreadings of the documents:")
 			for _, r := range f.Readings {
-				fmt.Fprintf(w, "\n%s  (%s)\n", r.ID, r.Source)
-				fmt.Fprintf(w, "  %s § %s\n", r.Citation.Doc, r.Citation.Section)
+				fmt.Fprintf(&w, "\n%s  (%s)\n", r.ID, r.Source)
+				fmt.Fprintf(&w, "  %s § %s\n", r.Citation.Doc, r.Citation.Section)
 				if r.Citation.Quote != "" {
-					fmt.Fprintf(w, "    \"%s\"\n", r.Citation.Quote)
+					fmt.Fprintf(&w, "    \"%s\"\n", r.Citation.Quote)
 				}
-				fmt.Fprintf(w, "    reading: %s\n", r.Citation.Note)
+				fmt.Fprintf(&w, "    reading: %s\n", r.Citation.Note)
 			}
 		}
-		fmt.Fprintln(w, "\nFLAGS: supplementary = cited from a public source outside the vendor's seed documents; deprecated = port the vendor retired for this release.")
-		return nil
+		fmt.Fprintln(&w, "\nFLAGS: supplementary = cited from a public source outside the vendor's seed documents; deprecated = port the vendor retired for this release.")
+		return writeFitted(e, width, w.String(), func(l string) bool { return strings.HasPrefix(l, "DIR  PROTO  ") },
+			"PEER", "ID", "PURPOSE", "CITED")
 	}
 }
 

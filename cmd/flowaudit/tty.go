@@ -5,6 +5,8 @@ import (
 	"os"
 
 	"golang.org/x/term"
+
+	"github.com/flowaudit/flowaudit/internal/textfit"
 )
 
 // colorOK reports whether ANSI colour may go to w: a terminal, and
@@ -26,4 +28,21 @@ func terminalWidth(w io.Writer) int {
 		return 0
 	}
 	return cols
+}
+
+const widthUsage = "fit tables to this many columns, long cells wrapped (0: the terminal's width when stdout is one, else no limit)"
+
+// writeFitted writes text (tables written by text/tabwriter) to e.stdout,
+// fitted to width columns or, when width is 0, to the terminal's width
+// (unchanged when stdout is not a terminal). isHeader tells a table's
+// header line; the cells of the wrappable columns wrap.
+func writeFitted(e *env, width int, text string, isHeader func(string) bool, wrappable ...string) error {
+	if width < 0 {
+		return usageErrorf("--width %d: must not be negative", width)
+	}
+	if width == 0 {
+		width = terminalWidth(e.stdout)
+	}
+	_, err := io.WriteString(e.stdout, textfit.Refit(text, width, isHeader, wrappable...))
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -122,6 +123,50 @@ func TestTerminalColourAndWidth(t *testing.T) {
 			if !strings.Contains(js, "tcp/6379 answers 1 peer but the matrix documents no such inbound port for role server") {
 				t.Errorf("JSON lacks the whole explanation:\n%s", js)
 			}
+		}
+	}
+}
+
+// TestCatalogWidth: catalog list and show fit --width or the terminal,
+// wrapping cells (no word lost), and stay as they were when piped.
+func TestCatalogWidth(t *testing.T) {
+	for _, tc := range []struct {
+		args  []string
+		width int
+	}{
+		{[]string{"catalog", "list"}, 100},
+		{[]string{"catalog", "show", "utmstack@11", "--role", "manager"}, 120},
+		{[]string{"catalog", "show", "usm@5.4", "--role", "sensor", "--notes"}, 140},
+	} {
+		_, piped, _ := runCLI(t, tc.args...)
+		widest := 0
+		for _, l := range strings.Split(piped, "\n") {
+			widest = max(widest, len([]rune(l)))
+		}
+		if widest <= tc.width {
+			t.Fatalf("%v: piped output at most %d columns: the test proves nothing", tc.args, widest)
+		}
+		code, fitted, errb := runCLI(t, append(tc.args, "--width", fmt.Sprint(tc.width))...)
+		if code != exitClean {
+			t.Fatalf("%v: exit %d\n%s", tc.args, code, errb)
+		}
+		for i, l := range strings.Split(fitted, "\n") {
+			if n := len([]rune(l)); n > tc.width {
+				t.Errorf("%v: line %d is %d columns: %q", tc.args, i+1, n, l)
+			}
+		}
+		// Nothing lost or added: the same characters but spaces (words
+		// break after a comma, dot, slash or hyphen).
+		norm := func(s string) string {
+			r := []rune(strings.Join(strings.Fields(s), ""))
+			sort.Slice(r, func(i, j int) bool { return r[i] < r[j] })
+			return string(r)
+		}
+		if norm(fitted) != norm(piped) {
+			t.Errorf("%v: words lost or added in fitting:\n%s", tc.args, fitted)
+		}
+		if _, onTTY, _ := runOnTTY(t, uint16(tc.width), tc.args...); onTTY != fitted {
+			t.Errorf("%v: a %d-column terminal differs from --width %d", tc.args, tc.width, tc.width)
 		}
 	}
 }
