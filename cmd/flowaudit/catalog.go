@@ -52,6 +52,26 @@ const listExamples = `  flowaudit catalog list
 // (already printed one per line on stderr).
 var errInvalidFiles = errors.New("invalid files")
 
+// catalogFlagSet is newFlagSet for an old-style "catalog SUB" (a
+// command.run in the catalog's subs).
+func catalogFlagSet(e *env, sub, usageLine, examples string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("catalog "+sub, pflag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	summary := ""
+	for _, s := range commands["catalog"].subs {
+		if s.name == sub {
+			summary = s.summary
+		}
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(e.stdout, "flowaudit catalog %s: %s\n\nUsage: %s\n\nFlags:\n%s", sub, summary, usageLine, fs.FlagUsages())
+		if examples != "" {
+			fmt.Fprintf(e.stdout, "\nExamples:\n%s\n", strings.TrimRight(examples, "\n"))
+		}
+	}
+	return fs
+}
+
 // catalogSource are the flags choosing which catalogs to read.
 type catalogSource struct {
 	files     []string

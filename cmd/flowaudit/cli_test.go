@@ -289,6 +289,30 @@ func TestOldStyleCommand(t *testing.T) {
 	if code != exitClean || !strings.Contains(out, "Usage: flowaudit oldstyle [--n N]") {
 		t.Errorf("--help: exit %d\n%s", code, out)
 	}
+	// And as a sub-subcommand (catalog learn, written before cobra).
+	cat := commands["catalog"]
+	subs := cat.subs
+	cat.subs = append(append([]*command{}, subs...), &command{name: "oldsub", summary: "an old catalog sub", run: func(e *env, args []string) error {
+		fs := catalogFlagSet(e, "oldsub", "flowaudit catalog oldsub FILE", "")
+		v := fs.BoolP("verbose", "v", false, "verbose")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintf(e.stdout, "v=%v %v\n", *v, fs.Args())
+		return err
+	}})
+	t.Cleanup(func() { cat.subs = subs })
+	code, out, errb = runCLI(t, "catalog", "oldsub", "-v", "f.yaml")
+	if code != exitClean || out != "v=true [f.yaml]\n" {
+		t.Errorf("catalog oldsub: exit %d %q\n%s", code, out, errb)
+	}
+	code, out, _ = runCLI(t, "catalog", "oldsub", "--help")
+	if code != exitClean || !strings.Contains(out, "flowaudit catalog oldsub: an old catalog sub") {
+		t.Errorf("catalog oldsub --help: exit %d\n%s", code, out)
+	}
+	if _, out, _ := runCLI(t, "catalog", "--help"); !strings.Contains(out, "  oldsub ") {
+		t.Errorf("catalog --help does not list oldsub:\n%s", out)
+	}
 }
 
 // TestFlagsKept: the flags the subcommands had before cobra, with their

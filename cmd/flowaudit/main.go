@@ -188,8 +188,11 @@ func newFlagSet(e *env, name, usageLine, examples string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() {
-		c := commands[name]
-		fmt.Fprintf(e.stdout, "flowaudit %s: %s\n\nUsage: %s\n\nFlags:\n%s", name, c.summary, usageLine, fs.FlagUsages())
+		summary := ""
+		if c := commands[name]; c != nil {
+			summary = c.summary
+		}
+		fmt.Fprintf(e.stdout, "flowaudit %s: %s\n\nUsage: %s\n\nFlags:\n%s", name, summary, usageLine, fs.FlagUsages())
 		if examples != "" {
 			fmt.Fprintf(e.stdout, "\nExamples:\n%s\n", strings.TrimRight(examples, "\n"))
 		}
