@@ -142,9 +142,11 @@ func TestCompletion(t *testing.T) {
 			}
 			check := shells[sh]
 			if _, err := exec.LookPath(check[0]); err != nil {
-				if sh == "bash" || os.Getenv("CI") == "true" {
-					t.Fatalf("%s not installed", check[0])
+				if sh == "bash" {
+					t.Fatal("bash not installed")
 				}
+				// .ci/run installs zsh and fish; elsewhere their
+				// checks are skipped.
 				t.Skipf("%s not installed (apt-get install %s)", check[0], check[0])
 			}
 			p := filepath.Join(t.TempDir(), "flowaudit."+sh)
