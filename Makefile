@@ -11,12 +11,20 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build generate check-clang test test-short lint tidy-check clean demo bench
+.PHONY: all build generate check-clang test test-short lint tidy-check clean demo bench man
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/flowaudit
+
+# Man pages, one per command: bin/man/flowaudit.1, flowaudit-audit.1,
+# flowaudit-catalog-show.1, flowaudit-completion-bash.1 … Dated by the last
+# commit (SOURCE_DATE_EPOCH), so that a commit always gives the same pages.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+man: build
+	rm -rf bin/man
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(BIN) gen-man bin/man
 
 check-clang:
 	@command -v $(CLANG) >/dev/null || { echo "$(CLANG) not found: apt-get install clang-14 llvm-14 libbpf-dev"; exit 1; }

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/flowaudit/flowaudit/internal/textfit"
 )
 
 // Formats a report can be written in.
@@ -22,13 +24,17 @@ type RenderOptions struct {
 	// CatalogFiles are the user's catalog files (--catalog): SARIF results
 	// that no other file of the user's locates point at the first.
 	CatalogFiles []string
+	// Width fits the table to this many columns (a terminal's width):
+	// explanations and header lines are wrapped, never cut (the JSON and
+	// HTML reports have them whole). 0: no limit, one line per finding.
+	Width int
 }
 
 // Write renders r in format.
 func Write(w io.Writer, r *Report, format string, o RenderOptions) error {
 	switch format {
 	case "table":
-		return WriteTable(w, r, o.Color)
+		return writeTable(w, r, o.Color, o.Width)
 	case "json":
 		return WriteJSON(w, r)
 	case "html":
@@ -74,7 +80,10 @@ const noSiteText = "zones and roles are bound to no address, so no peer was chec
 
 // WriteTable writes the terminal report: header, findings, then the
 // documented matrix with what was observed per rule.
-func WriteTable(w io.Writer, r *Report, color bool) error {
+func WriteTable(w io.Writer, r *Report, color bool) error { return writeTable(w, r, color, 0) }
+
+// writeTable is WriteTable fitted to width columns (0: no limit).
+func writeTable(w io.Writer, r *Report, color bool, width int) error {
 	c := func(code, s string) string {
 		if !color {
 			return s
@@ -82,27 +91,32 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 		return code + s + ansiReset
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n", c(ansiBold, "flowaudit: "+r.Title()))
+	var head strings.Builder
+	fmt.Fprintf(&head, "%s\n", c(ansiBold, "flowaudit: "+r.Title()))
 	ifaces := make([]string, 0, len(r.Snapshot.Interfaces))
 	for _, i := range r.Snapshot.Interfaces {
 		ifaces = append(ifaces, i.Name)
 	}
-	fmt.Fprintf(&b, "snapshot: %s on %s [%s], window %s (%s – %s), %d flows\n",
+	fmt.Fprintf(&head, "snapshot: %s on %s [%s], window %s (%s – %s), %d flows\n",
 		r.Snapshot.Source, orDash(r.Snapshot.Hostname), strings.Join(ifaces, ","), r.Snapshot.Window,
 		r.Snapshot.Start.Format("2006-01-02 15:04:05Z07:00"), r.Snapshot.End.Format("15:04:05Z07:00"), r.Snapshot.Flows)
-	fmt.Fprintln(&b, mapLine(r, c))
+	fmt.Fprintln(&head, mapLine(r, c))
 	for _, l := range r.Coverage.Lines() {
-		fmt.Fprintln(&b, l)
+		fmt.Fprintln(&head, l)
 	}
 	if r.Site != "" {
-		fmt.Fprintf(&b, "site: %s\n", r.Site)
+		fmt.Fprintf(&head, "site: %s\n", r.Site)
 	} else {
-		fmt.Fprintln(&b, c(ansiBold+ansiYellow, "site: NONE: "+noSiteText))
+		fmt.Fprintln(&head, c(ansiBold+ansiYellow, "site: NONE: "+noSiteText))
 	}
-	fmt.Fprintf(&b, "findings: %d high, %d medium, %d low, %d info\n\n",
+	fmt.Fprintf(&head, "findings: %d high, %d medium, %d low, %d info\n\n",
 		r.Counts["high"], r.Counts["medium"], r.Counts["low"], r.Counts["info"])
 
-	if len(r.Findings) > 0 {
+	b.WriteString(textfit.WrapLines(head.String(), width))
+
+	if len(r.Findings) > 0 && width > 0 {
+		writeFindingsWidth(&b, r, c, width)
+	} else if len(r.Findings) > 0 {
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEVERITY\tKIND\tDIR\tSERVICE\tPEERS\tPACKETS\tEXPLANATION")
 		for _, f := range r.Findings {
@@ -117,9 +131,7 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 		fmt.Fprintln(&b)
 	}
 
-	fmt.Fprintln(&b, c(ansiBold, "documented matrix vs observed"))
-	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULE\tDIR\tSERVICE\tPEER\tREQ\tSTATUS\tPEERS\tPACKETS\tOUT OF ZONE")
+	matrix := [][]string{{"RULE", "DIR", "SERVICE", "PEER", "REQ", "STATUS", "PEERS", "PACKETS", "OUT OF ZONE"}}
 	for _, rs := range r.Rules {
 		req := rs.Rule.Requirement.String()
 		if rs.Rule.Condition != "" {
@@ -147,13 +159,22 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 				outside = c(ansiRed, fmt.Sprintf("1 peer, %d packets", oz.Packets))
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto, rs.Rule.Ports,
-			rs.Rule.Peer, req, status, peersNum(rs.Allowed), packets, outside)
+		matrix = append(matrix, []string{rs.Rule.ID, dirShort(rs.Rule.Direction.String()), rs.Rule.Proto + "/" + rs.Rule.Ports,
+			rs.Rule.Peer, req, status, peersNum(rs.Allowed), packets, outside})
 	}
-	tw.Flush()
+	if width > 0 {
+		writeMatrixWidth(&b, matrix, c, width)
+	} else {
+		fmt.Fprintln(&b, c(ansiBold, "documented matrix vs observed"))
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		for _, row := range matrix {
+			fmt.Fprintln(tw, strings.Join(row, "\t"))
+		}
+		tw.Flush()
+	}
 	if r.Infrastructure.Packets > 0 || r.Unclassified.Packets > 0 {
-		fmt.Fprintf(&b, "\nnot audited: %d packets of ICMP errors / neighbour discovery, %d packets of IP fragments\n",
-			r.Infrastructure.Packets, r.Unclassified.Packets)
+		b.WriteString(textfit.WrapLines(fmt.Sprintf("\nnot audited: %d packets of ICMP errors / neighbour discovery, %d packets of IP fragments\n",
+			r.Infrastructure.Packets, r.Unclassified.Packets), width))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

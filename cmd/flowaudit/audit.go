@@ -15,9 +15,12 @@ import (
 
 func init() {
 	register(&command{
-		name:    "audit",
-		summary: "compare observed traffic with the documented matrix of a role",
-		run:     runAudit,
+		name:     "audit",
+		summary:  "compare observed traffic with the documented matrix of a role",
+		usage:    "flowaudit audit --matrix PRODUCT[@VERSION][#EDITION] --role ROLE [--site FILE] (--snapshot FILE | --iface IFACE --duration D) [flags]",
+		examples: auditExamples,
+		setup:    setupAudit,
+		config:   true,
 	})
 }
 
@@ -59,66 +62,74 @@ func (a *auditFlags) options(r *resolved) audit.Options {
 		FloodPeers: a.floodPeers, FloodSYNs: a.floodSYNs, FloodRate: a.floodRate, ToolVersion: Version()}
 }
 
-func runAudit(e *env, args []string) error {
+func setupAudit(fs *pflag.FlagSet) runFunc {
 	var (
 		af     auditFlags
 		in     inputFlags
 		format string
 		out    string
 		failOn string
+		width  int
 	)
-	fs := newFlagSet(e, "audit", "flowaudit audit --matrix PRODUCT[@VERSION][#EDITION] --role ROLE [--site FILE] (--snapshot FILE | --iface IFACE --duration D) [flags]", auditExamples)
 	af.register(fs)
 	in.register(fs, "audit")
 	fs.StringVarP(&format, "format", "f", "table", "report format: "+strings.Join(audit.Formats, ", "))
 	fs.StringVarP(&out, "out", "o", "", "write the report to this file (atomically) instead of stdout")
 	fs.StringVar(&failOn, "fail-on", "low", "exit 2 when a finding has this severity or more: info, low, medium, high")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	threshold, err := audit.ParseSeverity(failOn)
-	if err != nil {
-		return fmt.Errorf("--fail-on: %w", err)
-	}
-	if !contains(audit.Formats, format) {
-		return fmt.Errorf("--format %q: want one of %s", format, strings.Join(audit.Formats, ", "))
-	}
-	if err := in.check(true, "give --snapshot FILE, or --iface to record live"); err != nil {
-		return err
-	}
-	res, err := af.mf.resolve()
-	if err != nil {
-		return err
-	}
-	warnNoSite(e, res)
-	snap, err := in.load(e)
-	if err != nil {
-		return err
-	}
+	fs.IntVar(&width, "width", 0, "fit the table to this many columns, explanations wrapped (0: the terminal's width when stdout is one, else no limit)")
+	return func(e *env, args []string) error {
+		if len(args) > 0 {
+			return usageErrorf("unexpected argument %q", args[0])
+		}
+		threshold, err := audit.ParseSeverity(failOn)
+		if err != nil {
+			return usageErrorf("--fail-on: %w", err)
+		}
+		if !contains(audit.Formats, format) {
+			return usageErrorf("--format %q: want one of %s", format, strings.Join(audit.Formats, ", "))
+		}
+		if width < 0 {
+			return usageErrorf("--width %d: must not be negative", width)
+		}
+		if err := in.check(true, "give --snapshot FILE, or --iface to record live"); err != nil {
+			return err
+		}
+		res, err := af.mf.resolve()
+		if err != nil {
+			return err
+		}
+		warnNoSite(e, res)
+		snap, err := in.load(e)
+		if err != nil {
+			return err
+		}
 
-	rep, err := audit.Run(snap, af.options(res))
-	if err != nil {
-		return err
+		rep, err := audit.Run(snap, af.options(res))
+		if err != nil {
+			return err
+		}
+		cwd, _ := os.Getwd()
+		// SARIF locations are made relative to the working directory (the
+		// repository the log is for) and point at the user's site and catalog
+		// files, never at the built-in catalog.
+		// Colour and the terminal's width only for a table on a terminal
+		// (and no colour with NO_COLOR).
+		ro := audit.RenderOptions{Color: out == "" && format == "table" && colorOK(e.stdout), CatalogRoot: cwd,
+			CatalogFiles: af.mf.catalogs, Width: width}
+		if width == 0 && out == "" {
+			ro.Width = terminalWidth(e.stdout)
+		}
+		if err := writeOutput(e, out, func(w io.Writer) error { return audit.Write(w, rep, format, ro) },
+			"report written", zap.String("format", format)); err != nil {
+			return err
+		}
+		e.log.Info("audit done", zap.String("matrix", rep.Title()), zap.Int("high", rep.Counts["high"]),
+			zap.Int("medium", rep.Counts["medium"]), zap.Int("low", rep.Counts["low"]), zap.Int("info", rep.Counts["info"]))
+		if n := rep.AtLeast(threshold); n > 0 {
+			return fmt.Errorf("%d findings at or above %s: %w", n, threshold, errFindings)
+		}
+		return nil
 	}
-	cwd, _ := os.Getwd()
-	// SARIF locations are made relative to the working directory (the
-	// repository the log is for) and point at the user's site and catalog
-	// files, never at the built-in catalog.
-	ro := audit.RenderOptions{Color: out == "" && format == "table" && isTerminal(e.stdout), CatalogRoot: cwd,
-		CatalogFiles: af.mf.catalogs}
-	if err := writeOutput(e, out, func(w io.Writer) error { return audit.Write(w, rep, format, ro) },
-		"report written", zap.String("format", format)); err != nil {
-		return err
-	}
-	e.log.Info("audit done", zap.String("matrix", rep.Title()), zap.Int("high", rep.Counts["high"]),
-		zap.Int("medium", rep.Counts["medium"]), zap.Int("low", rep.Counts["low"]), zap.Int("info", rep.Counts["info"]))
-	if n := rep.AtLeast(threshold); n > 0 {
-		return fmt.Errorf("%d findings at or above %s: %w", n, threshold, errFindings)
-	}
-	return nil
 }
 
 func contains(list []string, s string) bool {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -69,28 +70,28 @@ func (l *liveFlags) register(fs *pflag.FlagSet, defaultDuration time.Duration) {
 
 func (l *liveFlags) validate() error {
 	if len(l.ifaces) == 0 {
-		return errors.New("--iface is required")
+		return usageErrorf("--iface is required")
 	}
 	if l.duration <= 0 {
-		return fmt.Errorf("--duration %s: must be positive", l.duration)
+		return usageErrorf("--duration %s: must be positive", l.duration)
 	}
 	if l.maxFlows == 0 {
-		return errors.New("--max-flows must be at least 1")
+		return usageErrorf("--max-flows must be at least 1")
 	}
 	if l.maxOverflow == 0 {
-		return errors.New("--max-overflow must be at least 1")
+		return usageErrorf("--max-overflow must be at least 1")
 	}
 	if l.flowBudget < 1024 {
-		return fmt.Errorf("--flow-budget %d: at least 1024 entries", l.flowBudget)
+		return usageErrorf("--flow-budget %d: at least 1024 entries", l.flowBudget)
 	}
 	if l.moveInterval < 10*time.Millisecond {
-		return fmt.Errorf("--move-interval %s: at least 10ms", l.moveInterval)
+		return usageErrorf("--move-interval %s: at least 10ms", l.moveInterval)
 	}
 	if l.moveFill < 0 || l.moveFill > 100 {
-		return fmt.Errorf("--move-fill %d: a percentage, 0 to 100", l.moveFill)
+		return usageErrorf("--move-fill %d: a percentage, 0 to 100", l.moveFill)
 	}
 	if l.refresh < 100*time.Millisecond {
-		return fmt.Errorf("--socket-refresh %s: at least 100ms", l.refresh)
+		return usageErrorf("--socket-refresh %s: at least 100ms", l.refresh)
 	}
 	return nil
 }
@@ -206,6 +207,9 @@ func startLive(e *env, lf *liveFlags) (*liveSession, error) {
 	}
 	for _, ifc := range lf.ifaces {
 		if _, err := c.Attach(ifc, lf.attachOptions()); err != nil {
+			if errors.Is(err, bpf.ErrInterfaceNotFound) {
+				err = withInterfaces(err)
+			}
 			ref.Stop()
 			// Close detaches what was attached and gives back a replaced
 			// XDP program: its failure must not go unseen.
@@ -217,6 +221,20 @@ func startLive(e *env, lf *liveFlags) (*liveSession, error) {
 	s.stopMover = cancel
 	go s.mover(ctx)
 	return s, nil
+}
+
+// withInterfaces adds to err (an --iface that does not exist) the names
+// of the interfaces that do, in this network namespace.
+func withInterfaces(err error) error {
+	ifs, lerr := net.Interfaces()
+	if lerr != nil {
+		return fmt.Errorf("%w (listing the interfaces: %v)", err, lerr)
+	}
+	names := make([]string, len(ifs))
+	for i, ifc := range ifs {
+		names[i] = ifc.Name
+	}
+	return fmt.Errorf("%w (interfaces in this network namespace: %s)", err, strings.Join(names, ", "))
 }
 
 // mover moves the kernel's counts into memory every --move-interval, and
@@ -486,11 +504,11 @@ func (in *inputFlags) live() bool { return len(in.ifaces) > 0 }
 func (in *inputFlags) check(needed bool, missing string) error {
 	switch {
 	case in.snapPath != "" && in.live():
-		return errors.New("--snapshot and --iface exclude each other")
+		return usageErrorf("--snapshot and --iface exclude each other")
 	case in.saveSnap != "" && !in.live():
-		return errors.New("--save-snapshot only applies when recording live (--iface)")
+		return usageErrorf("--save-snapshot only applies when recording live (--iface)")
 	case needed && in.snapPath == "" && !in.live():
-		return errors.New(missing)
+		return usageError{errors.New(missing)}
 	}
 	if in.live() {
 		return in.validate()

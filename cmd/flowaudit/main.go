@@ -1,7 +1,8 @@
 // Command flowaudit audits the traffic of a security appliance against its
 // vendor's documented port matrix, using XDP and TC counters in the kernel.
 //
-// Each subcommand lives in its own file and registers itself in commands.
+// Each subcommand lives in its own file and registers itself in commands;
+// cli.go turns them into a github.com/spf13/cobra command tree.
 package main
 
 import (
@@ -10,7 +11,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -37,11 +37,34 @@ type env struct {
 	log    *zap.Logger
 }
 
-// command is one subcommand.
+// runFunc runs a subcommand once its flags are parsed; args are the
+// positional arguments left.
+type runFunc func(e *env, args []string) error
+
+// command is one subcommand. A subcommand declares its flags in setup, on
+// the FlagSet the CLI parses, and returns the function that runs it (a
+// closure over the flag variables); see docs/ARCHITECTURE.md.
 type command struct {
 	name    string
 	summary string
-	// run parses args itself (one pflag.FlagSet per subcommand) and runs.
+	// usage is the one-line usage, "flowaudit NAME …" (printed with usage
+	// errors and --help, and the man page's synopsis).
+	usage string
+	// examples end --help and the man page (and may say the exit codes).
+	examples string
+	// setup registers the flags on fs and returns the run function.
+	setup func(fs *pflag.FlagSet) runFunc
+	// config: the subcommand takes --config FILE (a section of that name
+	// in the file sets its flags).
+	config bool
+	// subs are sub-subcommands (catalog list, show, validate); a command
+	// with subs and no setup only dispatches.
+	subs []*command
+
+	// run is the old style, before cobra: the subcommand parses args
+	// itself (newFlagSet). Still accepted so that such a subcommand works
+	// as it is; flags declared that way are unknown to completion, man
+	// pages and --config until it is moved to setup.
 	run func(e *env, args []string) error
 }
 
@@ -59,43 +82,7 @@ func main() {
 
 // run is main without os.Exit, for tests.
 func run(args []string, stdout, stderr io.Writer) int {
-	logFormat, logLevel, rest, err := globalFlags(args)
-	if err != nil {
-		fmt.Fprintf(stderr, "flowaudit: %v\n", err)
-		return exitError
-	}
-	if len(rest) == 0 || rest[0] == "help" || rest[0] == "-h" || rest[0] == "--help" {
-		if len(rest) > 1 {
-			if c, ok := commands[rest[1]]; ok {
-				return code(c.run(&env{stdout: stdout, stderr: stderr, log: zap.NewNop()}, []string{"--help"}))
-			}
-		}
-		usage(stdout)
-		if len(rest) == 0 {
-			return exitError
-		}
-		return exitClean
-	}
-	if rest[0] == "version" || rest[0] == "--version" {
-		fmt.Fprintf(stdout, "flowaudit %s\n", Version())
-		return exitClean
-	}
-	c, ok := commands[rest[0]]
-	if !ok {
-		fmt.Fprintf(stderr, "flowaudit: unknown command %q (see flowaudit help)\n", rest[0])
-		return exitError
-	}
-	log, err := newLogger(stderr, logFormat, logLevel)
-	if err != nil {
-		fmt.Fprintf(stderr, "flowaudit: %v\n", err)
-		return exitError
-	}
-	defer log.Sync() //nolint:errcheck // stderr sync errors are meaningless
-	err = c.run(&env{stdout: stdout, stderr: stderr, log: log}, rest[1:])
-	if err != nil && !errors.Is(err, errFindings) && !errors.Is(err, pflag.ErrHelp) {
-		log.Error(c.name+" failed", zap.Error(err))
-	}
-	return code(err)
+	return newCLI(stdout, stderr).execute(args)
 }
 
 func code(err error) int {
@@ -109,10 +96,28 @@ func code(err error) int {
 	}
 }
 
+// usageError is a mistake on the command line (a missing or unknown flag,
+// a bad value): printed with the one-line usage and a hint, never logged.
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+// usageErrorf is fmt.Errorf as a usageError.
+func usageErrorf(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// plainError is an error printed as one plain line on stderr and not
+// logged: there is no logger yet (a bad --config file, --log-level).
+type plainError struct{ err error }
+
+func (p plainError) Error() string { return p.err.Error() }
+func (p plainError) Unwrap() error { return p.err }
+
 // globalFlags pulls --log-format and --log-level out of args wherever they
-// appear, so they work before or after the subcommand name.
+// appear, so they work before or after the subcommand name. Only
+// old-style subcommands (command.run) need it: cobra parses them for the
+// others.
 func globalFlags(args []string) (format, level string, rest []string, err error) {
-	format, level = "console", "info"
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		for _, name := range []string{"--log-format", "--log-level"} {
@@ -177,29 +182,17 @@ func iso8601UTC(t time.Time, enc zapcore.PrimitiveArrayEncoder) {
 // parsing of "1m30s".
 func seconds(name string, d time.Duration) zap.Field { return zap.Float64(name, d.Seconds()) }
 
-func usage(w io.Writer) {
-	fmt.Fprintf(w, "flowaudit %s: audit an appliance's real traffic against its documented port matrix\n\n", Version())
-	fmt.Fprintln(w, "Usage: flowaudit [--log-format console|json] [--log-level debug|info|warn|error] COMMAND [flags]")
-	fmt.Fprintln(w, "\nCommands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
-	}
-	fmt.Fprintln(w, "\nRun 'flowaudit COMMAND --help' for a command's flags and examples.")
-}
-
 // newFlagSet returns a FlagSet whose --help prints the summary, usage line,
-// flags and examples of a subcommand.
+// flags and examples of an old-style subcommand (command.run).
 func newFlagSet(e *env, name, usageLine, examples string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() {
-		c := commands[name]
-		fmt.Fprintf(e.stdout, "flowaudit %s: %s\n\nUsage: %s\n\nFlags:\n%s", name, c.summary, usageLine, fs.FlagUsages())
+		summary := ""
+		if c := commands[name]; c != nil {
+			summary = c.summary
+		}
+		fmt.Fprintf(e.stdout, "flowaudit %s: %s\n\nUsage: %s\n\nFlags:\n%s", name, summary, usageLine, fs.FlagUsages())
 		if examples != "" {
 			fmt.Fprintf(e.stdout, "\nExamples:\n%s\n", strings.TrimRight(examples, "\n"))
 		}

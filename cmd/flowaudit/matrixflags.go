@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/spf13/pflag"
@@ -42,10 +41,10 @@ type resolved struct {
 
 func (m *matrixFlags) resolve() (*resolved, error) {
 	if m.matrix == "" {
-		return nil, errors.New("--matrix is required")
+		return nil, usageErrorf("--matrix is required")
 	}
 	if m.role == "" {
-		return nil, errors.New("--role is required")
+		return nil, usageErrorf("--role is required")
 	}
 	cat, err := catalog.Builtin()
 	if err != nil {
@@ -66,7 +65,7 @@ func (m *matrixFlags) resolve() (*resolved, error) {
 	}
 	conds, err := catalog.ParseConditions(m.conditions)
 	if err != nil {
-		return nil, fmt.Errorf("--conditions: %w", err)
+		return nil, usageErrorf("--conditions: %w", err)
 	}
 	mx, err := p.EffectiveEdition(v, ed, m.role, conds)
 	if err != nil {

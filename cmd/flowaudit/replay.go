@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
@@ -20,9 +21,11 @@ import (
 
 func init() {
 	register(&command{
-		name:    "replay",
-		summary: "feed a pcap/pcapng capture through the XDP/TC programs into a snapshot file",
-		run:     runReplay,
+		name:     "replay",
+		summary:  "feed a pcap/pcapng capture through the XDP/TC programs into a snapshot file",
+		usage:    "flowaudit replay CAPTURE --out FILE [--local-addr ADDR|PREFIX ...] [flags]",
+		examples: replayExamples,
+		setup:    setupReplay,
 	})
 }
 
@@ -41,7 +44,7 @@ BPF_PROG_TEST_RUN. A capture that is cut short or corrupt still gives a
 snapshot of the packets before the damage, and exit code 1 (a capture cut
 short is only a warning with --allow-truncated). See docs/REPLAY.md.`
 
-func runReplay(e *env, args []string) error {
+func setupReplay(fs *pflag.FlagSet) runFunc {
 	var (
 		out            string
 		locals         []string
@@ -54,7 +57,6 @@ func runReplay(e *env, args []string) error {
 		iface          string
 		allowTruncated bool
 	)
-	fs := newFlagSet(e, "replay", "flowaudit replay CAPTURE --out FILE [--local-addr ADDR|PREFIX ...] [flags]", replayExamples)
 	fs.StringVarP(&out, "out", "o", "", "snapshot file to write (atomically)")
 	fs.StringSliceVarP(&locals, "local-addr", "l", nil, "address or prefix of the captured host (repeat or comma-separate); default: the most frequent address of each IP version")
 	fs.StringSliceVar(&listening, "listening", nil, "local service known to listen, PROTO/PORT (tcp, udp, sctp), e.g. tcp/8443")
@@ -65,73 +67,72 @@ func runReplay(e *env, args []string) error {
 	fs.StringVar(&ingress, "ingress", "xdp", "program for incoming packets: xdp or tc")
 	fs.StringVar(&iface, "iface-name", "", "interface name in the snapshot (default: the pcapng interface name, else \"replay\")")
 	fs.BoolVar(&allowTruncated, "allow-truncated", false, "a capture cut short (file ends inside a packet) is a warning, not an error")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return errors.New("replay needs exactly one capture file")
-	}
-	if out == "" {
-		return errors.New("--out is required")
-	}
-	path := fs.Arg(0)
-	o := replay.Options{Workers: workers, Resolution: resolution, Interface: iface, ToolVersion: Version(), Logger: e.log}
-	var err error
-	if o.Local, err = parsePrefixes(locals); err != nil {
-		return err
-	}
-	if o.Listening, err = parseListening(listening); err != nil {
-		return err
-	}
-	eph, err := parsePortRange(ephemeral)
-	if err != nil {
-		return err
-	}
-	switch ingress {
-	case "xdp":
-		o.Ingress = bpf.HookXDP
-	case "tc":
-		o.Ingress = bpf.HookTCIngress
-	default:
-		return fmt.Errorf("--ingress %q: want xdp or tc", ingress)
-	}
-	if maxFlows == 0 {
-		return errors.New("--max-flows must be at least 1")
-	}
-	if resolution < 0 {
-		return fmt.Errorf("--time-resolution %s: must not be negative", resolution)
-	}
-
-	ctx, stop := signalContext()
-	defer stop()
-	var bar *progressBar
-	if isTerminal(e.stderr) {
-		bar = &progressBar{w: e.stderr, name: path}
-		o.Progress = bar.update
-	}
-	c, err := bpf.Open(bpf.Options{FlowEntries: maxFlows, EphemeralPorts: eph, Logger: e.log})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	res, err := replay.Run(ctx, c, path, o)
-	bar.done()
-	var ce *replay.CaptureError
-	if err != nil && !errors.As(err, &ce) {
-		return err
-	}
-	if werr := snapshot.WriteFile(out, res.Snapshot); werr != nil {
-		return werr
-	}
-	logReplay(e.log, res, out)
-	if ce != nil {
-		if ce.Truncated && allowTruncated {
-			e.log.Warn("capture cut short; the snapshot covers the packets before the cut", zap.Error(ce))
-			return nil
+	return func(e *env, args []string) error {
+		if len(args) != 1 {
+			return usageErrorf("replay needs exactly one capture file")
 		}
-		return fmt.Errorf("%w; the snapshot of the packets before it was written to %s", ce, out)
+		if out == "" {
+			return usageErrorf("--out is required")
+		}
+		path := args[0]
+		o := replay.Options{Workers: workers, Resolution: resolution, Interface: iface, ToolVersion: Version(), Logger: e.log}
+		var err error
+		if o.Local, err = parsePrefixes(locals); err != nil {
+			return err
+		}
+		if o.Listening, err = parseListening(listening); err != nil {
+			return err
+		}
+		eph, err := parsePortRange(ephemeral)
+		if err != nil {
+			return err
+		}
+		switch ingress {
+		case "xdp":
+			o.Ingress = bpf.HookXDP
+		case "tc":
+			o.Ingress = bpf.HookTCIngress
+		default:
+			return usageErrorf("--ingress %q: want xdp or tc", ingress)
+		}
+		if maxFlows == 0 {
+			return usageErrorf("--max-flows must be at least 1")
+		}
+		if resolution < 0 {
+			return usageErrorf("--time-resolution %s: must not be negative", resolution)
+		}
+
+		ctx, stop := signalContext()
+		defer stop()
+		var bar *progressBar
+		if isTerminal(e.stderr) {
+			bar = &progressBar{w: e.stderr, name: path}
+			o.Progress = bar.update
+		}
+		c, err := bpf.Open(bpf.Options{FlowEntries: maxFlows, EphemeralPorts: eph, Logger: e.log})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		res, err := replay.Run(ctx, c, path, o)
+		bar.done()
+		var ce *replay.CaptureError
+		if err != nil && !errors.As(err, &ce) {
+			return err
+		}
+		if werr := snapshot.WriteFile(out, res.Snapshot); werr != nil {
+			return werr
+		}
+		logReplay(e.log, res, out)
+		if ce != nil {
+			if ce.Truncated && allowTruncated {
+				e.log.Warn("capture cut short; the snapshot covers the packets before the cut", zap.Error(ce))
+				return nil
+			}
+			return fmt.Errorf("%w; the snapshot of the packets before it was written to %s", ce, out)
+		}
+		return nil
 	}
-	return nil
 }
 
 // logReplay reports what the replay did, loudly where data was lost.
@@ -171,14 +172,14 @@ func parsePrefixes(vals []string) ([]netip.Prefix, error) {
 		if strings.Contains(v, "/") {
 			p, err := netip.ParsePrefix(v)
 			if err != nil {
-				return nil, fmt.Errorf("--local-addr %q: %w", v, err)
+				return nil, usageErrorf("--local-addr %q: %w", v, err)
 			}
 			out = append(out, p.Masked())
 			continue
 		}
 		a, err := netip.ParseAddr(v)
 		if err != nil {
-			return nil, fmt.Errorf("--local-addr %q: not an address or prefix", v)
+			return nil, usageErrorf("--local-addr %q: not an address or prefix", v)
 		}
 		a = a.Unmap()
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
@@ -192,11 +193,11 @@ func parseListening(vals []string) ([]snapshot.Socket, error) {
 		ps, port, ok := strings.Cut(strings.TrimSpace(v), "/")
 		p, err := snapshot.ParseProto(ps)
 		if !ok || err != nil || !p.HasPorts() {
-			return nil, fmt.Errorf("--listening %q: want tcp/PORT, udp/PORT or sctp/PORT", v)
+			return nil, usageErrorf("--listening %q: want tcp/PORT, udp/PORT or sctp/PORT", v)
 		}
 		n, err := strconv.ParseUint(port, 10, 16)
 		if err != nil || n == 0 {
-			return nil, fmt.Errorf("--listening %q: port must be 1-65535", v)
+			return nil, usageErrorf("--listening %q: port must be 1-65535", v)
 		}
 		addr := netip.IPv4Unspecified()
 		out = append(out, snapshot.Socket{Proto: p, Addr: addr, Port: uint16(n)})
@@ -209,7 +210,7 @@ func parsePortRange(s string) ([2]uint16, error) {
 	a, err1 := strconv.ParseUint(lo, 10, 16)
 	b, err2 := strconv.ParseUint(hi, 10, 16)
 	if !ok || err1 != nil || err2 != nil || a == 0 || a > b {
-		return [2]uint16{}, fmt.Errorf("--ephemeral-ports %q: want LOW-HIGH, e.g. 32768-60999", s)
+		return [2]uint16{}, usageErrorf("--ephemeral-ports %q: want LOW-HIGH, e.g. 32768-60999", s)
 	}
 	return [2]uint16{uint16(a), uint16(b)}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/flowaudit/flowaudit/audit"
@@ -19,9 +20,11 @@ import (
 
 func init() {
 	register(&command{
-		name:    "rules",
-		summary: "generate least-privilege firewall rules from observed (and documented) traffic",
-		run:     runRules,
+		name:     "rules",
+		summary:  "generate least-privilege firewall rules from observed (and documented) traffic",
+		usage:    "flowaudit rules (--snapshot FILE | --iface IFACE --duration D) [--matrix P[@V][#E] --role R [--site FILE]] [--mode observed|documented|both] --target TARGET [--out FILE] [flags]",
+		examples: rulesExamples,
+		setup:    setupRules,
 	})
 }
 
@@ -54,7 +57,7 @@ Exit codes: 0 rules written, 1 error (including a refusal, and "no traffic seen"
 turns a quiet window into a deny-all policy), 2 with --fail-on-undocumented when observed,
 answered traffic was undocumented or out of zone (the rules are written all the same).`
 
-func runRules(e *env, args []string) error {
+func setupRules(fs *pflag.FlagSet) runFunc {
 	var (
 		mf           matrixFlags
 		in           inputFlags
@@ -73,7 +76,6 @@ func runRules(e *env, args []string) error {
 		awsMax       int
 		awsSpill     string
 	)
-	fs := newFlagSet(e, "rules", "flowaudit rules (--snapshot FILE | --iface IFACE --duration D) [--matrix P[@V][#E] --role R [--site FILE]] [--mode observed|documented|both] --target TARGET [--out FILE] [flags]", rulesExamples)
 	mf.register(fs)
 	in.register(fs, "generate from")
 	fs.StringVar(&mode, "mode", "", "observed, documented or both (default: both with --matrix, else observed)")
@@ -90,125 +92,124 @@ func runRules(e *env, args []string) error {
 	fs.BoolVar(&force, "force", false, "write the rules although the input is refused (map overflowed, interrupted, checkpoint, window below --min-window, your session outside the zones); each reason heads the WARNINGS")
 	fs.IntVar(&awsMax, "aws-max-rules", rules.DefaultAWSMaxRules, "aws-sg: rules per security group, direction and address family (AWS quota)")
 	fs.StringVar(&awsSpill, "aws-spill", "fail", "aws-sg: above the quota, fail or split into several security groups (groups)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if target == "" {
-		return errors.New("--target is required (nftables, iptables, ip6tables, ufw, aws-sg or azure-nsg)")
-	}
-	tgt, err := rules.ParseTarget(target)
-	if err != nil {
-		return fmt.Errorf("--target: %w", err)
-	}
-	o := rules.Options{AllowUnverified: allowUnverif, AllowQuiet: allowQuiet, NoManagementGuard: noGuard,
-		MinWindow: minWindow, Force: force, ToolVersion: Version()}
-	if mode != "" {
-		if o.Mode, err = rules.ParseMode(mode); err != nil {
-			return fmt.Errorf("--mode: %w", err)
+	return func(e *env, args []string) error {
+		if len(args) > 0 {
+			return usageErrorf("unexpected argument %q", args[0])
 		}
-	}
-	if o.EgressPolicy, err = rules.ParsePolicy(egress); err != nil {
-		return fmt.Errorf("--egress-policy: %w", err)
-	}
-	if o.Aggregate4, o.Aggregate6, err = parseAggregate(aggregate); err != nil {
-		return fmt.Errorf("--aggregate: %w", err)
-	}
-	o.ManagementPorts = []rules.Service{}
-	for _, s := range mgmtPorts {
-		if s == "" || s == "none" {
-			continue
+		if target == "" {
+			return usageErrorf("--target is required (nftables, iptables, ip6tables, ufw, aws-sg or azure-nsg)")
 		}
-		svc, err := rules.ParseService(s)
+		tgt, err := rules.ParseTarget(target)
 		if err != nil {
-			return fmt.Errorf("--management-port: %w", err)
+			return usageErrorf("--target: %w", err)
 		}
-		o.ManagementPorts = append(o.ManagementPorts, svc)
-	}
-	if len(o.ManagementPorts) == 0 {
-		o.NoManagementGuard = true
-	}
-	if awsSpill != "fail" && awsSpill != "groups" {
-		return fmt.Errorf("--aws-spill %q: want fail or groups", awsSpill)
-	}
-	if awsMax < 1 {
-		return fmt.Errorf("--aws-max-rules %d: must be at least 1", awsMax)
-	}
+		o := rules.Options{AllowUnverified: allowUnverif, AllowQuiet: allowQuiet, NoManagementGuard: noGuard,
+			MinWindow: minWindow, Force: force, ToolVersion: Version()}
+		if mode != "" {
+			if o.Mode, err = rules.ParseMode(mode); err != nil {
+				return usageErrorf("--mode: %w", err)
+			}
+		}
+		if o.EgressPolicy, err = rules.ParsePolicy(egress); err != nil {
+			return usageErrorf("--egress-policy: %w", err)
+		}
+		if o.Aggregate4, o.Aggregate6, err = parseAggregate(aggregate); err != nil {
+			return usageErrorf("--aggregate: %w", err)
+		}
+		o.ManagementPorts = []rules.Service{}
+		for _, s := range mgmtPorts {
+			if s == "" || s == "none" {
+				continue
+			}
+			svc, err := rules.ParseService(s)
+			if err != nil {
+				return usageErrorf("--management-port: %w", err)
+			}
+			o.ManagementPorts = append(o.ManagementPorts, svc)
+		}
+		if len(o.ManagementPorts) == 0 {
+			o.NoManagementGuard = true
+		}
+		if awsSpill != "fail" && awsSpill != "groups" {
+			return usageErrorf("--aws-spill %q: want fail or groups", awsSpill)
+		}
+		if awsMax < 1 {
+			return usageErrorf("--aws-max-rules %d: must be at least 1", awsMax)
+		}
 
-	if err := in.check(o.Mode != rules.Documented, "give --snapshot FILE, or --iface to record live (only --mode documented works without traffic)"); err != nil {
-		return err
-	}
-	if mf.given() {
-		res, err := mf.resolve()
-		if err != nil {
+		if err := in.check(o.Mode != rules.Documented, "give --snapshot FILE, or --iface to record live (only --mode documented works without traffic)"); err != nil {
 			return err
 		}
-		o.Matrix, o.Site = res.matrix, res.site
-	} else {
-		switch {
-		case o.Mode == rules.Documented || o.Mode == rules.Both:
-			return fmt.Errorf("--mode %s needs --matrix and --role", o.Mode)
-		case mf.role != "" || mf.site != "" || len(mf.conditions) > 0:
-			return errors.New("--role, --site and --conditions need --matrix")
-		}
-	}
-
-	if in.live() {
-		if s, ok := sshSession(os.Getenv("SSH_CONNECTION")); ok {
-			o.Sessions = append(o.Sessions, s)
-		}
-		o.PlannedWindow = in.duration
-		// What can be refused before recording is refused before it
-		// starts: a planned window below --min-window, your own session
-		// from outside the zones.
-		if err := rules.Precheck(o); err != nil {
-			return err
-		}
-	}
-	snap, err := in.load(e)
-	if err != nil {
-		return err
-	}
-
-	rs, err := rules.Build(snap, o)
-	if errors.Is(err, rules.ErrRefused) && in.saveSnap != "" {
-		return fmt.Errorf("%w (the recording is kept in %s: rerun with --snapshot %s, adding --force if you accept these reasons)", err, in.saveSnap, in.saveSnap)
-	}
-	if err != nil {
-		return err
-	}
-	for _, r := range rs.Forced {
-		e.log.Warn("writing rules although they would be refused (--force)", zap.String("reason", r))
-	}
-	ro := rules.RenderOptions{AWSMaxRules: awsMax, AWSSpill: awsSpill}
-	if err := writeOutput(e, out, func(w io.Writer) error { return rules.Render(w, rs, tgt, ro) },
-		"rules written (not applied)", zap.String("target", string(tgt))); err != nil {
-		return err
-	}
-	for _, m := range rs.Management {
-		e.log.Info("management", zap.String("session", m))
-	}
-	for _, w := range rs.Warnings[len(rs.Forced):] {
-		e.log.Warn(w)
-	}
-	inb, outb := 0, 0
-	for _, a := range rs.Allows {
-		if a.Direction == snapshot.Inbound {
-			inb++
+		if mf.given() {
+			res, err := mf.resolve()
+			if err != nil {
+				return err
+			}
+			o.Matrix, o.Site = res.matrix, res.site
 		} else {
-			outb++
+			switch {
+			case o.Mode == rules.Documented || o.Mode == rules.Both:
+				return usageErrorf("--mode %s needs --matrix and --role", o.Mode)
+			case mf.role != "" || mf.site != "" || len(mf.conditions) > 0:
+				return usageErrorf("--role, --site and --conditions need --matrix")
+			}
 		}
+
+		if in.live() {
+			if s, ok := sshSession(os.Getenv("SSH_CONNECTION")); ok {
+				o.Sessions = append(o.Sessions, s)
+			}
+			o.PlannedWindow = in.duration
+			// What can be refused before recording is refused before it
+			// starts: a planned window below --min-window, your own session
+			// from outside the zones.
+			if err := rules.Precheck(o); err != nil {
+				return err
+			}
+		}
+		snap, err := in.load(e)
+		if err != nil {
+			return err
+		}
+
+		rs, err := rules.Build(snap, o)
+		if errors.Is(err, rules.ErrRefused) && in.saveSnap != "" {
+			return fmt.Errorf("%w (the recording is kept in %s: rerun with --snapshot %s, adding --force if you accept these reasons)", err, in.saveSnap, in.saveSnap)
+		}
+		if err != nil {
+			return err
+		}
+		for _, r := range rs.Forced {
+			e.log.Warn("writing rules although they would be refused (--force)", zap.String("reason", r))
+		}
+		ro := rules.RenderOptions{AWSMaxRules: awsMax, AWSSpill: awsSpill}
+		if err := writeOutput(e, out, func(w io.Writer) error { return rules.Render(w, rs, tgt, ro) },
+			"rules written (not applied)", zap.String("target", string(tgt))); err != nil {
+			return err
+		}
+		for _, m := range rs.Management {
+			e.log.Info("management", zap.String("session", m))
+		}
+		for _, w := range rs.Warnings[len(rs.Forced):] {
+			e.log.Warn(w)
+		}
+		inb, outb := 0, 0
+		for _, a := range rs.Allows {
+			if a.Direction == snapshot.Inbound {
+				inb++
+			} else {
+				outb++
+			}
+		}
+		e.log.Info("rules done", zap.String("mode", string(rs.Mode)), zap.String("target", string(tgt)),
+			zap.Int("inbound_allowances", inb), zap.Int("outbound_allowances", outb),
+			zap.Int("not_allowed", len(rs.NotAllowed)), zap.Int("documented_not_observed", len(rs.NotObserved)),
+			zap.Int("widened", len(rs.Widened)), zap.Int("undocumented", rs.Undocumented))
+		if failUndoc && rs.Undocumented > 0 {
+			return fmt.Errorf("%d observed services were undocumented or out of zone: %w", rs.Undocumented, errFindings)
+		}
+		return nil
 	}
-	e.log.Info("rules done", zap.String("mode", string(rs.Mode)), zap.String("target", string(tgt)),
-		zap.Int("inbound_allowances", inb), zap.Int("outbound_allowances", outb),
-		zap.Int("not_allowed", len(rs.NotAllowed)), zap.Int("documented_not_observed", len(rs.NotObserved)),
-		zap.Int("widened", len(rs.Widened)), zap.Int("undocumented", rs.Undocumented))
-	if failUndoc && rs.Undocumented > 0 {
-		return fmt.Errorf("%d observed services were undocumented or out of zone: %w", rs.Undocumented, errFindings)
-	}
-	return nil
 }
 
 // parseAggregate reads --aggregate values: "/24" (IPv4 when ≤ 32, else

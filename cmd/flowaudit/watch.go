@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/flowaudit/flowaudit/audit"
@@ -19,9 +20,12 @@ import (
 
 func init() {
 	register(&command{
-		name:    "watch",
-		summary: "audit continuously; log when findings open, change and resolve, keep periodic snapshots",
-		run:     runWatch,
+		name:     "watch",
+		summary:  "audit continuously; log when findings open, change and resolve, keep periodic snapshots",
+		usage:    "flowaudit watch --iface IFACE --matrix PRODUCT[@VERSION][#EDITION] --role ROLE [--site FILE] [flags]",
+		examples: watchExamples,
+		setup:    setupWatch,
+		config:   true,
 	})
 }
 
@@ -76,7 +80,7 @@ type watchFlags struct {
 	started      time.Time
 }
 
-func runWatch(e *env, args []string) (err error) {
+func setupWatch(fs *pflag.FlagSet) runFunc {
 	var (
 		af       auditFlags
 		lf       liveFlags
@@ -86,7 +90,6 @@ func runWatch(e *env, args []string) (err error) {
 		stateDir string
 		keep     int
 	)
-	fs := newFlagSet(e, "watch", "flowaudit watch --iface IFACE --matrix PRODUCT[@VERSION][#EDITION] --role ROLE [--site FILE] [flags]", watchExamples)
 	af.register(fs)
 	lf.register(fs, 0)
 	fs.DurationVar(&wf.interval, "interval", time.Minute, "how often to evaluate (and snapshot)")
@@ -98,127 +101,126 @@ func runWatch(e *env, args []string) (err error) {
 	fs.StringVar(&wf.events, "events", "", "write finding events as ECS JSON lines (docs/EVENTS.md) to FILE (appended; reopened on SIGHUP), - (stdout) or syslog://[HOST:PORT|/PATH] (RFC 5424; syslog+tcp://HOST:PORT for TCP)")
 	fs.StringVar(&wf.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9750; off by default)")
 	fs.IntVar(&wf.metricsPorts, "metrics-ports", metrics.DefaultExtraPorts, "undocumented service ports that get a metrics label of their own (first seen answered); the others count as \"other\"")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	interval := wf.interval
-	if interval < time.Second {
-		return fmt.Errorf("--interval %s: at least 1s", interval)
-	}
-	if wf.metricsPorts < 0 {
-		return fmt.Errorf("--metrics-ports %d: must not be negative", wf.metricsPorts)
-	}
-	if settle < 0 {
-		return fmt.Errorf("--settle %s: must not be negative", settle)
-	}
-	if lf.window < 0 || (lf.window > 0 && lf.window < interval) {
-		return fmt.Errorf("--window %s: 0 (everything) or at least --interval (%s)", lf.window, interval)
-	}
-	if keep < 1 {
-		return errors.New("--keep must be at least 1")
-	}
-	if lf.duration == 0 {
-		lf.duration = 100 * 365 * 24 * time.Hour // until interrupted
-	}
-	if err := lf.validate(); err != nil {
-		return err
-	}
-	res, err := af.mf.resolve()
-	if err != nil {
-		return err
-	}
-	warnNoSite(e, res)
-	// Everything that can fail on the output side fails before anything
-	// is attached.
-	if err := checkWritableDir("--snapshot-dir", dir); err != nil {
-		return err
-	}
-	if err := checkWritableDir("--state-dir", stateDir); err != nil {
-		return err
-	}
-	w := &watcher{e: e, af: &af, res: res, settle: settle, now: time.Now, t: newTracker(settle), dir: dir, keep: keep,
-		events: map[eventKind]int{},
-		scope:  newScope(res.matrix.Product, res.matrix.Version, res.matrix.Role, res.matrix.Conditions, lf.ifaces)}
-	w.scope.Edition = res.matrix.Edition
-	// Restored findings count their absence from the start of the watch.
-	w.started = w.now()
-	wf.started = w.started
-	out, err := openWatchOutputs(e, res, &lf, &wf)
-	if err != nil {
-		return err
-	}
-	w.out = out
-	defer func() {
-		if cerr := out.close(); cerr != nil {
-			err = errors.Join(err, cerr)
+	return func(e *env, args []string) (err error) {
+		if len(args) > 0 {
+			return usageErrorf("unexpected argument %q", args[0])
 		}
-	}()
-	if stateDir != "" {
-		unlock, err := lockStateDir(stateDir)
+		interval := wf.interval
+		if interval < time.Second {
+			return usageErrorf("--interval %s: at least 1s", interval)
+		}
+		if wf.metricsPorts < 0 {
+			return usageErrorf("--metrics-ports %d: must not be negative", wf.metricsPorts)
+		}
+		if settle < 0 {
+			return usageErrorf("--settle %s: must not be negative", settle)
+		}
+		if lf.window < 0 || (lf.window > 0 && lf.window < interval) {
+			return usageErrorf("--window %s: 0 (everything) or at least --interval (%s)", lf.window, interval)
+		}
+		if keep < 1 {
+			return usageErrorf("--keep must be at least 1")
+		}
+		if lf.duration == 0 {
+			lf.duration = 100 * 365 * 24 * time.Hour // until interrupted
+		}
+		if err := lf.validate(); err != nil {
+			return err
+		}
+		res, err := af.mf.resolve()
 		if err != nil {
 			return err
 		}
-		defer unlock()
-		w.statePath = filepath.Join(stateDir, stateFileName)
-		if err := restoreState(e.log, w.statePath, w.scope, w.t, w.started); err != nil {
+		warnNoSite(e, res)
+		// Everything that can fail on the output side fails before anything
+		// is attached.
+		if err := checkWritableDir("--snapshot-dir", dir); err != nil {
 			return err
 		}
-	}
-
-	var onHUP func()
-	if out.sink != nil && wf.events != "-" && !strings.HasPrefix(wf.events, "syslog") {
-		onHUP = out.reopen
-	}
-	ctx, stop := signalContextHUP(onHUP)
-	defer stop()
-	s, err := startLive(e, &lf)
-	if err != nil {
-		return err
-	}
-	// --duration counts from the attach, as record's does: loading and
-	// attaching can take seconds on a busy host, and must not eat the
-	// watched time (the whole of a short watch, once, in a test).
-	ctx, cancel := context.WithTimeout(ctx, lf.duration)
-	defer cancel()
-	defer func() {
-		if cerr := s.close(); cerr != nil {
-			err = errors.Join(cerr, err)
+		if err := checkWritableDir("--state-dir", stateDir); err != nil {
+			return err
 		}
-	}()
-	out.live.Store(s)
-	defer out.live.Store(nil) // before s.close: scrapes stop reading the collector
-	fields := []zap.Field{zap.Strings("ifaces", lf.ifaces), zap.String("matrix", res.matrix.ProductName+" "+res.matrix.Version),
-		zap.String("role", res.matrix.Role), seconds("interval_seconds", interval), seconds("window_seconds", lf.window),
-		seconds("settle_seconds", settle)}
-	if out.sink != nil {
-		fields = append(fields, zap.String("events", out.sink.String()))
-	}
-	e.log.Info("watching", fields...)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			// A last evaluation over the whole window, with nothing held back.
-			if err := w.evaluate(s, true); err != nil {
+		w := &watcher{e: e, af: &af, res: res, settle: settle, now: time.Now, t: newTracker(settle), dir: dir, keep: keep,
+			events: map[eventKind]int{},
+			scope:  newScope(res.matrix.Product, res.matrix.Version, res.matrix.Role, res.matrix.Conditions, lf.ifaces)}
+		w.scope.Edition = res.matrix.Edition
+		// Restored findings count their absence from the start of the watch.
+		w.started = w.now()
+		wf.started = w.started
+		out, err := openWatchOutputs(e, res, &lf, &wf)
+		if err != nil {
+			return err
+		}
+		w.out = out
+		defer func() {
+			if cerr := out.close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}()
+		if stateDir != "" {
+			unlock, err := lockStateDir(stateDir)
+			if err != nil {
 				return err
 			}
-			n := len(w.t.alerting)
-			e.log.Info("watch stopped", zap.Int("open", w.t.openCount()), zap.Int("alerting", n),
-				zap.Int("opened", w.events[eventOpened]), zap.Int("escalated", w.events[eventEscalated]),
-				zap.Int("de_escalated", w.events[eventDeescalated]), zap.Int("resolved", w.events[eventResolved]))
-			if n > 0 {
-				return fmt.Errorf("%d findings at low or above were open during the run: %w", n, errFindings)
-			}
-			return nil
-		case <-s.failed():
-			return fmt.Errorf("moving counts out of the kernel: %w", s.moverErr)
-		case <-tick.C:
-			if err := w.evaluate(s, false); err != nil {
+			defer unlock()
+			w.statePath = filepath.Join(stateDir, stateFileName)
+			if err := restoreState(e.log, w.statePath, w.scope, w.t, w.started); err != nil {
 				return err
+			}
+		}
+
+		var onHUP func()
+		if out.sink != nil && wf.events != "-" && !strings.HasPrefix(wf.events, "syslog") {
+			onHUP = out.reopen
+		}
+		ctx, stop := signalContextHUP(onHUP)
+		defer stop()
+		s, err := startLive(e, &lf)
+		if err != nil {
+			return err
+		}
+		// --duration counts from the attach, as record's does: loading and
+		// attaching can take seconds on a busy host, and must not eat the
+		// watched time (the whole of a short watch, once, in a test).
+		ctx, cancel := context.WithTimeout(ctx, lf.duration)
+		defer cancel()
+		defer func() {
+			if cerr := s.close(); cerr != nil {
+				err = errors.Join(cerr, err)
+			}
+		}()
+		out.live.Store(s)
+		defer out.live.Store(nil) // before s.close: scrapes stop reading the collector
+		fields := []zap.Field{zap.Strings("ifaces", lf.ifaces), zap.String("matrix", res.matrix.ProductName+" "+res.matrix.Version),
+			zap.String("role", res.matrix.Role), seconds("interval_seconds", interval), seconds("window_seconds", lf.window),
+			seconds("settle_seconds", settle)}
+		if out.sink != nil {
+			fields = append(fields, zap.String("events", out.sink.String()))
+		}
+		e.log.Info("watching", fields...)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				// A last evaluation over the whole window, with nothing held back.
+				if err := w.evaluate(s, true); err != nil {
+					return err
+				}
+				n := len(w.t.alerting)
+				e.log.Info("watch stopped", zap.Int("open", w.t.openCount()), zap.Int("alerting", n),
+					zap.Int("opened", w.events[eventOpened]), zap.Int("escalated", w.events[eventEscalated]),
+					zap.Int("de_escalated", w.events[eventDeescalated]), zap.Int("resolved", w.events[eventResolved]))
+				if n > 0 {
+					return fmt.Errorf("%d findings at low or above were open during the run: %w", n, errFindings)
+				}
+				return nil
+			case <-s.failed():
+				return fmt.Errorf("moving counts out of the kernel: %w", s.moverErr)
+			case <-tick.C:
+				if err := w.evaluate(s, false); err != nil {
+					return err
+				}
 			}
 		}
 	}
