@@ -30,6 +30,9 @@ const auditExamples = `  # Offline, from a snapshot recorded earlier (no root ne
   # The same against the older (AlienVault) edition of the USM document
   flowaudit audit -m usm@5.6.5#alienvault -r sensor --site site.yaml --snapshot snap.json
 
+  # A whole deployment: every node's snapshot with its role, and the nodes against each other
+  flowaudit audit --deployment deployment.yaml --format html --out deployment.html
+
   # In CI: SARIF for code scanning, fail only on high findings
   flowaudit audit -m vsos -r scanning-server --snapshot snap.json --format sarif --out flowaudit.sarif --fail-on high
 
@@ -66,6 +69,7 @@ func runAudit(e *env, args []string) error {
 		format string
 		out    string
 		failOn string
+		dep    deploymentFlags
 	)
 	fs := newFlagSet(e, "audit", "flowaudit audit --matrix PRODUCT[@VERSION][#EDITION] --role ROLE [--site FILE] (--snapshot FILE | --iface IFACE --duration D) [flags]", auditExamples)
 	af.register(fs)
@@ -73,8 +77,12 @@ func runAudit(e *env, args []string) error {
 	fs.StringVarP(&format, "format", "f", "table", "report format: "+strings.Join(audit.Formats, ", "))
 	fs.StringVarP(&out, "out", "o", "", "write the report to this file (atomically) instead of stdout")
 	fs.StringVar(&failOn, "fail-on", "low", "exit 2 when a finding has this severity or more: info, low, medium, high")
+	dep.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if dep.path != "" {
+		return runDeploymentAudit(e, fs, &dep, &af, format, out, failOn)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/flowaudit/flowaudit/audit"
+)
+
+// deploymentFlags are audit's --deployment and what goes with it.
+type deploymentFlags struct {
+	path   string
+	maxAge time.Duration
+}
+
+func (d *deploymentFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&d.path, "deployment", "", "audit a whole deployment: a YAML file naming each node's snapshot, role and addresses, the matrix and the site (docs/DEPLOYMENT.md)")
+	fs.DurationVar(&d.maxAge, "max-age", 0, "with --deployment: a node snapshot that ended longer ago is too old (default: the file's max_age, else 24h)")
+}
+
+// runDeploymentAudit is audit --deployment: the file names the matrix,
+// site and snapshots, so the flags that select them for one host are
+// refused.
+func runDeploymentAudit(e *env, fs *pflag.FlagSet, d *deploymentFlags, af *auditFlags, format, out, failOn string) error {
+	for _, name := range []string{"matrix", "role", "site", "conditions", "snapshot", "iface", "save-snapshot"} {
+		if fs.Changed(name) {
+			return fmt.Errorf("--%s: not with --deployment (the deployment file names the matrix, site and snapshots)", name)
+		}
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	threshold, err := audit.ParseSeverity(failOn)
+	if err != nil {
+		return fmt.Errorf("--fail-on: %w", err)
+	}
+	if !contains(audit.Formats, format) {
+		return fmt.Errorf("--format %q: want one of %s", format, strings.Join(audit.Formats, ", "))
+	}
+	o := audit.DeploymentOptions{Audit: af.options(&resolved{}), Catalogs: af.mf.catalogs, MaxAge: d.maxAge}
+	rep, err := audit.AuditDeployment(d.path, o)
+	if err != nil {
+		return err
+	}
+	cwd, _ := os.Getwd()
+	ro := audit.RenderOptions{Color: out == "" && format == "table" && isTerminal(e.stdout), CatalogRoot: cwd, CatalogFiles: af.mf.catalogs}
+	if err := writeOutput(e, out, func(w io.Writer) error { return audit.WriteDeployment(w, rep, format, ro) },
+		"report written", zap.String("format", format)); err != nil {
+		return err
+	}
+	e.log.Info("deployment audit done", zap.String("deployment", rep.Title()), zap.Int("high", rep.Total["high"]),
+		zap.Int("medium", rep.Total["medium"]), zap.Int("low", rep.Total["low"]), zap.Int("info", rep.Total["info"]))
+	if n := rep.AtLeast(threshold); n > 0 {
+		return fmt.Errorf("%d findings at or above %s: %w", n, threshold, errFindings)
+	}
+	return nil
+}
