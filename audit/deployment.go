@@ -76,6 +76,10 @@ type DeploymentOptions struct {
 	Audit Options
 	// Catalogs are extra catalog files, besides the deployment file's.
 	Catalogs []string
+	// Matrix, when set, replaces the deployment file's matrix, and
+	// Conditions its conditions (auditing against a learned catalog).
+	Matrix     string
+	Conditions []string
 	// MaxAge overrides the deployment file's max_age (0: the file's, else
 	// DefaultMaxAge).
 	MaxAge time.Duration
@@ -132,14 +136,18 @@ func ResolveDeployment(dep *catalog.Deployment, o DeploymentOptions) (*Deploymen
 			return nil, err
 		}
 	}
-	p, v, ed, err := cat.ResolveRef(dep.Matrix)
+	ref, condList := dep.Matrix, dep.Conditions
+	if o.Matrix != "" {
+		ref, condList = o.Matrix, o.Conditions
+	}
+	p, v, ed, err := cat.ResolveRef(ref)
 	if err != nil {
 		return nil, fmt.Errorf("%s: matrix: %w", dep.Source, err)
 	}
 	if v.IsZero() {
 		v = p.Latest()
 	}
-	conds, err := catalog.ParseConditions(dep.Conditions)
+	conds, err := catalog.ParseConditions(condList)
 	if err != nil {
 		return nil, fmt.Errorf("%s: conditions: %w", dep.Source, err)
 	}

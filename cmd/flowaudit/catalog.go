@@ -40,6 +40,7 @@ var catalogSubcommands = []struct{ name, summary string }{
 	{"list", "the products, version families, roles and conditions of the catalogs"},
 	{"show", "the effective port matrix of a product release, per role"},
 	{"validate", "check catalog and site files; errors as FILE:LINE: message"},
+	{"learn", "write a catalog from what snapshots observed (a baseline, source: observed)"},
 }
 
 // errInvalidFiles is returned by catalog validate when a file has problems
@@ -49,7 +50,7 @@ var errInvalidFiles = errors.New("invalid files")
 func runCatalog(e *env, args []string) error {
 	if len(args) == 0 {
 		catalogHelp(e.stdout)
-		return errors.New("catalog: missing subcommand (list, show or validate)")
+		return errors.New("catalog: missing subcommand (list, show, validate or learn)")
 	}
 	switch args[0] {
 	case "-h", "--help", "help":
@@ -61,8 +62,10 @@ func runCatalog(e *env, args []string) error {
 		return runCatalogShow(e, args[1:])
 	case "validate":
 		return runCatalogValidate(e, args[1:])
+	case "learn":
+		return runCatalogLearn(e, args[1:])
 	}
-	return fmt.Errorf("catalog: unknown subcommand %q (want list, show or validate)", args[0])
+	return fmt.Errorf("catalog: unknown subcommand %q (want list, show, validate or learn)", args[0])
 }
 
 func catalogHelp(w io.Writer) {

@@ -24,13 +24,13 @@ func (d *deploymentFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&d.maxAge, "max-age", 0, "with --deployment: a node snapshot that ended longer ago is too old (default: the file's max_age, else 24h)")
 }
 
-// runDeploymentAudit is audit --deployment: the file names the matrix,
+// runDeploymentAudit is audit --deployment: the file names the roles,
 // site and snapshots, so the flags that select them for one host are
-// refused.
+// refused; --matrix and --conditions replace the file's.
 func runDeploymentAudit(e *env, fs *pflag.FlagSet, d *deploymentFlags, af *auditFlags, format, out, failOn string) error {
-	for _, name := range []string{"matrix", "role", "site", "conditions", "snapshot", "iface", "save-snapshot"} {
+	for _, name := range []string{"role", "site", "snapshot", "iface", "save-snapshot"} {
 		if fs.Changed(name) {
-			return fmt.Errorf("--%s: not with --deployment (the deployment file names the matrix, site and snapshots)", name)
+			return fmt.Errorf("--%s: not with --deployment (the deployment file names the roles, site and snapshots)", name)
 		}
 	}
 	if fs.NArg() > 0 {
@@ -43,7 +43,10 @@ func runDeploymentAudit(e *env, fs *pflag.FlagSet, d *deploymentFlags, af *audit
 	if !contains(audit.Formats, format) {
 		return fmt.Errorf("--format %q: want one of %s", format, strings.Join(audit.Formats, ", "))
 	}
-	o := audit.DeploymentOptions{Audit: af.options(&resolved{}), Catalogs: af.mf.catalogs, MaxAge: d.maxAge}
+	// --matrix (with --conditions) replaces the file's matrix: the same
+	// deployment audited against a learned catalog (--catalog).
+	o := audit.DeploymentOptions{Audit: af.options(&resolved{}), Catalogs: af.mf.catalogs, MaxAge: d.maxAge,
+		Matrix: af.mf.matrix, Conditions: af.mf.conditions}
 	rep, err := audit.AuditDeployment(d.path, o)
 	if err != nil {
 		return err

@@ -62,7 +62,10 @@ nodes:
 	if b, _ := os.ReadFile(htmlOut); !strings.Contains(string(b), `<table class="grid">`) {
 		t.Errorf("html report lacks the role grid")
 	}
-	if code, _, errs := runCLI(t, "audit", "--deployment", dep("sensor-ok.json"), "--matrix", "testapp"); code != 1 || !strings.Contains(errs, "--matrix: not with --deployment") {
+	if code, _, errs := runCLI(t, "audit", "--deployment", dep("sensor-ok.json"), "--matrix", "nosuchproduct"); code != 1 || !strings.Contains(errs, "nosuchproduct") {
+		t.Errorf("--matrix replaces the file's: exit %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, "audit", "--deployment", dep("sensor-ok.json"), "--role", "server"); code != 1 || !strings.Contains(errs, "--role: not with --deployment") {
 		t.Errorf("--matrix with --deployment: exit %d %s", code, errs)
 	}
 	if code, _, errs := runCLI(t, "audit", "--deployment", filepath.Join(dir, "nope.yaml")); code != 1 || !strings.Contains(errs, "nope.yaml") {
