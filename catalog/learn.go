@@ -67,7 +67,7 @@ type learnRule struct {
 	packets  uint64
 	peers    map[string]bool
 	nodes    map[string]bool // nodes whose snapshot shows it
-	listenNo bool // a listening socket without traffic
+	listenNo bool            // a listening socket without traffic
 }
 
 // Learn builds a catalog file (YAML, format flowaudit-catalog/v1) from what

@@ -30,7 +30,7 @@ func TestLearnRules(t *testing.T) {
 		Listening: []snapshot.Socket{{Proto: snapshot.TCP, Addr: netip.MustParseAddr("0.0.0.0"), Port: 9090},
 			{Proto: snapshot.TCP, Addr: netip.MustParseAddr("127.0.0.1"), Port: 6000}},
 		Flows: []snapshot.Flow{
-			lflow(snapshot.Inbound, snapshot.TCP, 22, "198.51.100.7", open, 10, 10),                     // ADMIN_IP
+			lflow(snapshot.Inbound, snapshot.TCP, 22, "198.51.100.7", open, 10, 10),                        // ADMIN_IP
 			lflow(snapshot.Inbound, snapshot.TCP, 3389, "203.0.113.66", snapshot.Evidence{SynIn: 1}, 1, 0), // a scan
 			lflow(snapshot.Outbound, snapshot.TCP, 443, "203.0.113.80", openOut, 10, 10),
 			lflow(snapshot.Outbound, snapshot.TCP, 443, "203.0.113.81", openOut, 10, 10),
