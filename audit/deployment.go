@@ -483,9 +483,10 @@ func RunDeployment(in *DeploymentInput, o DeploymentOptions) (*DeploymentReport,
 	}
 
 	cross := observeCross(nodes)
-	undocumentedCross(nodes, cross, site, add)
-	requiredCross(nodes, cross, site, add)
-	rep.RoleView = roleView(nodes, roles, cross, site)
+	dc := newDocCache(site)
+	undocumentedCross(nodes, cross, site, dc, add)
+	requiredCross(nodes, cross, dc, add)
+	rep.RoleView = roleView(nodes, roles, cross, dc)
 
 	rep.Findings = make([]Finding, 0, len(findings))
 	for _, f := range findings {
@@ -775,15 +776,15 @@ func docRules(site *catalog.Site, s, r *depNode, p snapshot.Proto, port uint16) 
 	return ids, unbound
 }
 
-// connected reports whether any non-"any" rule documents traffic between
-// nodes of the two roles (either way).
-func connectedRoles(site *catalog.Site, nodes []*depNode, a, b string) bool {
+// connectedRoles reports whether any non-"any" rule documents traffic
+// between nodes of the two roles (either way).
+func connectedRoles(dc *docCache, nodes []*depNode, a, b string) bool {
 	for _, s := range nodes {
 		for _, r := range nodes {
 			if s == r || !((s.Role == a && r.Role == b) || (s.Role == b && r.Role == a)) {
 				continue
 			}
-			if len(documentedBetween(site, s, r)) > 0 {
+			if len(dc.between(s, r)) > 0 {
 				return true
 			}
 		}
@@ -797,6 +798,54 @@ type docService struct {
 	required bool
 	rules    []string
 	rule     *catalog.Rule
+}
+
+// docCache memoizes documentedBetween: what the matrices document between
+// two nodes depends only on their roles and on which rule peers contain
+// each node's addresses, so nodes with the same roles and zones share one
+// answer (a deployment of 500 sensors has 250 000 pairs and a handful of
+// distinct answers).
+type docCache struct {
+	site  *catalog.Site
+	cover map[*depNode]map[*catalog.Matrix]string // which rules of a matrix cover the node, as a bit string
+	memo  map[string][]*docService
+}
+
+func newDocCache(site *catalog.Site) *docCache {
+	return &docCache{site: site, cover: map[*depNode]map[*catalog.Matrix]string{}, memo: map[string][]*docService{}}
+}
+
+func (c *docCache) coverKey(n *depNode, m *catalog.Matrix) string {
+	byM := c.cover[n]
+	if byM == nil {
+		byM = map[*catalog.Matrix]string{}
+		c.cover[n] = byM
+	}
+	if k, ok := byM[m]; ok {
+		return k
+	}
+	b := make([]byte, len(m.Rules))
+	for i := range m.Rules {
+		b[i] = '0'
+		if ok, _ := covers(c.site, &m.Rules[i], n); ok {
+			b[i] = '1'
+		}
+	}
+	byM[m] = string(b)
+	return string(b)
+}
+
+func (c *docCache) between(s, r *depNode) []*docService {
+	if s.matrix == nil || r.matrix == nil {
+		return nil
+	}
+	key := s.Role + "\x00" + r.Role + "\x00" + c.coverKey(s, r.matrix) + "\x00" + c.coverKey(r, s.matrix)
+	if d, ok := c.memo[key]; ok {
+		return d
+	}
+	d := documentedBetween(c.site, s, r)
+	c.memo[key] = d
+	return d
 }
 
 // documentedBetween lists the services the matrices document from s to r,
@@ -886,7 +935,8 @@ func seenAt(o *crossObs) string {
 
 // undocumentedCross reports traffic between nodes that no rule of either
 // end documents between their roles.
-func undocumentedCross(nodes []*depNode, cross map[crossKey]*crossObs, site *catalog.Site, add func(*Finding)) {
+func undocumentedCross(nodes []*depNode, cross map[crossKey]*crossObs, site *catalog.Site, dc *docCache, add func(*Finding)) {
+	connected := map[[2]string]bool{}
 	for _, k := range sortedCrossKeys(cross) {
 		s, r := nodes[k.from], nodes[k.to]
 		if s.matrix == nil || r.matrix == nil {
@@ -897,7 +947,12 @@ func undocumentedCross(nodes []*depNode, cross map[crossKey]*crossObs, site *cat
 			continue
 		}
 		o := cross[k]
-		conn := connectedRoles(site, nodes, s.Role, r.Role)
+		rp := [2]string{min(s.Role, r.Role), max(s.Role, r.Role)}
+		conn, ok := connected[rp]
+		if !ok {
+			conn = connectedRoles(dc, nodes, s.Role, r.Role)
+			connected[rp] = conn
+		}
 		how := fmt.Sprintf("the matrix connects roles %s and %s on no service", s.Role, r.Role)
 		if conn {
 			how = fmt.Sprintf("the matrix connects roles %s and %s, but not on %s", s.Role, r.Role, svcName(k.proto, k.port))
@@ -922,20 +977,25 @@ func undocumentedCross(nodes []*depNode, cross map[crossKey]*crossObs, site *cat
 
 // requiredCross checks every flow the matrices require between two nodes
 // whose windows overlap, and every flow between nodes seen at one end only.
-func requiredCross(nodes []*depNode, cross map[crossKey]*crossObs, site *catalog.Site, add func(*Finding)) {
+func requiredCross(nodes []*depNode, cross map[crossKey]*crossObs, dc *docCache, add func(*Finding)) {
 	judged := map[crossKey]bool{}
-	for _, s := range nodes {
-		for _, r := range nodes {
+	byPair := map[[2]int][]crossKey{}
+	for k := range cross {
+		byPair[[2]int{k.from, k.to}] = append(byPair[[2]int{k.from, k.to}], k)
+	}
+	for si, s := range nodes {
+		for ri, r := range nodes {
 			if s == r || s.snap == nil || r.snap == nil || !s.overlaps(r) {
 				continue
 			}
-			for _, d := range documentedBetween(site, s, r) {
+			for _, d := range dc.between(s, r) {
 				if !d.required {
 					continue
 				}
 				var o crossObs
-				for k, c := range cross {
-					if nodes[k.from] == s && nodes[k.to] == r && d.rule.Matches(k.proto, k.port) {
+				for _, k := range byPair[[2]int{si, ri}] {
+					c := cross[k]
+					if d.rule.Matches(k.proto, k.port) {
 						judged[k] = true
 						mergeSide(&o.sender, &c.sender)
 						mergeSide(&o.receiver, &c.receiver)
@@ -1063,60 +1123,77 @@ func commonSpan(a, b *depNode) string {
 }
 
 // roleView builds the role × role cells: what the matrices document
-// between nodes of two roles and what was seen.
-func roleView(nodes []*depNode, roles []string, cross map[crossKey]*crossObs, site *catalog.Site) []RoleCell {
+// between nodes of two roles and what was seen, in one pass over the node
+// pairs.
+func roleView(nodes []*depNode, roles []string, cross map[crossKey]*crossObs, dc *docCache) []RoleCell {
+	type cellAcc struct {
+		pairs bool
+		doc   map[string]bool
+		docs  []string
+		obs   map[string]flowState
+		order []string
+	}
+	cells := map[[2]string]*cellAcc{}
+	cell := func(from, to string) *cellAcc {
+		c := cells[[2]string{from, to}]
+		if c == nil {
+			c = &cellAcc{doc: map[string]bool{}, obs: map[string]flowState{}}
+			cells[[2]string{from, to}] = c
+		}
+		return c
+	}
+	for _, s := range nodes {
+		for _, r := range nodes {
+			if s == r || s.matrix == nil || r.matrix == nil {
+				continue
+			}
+			c := cell(s.Role, r.Role)
+			c.pairs = true
+			for _, d := range dc.between(s, r) {
+				l := d.label
+				if d.required {
+					l += " required"
+				}
+				if !c.doc[l] {
+					c.doc[l] = true
+					c.docs = append(c.docs, l)
+				}
+			}
+		}
+	}
+	for _, k := range sortedCrossKeys(cross) {
+		o := cross[k]
+		c := cell(nodes[k.from].Role, nodes[k.to].Role)
+		// What the receiver saw, else what the sender did; the worst pair
+		// shows.
+		st := o.receiver.state
+		if !o.receiver.seen {
+			st = o.sender.state
+		}
+		name := svcName(k.proto, k.port)
+		if old, ok := c.obs[name]; !ok {
+			c.order = append(c.order, name)
+			c.obs[name] = st
+		} else if flowStateRank[st] < flowStateRank[old] {
+			c.obs[name] = st
+		}
+	}
 	var out []RoleCell
 	for _, from := range roles {
 		for _, to := range roles {
-			c := RoleCell{From: from, To: to, Documented: []string{}, Observed: []string{}, Findings: []string{}}
-			doc := map[string]bool{}
-			pairs := false
-			for _, s := range nodes {
-				for _, r := range nodes {
-					if s == r || s.Role != from || r.Role != to || s.matrix == nil || r.matrix == nil {
-						continue
-					}
-					pairs = true
-					for _, d := range documentedBetween(site, s, r) {
-						l := d.label
-						if d.required {
-							l += " required"
-						}
-						if !doc[l] {
-							doc[l] = true
-							c.Documented = append(c.Documented, l)
-						}
-					}
-				}
-			}
-			if !pairs {
+			c := cells[[2]string{from, to}]
+			if c == nil || !c.pairs {
 				continue
 			}
-			obs := map[string]flowState{}
-			var order []string
-			for _, k := range sortedCrossKeys(cross) {
-				if nodes[k.from].Role != from || nodes[k.to].Role != to {
-					continue
-				}
-				o := cross[k]
-				// What the receiver saw, else what the sender did.
-				st := o.receiver.state
-				if !o.receiver.seen {
-					st = o.sender.state
-				}
-				name := svcName(k.proto, k.port)
-				if old, ok := obs[name]; !ok {
-					order = append(order, name)
-					obs[name] = st
-				} else if flowStateRank[st] < flowStateRank[old] {
-					obs[name] = st // the worst pair shows
-				}
+			rc := RoleCell{From: from, To: to, Documented: c.docs, Observed: []string{}, Findings: []string{}}
+			if rc.Documented == nil {
+				rc.Documented = []string{}
 			}
-			sort.SliceStable(order, func(i, j int) bool { return portLess(order[i], order[j]) })
-			for _, n := range order {
-				c.Observed = append(c.Observed, n+" "+obs[n].String())
+			sort.SliceStable(c.order, func(i, j int) bool { return portLess(c.order[i], c.order[j]) })
+			for _, n := range c.order {
+				rc.Observed = append(rc.Observed, n+" "+c.obs[n].String())
 			}
-			out = append(out, c)
+			out = append(out, rc)
 		}
 	}
 	return out
