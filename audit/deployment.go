@@ -679,11 +679,18 @@ type crossObs struct {
 	sender, receiver crossSide
 }
 
+// windowSlack is how far outside the other end's window traffic may lie
+// and still be expected there: two recorders' clocks (wall time at their
+// start, flow times from the kernel's jiffies calibrated once) and the
+// instants at which they read their last counts differ by a little.
+const windowSlack = 2 * time.Second
+
 // observeCross collects the traffic between nodes of the deployment, from
 // each end's snapshot: an outbound flow of A to an address of B is A → B
 // seen by the sender, an inbound flow of B from an address of A the same
 // traffic seen by the receiver. Traffic outside the other end's window is
-// left out (the other end could not have seen it).
+// left out (the other end could not have seen it), give or take
+// windowSlack.
 func observeCross(nodes []*depNode) map[crossKey]*crossObs {
 	owner := map[netip.Addr]int{}
 	for i, n := range nodes {
@@ -706,7 +713,8 @@ func observeCross(nodes []*depNode) map[crossKey]*crossObs {
 				continue
 			}
 			other := nodes[j]
-			if other.snap != nil && !f.FirstSeen.IsZero() && (f.LastSeen.Before(other.snap.Start) || f.FirstSeen.After(other.snap.End)) {
+			if other.snap != nil && !f.FirstSeen.IsZero() &&
+				(f.LastSeen.Before(other.snap.Start.Add(-windowSlack)) || f.FirstSeen.After(other.snap.End.Add(windowSlack))) {
 				continue
 			}
 			key := crossKey{from: i, to: j, proto: f.Proto, port: f.Port}

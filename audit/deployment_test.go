@@ -388,3 +388,32 @@ func TestDeploymentFormats(t *testing.T) {
 		}
 	}
 }
+
+// TestDeploymentWindowSlack: traffic a little outside the other end's
+// window (two recorders' clocks and last reads differ) is still matched;
+// traffic well outside it is not expected there.
+func TestDeploymentWindowSlack(t *testing.T) {
+	win := 10 * time.Minute
+	for _, c := range []struct {
+		shift time.Duration
+		want  []crossWant
+	}{
+		{time.Second, nil},
+		{time.Minute, []crossWant{{"one-sided/sensor-a>server/tcp/40001", Low}}},
+	} {
+		recv := depFlow("in", "tcp", 40001, "10.3.0.11", 9, 9, synAck(1))
+		recv.FirstSeen, recv.LastSeen = t0.Add(win+c.shift), t0.Add(win+c.shift)
+		server := snap(win+2*time.Minute, recv, depFlow("in", "tcp", 40001, "10.3.0.12", 9, 9, synAck(1)))
+		sender := depFlow("out", "tcp", 40001, "10.9.0.1", 9, 9, openOut)
+		sender.FirstSeen, sender.LastSeen = t0.Add(win-time.Second), t0.Add(win-time.Second)
+		in := deploymentInput(t, "", map[string]*snapshot.Snapshot{"server": server, "sensor-a": snap(win, sender),
+			"sensor-b": snap(win, depFlow("out", "tcp", 40001, "10.9.0.1", 9, 9, openOut))})
+		r, err := RunDeployment(in, depOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := crossIDs(r); !slices.Equal(got, c.want) {
+			t.Errorf("receiver's flow %s after the sender's window: findings %v, want %v", c.shift, got, c.want)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,10 +170,13 @@ var (
 )
 
 // recordLab runs `flowaudit record` in every node at once, runs traffic,
-// and returns the snapshot paths once every recorder wrote its snapshot.
+// then stops every recorder with SIGTERM (so the windows end together,
+// however long each took to start on a loaded machine) and returns the
+// snapshot paths once each was written. The snapshots say they were
+// interrupted (audit-incomplete/interrupted), which the checks allow for.
 func recordLab(t *testing.T, dir string, nodes []*labNode, traffic func()) map[string]string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	type rec struct {
 		cmd   *exec.Cmd
@@ -186,21 +190,55 @@ func recordLab(t *testing.T, dir string, nodes []*labNode, traffic func()) map[s
 	for _, n := range nodes {
 		p := filepath.Join(dir, n.name+".json")
 		paths[n.name] = p
-		cmd, lines := startInNS(t, ctx, n.host, nil, "record", "--iface", n.host.Iface, "--duration", "8s", "--out", p)
+		cmd, lines := startInNS(t, ctx, n.host, nil, "record", "--iface", n.host.Iface, "--duration", "10m", "--out", p)
 		recs[n.name] = rec{cmd, lines}
+		t.Cleanup(func() {
+			if cmd.ProcessState == nil {
+				cmd.Process.Kill() //nolint:errcheck // only when the test failed half-way
+				cmd.Wait()         //nolint:errcheck
+			}
+		})
 	}
 	for _, n := range nodes {
-		waitLog(t, recs[n.name].lines, `"msg":"recording"`)
+		labWaitLog(t, recs[n.name].lines, `"msg":"recording"`)
 	}
 	traffic()
+	time.Sleep(500 * time.Millisecond) // the last answers are on the wire
+	for _, n := range nodes {
+		if err := recs[n.name].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, n := range nodes {
 		r := recs[n.name]
-		logged := waitLog(t, r.lines, `"msg":"snapshot written"`)
+		logged := labWaitLog(t, r.lines, `"msg":"snapshot written"`)
 		if err := r.cmd.Wait(); err != nil {
 			t.Fatalf("record in %s: %v\n%s", n.name, err, strings.Join(logged, "\n"))
 		}
 	}
 	return paths
+}
+
+// labWaitLog is waitLog with room for four recorders loading their
+// programs at once on a busy machine.
+func labWaitLog(t *testing.T, lines <-chan string, want string) []string {
+	t.Helper()
+	var seen []string
+	timeout := time.After(90 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("log ended before %q:\n%s", want, strings.Join(seen, "\n"))
+			}
+			seen = append(seen, l)
+			if strings.Contains(l, want) {
+				return seen
+			}
+		case <-timeout:
+			t.Fatalf("no %q in 90 s:\n%s", want, strings.Join(seen, "\n"))
+		}
+	}
 }
 
 // logLabSnapshots logs each snapshot's window and flows, to explain a
@@ -280,7 +318,7 @@ func TestE2EDeploymentLab(t *testing.T) {
 	})
 	depA := filepath.Join(dir, "deployment-a.yaml")
 	writeDeployment(t, depA, site, nodes, snapsA)
-	code, out, errs := runCLI(t, "audit", "--deployment", depA, "--min-window", "5s", "--format", "json")
+	code, out, errs := runCLI(t, "audit", "--deployment", depA, "--min-window", "100ms", "--format", "json")
 	var rep audit.DeploymentReport
 	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 2 {
 		t.Fatalf("audit A: exit %d, %v\n%s\n%s", code, err, out, errs)
@@ -350,13 +388,34 @@ func TestE2EDeploymentLab(t *testing.T) {
 	if code, out, errs := runCLI(t, "catalog", "validate", "--product", "utmlab", learned, site); code != 0 {
 		t.Fatalf("validate: exit %d\n%s\n%s", code, out, errs)
 	}
-	code, out, _ = runCLI(t, "audit", "--deployment", depB, "--catalog", learned, "--matrix", "utmlab", "--min-window", "5s", "--fail-on", "info")
-	if code != 0 {
+	// B against the catalog learned from B: no finding but the
+	// recordings' own interruption (they were stopped with SIGTERM).
+	_, out, _ = runCLI(t, "audit", "--deployment", depB, "--catalog", learned, "--matrix", "utmlab", "--min-window", "100ms", "--format", "json")
+	rep = audit.DeploymentReport{}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("B against the learned catalog: %v\n%s", err, out)
+	}
+	var extra []string
+	for _, f := range rep.Findings {
+		extra = append(extra, "cross: "+f.ID)
+	}
+	for _, n := range rep.Nodes {
+		if n.Report == nil {
+			extra = append(extra, n.Name+": not audited")
+			continue
+		}
+		for _, f := range n.Report.Findings {
+			if f.ID != "audit-incomplete/interrupted" {
+				extra = append(extra, n.Name+": "+f.ID+": "+f.Summary)
+			}
+		}
+	}
+	if len(extra) > 0 {
 		data, _ := os.ReadFile(learned)
-		t.Errorf("B against the catalog learned from B: exit %d\n%s\nlearned:\n%s", code, out, data)
+		t.Errorf("B against the catalog learned from B: findings %q\nlearned:\n%s", extra, data)
 		logLabSnapshots(t, snapsB)
 	}
-	code, out, _ = runCLI(t, "audit", "--deployment", depA, "--catalog", learned, "--matrix", "utmlab", "--min-window", "5s", "--format", "json")
+	code, out, _ = runCLI(t, "audit", "--deployment", depA, "--catalog", learned, "--matrix", "utmlab", "--min-window", "100ms", "--format", "json")
 	rep = audit.DeploymentReport{}
 	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 2 {
 		t.Fatalf("A against the learned catalog: exit %d %v", code, err)
