@@ -17,12 +17,12 @@ import (
 func init() {
 	register(&command{
 		name:    "catalog",
-		summary: "list, show and validate the documented port matrices",
+		summary: "list, show and validate the documented port matrices; learn one from snapshots",
 		run:     runCatalog,
 	})
 }
 
-const catalogUsage = "flowaudit catalog list|show|validate [flags] [args]"
+const catalogUsage = "flowaudit catalog list|show|validate|learn [flags] [args]"
 
 const catalogExamples = `  # The products, version families and roles the built-in catalog knows
   flowaudit catalog list
