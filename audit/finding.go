@@ -249,6 +249,9 @@ type Finding struct {
 	// Rule.
 	AlsoRules []string `json:"also_rules,omitempty"`
 	Evidence  Evidence `json:"evidence"`
+	// Cross is set on the cross-node findings of a deployment audit
+	// (CrossKinds): the two nodes and what each end saw.
+	Cross *CrossEvidence `json:"cross,omitempty"`
 }
 
 // portLabel formats a flow's port for people: "22", "icmp type 8", "-".

@@ -324,13 +324,13 @@ func parseFile(name string, data []byte) (*fileResult, ErrorList) {
 			e.add(ln, "document %q: missing title", rd.ID)
 		}
 		switch rd.Source {
-		case SourceSeed, SourceUser:
+		case SourceSeed, SourceUser, SourceObserved:
 		case SourceSupplementary:
 			if rd.URL == "" {
 				e.add(ln, "document %q: a supplementary source needs a url", rd.ID)
 			}
 		default:
-			e.add(d.line("documents", i, "source"), "document %q: unknown source %q (want seed, supplementary or user)", rd.ID, rd.Source)
+			e.add(d.line("documents", i, "source"), "document %q: unknown source %q (want seed, supplementary, user or observed)", rd.ID, rd.Source)
 		}
 		doc := Document{ID: rd.ID, Title: rd.Title, Source: rd.Source, URL: rd.URL}
 		docs[rd.ID] = doc

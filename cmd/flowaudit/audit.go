@@ -33,6 +33,9 @@ const auditExamples = `  # Offline, from a snapshot recorded earlier (no root ne
   # The same against the older (AlienVault) edition of the USM document
   flowaudit audit -m usm@5.6.5#alienvault -r sensor --site site.yaml --snapshot snap.json
 
+  # A whole deployment: every node's snapshot with its role, and the nodes against each other
+  flowaudit audit --deployment deployment.yaml --format html --out deployment.html
+
   # In CI: SARIF for code scanning, fail only on high findings
   flowaudit audit -m vsos -r scanning-server --snapshot snap.json --format sarif --out flowaudit.sarif --fail-on high
 
@@ -70,6 +73,7 @@ func setupAudit(fs *pflag.FlagSet) runFunc {
 		out    string
 		failOn string
 		width  int
+		dep    deploymentFlags
 	)
 	af.register(fs)
 	in.register(fs, "audit")
@@ -77,7 +81,11 @@ func setupAudit(fs *pflag.FlagSet) runFunc {
 	fs.StringVarP(&out, "out", "o", "", "write the report to this file (atomically) instead of stdout")
 	fs.StringVar(&failOn, "fail-on", "low", "exit 2 when a finding has this severity or more: info, low, medium, high")
 	fs.IntVar(&width, "width", 0, "fit the table to this many columns, explanations wrapped (0: the terminal's width when stdout is one, else no limit)")
+	dep.register(fs)
 	return func(e *env, args []string) error {
+		if dep.path != "" {
+			return runDeploymentAudit(e, fs, args, &dep, &af, format, out, failOn, width)
+		}
 		if len(args) > 0 {
 			return usageErrorf("unexpected argument %q", args[0])
 		}

@@ -18,7 +18,7 @@ import (
 func init() {
 	register(&command{
 		name:     "catalog",
-		summary:  "list, show and validate the documented port matrices",
+		summary:  "list, show and validate the documented port matrices; learn one from snapshots",
 		examples: catalogExamples,
 		subs: []*command{
 			{name: "list", summary: "the products, version families, roles and conditions of the catalogs",
@@ -29,6 +29,8 @@ func init() {
 			{name: "validate", summary: "check catalog and site files; errors as FILE:LINE: message",
 				usage:    "flowaudit catalog validate [--site] [--product PRODUCT[@VERSION][#EDITION]] FILE...",
 				examples: validateExamples, setup: setupCatalogValidate},
+			{name: "learn", summary: "write a catalog from what snapshots observed (a baseline, source: observed)",
+				usage: learnUsage, examples: learnExamples, run: runCatalogLearn},
 		},
 	})
 }

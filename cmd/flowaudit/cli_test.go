@@ -50,7 +50,7 @@ func TestUsageErrors(t *testing.T) {
 		{"rules without --target", []string{"rules", "--snapshot", snap}, "flowaudit rules", "--target is required"},
 		{"replay without capture", []string{"replay", "--out", "x.json"}, "flowaudit replay", "exactly one capture file"},
 		{"catalog show without product", []string{"catalog", "show"}, "flowaudit catalog show", "missing PRODUCT"},
-		{"catalog without subcommand", []string{"catalog"}, "flowaudit catalog", "missing subcommand (list, show or validate)"},
+		{"catalog without subcommand", []string{"catalog"}, "flowaudit catalog", "missing subcommand (list, show, validate or learn)"},
 		{"catalog unknown subcommand", []string{"catalog", "lst"}, "flowaudit catalog", `unknown subcommand "lst"`},
 		{"unknown command", []string{"audti"}, "flowaudit", `unknown command "audti"`},
 		{"bad --log-level", []string{"--log-level", "loud", "audit"}, "flowaudit audit", `invalid argument "loud"`},

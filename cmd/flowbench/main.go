@@ -39,6 +39,7 @@ type config struct {
 	movePkts   uint
 	watchPeers uint
 	watchPPS   float64
+	deploy     string
 	skip       string
 }
 
@@ -67,6 +68,7 @@ func main() {
 	flag.UintVar(&cfg.movePkts, "move-packets", 8_000_000, "part 6: frames sent while counts move out of the kernel")
 	flag.UintVar(&cfg.watchPeers, "watch-peers", 1_000_000, "part 6: distinct peers a watch sees")
 	flag.Float64Var(&cfg.watchPPS, "watch-pps", 50_000, "part 6: rate of new peers, frames per second")
+	flag.StringVar(&cfg.deploy, "deployment", "500,200,50", "part 7: sensors, syslog sources per sensor, HIDS agents per sensor")
 	flag.StringVar(&cfg.skip, "skip", "", "parts to skip, e.g. 3,4 (the report then says so)")
 	flag.Parse()
 	if err := run(&cfg); err != nil {
@@ -215,6 +217,16 @@ func run(cfg *config) error {
 		logf("part 5: replay of a %d-packet capture", cfg.replayPkts)
 		if rep.replay, err = measureReplay(tmp, int(cfg.replayPkts), 10_000, logf); err != nil {
 			return fmt.Errorf("part 5: %w", err)
+		}
+	}
+	if !skip["7"] {
+		dc, err := parseDeployConfig(cfg.deploy)
+		if err != nil {
+			return fmt.Errorf("-deployment: %w", err)
+		}
+		logf("part 7: a deployment of %d sensors", dc.sensors)
+		if rep.deploy, err = measureDeployment(dc, tmp, logf); err != nil {
+			return fmt.Errorf("part 7: %w", err)
 		}
 	}
 	rep.elapsed = time.Since(start)

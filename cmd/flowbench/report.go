@@ -47,6 +47,7 @@ type report struct {
 	lineNoSock   *lineRate // frames to a port without socket
 	peers        []peerResult
 	scale        []scaleResult
+	deploy       *deployResult
 	replay       *replayResult
 	live         *liveResult
 }
@@ -198,6 +199,7 @@ func (r *report) rows() [][]string {
 			fmt.Sprintf("%.2f µs/flow", float64(s.audit.LoadNs+s.audit.AuditNs)/1e3/float64(s.n)), ""})
 	}
 	rows = append(rows, r.liveRows()...)
+	rows = append(rows, r.deployRows()...)
 	if rp := r.replay; rp != nil {
 		ratio, ctx := "", ""
 		if c := r.findCost(bpf.HookXDP, targetKeys, "IPv4 TCP to a listening port"); c != nil {
@@ -374,6 +376,7 @@ func (r *report) write(w io.Writer) error {
 	}
 
 	p("%s", r.liveMethod())
+	p("%s", r.deployMethod())
 	p("## Reproduce\n\n")
 	p("```sh\n# as root, on a kernel with BTF (≥ 6.6 for tcx)\napt-get install tcpdump softflowd pmacct\nmake bench            # builds bin/flowaudit, runs cmd/flowbench, rewrites BENCHMARKS.md\n")
 	p("bin/flowbench -h      # flags: repeat counts, rounds, offered load, -skip 3,4, -out ''\n")

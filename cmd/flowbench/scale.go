@@ -154,6 +154,8 @@ func runChild(args []string) error {
 		v, err = childRead(n, args[2])
 	case len(args) == 2 && args[0] == "scale-audit":
 		v, err = childAudit(args[1])
+	case len(args) == 2 && args[0] == "deploy-audit":
+		v, err = childDeployAudit(args[1])
 	case len(args) == 2 && args[0] == "accum-bytes":
 		n, perr := strconv.Atoi(args[1])
 		if perr != nil {
