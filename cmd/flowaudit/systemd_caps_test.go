@@ -149,21 +149,28 @@ type svcRun struct {
 // strace forks it.
 func (r *svcRun) pid(t *testing.T) int {
 	t.Helper()
+	for i := 0; i < 100; i++ { // bounded: 10 s
+		if pid := r.findPid(); pid > 0 {
+			return pid
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no child of %d", r.cmd.Process.Pid)
+	return 0
+}
+
+// findPid is pid without waiting: 0 when strace has not forked yet.
+func (r *svcRun) findPid() int {
 	if !r.wrapped {
 		return r.cmd.Process.Pid
 	}
 	p := strconv.Itoa(r.cmd.Process.Pid)
-	for i := 0; i < 100; i++ { // bounded: 10 s
-		b, _ := os.ReadFile("/proc/" + p + "/task/" + p + "/children")
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			n, err := strconv.Atoi(f[0])
-			if err == nil {
-				return n
-			}
+	b, _ := os.ReadFile("/proc/" + p + "/task/" + p + "/children")
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		if n, err := strconv.Atoi(f[0]); err == nil {
+			return n
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("no child of %s", p)
 	return 0
 }
 
@@ -192,7 +199,20 @@ func startAsService(t *testing.T, ctx context.Context, h *testenv.Host, caps, wr
 		}
 		close(lines)
 	}()
-	return &svcRun{cmd: cmd, lines: lines, wrapped: len(wrap) > 0}
+	r := &svcRun{cmd: cmd, lines: lines, wrapped: len(wrap) > 0}
+	// A test that fails half-way must not leave flowaudit running: under
+	// strace, killing cmd would not reach it.
+	t.Cleanup(func() {
+		if cmd.ProcessState != nil {
+			return
+		}
+		if pid := r.findPid(); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck // may be gone
+		}
+		cmd.Process.Kill() //nolint:errcheck // may be gone
+		cmd.Wait()         //nolint:errcheck // killed
+	})
+	return r
 }
 
 // stop sends sig and returns the rest of the log and the exit code.
