@@ -6,7 +6,7 @@
 set -eu
 d=${1:-dev}
 case "$d" in
-v[0-9]* | [0-9]*)
+v[0-9]* | [0-9]*.[0-9]*) # a tag; a bare hash has no dot, even one starting with a digit
 	echo "${d#v}" | sed -E 's/-([0-9]+)-g([0-9a-f]+)/+git\1.g\2/; s/-dirty$/.dirty/'
 	;;
 *)
