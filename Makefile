@@ -11,7 +11,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build generate check-clang test test-short lint tidy-check clean demo bench man
+.PHONY: all build generate check-clang test test-short lint tidy-check clean demo bench man package
 
 all: build
 
@@ -34,6 +34,28 @@ check-clang:
 # Regenerate the bpf2go output (bpf/flowaudit_bpfel.{go,o}); commit it.
 generate: check-clang
 	cd bpf && $(GO) generate ./...
+
+# The Debian package (deploy/nfpm.yaml; nfpm pinned in go.mod's tool
+# block): binary (static, stripped of DWARF), systemd unit, sysusers and
+# logrotate files, docs and examples, into
+# $(PKG_OUT)/flowaudit_$(DEB_VERSION)_$(DEB_ARCH).deb.
+# DEB_VERSION comes from git describe (deploy/deb-version.sh).
+PKG_OUT     ?= bin
+DEB_ARCH    ?= $(shell $(GO) env GOARCH)
+DEB_VERSION ?= $(shell ./deploy/deb-version.sh '$(VERSION)')
+
+package:
+	@mkdir -p $(PKG_OUT) bin/pkg
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w" -o bin/pkg/flowaudit ./cmd/flowaudit
+	rm -rf bin/pkg/man bin/pkg/completions && mkdir -p bin/pkg/completions
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) bin/pkg/flowaudit gen-man bin/pkg/man && gzip -9n bin/pkg/man/*.1
+	for sh in bash zsh fish; do bin/pkg/flowaudit completion $$sh > bin/pkg/completions/$$sh || exit 1; done
+	mv bin/pkg/completions/bash bin/pkg/completions/flowaudit.bash
+	mv bin/pkg/completions/zsh bin/pkg/completions/_flowaudit
+	mv bin/pkg/completions/fish bin/pkg/completions/flowaudit.fish
+	FLOWAUDIT_DEB_VERSION='$(DEB_VERSION)' FLOWAUDIT_DEB_ARCH='$(DEB_ARCH)' \
+	  $(GO) tool nfpm package --config deploy/nfpm.yaml --packager deb --target $(PKG_OUT)/
+	@ls -l $(PKG_OUT)/flowaudit_$(DEB_VERSION)_$(DEB_ARCH).deb
 
 # The lab demo (root): a simulated UTMStack v11 manager in network
 # namespaces, recorded and audited. MATRIX=, ROLE=, CONDITIONS=, SITE=,

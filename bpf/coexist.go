@@ -426,11 +426,16 @@ var clsactParents = []struct {
 }{{netlink.HANDLE_MIN_INGRESS, "ingress"}, {netlink.HANDLE_MIN_EGRESS, "egress"}}
 
 // cleanStaleFilters removes flowaudit cls_bpf filters whose owner is gone
-// from the interface's clsact qdisc. The owner test is exact: a flowaudit
+// from the interface's clsact qdisc. The owner test is exact when every
+// process's descriptors can be read (root, CAP_SYS_PTRACE): a flowaudit
 // holds its TC program open as long as it runs, so a filter whose program
 // no process holds is stale, whatever pid its name claims (pid namespaces
-// and recycled pids cannot fool it). Other filters and the qdisc are
-// never touched.
+// and recycled pids cannot fool it). A flowaudit without that privilege
+// (the systemd service: docs/DEPLOY.md) cannot read other users'
+// descriptors; it then goes by the pid in the filter's name: the filter is
+// left alone while that process exists and cannot be looked into, and
+// removed when it is gone or readable and not holding it. Other filters
+// and the qdisc are never touched.
 func (c *Collector) cleanStaleFilters(a *Attachment, l netlink.Link) {
 	for _, p := range clsactParents {
 		filters, err := c.nl.FilterList(l, p.parent)
@@ -449,8 +454,14 @@ func (c *Collector) cleanStaleFilters(a *Attachment, l netlink.Link) {
 			}
 			fields := []zap.Field{zap.String("iface", a.Iface), zap.String("direction", p.dir), zap.Uint16("prio", bf.Priority),
 				zap.String("handle", fmt.Sprintf("0x%x", bf.Handle)), zap.String("filter", bf.Name)}
-			if holder := progHolder(ebpf.ProgramID(bf.Id)); holder != 0 {
+			holder, hidden := progHolder(ebpf.ProgramID(bf.Id))
+			if holder != 0 {
 				c.log.Warn("another flowaudit is counting on this interface through clsact; leaving its filter", append(fields, zap.Int("pid", holder))...)
+				continue
+			}
+			if hidden[pid] || (pid == 0 && len(hidden) > 0) {
+				c.log.Warn("cannot tell whether the flowaudit that added this clsact filter still runs (its descriptors are not readable without CAP_SYS_PTRACE); leaving its filter",
+					append(fields, zap.Int("pid", pid))...)
 				continue
 			}
 			if err := c.nl.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -467,12 +478,15 @@ func (c *Collector) cleanStaleFilters(a *Attachment, l netlink.Link) {
 }
 
 // progHolder returns the pid of a process holding BPF program id open
-// through a file descriptor, 0 if none does.
-func progHolder(id ebpf.ProgramID) int {
+// through a file descriptor, 0 if none does, and the processes whose
+// descriptors could not be read (another user's, without CAP_SYS_PTRACE):
+// any of them may hold it.
+func progHolder(id ebpf.ProgramID) (int, map[int]bool) {
 	if id == 0 {
-		return 0
+		return 0, nil
 	}
 	want := fmt.Sprintf("prog_id:\t%d\n", id)
+	hidden := map[int]bool{}
 	procs, _ := os.ReadDir("/proc")
 	for _, pe := range procs {
 		pid, err := strconv.Atoi(pe.Name())
@@ -480,16 +494,20 @@ func progHolder(id ebpf.ProgramID) int {
 			continue
 		}
 		dir := "/proc/" + pe.Name()
-		fds, _ := os.ReadDir(dir + "/fd")
+		fds, err := os.ReadDir(dir + "/fd")
+		if errors.Is(err, os.ErrPermission) {
+			hidden[pid] = true
+			continue
+		}
 		for _, fe := range fds {
 			if t, err := os.Readlink(dir + "/fd/" + fe.Name()); err != nil || t != "anon_inode:bpf-prog" {
 				continue
 			}
 			b, err := os.ReadFile(dir + "/fdinfo/" + fe.Name())
 			if err == nil && strings.Contains(string(b), want) {
-				return pid
+				return pid, nil
 			}
 		}
 	}
-	return 0
+	return 0, hidden
 }

@@ -208,16 +208,21 @@ func Open(opts Options) (*Collector, error) {
 	c.flowMaps = [2]*ebpf.Map{c.objs.Flows0, c.objs.Flows1}
 	c.overflowMaps = [2]*ebpf.Map{c.objs.Overflow0, c.objs.Overflow1}
 
+	// The namespace and the netlink sockets are taken on one locked
+	// thread, so the sockets live in c.ns without a setns: NewHandleAt
+	// would setns even into the current namespace, which needs
+	// CAP_SYS_ADMIN (docs/DEPLOY.md: the service runs without it).
+	// NETLINK_INET_DIAG must be listed: a family missing here would be
+	// opened later, in whatever namespace the calling thread is in then.
 	runtime.LockOSThread()
 	c.ns, err = netns.Get()
-	runtime.UnlockOSThread()
 	if err != nil {
+		runtime.UnlockOSThread()
 		c.objs.Close()
 		return nil, fmt.Errorf("get network namespace: %w", err)
 	}
-	// NETLINK_INET_DIAG must be listed: a family missing here would be
-	// opened in whatever namespace the calling thread happens to be in.
-	c.nl, err = netlink.NewHandleAt(c.ns, unix.NETLINK_ROUTE, unix.NETLINK_INET_DIAG)
+	c.nl, err = netlink.NewHandle(unix.NETLINK_ROUTE, unix.NETLINK_INET_DIAG)
+	runtime.UnlockOSThread()
 	if err != nil {
 		c.ns.Close()
 		c.objs.Close()
