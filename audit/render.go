@@ -91,6 +91,9 @@ func WriteTable(w io.Writer, r *Report, color bool) error {
 		r.Snapshot.Source, orDash(r.Snapshot.Hostname), strings.Join(ifaces, ","), r.Snapshot.Window,
 		r.Snapshot.Start.Format("2006-01-02 15:04:05Z07:00"), r.Snapshot.End.Format("15:04:05Z07:00"), r.Snapshot.Flows)
 	fmt.Fprintln(&b, mapLine(r, c))
+	if d := r.Snapshot.DNS; d != nil {
+		fmt.Fprintln(&b, d.Line())
+	}
 	for _, l := range r.Coverage.Lines() {
 		fmt.Fprintln(&b, l)
 	}
@@ -200,7 +203,7 @@ func peerName(p PeerCount) string {
 	if p.Prefix.IsValid() {
 		return prefixName(p.Prefix)
 	}
-	return p.Addr.String()
+	return p.Addr.String() + namesSuffix(p.Names)
 }
 
 // listed is how many peers a list of peer counts names.
