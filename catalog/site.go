@@ -372,6 +372,15 @@ func (s *Site) hostKey(host string) string {
 	}
 }
 
+// HostSet is the addresses hosts: binds to a DNS name (through its own
+// entry or a wildcard above it); nil when none does.
+func (s *Site) HostSet(host string) *netipx.IPSet {
+	if s == nil {
+		return nil
+	}
+	return s.Hosts[s.hostKey(host)]
+}
+
 // BindsHost reports whether the site's hosts: binds the DNS name (or
 // wildcard) statically: it then wins over names learned from DNS.
 func (s *Site) BindsHost(host string) bool {
