@@ -168,7 +168,7 @@ for port in 22 443 9090 9000 9001 50051 514 6514 6379; do
   done
 done
 for _ in $(seq 50); do
-  in_ns vendor ss -Hln "sport = :53" | grep -q . && in_ns vendor ss -Htln "sport = :80" | grep -q . && break
+  in_ns vendor ss -Huln "sport = :53" | grep -q . && in_ns vendor ss -Htln "sport = :80" | grep -q . && break
   sleep 0.1
 done
 
