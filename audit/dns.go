@@ -236,7 +236,7 @@ func dnsInfo(d *snapshot.DNS) *DNSInfo {
 // Line is the table's DNS line: "dns: 12 answers, 5 names for 3
 // addresses, 0 dropped".
 func (d *DNSInfo) Line() string {
-	line := fmt.Sprintf("dns: %d answers, %d names for %d addresses, %d dropped (ring buffer full)", d.Answers, d.Hosts, d.Addresses, d.Dropped)
+	line := fmt.Sprintf("dns: %d answers, %d names for %d addresses, %d dropped by a full ring buffer", d.Answers, d.Hosts, d.Addresses, d.Dropped)
 	if d.Cut > 0 {
 		line += fmt.Sprintf(", %d cut", d.Cut)
 	}

@@ -250,7 +250,7 @@ func TestDNSLostReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(render(t, r, "table")), "dns: 5 answers, 5 names for 5 addresses, 0 dropped (ring buffer full)") {
+	if !strings.Contains(string(render(t, r, "table")), "dns: 5 answers, 5 names for 5 addresses, 0 dropped by a full ring buffer") {
 		t.Errorf("table lacks the dns line:\n%s", render(t, r, "table"))
 	}
 	for _, f := range r.Findings {
