@@ -106,7 +106,7 @@ func Classify(snap *snapshot.Snapshot, m *catalog.Matrix, site *catalog.Site) []
 				}
 			}
 		default:
-			c.Kind, c.Rules = a.classifyPeer(a.candidates(serviceOf(f)), f.Peer)
+			c.Kind, c.Rules = a.classifyPeer(a.candidates(serviceOf(f)), f)
 		}
 		out[i] = c
 	}
@@ -118,13 +118,13 @@ func Classify(snap *snapshot.Snapshot, m *catalog.Matrix, site *catalog.Site) []
 // unverified under every rule the site does not bind, else out of zone.
 // Rules the site does not bind that are all broad (BroadPorts) give way to
 // a bound rule the peer is outside of: the flow is out of zone.
-func (a *auditor) classifyPeer(cands []*ruleObs, peer netip.Addr) (FlowKind, []*catalog.Rule) {
+func (a *auditor) classifyPeer(cands []*ruleObs, f *snapshot.Flow) (FlowKind, []*catalog.Rule) {
 	if len(cands) == 0 {
 		return FlowUndocumented, nil
 	}
 	var match, unbound, outOf []*catalog.Rule
 	for _, ro := range cands {
-		ok, bound := a.contains(ro.rule.Peer, peer)
+		ok, bound := a.contains(ro.rule.Peer, f.Peer, f.FirstSeen)
 		switch {
 		case bound && ok:
 			match = append(match, ro.rule)

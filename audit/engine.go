@@ -149,6 +149,7 @@ type auditor struct {
 	peerless  map[service]*svcLoss // overflow entries: packets without their peer
 	folded    map[service]*svcLoss // folded entries
 	unchecked map[service]*svcLoss // folded prefixes across a zone's edge
+	dnsSeen   map[string]bool      // DNS names some answer resolved (dns.go)
 }
 
 // svcLoss accumulates one service's share of an incompleteness.
@@ -309,6 +310,7 @@ func Run(snap *snapshot.Snapshot, o Options) (*Report, error) {
 	a.listeners()
 	rep.Rules = a.ruleStatus()
 	rep.setFindings(a.findings)
+	rep.nameTopPeers(snap, o.Site)
 	return rep, nil
 }
 
@@ -388,7 +390,7 @@ func (a *auditor) flows(rep *Report) {
 			if len(cands) == 0 {
 				h.undocSvc = true
 			} else {
-				h.rules, h.unbound, h.outOf = a.matchPeer(cands, f.Peer)
+				h.rules, h.unbound, h.outOf = a.matchPeer(cands, f)
 				if h.unbound && allBroad(h.rules) {
 					h.broad, h.rules, h.unbound = h.rules, nil, false
 				}
@@ -468,7 +470,7 @@ func (a *auditor) flows(rep *Report) {
 			sc.add(f)
 			continue
 		}
-		rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site)
+		rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site, dnsHostOf(h.rules, h.unbound))
 		switch {
 		case h.undocSvc:
 			undocOf(s).add(f)
@@ -630,10 +632,10 @@ func (a *auditor) candidates(s service) []*ruleObs {
 // (unverified: unbound is set). If every candidate's peer is bound and
 // none contains it, the peer is out of zone (outOf is the first such
 // rule).
-func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match []*ruleObs, unbound bool, outOf *ruleObs) {
+func (a *auditor) matchPeer(cands []*ruleObs, f *snapshot.Flow) (match []*ruleObs, unbound bool, outOf *ruleObs) {
 	var free []*ruleObs
 	for _, ro := range cands {
-		ok, bound := a.contains(ro.rule.Peer, peer)
+		ok, bound := a.contains(ro.rule.Peer, f.Peer, f.FirstSeen)
 		switch {
 		case bound && ok:
 			match = append(match, ro)
@@ -654,9 +656,15 @@ func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match []*ruleObs
 	return nil, false, outOf
 }
 
-func (a *auditor) contains(p catalog.Peer, addr netip.Addr) (ok, bound bool) {
+// contains: is addr, in traffic that started at first, an address of
+// peer p? A DNS name is bound by the site's hosts: (which wins), else by
+// the answers the recording saw (dnsContains).
+func (a *auditor) contains(p catalog.Peer, addr netip.Addr, first time.Time) (ok, bound bool) {
 	if p.Kind == catalog.PeerAny {
 		return true, true
+	}
+	if p.Kind == catalog.PeerDNS && !a.o.Site.BindsHost(p.Host) {
+		return a.dnsContains(p.Host, addr, first)
 	}
 	if a.o.Site == nil {
 		if p.Kind == catalog.PeerCIDR {
@@ -706,6 +714,9 @@ func (a *auditor) matchPrefix(cands []*ruleObs, p netip.Prefix) prefixMatch {
 func (a *auditor) containsPrefix(p catalog.Peer, pfx netip.Prefix) (inside, overlaps, bound bool) {
 	if p.Kind == catalog.PeerAny {
 		return true, true, true
+	}
+	if p.Kind == catalog.PeerDNS && !a.o.Site.BindsHost(p.Host) {
+		return a.dnsContainsPrefix(p.Host, pfx)
 	}
 	if a.o.Site == nil {
 		if p.Kind == catalog.PeerCIDR {
@@ -838,6 +849,9 @@ func (a *auditor) outOfZone(ro *ruleObs, s service, o *obs) {
 	if s.dir == snapshot.Outbound {
 		summary = fmt.Sprintf("this host reached %s outside %s on %s/%s (%s)", who(ev), r.Peer, s.proto, portLabel(s.proto, s.port), r.Purpose)
 	}
+	if r.Peer.Kind == catalog.PeerDNS {
+		summary += a.dnsOutOfZone(r.Peer, ev)
+	}
 	a.add(&Finding{
 		ID: fmt.Sprintf("peer-out-of-zone/%s/%s/%d", r.ID, s.proto, s.port), Kind: PeerOutOfZone, Severity: sev,
 		Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Rule: refOf(r), Evidence: ev, Summary: summary,
@@ -884,6 +898,9 @@ func (a *auditor) ruleFindings() {
 			// Rules that share the port and whose zones hold the same
 			// peers see the same traffic: it is in use once, under the
 			// first of them, naming the others.
+			if ro.unbound && r.Peer.Kind == catalog.PeerDNS {
+				f.Summary += a.dnsUnboundHint(r.Peer)
+			}
 			key := inUseKey(f)
 			if first, ok := inUseBy[key]; ok {
 				first.AlsoRules = append(first.AlsoRules, r.ID)

@@ -126,19 +126,30 @@ type PeerCount struct {
 	Peers   uint64       `json:"peers,omitempty"`
 	Packets uint64       `json:"packets"`
 	Bytes   uint64       `json:"bytes"`
+	// Names are the host names of Addr: given by the recording's DNS
+	// answers or bound by the site's hosts: (docs/DNS.md).
+	Names []string `json:"names,omitempty"`
 }
 
 // String is the address, or the prefix with its estimated peers:
 // "10.1.2.0/24 (~40 peers)"; /0 reads "other peers".
 func (p PeerCount) String() string {
 	if !p.Prefix.IsValid() {
-		return p.Addr.String()
+		return p.Addr.String() + namesSuffix(p.Names)
 	}
 	name := prefixName(p.Prefix)
 	if p.Peers == 0 {
 		return name
 	}
 	return fmt.Sprintf("%s (~%d peers)", name, p.Peers)
+}
+
+// namesSuffix is " (a.example, b.example)" for a peer's host names.
+func namesSuffix(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(names, ", ") + ")"
 }
 
 // ServiceCount is one service and how much of its traffic a finding is

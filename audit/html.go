@@ -187,6 +187,9 @@ func columnLabel(c string) string {
 	if name, ok := strings.CutPrefix(c, "role:"); ok {
 		return "role " + name
 	}
+	if name, ok := strings.CutPrefix(c, dnsColumnPrefix); ok {
+		return "dns " + name
+	}
 	if c == otherColumn {
 		return "other (no zone or role)"
 	}

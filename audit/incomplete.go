@@ -38,7 +38,16 @@ func (a *auditor) incomplete(rep *Report) {
 	if a.snap.Interrupted != nil {
 		cov.Stopped = interruptionText(a.snap)
 	}
+	if d := a.snap.DNS; d != nil {
+		cov.DNSDropped, cov.DNSEvicted = d.Dropped, d.Evicted
+	}
 	cov.Complete = len(cov.Lines()) == 0
+	if cov.DNSDropped > 0 || cov.DNSEvicted > 0 {
+		a.add(&Finding{ID: "audit-incomplete/dns-lost", Kind: AuditIncomplete, Severity: Medium,
+			Summary: fmt.Sprintf("%d DNS answers were dropped (the ring buffer was full) and %d names evicted (the table was full): a peer of a dns: rule may be reported out of zone only because its answer was lost (bind the names under hosts: in the site file, or record again; docs/DNS.md)",
+				cov.DNSDropped, cov.DNSEvicted),
+		})
+	}
 
 	if cov.PeerlessPackets > 0 || len(cov.PeerlessServices) > 0 {
 		var peers uint64

@@ -101,6 +101,9 @@ func writeTable(w io.Writer, r *Report, color bool, width int) error {
 		r.Snapshot.Source, orDash(r.Snapshot.Hostname), strings.Join(ifaces, ","), r.Snapshot.Window,
 		r.Snapshot.Start.Format("2006-01-02 15:04:05Z07:00"), r.Snapshot.End.Format("15:04:05Z07:00"), r.Snapshot.Flows)
 	fmt.Fprintln(&head, mapLine(r, c))
+	if d := r.Snapshot.DNS; d != nil {
+		fmt.Fprintln(&head, d.Line())
+	}
 	for _, l := range r.Coverage.Lines() {
 		fmt.Fprintln(&head, l)
 	}
@@ -221,7 +224,7 @@ func peerName(p PeerCount) string {
 	if p.Prefix.IsValid() {
 		return prefixName(p.Prefix)
 	}
-	return p.Addr.String()
+	return p.Addr.String() + namesSuffix(p.Names)
 }
 
 // listed is how many peers a list of peer counts names.

@@ -85,6 +85,10 @@ type Coverage struct {
 	// Checkpoint: the snapshot was written while the recording was still
 	// running, and the recorder never replaced it with a final one.
 	Checkpoint bool `json:"checkpoint,omitempty"`
+	// DNSDropped DNS answers were lost (the ring buffer was full) and
+	// DNSEvicted names dropped from the full table: names may be missing.
+	DNSDropped uint64 `json:"dns_dropped,omitempty"`
+	DNSEvicted uint64 `json:"dns_evicted,omitempty"`
 	// Stopped describes the interruption for people ("interrupted by
 	// SIGTERM at …, after 4m10s of a planned 10m0s").
 	Stopped string `json:"stopped,omitempty"`
@@ -119,6 +123,10 @@ func (c *Coverage) Lines() []string {
 	}
 	if len(c.UncheckedServices) > 0 {
 		out = append(out, "zones unchecked: folded prefixes straddle a zone's edge on "+serviceList(c.UncheckedServices, 5))
+	}
+	if c.DNSDropped > 0 || c.DNSEvicted > 0 {
+		out = append(out, fmt.Sprintf("dns answers lost: %d dropped (the ring buffer was full), %d names evicted (the table was full): addresses of dns: rules may lack their names",
+			c.DNSDropped, c.DNSEvicted))
 	}
 	if c.Stopped != "" {
 		out = append(out, "stopped early: the recording was "+c.Stopped)
@@ -174,6 +182,8 @@ type SnapshotInfo struct {
 	// packets that lost their peer.
 	Overflow int            `json:"overflow,omitempty"`
 	Stats    snapshot.Stats `json:"stats"`
+	// DNS summarises the snapshot's passive DNS section (nil without one).
+	DNS *DNSInfo `json:"dns,omitempty"`
 }
 
 // MatrixInfo names the matrix audited against.
@@ -265,6 +275,7 @@ func newReport(snap *snapshot.Snapshot, o Options) *Report {
 		}
 	}
 	r.Columns = siteColumns(o.Site)
+	r.Snapshot.DNS = dnsInfo(snap.DNS)
 	return r
 }
 
@@ -335,7 +346,11 @@ func prefixColumn(s *catalog.Site, cols []string, p netip.Prefix) string {
 	return otherColumn
 }
 
-func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow, site *catalog.Site) {
+// addCell counts f in the heat-map. dnsHost, when set, is the DNS name of
+// the rule the peer matched by name: the peer goes in that name's column
+// ("dns:data.alienvault.com", added before "other" when first used)
+// unless a zone or role of the site holds it.
+func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow, site *catalog.Site, dnsHost ...string) {
 	row := r.rows[s]
 	if row == nil {
 		row = &ObservedRow{Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Cells: map[string]uint64{}}
@@ -347,6 +362,9 @@ func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow
 	switch {
 	case f.Peer.IsValid():
 		col = column(site, r.Columns, f.Peer)
+		if col == otherColumn && len(dnsHost) > 0 && dnsHost[0] != "" {
+			col = r.dnsColumn(dnsHost[0])
+		}
 	case f.Folded():
 		col = prefixColumn(site, r.Columns, unmapPrefix(f.PeerPrefix))
 	}
@@ -358,6 +376,26 @@ func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow
 		row.OutOfZone[col] += f.Packets()
 	}
 }
+
+// dnsColumn is the heat-map column of a DNS name, inserted (sorted among
+// the DNS columns) before "other" the first time it is needed.
+func (r *Report) dnsColumn(host string) string {
+	col := dnsColumnPrefix + host
+	if slices.Contains(r.Columns, col) {
+		return col
+	}
+	i := slices.Index(r.Columns, otherColumn)
+	if i < 0 {
+		i = len(r.Columns)
+	}
+	for i > 0 && strings.HasPrefix(r.Columns[i-1], dnsColumnPrefix) && r.Columns[i-1] > col {
+		i--
+	}
+	r.Columns = slices.Insert(r.Columns, i, col)
+	return col
+}
+
+const dnsColumnPrefix = "dns:"
 
 // unmapPrefix writes an IPv4 prefix in IPv6 form (::ffff:a.b.c.d/120) as
 // IPv4 (a.b.c.d/24).

@@ -63,6 +63,11 @@ type Options struct {
 	// kernel maps (moved.go), from the goroutine that moves, never
 	// concurrently. It must be quick and must not call the collector.
 	OnMove func(*MovedFlow)
+	// DNSRing is the size in bytes of the ring buffer carrying DNS answers
+	// to userspace (a power of two, at least a page; default
+	// DefaultDNSRing). Negative: no passive DNS (the programs still count
+	// answers they could not hand over as dropped).
+	DNSRing int
 }
 
 // Collector owns the loaded programs and maps and the interfaces they are
@@ -108,6 +113,8 @@ type Collector struct {
 	exportHook func()
 
 	onMove func(*MovedFlow) // Options.OnMove
+
+	dns *dnsReader // passive DNS (dns.go); nil with Options.DNSRing < 0
 }
 
 // Open loads the programs and maps into the kernel. It does not attach
@@ -168,6 +175,16 @@ func Open(opts Options) (*Collector, error) {
 		m.MaxEntries = opts.OverflowEntries
 	}
 	spec.Maps["conns"].MaxEntries = opts.ConnEntries
+	wantDNS := opts.DNSRing >= 0
+	switch {
+	case opts.DNSRing == 0:
+		opts.DNSRing = DefaultDNSRing
+	case opts.DNSRing > 0 && (opts.DNSRing&(opts.DNSRing-1) != 0 || opts.DNSRing < os.Getpagesize()):
+		return nil, fmt.Errorf("dns ring size %d: want a power of two of at least %d", opts.DNSRing, os.Getpagesize())
+	case opts.DNSRing < 0:
+		opts.DNSRing = os.Getpagesize() // the map must exist; nobody reads it
+	}
+	spec.Maps["dns_ring"].MaxEntries = uint32(opts.DNSRing)
 	percpu := perCPU(opts.FlowMapType)
 	for name, v := range map[string]any{
 		"ephemeral_lo":  opts.EphemeralPorts[0],
@@ -232,6 +249,12 @@ func Open(opts Options) (*Collector, error) {
 		c.Close()
 		return nil, err
 	}
+	if wantDNS {
+		if c.dns, err = newDNSReader(c); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	c.logMemory()
 	return c, nil
 }
@@ -279,7 +302,7 @@ func (c *Collector) Memory() []MapMemory {
 		{"flows_0", c.objs.Flows0}, {"flows_1", c.objs.Flows1},
 		{"overflow_0", c.objs.Overflow0}, {"overflow_1", c.objs.Overflow1},
 		{"conns", c.objs.Conns}, {"local_ports", c.objs.LocalPorts}, {"service_hints", c.objs.ServiceHints},
-		{"stats", c.objs.Stats}, {"ethertypes", c.objs.Ethertypes},
+		{"stats", c.objs.Stats}, {"ethertypes", c.objs.Ethertypes}, {"dns_ring", c.objs.DnsRing},
 	} {
 		mm := MapMemory{Name: m.name, Type: m.m.Type(), MaxEntries: m.m.MaxEntries()}
 		if info, err := m.m.Info(); err == nil {
@@ -332,6 +355,9 @@ func (c *Collector) Close() error {
 	if c.nl != nil {
 		c.nl.Close()
 	}
+	if c.dns != nil {
+		errs = append(errs, c.dns.close())
+	}
 	c.ns.Close()
 	errs = append(errs, c.objs.Close())
 	return errors.Join(errs...)
@@ -361,6 +387,10 @@ func (c *Collector) Reset() error {
 	}
 	if _, err := c.SetServiceHints(nil); err != nil {
 		return err
+	}
+	if c.dns != nil {
+		c.dns.sync()
+		c.dns.tab.Reset()
 	}
 	zero := make([]uint64, c.ncpu)
 	for i := uint32(0); i < c.objs.Stats.MaxEntries(); i++ {

@@ -128,6 +128,9 @@ enum stat {
 	STAT_NON_IP,
 	STAT_ETHERTYPE_INSERT_FAILED,
 	STAT_OVERFLOW_INSERT_FAILED, /* packets not counted at all: overflow map full too */
+	STAT_DNS_SENT,               /* DNS answers handed to userspace (dns_ring) */
+	STAT_DNS_DROPPED,            /* DNS answers lost: dns_ring full */
+	STAT_DNS_CUT,                /* DNS answers longer than DNS_CAP: handed over cut */
 	STAT_MAX,
 };
 
@@ -246,6 +249,38 @@ struct {
 	__type(value, struct ethertype_value);
 } ethertypes SEC(".maps");
 
+/*
+ * Passive DNS: the DNS answers this host receives (source port 53, UDP or
+ * TCP, ingress) are handed to userspace whole, up to DNS_CAP bytes of the
+ * L4 payload, through dns_ring. A full ring drops the answer and counts it
+ * (STAT_DNS_DROPPED); the flow counting never waits for it. Go:
+ * bpfDnsEvent, read by bpf/dns.go.
+ */
+#define DNS_PORT 53
+#define DNS_CAP 1280 /* EDNS's common 1232-byte limit, plus TCP's length prefix */
+struct dns_event {
+	__u64 jiffies;   /* bpf_jiffies64() when the answer arrived */
+	__u8 server[16]; /* the answering address (IPv4 as ::ffff:a.b.c.d) */
+	__u32 ifindex;
+	__u32 len;      /* bytes in data */
+	__u32 wire_len; /* L4 payload bytes in the packet (> len: cut) */
+	__u8 proto;     /* IPPROTO_UDP or IPPROTO_TCP */
+	__u8 pad[3];
+	__u8 data[DNS_CAP];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 512 * 1024); /* the loader may change it (Options.DNSRing) */
+} dns_ring SEC(".maps");
+
+/* Where handle() found a DNS answer: the payload offset (0: none). */
+struct dns_hint {
+	__u32 off;
+	__u8 proto;
+	__u8 server[16];
+};
+
 /* Set by the loader before load (rodata). */
 volatile const __u16 ephemeral_lo = 32768; /* net.ipv4.ip_local_port_range */
 volatile const __u16 ephemeral_hi = 60999;
@@ -267,6 +302,7 @@ volatile __u32 hints_loaded;
 /* Force BTF for the types userspace needs (bpf2go -type). */
 const enum stat *unused_stat __attribute__((unused));
 const enum direction *unused_direction __attribute__((unused));
+const struct dns_event *unused_dns_event __attribute__((unused));
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -727,12 +763,82 @@ static __always_inline void count_ethertype(__be16 proto, __u64 len)
 }
 
 /*
+ * dns_note: an answer from port 53 arrived; note where its payload starts
+ * (the cursor is at the L4 header). Kept out of line so the path of other
+ * packets stays as it was.
+ */
+static __noinline void dns_note(struct hdr_cursor *nh, void *data, void *data_end, struct tuple *t,
+				struct dns_hint *dns)
+{
+	__u8 *l4 = nh->pos;
+	__u32 hl;
+
+	if (!dns)
+		return;
+	if (t->proto == IPPROTO_UDP) {
+		hl = 8;
+	} else if (t->proto == IPPROTO_TCP) {
+		if ((void *)(l4 + 13) > data_end)
+			return;
+		hl = (l4[12] >> 4) * 4;
+		if (hl < 20)
+			return;
+	} else {
+		return;
+	}
+	dns->off = (__u32)((void *)l4 - data) + hl;
+	dns->proto = t->proto;
+	__builtin_memcpy(dns->server, t->src, 16);
+}
+
+/*
+ * dns_reserve: a ring buffer record for an answer of pkt_len bytes whose
+ * payload starts at hint->off; *n is set to the bytes to copy. NULL when
+ * there is nothing to send or the ring is full (counted).
+ */
+static __always_inline struct dns_event *dns_reserve(struct dns_hint *hint, __u64 pkt_len, __u32 ifindex,
+						     __u32 *n)
+{
+	struct dns_event *e;
+	__u64 wire;
+
+	if (pkt_len <= hint->off)
+		return 0;
+	wire = pkt_len - hint->off;
+	e = bpf_ringbuf_reserve(&dns_ring, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(STAT_DNS_DROPPED);
+		return 0;
+	}
+	e->jiffies = bpf_jiffies64();
+	__builtin_memcpy(e->server, hint->server, 16);
+	e->ifindex = ifindex;
+	e->proto = hint->proto;
+	e->wire_len = wire > 0xffffffff ? 0xffffffff : (__u32)wire;
+	*n = wire > DNS_CAP ? DNS_CAP : (__u32)wire;
+	if (wire > DNS_CAP)
+		stat_inc(STAT_DNS_CUT);
+	e->len = *n;
+	return e;
+}
+
+static __always_inline void dns_commit(struct dns_event *e, long err)
+{
+	if (err) {
+		bpf_ringbuf_discard(e, 0);
+		return;
+	}
+	bpf_ringbuf_submit(e, 0);
+	stat_inc(STAT_DNS_SENT);
+}
+
+/*
  * handle: the whole per-packet path, shared by XDP and TC. data/data_end
  * bound the linear packet; len is the full frame length; segs the number
  * of wire packets (GSO) the frame stands for.
  */
 static __always_inline void handle(void *data, void *data_end, int egress, __u32 ifindex, __u64 len,
-				   __u32 segs)
+				   __u32 segs, struct dns_hint *dns)
 {
 	struct hdr_cursor nh = {.pos = data};
 	struct tuple t = {};
@@ -788,6 +894,9 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 			icmp_error_evidence(&nh, data_end, &t, egress, ifindex);
 		}
 	} else {
+		/* Passive DNS: one compare on a port already read. */
+		if (!egress && t.sport == DNS_PORT)
+			dns_note(&nh, data, data_end, &t, dns);
 		v = decide(&t, egress, 1);
 		k.dir = v.dir;
 		k.port = v.port;
@@ -831,8 +940,19 @@ int flowaudit_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	struct dns_hint dns = {};
+	struct dns_event *e;
+	__u32 n = 0;
 
-	handle(data, data_end, 0, ctx->ingress_ifindex, data_end - data, 1);
+	handle(data, data_end, 0, ctx->ingress_ifindex, data_end - data, 1, &dns);
+	if (dns.off) {
+		e = dns_reserve(&dns, bpf_xdp_get_buff_len(ctx), ctx->ingress_ifindex, &n);
+		if (e) {
+			if (n < 1 || n > DNS_CAP)
+				n = 1; /* cannot happen; bounds for the verifier */
+			dns_commit(e, bpf_xdp_load_bytes(ctx, dns.off, e->data, n));
+		}
+	}
 	return XDP_PASS;
 }
 
@@ -844,13 +964,24 @@ static __always_inline void handle_skb(struct __sk_buff *skb, int egress)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
+	struct dns_hint dns = {};
+	struct dns_event *e;
+	__u32 n = 0;
 
 	if (data_end - data < PULL_LEN && skb->len > data_end - data) {
 		bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
-	handle(data, data_end, egress, skb->ifindex, skb->len, segs);
+	handle(data, data_end, egress, skb->ifindex, skb->len, segs, egress ? 0 : &dns);
+	if (!egress && dns.off) {
+		e = dns_reserve(&dns, skb->len, skb->ifindex, &n);
+		if (e) {
+			if (n < 1 || n > DNS_CAP)
+				n = 1; /* cannot happen; bounds for the verifier */
+			dns_commit(e, bpf_skb_load_bytes(skb, dns.off, e->data, n));
+		}
+	}
 }
 
 SEC("tcx/egress")

@@ -37,6 +37,18 @@ const (
 	flowauditDirectionDIR_OUTBOUND flowauditDirection = 2
 )
 
+type flowauditDnsEvent struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	Server  [16]uint8
+	Ifindex uint32
+	Len     uint32
+	WireLen uint32
+	Proto   uint8
+	Pad     [3]uint8
+	Data    [1280]uint8
+}
+
 type flowauditEndpointKey struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -107,7 +119,10 @@ const (
 	flowauditStatSTAT_NON_IP                  flowauditStat = 6
 	flowauditStatSTAT_ETHERTYPE_INSERT_FAILED flowauditStat = 7
 	flowauditStatSTAT_OVERFLOW_INSERT_FAILED  flowauditStat = 8
-	flowauditStatSTAT_MAX                     flowauditStat = 9
+	flowauditStatSTAT_DNS_SENT                flowauditStat = 9
+	flowauditStatSTAT_DNS_DROPPED             flowauditStat = 10
+	flowauditStatSTAT_DNS_CUT                 flowauditStat = 11
+	flowauditStatSTAT_MAX                     flowauditStat = 12
 )
 
 // Names of all BPF objects in the ELF.
@@ -115,6 +130,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	flowauditMapConns               = "conns"
+	flowauditMapDnsRing             = "dns_ring"
 	flowauditMapEthertypes          = "ethertypes"
 	flowauditMapFlowGens            = "flow_gens"
 	flowauditMapFlows0              = "flows_0"
@@ -138,6 +154,7 @@ const (
 	flowauditVarPercpuValues        = "percpu_values"
 	flowauditVarSocketsKnown        = "sockets_known"
 	flowauditVarUnusedDirection     = "unused_direction"
+	flowauditVarUnusedDnsEvent      = "unused_dns_event"
 	flowauditVarUnusedStat          = "unused_stat"
 )
 
@@ -194,6 +211,7 @@ type flowauditProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type flowauditMapSpecs struct {
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
+	DnsRing      *ebpf.MapSpec `ebpf:"dns_ring"`
 	Ethertypes   *ebpf.MapSpec `ebpf:"ethertypes"`
 	FlowGens     *ebpf.MapSpec `ebpf:"flow_gens"`
 	Flows0       *ebpf.MapSpec `ebpf:"flows_0"`
@@ -219,6 +237,7 @@ type flowauditVariableSpecs struct {
 	PercpuValues    *ebpf.VariableSpec `ebpf:"percpu_values"`
 	SocketsKnown    *ebpf.VariableSpec `ebpf:"sockets_known"`
 	UnusedDirection *ebpf.VariableSpec `ebpf:"unused_direction"`
+	UnusedDnsEvent  *ebpf.VariableSpec `ebpf:"unused_dns_event"`
 	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
 }
 
@@ -243,6 +262,7 @@ func (o *flowauditObjects) Close() error {
 // It can be passed to loadFlowauditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type flowauditMaps struct {
 	Conns        *ebpf.Map `ebpf:"conns"`
+	DnsRing      *ebpf.Map `ebpf:"dns_ring"`
 	Ethertypes   *ebpf.Map `ebpf:"ethertypes"`
 	FlowGens     *ebpf.Map `ebpf:"flow_gens"`
 	Flows0       *ebpf.Map `ebpf:"flows_0"`
@@ -259,6 +279,7 @@ type flowauditMaps struct {
 func (m *flowauditMaps) Close() error {
 	return _FlowauditClose(
 		m.Conns,
+		m.DnsRing,
 		m.Ethertypes,
 		m.FlowGens,
 		m.Flows0,
@@ -285,6 +306,7 @@ type flowauditVariables struct {
 	PercpuValues    *ebpf.Variable `ebpf:"percpu_values"`
 	SocketsKnown    *ebpf.Variable `ebpf:"sockets_known"`
 	UnusedDirection *ebpf.Variable `ebpf:"unused_direction"`
+	UnusedDnsEvent  *ebpf.Variable `ebpf:"unused_dns_event"`
 	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
 }
 

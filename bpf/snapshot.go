@@ -53,6 +53,9 @@ func (c *Collector) Snapshot(o SnapshotOptions) (*snapshot.Snapshot, error) {
 		Flows:          r.Flows,
 		Overflow:       r.Overflow,
 	}
+	if s.DNS, err = c.DNS(); err != nil {
+		return nil, err
+	}
 	s.Tool.Name = "flowaudit"
 	s.Tool.Version = o.ToolVersion
 	s.Hostname, s.Kernel = hostInfo()

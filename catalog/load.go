@@ -124,8 +124,9 @@ type rawRule struct {
 var (
 	reLowerID = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 	reZone    = regexp.MustCompile(`^[A-Z][A-Z0-9_]*$`)
-	reDNS     = regexp.MustCompile(`^(?i)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	reCond    = regexp.MustCompile(`^!?[a-z0-9][a-z0-9-]*$`)
+	// reDNS: a host name, or a wildcard "*.example.com" (any name below it).
+	reDNS  = regexp.MustCompile(`^(?i)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	reCond = regexp.MustCompile(`^!?[a-z0-9][a-z0-9-]*$`)
 )
 
 // fileResult is what one catalog file yields.

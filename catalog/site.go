@@ -347,9 +347,44 @@ func (s *Site) set(peer Peer) *netipx.IPSet {
 	case PeerZone:
 		return s.Zones[peer.Zone]
 	case PeerDNS:
-		return s.Hosts[strings.ToLower(peer.Host)]
+		return s.Hosts[s.hostKey(peer.Host)]
 	}
 	return nil
+}
+
+// hostKey is the hosts: entry that binds a DNS peer: the name itself, else
+// the most specific wildcard ("*.alienvault.com") above it; "" when none.
+// A wildcard peer is bound only by the same wildcard.
+func (s *Site) hostKey(host string) string {
+	host = strings.ToLower(host)
+	if _, ok := s.Hosts[host]; ok || strings.HasPrefix(host, "*.") {
+		return host
+	}
+	for rest := host; ; {
+		_, after, ok := strings.Cut(rest, ".")
+		if !ok || !strings.Contains(after, ".") {
+			return ""
+		}
+		if _, ok := s.Hosts["*."+after]; ok {
+			return "*." + after
+		}
+		rest = after
+	}
+}
+
+// HostSet is the addresses hosts: binds to a DNS name (through its own
+// entry or a wildcard above it); nil when none does.
+func (s *Site) HostSet(host string) *netipx.IPSet {
+	if s == nil {
+		return nil
+	}
+	return s.Hosts[s.hostKey(host)]
+}
+
+// BindsHost reports whether the site's hosts: binds the DNS name (or
+// wildcard) statically: it then wins over names learned from DNS.
+func (s *Site) BindsHost(host string) bool {
+	return s != nil && s.Hosts[s.hostKey(host)] != nil
 }
 
 // Line is the line of the site file that binds peer: its role's entry
@@ -368,7 +403,7 @@ func (s *Site) Line(peer Peer) int {
 	case PeerZone:
 		return s.lines["zones/"+peer.Zone]
 	case PeerDNS:
-		return s.lines["hosts/"+strings.ToLower(peer.Host)]
+		return s.lines["hosts/"+s.hostKey(peer.Host)]
 	}
 	return 0
 }

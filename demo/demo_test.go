@@ -22,7 +22,7 @@ func TestDemo(t *testing.T) {
 		t.Skip("runs the whole lab (about 40 s)")
 	}
 	testenv.RequireNetns(t)
-	for _, tool := range []string{"socat", "nmap", "nft", "openssl", "curl", "logger", "nc", "ssh", "ssh-keygen", "perl"} {
+	for _, tool := range []string{"socat", "nmap", "nft", "openssl", "curl", "logger", "nc", "ssh", "ssh-keygen", "perl", "dnsmasq"} {
 		testenv.RequireTool(t, tool)
 	}
 	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
@@ -93,6 +93,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("unplanted high-severity finding %s: %s", id, f.Summary)
 		}
 	}
+	checkDemoDNS(t, out)
 	html, err := os.ReadFile(filepath.Join(out, "report.html"))
 	if err != nil {
 		t.Fatal(err)
@@ -112,5 +113,47 @@ func TestDemo(t *testing.T) {
 	}
 	if !strings.Contains(string(logs), "HTML report: "+out) {
 		t.Error("demo did not print the HTML report's path")
+	}
+}
+
+// checkDemoDNS: the appliance's feed fetches, audited against USM's
+// documented feed host, match data.alienvault.com by the name its DNS
+// answer gave; the fetch from an address no answer gave is flagged.
+func checkDemoDNS(t *testing.T, out string) {
+	t.Helper()
+	var rep audit.Report
+	b, err := os.ReadFile(filepath.Join(out, "report-dns.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Snapshot.DNS == nil || rep.Snapshot.DNS.Answers == 0 || rep.Snapshot.DNS.Dropped != 0 {
+		t.Errorf("dns summary: %+v", rep.Snapshot.DNS)
+	}
+	var feed *audit.RuleStatus
+	for i := range rep.Rules {
+		if rep.Rules[i].Rule.ID == "usm.sensor.feed-update" {
+			feed = &rep.Rules[i]
+		}
+	}
+	if feed == nil {
+		t.Fatal("no usm.sensor.feed-update rule in the DNS report")
+	}
+	if feed.Status != audit.StatusSeen || len(feed.Allowed.TopPeers) != 1 || feed.Allowed.TopPeers[0].Addr.String() != "192.0.2.80" ||
+		strings.Join(feed.Allowed.TopPeers[0].Names, ",") != "data.alienvault.com" {
+		t.Errorf("feed-update: status %s, allowed %+v", feed.Status, feed.Allowed.TopPeers)
+	}
+	var flagged bool
+	for _, f := range rep.Findings {
+		if f.Kind == audit.PeerOutOfZone && f.Rule != nil && f.Rule.ID == "usm.sensor.feed-update" {
+			flagged = len(f.Evidence.TopPeers) == 1 && f.Evidence.TopPeers[0].Addr.String() == "192.0.2.88" &&
+				strings.Contains(f.Summary, "reached 192.0.2.88 (no DNS name seen for it)")
+			t.Logf("DNS finding: %s", f.Summary)
+		}
+	}
+	if !flagged {
+		t.Error("the fetch from 192.0.2.88 (never resolved) is not flagged")
 	}
 }

@@ -32,7 +32,7 @@ DURATION=${DURATION:-20s}
 OUT=${OUT:-$PWD/demo-out}
 FLOWAUDIT=${FLOWAUDIT:-$root/bin/flowaudit}
 NS=fademo
-HOSTS=(appliance admin agent netdev rogue)
+HOSTS=(appliance admin agent netdev rogue vendor)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
@@ -42,7 +42,8 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 # --- dependencies ---------------------------------------------------------
 need_pkgs=()
 for pair in socat:socat nmap:nmap nft:nftables openssl:openssl curl:curl logger:bsdutils \
-            nc:netcat-openbsd ssh:openssh-client sshd:openssh-server ip:iproute2 timeout:coreutils; do
+            nc:netcat-openbsd ssh:openssh-client sshd:openssh-server ip:iproute2 timeout:coreutils \
+            dnsmasq:dnsmasq; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || need_pkgs+=("$pkg")
 done
@@ -67,7 +68,7 @@ teardown() {
     ip netns pids "$NS-$h" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns del "$NS-$h" 2>/dev/null || true
   done
-  rm -rf "$work"
+  rm -rf "$work" "/etc/netns/$NS-appliance"
   exit "$rc"
 }
 trap teardown EXIT
@@ -76,8 +77,15 @@ trap 'exit 130' INT TERM
 in_ns() { local h=$1; shift; ip netns exec "$NS-$h" "$@"; }
 bg_ns() { local h=$1; shift; ip netns exec "$NS-$h" "$@" >>"$work/$h.log" 2>&1 & pids+=($!); }
 
-declare -A V4=([appliance]=192.0.2.10 [admin]=192.0.2.20 [agent]=192.0.2.35 [netdev]=192.0.2.50 [rogue]=192.0.2.66)
-declare -A V6=([appliance]=2001:db8::10 [admin]=2001:db8::20 [agent]=2001:db8::35 [netdev]=2001:db8::50 [rogue]=2001:db8::66)
+declare -A V4=([appliance]=192.0.2.10 [admin]=192.0.2.20 [agent]=192.0.2.35 [netdev]=192.0.2.50 [rogue]=192.0.2.66 [vendor]=192.0.2.80)
+declare -A V6=([appliance]=2001:db8::10 [admin]=2001:db8::20 [agent]=2001:db8::35 [netdev]=2001:db8::50 [rogue]=2001:db8::66 [vendor]=2001:db8::80)
+# The vendor's side (passive DNS, docs/DNS.md): its DNS server answers
+# data.alienvault.com with the vendor's address and www.google.com (USM's
+# connectivity check) with CHECK; a third address on the same host
+# (MIRROR) is one no answer ever gives.
+VENDOR=${V4[vendor]}
+CHECK=192.0.2.81
+MIRROR=192.0.2.88
 APP=${V4[appliance]}
 
 # Remove leftovers of an interrupted run, then build: one bridge namespace
@@ -101,6 +109,17 @@ for h in "${HOSTS[@]}"; do
   in_ns "$h" ip addr add "${V6[$h]}/64" dev eth0 nodad
   in_ns "$h" ip link set eth0 up
 done
+
+# --- the vendor: a DNS server and a feed server ------------------------------
+in_ns vendor ip addr add "$CHECK/24" dev eth0
+in_ns vendor ip addr add "$MIRROR/24" dev eth0
+bg_ns vendor dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+  "--address=/data.alienvault.com/$VENDOR" "--address=/www.google.com/$CHECK" --local-ttl=60 "--listen-address=$VENDOR" --bind-interfaces \
+  --user=root --group=root "--pid-file=$work/dnsmasq.pid" --log-facility=-
+bg_ns vendor socat TCP-LISTEN:80,fork,reuseaddr SYSTEM:'printf "HTTP/1.0 200 OK\r\n\r\nfeed\n"'
+# The appliance resolves through it (ip netns exec mounts this resolv.conf).
+mkdir -p "/etc/netns/$NS-appliance"
+echo "nameserver $VENDOR" >"/etc/netns/$NS-appliance/resolv.conf"
 
 # --- the appliance's services ---------------------------------------------
 say "starting the appliance's services"
@@ -149,6 +168,10 @@ for port in 22 443 9090 9000 9001 50051 514 6514 6379; do
     in_ns appliance ss -Htln "sport = :$port" | grep -q . && break
     sleep 0.1
   done
+done
+for _ in $(seq 50); do
+  in_ns vendor ss -Huln "sport = :53" | grep -q . && in_ns vendor ss -Htln "sport = :80" | grep -q . && break
+  sleep 0.1
 done
 
 # --- record -----------------------------------------------------------------
@@ -205,6 +228,12 @@ done
 # IPFIX (RFC 7011): message header (16 bytes) + an empty template set (4 bytes).
 ipfix=$(printf '000a0014%08x%08x%08x00020004' "$(date +%s)" 1 0)
 unhex "$ipfix" | t netdev socat -u - "UDP4-SENDTO:$APP:4739"
+say "appliance: resolves data.alienvault.com (its vendor's feed host) and fetches the feed; once from $MIRROR, an address no DNS answer gave"
+for _ in 1 2; do
+  t appliance curl -s "http://data.alienvault.com/feed"
+done
+t appliance curl -s "http://www.google.com/"   # USM's internet check, answered in the lab
+t appliance curl -s "http://$MIRROR/feed"
 say "rogue (192.0.2.66): nmap SYN scan"
 T=60 t rogue nmap -n -Pn -sS --max-retries 0 -T4 -p 1-1024,6379,9000-9001,9090,50051 "$APP"
 
@@ -226,7 +255,14 @@ audit_args=("${mx_args[@]}" --min-window 10s)
 "$FLOWAUDIT" audit "${audit_args[@]}" --format table --out "$OUT/report.txt" 2>>"$work/audit.log" || [[ $? -eq 2 ]]
 "$FLOWAUDIT" rules "${mx_args[@]}" --min-window 10s --target nftables --out "$OUT/rules.nft" 2>>"$work/audit.log" ||
   { cat "$work/audit.log" >&2; die "flowaudit rules failed"; }
+# Passive DNS: UTMStack documents no named hosts; USM does (its sensor's
+# feed from data.alienvault.com). The same recording, against that rule.
+usm_args=(--matrix usm@5.6.5 --role sensor --snapshot "$snap" --min-window 10s)
+"$FLOWAUDIT" audit "${usm_args[@]}" --format json --out "$OUT/report-dns.json" 2>>"$work/audit.log" || [[ $? -eq 2 ]]
+"$FLOWAUDIT" audit "${usm_args[@]}" --format table --out "$OUT/report-dns.txt" 2>>"$work/audit.log" || [[ $? -eq 2 ]]
 if [[ ${DEMO_QUIET:-0} != 1 ]]; then
+  say "passive DNS: the feed fetches against USM's documented feed host (usm@5.6.5, role sensor; excerpt)"
+  grep -E '^dns: |feed-update|tcp/80 ' "$OUT/report-dns.txt" || true
   say "audit report"
   cat "$OUT/report.txt"
   if [[ -s $OUT/rules.nft ]]; then

@@ -76,6 +76,7 @@ func merge(grants []grant) []Allow {
 		dir   snapshot.Direction
 		fam   Family
 		proto snapshot.Proto
+		host  string
 	}
 	groups := map[gkey][]grant{}
 	for _, g := range grants {
@@ -92,14 +93,14 @@ func merge(grants []grant) []Allow {
 			}
 			fg := g
 			fg.peers = s
-			k := gkey{g.mgmt, g.dir, fam, g.proto}
+			k := gkey{g.mgmt, g.dir, fam, g.proto, g.host}
 			groups[k] = append(groups[k], fg)
 		}
 	}
 	var out []Allow
 	for k, gs := range groups {
 		for _, a := range mergeGroup(gs) {
-			a.Management, a.Direction, a.Family, a.Proto = k.mgmt, k.dir, k.fam, k.proto
+			a.Management, a.Direction, a.Family, a.Proto, a.Host = k.mgmt, k.dir, k.fam, k.proto, k.host
 			if a.Peers[0] == all4 || a.Peers[0] == all6 {
 				a.AnyPeer = true
 			}
@@ -214,7 +215,10 @@ func sortAllows(as []Allow) {
 		if pa != pb {
 			return pa < pb
 		}
-		return comparePrefix(a.Peers[0], b.Peers[0]) < 0
+		if c := comparePrefix(a.Peers[0], b.Peers[0]); c != 0 {
+			return c < 0
+		}
+		return a.Host < b.Host
 	})
 }
 

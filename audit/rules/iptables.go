@@ -91,11 +91,13 @@ func iptRules(a Allow) []string {
 	if a.Direction == snapshot.Outbound {
 		flag = "-d"
 	}
+	var notes []string // per address: the names and TTL DNS gave (Allow.PeerNotes)
 	if a.AnyPeer {
 		addrs = []string{""}
 	} else {
 		for _, p := range a.Peers {
 			addrs = append(addrs, fmt.Sprintf("%s %s ", flag, p))
+			notes = append(notes, a.PeerNotes[p])
 		}
 	}
 	var matches []string
@@ -130,9 +132,13 @@ func iptRules(a Allow) []string {
 	}
 	c := comment(iptComment(a), iptCommentMax)
 	var out []string
-	for _, ad := range addrs {
+	for i, ad := range addrs {
+		ci := c
+		if i < len(notes) && notes[i] != "" {
+			ci = comment(strings.Join(a.Rules, ", ")+" "+notes[i], iptCommentMax)
+		}
 		for _, m := range matches {
-			out = append(out, fmt.Sprintf("%s%s -m comment --comment \"%s\" -j ACCEPT", ad, m, c))
+			out = append(out, fmt.Sprintf("%s%s -m comment --comment \"%s\" -j ACCEPT", ad, m, ci))
 		}
 	}
 	return out

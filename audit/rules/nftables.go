@@ -3,6 +3,7 @@ package rules
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -39,7 +40,7 @@ func renderNFT(w *bytes.Buffer, rs *Ruleset) error {
 	w.WriteString("table inet flowaudit\ndelete table inet flowaudit\n\n")
 	w.WriteString("table inet flowaudit {\n")
 
-	sets := &nftSets{names: map[string]string{}}
+	sets := &nftSets{names: map[string]string{}, rs: rs}
 	var in, out []string
 	for _, a := range rs.allows(snapshot.Inbound, 0) {
 		in = append(in, nftRule(a, sets))
@@ -87,9 +88,15 @@ type nftSets struct {
 	names map[string]string
 	count map[string]int
 	defs  []string
+	rs    *Ruleset
 }
 
 func (s *nftSets) name(a Allow) string {
+	if a.Host != "" {
+		if h := s.rs.host(a.Host); h != nil {
+			return s.hostSet(a, h)
+		}
+	}
 	dir := "in"
 	if a.Direction == snapshot.Outbound {
 		dir = "out"
@@ -118,6 +125,60 @@ func (s *nftSets) name(a Allow) string {
 	return n
 }
 
+// hostSet names and defines the named set of a DNS name's addresses
+// (docs/DNS.md): one per name and family, each address with the names and
+// TTL its answers gave, so a refresh is one nft command.
+func (s *nftSets) hostSet(a Allow, h *HostAddrs) string {
+	n := fmt.Sprintf("dns_%s_v%d", nftIdent(h.Host), a.Family)
+	key := "host|" + n
+	if _, ok := s.names[key]; ok {
+		return n
+	}
+	s.names[key] = n
+	typ := "ipv4_addr"
+	if a.Family == IPv6 {
+		typ = "ipv6_addr"
+	}
+	var el, addrs []string
+	seen := map[netip.Addr]bool{}
+	var ttl uint32
+	for _, ans := range h.Answers {
+		if seen[ans.Addr] || ans.Addr.Is4() != (a.Family == IPv4) {
+			continue
+		}
+		seen[ans.Addr] = true
+		if ttl == 0 || ans.TTL < ttl {
+			ttl = ans.TTL
+		}
+		addrs = append(addrs, ans.Addr.String())
+		el = append(el, fmt.Sprintf("%s comment %q", ans.Addr, comment(h.addrNote(ans.Addr), nftCommentMax)))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\t# %s: %d %s from the recording's DNS answers (shortest TTL %ds); they change. Refresh in one command:\n",
+		h.Host, len(addrs), map[bool]string{true: "address", false: "addresses"}[len(addrs) == 1], ttl)
+	fmt.Fprintf(&b, "\t#   nft 'flush set inet flowaudit %s; add element inet flowaudit %s { NEW-ADDRESSES }'\n", n, n)
+	fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n\t\tcounter\n\t\tcomment %q\n\t\telements = { %s }\n\t}\n\n",
+		n, typ, comment("dns "+h.Host+": from DNS answers, refresh", nftCommentMax), strings.Join(el, ",\n\t\t\t     "))
+	s.defs = append(s.defs, b.String())
+	return n
+}
+
+// nftIdent turns a DNS name into the part of a set name: letters, digits
+// and '_' ("*.example.com" → "any_example_com").
+func nftIdent(host string) string {
+	host = strings.Replace(host, "*.", "any.", 1)
+	var b strings.Builder
+	for _, r := range strings.ToLower(host) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
 func nftRule(a Allow, sets *nftSets) string {
 	var parts []string
 	switch {
@@ -137,7 +198,11 @@ func nftRule(a Allow, sets *nftSets) string {
 		parts = append(parts, fmt.Sprintf("%s %s @%s", fam, addr, sets.name(a)))
 	}
 	parts = append(parts, nftMatch(a))
-	parts = append(parts, "counter accept", fmt.Sprintf("comment %q", comment(nftComment(a), nftCommentMax)))
+	c := nftComment(a)
+	if note := sets.rs.hostNote(a); note != "" {
+		c += " (" + note + ")"
+	}
+	parts = append(parts, "counter accept", fmt.Sprintf("comment %q", comment(c, nftCommentMax)))
 	return strings.Join(parts, " ")
 }
 

@@ -204,6 +204,16 @@ type Allow struct {
 	Rules []string
 	// Management: kept by the management guard.
 	Management bool
+	// Host is the DNS name (or wildcard) of the matrix rule behind the
+	// allowance when its addresses came from the recording's DNS answers
+	// (Ruleset.Hosts lists them with their TTL); such an allowance is
+	// never merged with another one, so it can be refreshed on its own.
+	Host string
+	// HostNote is "dns NAME ttl Ns, refresh" for such an allowance, and
+	// PeerNotes the names and TTL the answers gave for each of its peers:
+	// every target writes them as comments.
+	HostNote  string
+	PeerNotes map[netip.Prefix]string
 }
 
 // Left is observed traffic that the ruleset does not allow.
@@ -276,6 +286,17 @@ type Ruleset struct {
 	// Undocumented counts observed, answered services that the matrix
 	// does not document or whose peers were out of zone.
 	Undocumented int
+	// Hosts are the DNS names whose allowances list the addresses the
+	// recording's DNS answers gave (Allow.Host), each with those answers.
+	Hosts []HostAddrs
+}
+
+// HostAddrs is one DNS name (or wildcard) of the matrix and the answers
+// that gave its addresses: which name, TTL and when (docs/DNS.md). They
+// change: an allowance built from them needs refreshing.
+type HostAddrs struct {
+	Host    string
+	Answers []snapshot.DNSName
 }
 
 // grant is one allowance before merging: a port (or type) range and the
@@ -287,6 +308,7 @@ type grant struct {
 	peers  *netipx.IPSet
 	rules  []string
 	mgmt   bool
+	host   string // Allow.Host
 }
 
 type builder struct {
@@ -401,6 +423,7 @@ func Build(snap *snapshot.Snapshot, o Options) (*Ruleset, error) {
 	b.management()
 	b.finishLeft()
 	b.rs.Allows = merge(b.grants)
+	b.dnsHosts()
 	b.finish()
 	return b.rs, nil
 }
@@ -644,6 +667,9 @@ func (b *builder) both() {
 			var cb netipx.IPSetBuilder
 			for _, r := range rules {
 				s, _ := b.peerSet(r.Peer)
+				if b.byDNS(r.Peer) {
+					s = b.dnsSet(r.Peer.Host)
+				}
 				cb.AddSet(s)
 				clipLabel = append(clipLabel, r.Peer.String())
 			}
@@ -660,8 +686,15 @@ func (b *builder) both() {
 			if f.Direction != snapshot.Unknown {
 				ds = []snapshot.Direction{f.Direction}
 			}
+			g := grant{proto: f.Proto, lo: lo, hi: hi, peers: peers, rules: []string{r.ID}}
+			if c.Kind == audit.FlowDocumented && b.byDNS(r.Peer) {
+				// A name learned from DNS: every address the answers gave
+				// for it, in an allowance of its own.
+				g.peers, g.host = b.dnsSet(r.Peer.Host), r.Peer.Host
+			}
 			for _, d := range ds {
-				b.add(grant{dir: d, proto: f.Proto, lo: lo, hi: hi, peers: peers, rules: []string{r.ID}})
+				g.dir = d
+				b.add(g)
 			}
 			b.granted[r.ID] = true
 		}
@@ -684,6 +717,10 @@ func (b *builder) documented() {
 			continue
 		}
 		set, bound := b.peerSet(r.Peer)
+		host := ""
+		if b.byDNS(r.Peer) {
+			set, bound, host = b.dnsSet(r.Peer.Host), true, r.Peer.Host
+		}
 		if !bound {
 			b.rs.Warnings = append(b.rs.Warnings, fmt.Sprintf("no rule for %s (%s %s/%s): the site does not bind %s; bind it in the site file",
 				r.ID, r.Direction, r.ProtoString(), r.PortString(), r.Peer))
@@ -707,7 +744,7 @@ func (b *builder) documented() {
 				ranges = []catalog.PortRange{{}}
 			}
 			for _, pr := range ranges {
-				b.add(grant{dir: r.Direction, proto: p, lo: pr.Lo, hi: pr.Hi, peers: set, rules: []string{r.ID}})
+				b.add(grant{dir: r.Direction, proto: p, lo: pr.Lo, hi: pr.Hi, peers: set, rules: []string{r.ID}, host: host})
 			}
 		}
 		b.granted[r.ID] = true
@@ -774,7 +811,7 @@ func peerSet(site *catalog.Site, p catalog.Peer) (*netipx.IPSet, bool) {
 	case catalog.PeerZone:
 		set = site.Zones[p.Zone]
 	case catalog.PeerDNS:
-		set = site.Hosts[strings.ToLower(p.Host)]
+		set = site.HostSet(p.Host)
 	}
 	return set, set != nil
 }

@@ -143,6 +143,9 @@ func (a Allow) Why() string {
 	if a.Management {
 		return "management session kept by the flowaudit guard"
 	}
+	if a.HostNote != "" {
+		return strings.Join(a.Rules, ", ") + " (" + a.HostNote + ")"
+	}
 	return strings.Join(a.Rules, ", ")
 }
 

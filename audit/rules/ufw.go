@@ -76,8 +76,11 @@ func writeUFW(w *bytes.Buffer, a Allow, dir string) {
 			peers = append(peers, peerText(p))
 		}
 	}
-	c := comment(ufwComment(a), 200)
-	for _, peer := range peers {
+	for i, peer := range peers {
+		c := comment(ufwComment(a), 200)
+		if !a.AnyPeer && a.PeerNotes[a.Peers[i]] != "" {
+			c = comment(ufwComment(a)+" "+a.PeerNotes[a.Peers[i]], 200)
+		}
 		var ends []string // "from X to any [port P]" or "to X [port P]"
 		if a.Proto.HasPorts() && len(a.Ports) > 0 {
 			for _, chunk := range chunkPorts(a.Ports, MaxMultiport) {

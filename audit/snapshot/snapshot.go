@@ -355,6 +355,9 @@ type Snapshot struct {
 	// direction, protocol, service port) without the peer. They carry
 	// their handshake evidence and a sketch of their distinct peers.
 	Overflow []Flow `json:"overflow,omitempty"`
+	// DNS holds the names learned from the DNS answers this host
+	// received (passive DNS, dns.go); nil when the recorder had none.
+	DNS *DNS `json:"dns,omitempty"`
 
 	// Unknown lists the fields of the file this build does not know, as
 	// paths ("flows[].new_counter"), sorted, each once: a newer writer's
@@ -382,6 +385,9 @@ func (s *Snapshot) Sort() {
 	SortFlows(s.Flows)
 	SortFlows(s.Overflow)
 	SortSockets(s.Listening)
+	if s.DNS != nil {
+		s.DNS.Sort()
+	}
 }
 
 // SortSockets orders sockets by protocol, port and address.
@@ -460,6 +466,11 @@ func (s *Snapshot) Validate() error {
 		}
 		if err := f.validate(); err != nil {
 			return fmt.Errorf("%w: flows[%d]: %v", ErrFormat, i, err)
+		}
+	}
+	if s.DNS != nil {
+		if err := s.DNS.validate(); err != nil {
+			return fmt.Errorf("%w: %v", ErrFormat, err)
 		}
 	}
 	for i := range s.Overflow {

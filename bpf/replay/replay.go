@@ -1061,6 +1061,18 @@ func (r *replayer) finish() error {
 	if len(read.Overflow) > 0 {
 		s.Overflow = toCapture(read.Overflow)
 	}
+	// Passive DNS: the capture's DNS answers went through the same
+	// programs; their times map back to capture time like the flows'.
+	var conv func(time.Time) (time.Time, time.Time)
+	if len(r.slices) > 0 {
+		conv = r.captureTime
+	}
+	if s.DNS, err = r.c.DNSWithTime(conv); err != nil {
+		return err
+	}
+	if s.DNS != nil && s.DNS.Answers == 0 && s.DNS.Dropped == 0 {
+		s.DNS = nil // a capture without DNS answers: nothing to say
+	}
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
 		s.Kernel = unix.ByteSliceToString(u.Release[:])

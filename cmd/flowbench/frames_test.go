@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
@@ -24,14 +25,15 @@ func TestFramesTakeTheirPaths(t *testing.T) {
 	}
 	tcp9000 := want{proto: snapshot.TCP, port: 9000, dir: snapshot.Inbound}
 	cases := map[string][]want{
-		"IPv4 TCP to a listening port":      {tcp9000},
-		"IPv4 TCP, own outbound connection": {{proto: snapshot.TCP, port: 443, dir: snapshot.Outbound}},
-		"IPv4 TCP, no socket set (replay)":  {{proto: snapshot.TCP, port: 9000, dir: snapshot.Inbound, inferred: true}},
-		"IPv4 UDP":                          {{proto: snapshot.UDP, port: 514, dir: snapshot.Inbound}},
-		"IPv6 TCP + 2 ext hdrs":             {tcp9000},
-		"VLAN IPv4 TCP":                     {tcp9000},
-		"IPv4 non-first fragment":           {{proto: snapshot.UDP, fragment: true}},
-		"ICMP port unreachable (UDP)":       {{proto: snapshot.ICMP, port: 3<<8 | 3}, {proto: snapshot.UDP, closed: true}},
+		"IPv4 TCP to a listening port":             {tcp9000},
+		"IPv4 TCP, own outbound connection":        {{proto: snapshot.TCP, port: 443, dir: snapshot.Outbound}},
+		"IPv4 TCP, no socket set (replay)":         {{proto: snapshot.TCP, port: 9000, dir: snapshot.Inbound, inferred: true}},
+		"IPv4 UDP":                                 {{proto: snapshot.UDP, port: 514, dir: snapshot.Inbound}},
+		"IPv4 UDP DNS answer (ring full: dropped)": {{proto: snapshot.UDP, port: 53, dir: snapshot.Outbound}},
+		"IPv6 TCP + 2 ext hdrs":                    {tcp9000},
+		"VLAN IPv4 TCP":                            {tcp9000},
+		"IPv4 non-first fragment":                  {{proto: snapshot.UDP, fragment: true}},
+		"ICMP port unreachable (UDP)":              {{proto: snapshot.ICMP, port: 3<<8 | 3}, {proto: snapshot.UDP, closed: true}},
 	}
 	// As cost.go measures them: live (socket set complete) and replay.
 	collectors := map[bool]*bpf.Collector{}
@@ -68,6 +70,19 @@ func TestFramesTakeTheirPaths(t *testing.T) {
 			r, err := c.ReadMaps()
 			if err != nil {
 				t.Fatal(err)
+			}
+			d, err := c.DNS()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Only an answer arriving is handed to userspace.
+			if wantDNS := uint64(0); h == bpf.HookXDP && strings.Contains(pc.name, "DNS answer") {
+				wantDNS = 1
+				if d.Answers != wantDNS || len(d.Names) != 1 {
+					t.Errorf("%s %s: %d answers, names %v; want 1 answer, data.example-vendor.com", h, pc.name, d.Answers, d.Names)
+				}
+			} else if d.Answers != 0 {
+				t.Errorf("%s %s: %d DNS answers handed over, want none", h, pc.name, d.Answers)
 			}
 			ws := cases[pc.name]
 			if h == bpf.HookTCEgress && pc.name == "IPv4 UDP" {

@@ -1,0 +1,145 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"go.uber.org/zap"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/internal/passivedns"
+)
+
+// DefaultDNSRing is the size of the ring buffer that carries DNS answers
+// from the programs to userspace (dns_ring): 512 KiB, about 390 answers of
+// up to 1280 bytes waiting to be read. A full ring drops answers and
+// counts them (snapshot.DNS.Dropped).
+const DefaultDNSRing = 512 * 1024
+
+// dnsCap is DNS_CAP in flowaudit.c: the payload bytes one event carries.
+const dnsCap = len(flowauditDnsEvent{}.Data)
+
+// dnsHeaderLen is the offset of the payload in a dns_event.
+var dnsHeaderLen = int(unsafe.Offsetof(flowauditDnsEvent{}.Data))
+
+// dnsReader drains dns_ring into a passive DNS table.
+type dnsReader struct {
+	rd      *ringbuf.Reader
+	tab     *passivedns.Table
+	wall    func(uint64) time.Time
+	log     *zap.Logger
+	flushMu sync.Mutex
+	flushed chan struct{}
+	done    chan struct{}
+}
+
+func newDNSReader(c *Collector) (*dnsReader, error) {
+	rd, err := ringbuf.NewReader(c.objs.DnsRing)
+	if err != nil {
+		return nil, fmt.Errorf("dns ring buffer: %w", err)
+	}
+	d := &dnsReader{rd: rd, tab: passivedns.NewTable(0), wall: c.boot.wall, log: c.log,
+		flushed: make(chan struct{}, 1), done: make(chan struct{})}
+	go d.loop()
+	return d, nil
+}
+
+func (d *dnsReader) loop() {
+	defer close(d.done)
+	var rec ringbuf.Record
+	for {
+		err := d.rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			d.handle(rec.RawSample)
+		case errors.Is(err, ringbuf.ErrFlushed):
+			select {
+			case d.flushed <- struct{}{}:
+			default:
+			}
+		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
+			return
+		default:
+			d.log.Warn("dns ring buffer", zap.Error(err))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// handle adds one dns_event to the table.
+func (d *dnsReader) handle(raw []byte) {
+	if len(raw) < dnsHeaderLen {
+		return
+	}
+	var ev flowauditDnsEvent
+	ev.Jiffies = binary.LittleEndian.Uint64(raw[0:8])
+	copy(ev.Server[:], raw[8:24])
+	ev.Len = binary.LittleEndian.Uint32(raw[28:32])
+	ev.WireLen = binary.LittleEndian.Uint32(raw[32:36])
+	ev.Proto = raw[36]
+	n := min(int(ev.Len), dnsCap, len(raw)-dnsHeaderLen)
+	payload := raw[dnsHeaderLen : dnsHeaderLen+n]
+	d.tab.Add(payload, ev.Proto == 6, ev.WireLen > ev.Len, netip.AddrFrom16(ev.Server).Unmap(), d.wall(ev.Jiffies))
+}
+
+// sync returns once every answer submitted before it was called is in
+// the table.
+func (d *dnsReader) sync() {
+	d.flushMu.Lock()
+	defer d.flushMu.Unlock()
+	select {
+	case <-d.flushed:
+	default:
+	}
+	if d.rd.Flush() != nil {
+		return
+	}
+	select {
+	case <-d.flushed:
+	case <-d.done:
+	case <-time.After(5 * time.Second):
+		d.log.Warn("dns ring buffer: flush not acknowledged in 5s")
+	}
+}
+
+func (d *dnsReader) close() error {
+	err := d.rd.Close()
+	<-d.done
+	return err
+}
+
+// DNS returns what the programs' DNS answers taught so far (passive DNS):
+// it waits until every answer already submitted has been read. nil when
+// the collector carries no DNS reader.
+func (c *Collector) DNS() (*snapshot.DNS, error) {
+	return c.dnsSnapshot(nil)
+}
+
+// DNSWithTime is DNS with every time mapped through conv (replay maps the
+// programs' clock to capture time).
+func (c *Collector) DNSWithTime(conv func(time.Time) (time.Time, time.Time)) (*snapshot.DNS, error) {
+	return c.dnsSnapshot(conv)
+}
+
+func (c *Collector) dnsSnapshot(conv func(time.Time) (time.Time, time.Time)) (*snapshot.DNS, error) {
+	if c.dns == nil {
+		return nil, nil
+	}
+	c.dns.sync()
+	var per []uint64
+	if err := c.objs.Stats.Lookup(uint32(flowauditStatSTAT_DNS_DROPPED), &per); err != nil {
+		return nil, fmt.Errorf("read stats[dns dropped]: %w", err)
+	}
+	var dropped uint64
+	for _, v := range per {
+		dropped += v
+	}
+	return c.dns.tab.Snapshot(dropped, conv), nil
+}
