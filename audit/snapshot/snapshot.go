@@ -7,6 +7,7 @@
 package snapshot
 
 import (
+	"bufio"
 	"bytes"
 	"encoding"
 	"encoding/json"
@@ -492,38 +493,31 @@ func (s *Snapshot) upgradeV1() {
 	s.Stats.OverflowInsertFailed = s.Stats.FlowInsertFailed
 }
 
-// Read parses and validates a snapshot. name is used in error messages.
+// Read parses and validates a snapshot in either encoding (compact or
+// JSON, told apart by the compact magic). name is used in error messages.
 // Fields this build does not know are ignored and listed in Unknown; a
-// version newer than FormatVersion is refused with ErrNewerVersion.
+// version newer than FormatVersion (or a compact container newer than
+// CompactVersion) is refused with ErrNewerVersion.
 func Read(r io.Reader, name string) (*Snapshot, error) {
-	data, err := io.ReadAll(r)
+	br := bufio.NewReaderSize(r, 64<<10)
+	head, _ := br.Peek(len(compactMagic))
+	if IsCompact(head) {
+		s, err := readCompact(br, name)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Validate(); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		return s, nil
+	}
+	data, err := io.ReadAll(br)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
-	s, err := decode(data, true)
-	var unknown []string
+	s, unknown, err := decodeJSONSnapshot(data, name)
 	if err != nil {
-		// A newer writer may have changed what a field holds: its file is
-		// not malformed, and must not be judged by this build's types.
-		var probe struct {
-			Version int `json:"version"`
-		}
-		if json.Unmarshal(data, &probe) == nil && probe.Version > FormatVersion {
-			return nil, fmt.Errorf("%s: %w", name, newerVersion(probe.Version))
-		}
-		if isUnknownField(err) {
-			// A field this build does not know: read again without the
-			// check (any other error still shows), and list them all.
-			if s, err = decode(data, false); err == nil {
-				unknown = unknownFields(data)
-			}
-		}
-	}
-	if err != nil {
-		if errors.Is(err, errTrailing) {
-			return nil, fmt.Errorf("%s: %w: trailing data after the snapshot object", name, ErrFormat)
-		}
-		return nil, fmt.Errorf("%s: %w: %s", name, ErrFormat, err)
+		return nil, err
 	}
 	if s.Version == 1 {
 		for i := range s.Flows {
@@ -541,6 +535,38 @@ func Read(r io.Reader, name string) (*Snapshot, error) {
 	}
 	s.Unknown = unknown
 	return s, nil
+}
+
+// decodeJSONSnapshot decodes a JSON snapshot object (a JSON file, or the
+// header of a compact one) and lists the fields this build does not know.
+// It neither upgrades nor validates.
+func decodeJSONSnapshot(data []byte, name string) (*Snapshot, []string, error) {
+	s, err := decode(data, true)
+	var unknown []string
+	if err != nil {
+		// A newer writer may have changed what a field holds: its file is
+		// not malformed, and must not be judged by this build's types.
+		var probe struct {
+			Version int `json:"version"`
+		}
+		if json.Unmarshal(data, &probe) == nil && probe.Version > FormatVersion {
+			return nil, nil, fmt.Errorf("%s: %w", name, newerVersion(probe.Version))
+		}
+		if isUnknownField(err) {
+			// A field this build does not know: read again without the
+			// check (any other error still shows), and list them all.
+			if s, err = decode(data, false); err == nil {
+				unknown = unknownFields(data)
+			}
+		}
+	}
+	if err != nil {
+		if errors.Is(err, errTrailing) {
+			return nil, nil, fmt.Errorf("%s: %w: trailing data after the snapshot object", name, ErrFormat)
+		}
+		return nil, nil, fmt.Errorf("%s: %w: %s", name, ErrFormat, err)
+	}
+	return s, unknown, nil
 }
 
 var errTrailing = errors.New("trailing data")
@@ -771,8 +797,24 @@ func Write(w io.Writer, s *Snapshot) error {
 // WriteFile writes s to path atomically: a temporary file in the same
 // directory is written, synced and renamed over path, so a reader never
 // sees a partial snapshot and an existing file survives a failed write.
+// The encoding follows the name (EncodingFor): JSON for "*.json", the
+// compact encoding otherwise.
 func WriteFile(path string, s *Snapshot) error {
-	return AtomicWrite(path, func(w io.Writer) error { return Write(w, s) })
+	return WriteFileAs(path, s, EncodingFor(path))
+}
+
+// WriteFileAs writes s to path atomically in the given encoding.
+func WriteFileAs(path string, s *Snapshot, e Encoding) error {
+	return AtomicWrite(path, func(w io.Writer) error {
+		if e == JSON {
+			return Write(w, s)
+		}
+		bw := bufio.NewWriterSize(w, 256<<10)
+		if err := WriteCompact(bw, s); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
 }
 
 // AtomicWrite writes a file through fn with temp file + fsync + rename.
