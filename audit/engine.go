@@ -5,9 +5,11 @@
 package audit
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -320,11 +322,25 @@ func (a *auditor) add(f *Finding) *Finding {
 	return f
 }
 
+// audited: the entry is neither infrastructure nor unclassified (as
+// flows' collect decides).
+func audited(f *snapshot.Flow) bool {
+	return !infrastructure(f) && !(f.Fragment || (f.Direction == snapshot.Unknown && (f.Proto.HasPorts() || f.Proto.IsICMP())))
+}
+
 // flows walks every flow, folded and overflow entry: matches it to rules,
 // finds undocumented traffic, out-of-zone peers, scanners and floods.
 func (a *auditor) flows(rep *Report) {
 	groups := map[service]*group{}
 	var order []service
+	// Count each service's exact entries first, so its list is allocated
+	// once, at its size.
+	exactPerSvc := map[service]int{}
+	for i := range a.snap.Flows {
+		if f := &a.snap.Flows[i]; f.Peer.IsValid() && audited(f) {
+			exactPerSvc[serviceOf(f)]++
+		}
+	}
 	collect := func(f *snapshot.Flow) {
 		switch {
 		case infrastructure(f):
@@ -339,7 +355,7 @@ func (a *auditor) flows(rep *Report) {
 		s := serviceOf(f)
 		g := groups[s]
 		if g == nil {
-			g = &group{}
+			g = &group{exact: make([]*snapshot.Flow, 0, exactPerSvc[s])}
 			groups[s] = g
 			order = append(order, s)
 		}
@@ -370,15 +386,18 @@ func (a *auditor) flows(rep *Report) {
 
 	// Classify every ordinary flow first; scanners are decided on the
 	// whole picture.
+	// One hit per flow: 32 bytes, the matched rule sets interned (a
+	// million flows fall under a handful of distinct sets).
 	type hit struct {
 		f        *snapshot.Flow
-		rules    []*ruleObs // matched rules (in zone or unverified)
-		outOf    *ruleObs   // documented port, peer outside every matching rule's zone
-		unbound  bool       // rules matched because the site binds none of their peers
-		broad    []*ruleObs // only broad rules with unbound peers cover it: unverified
+		outOf    *ruleObs // documented port, peer outside every matching rule's zone
+		rules    ruleSet  // matched rules (in zone or unverified)
+		broad    ruleSet  // only broad rules with unbound peers cover it: unverified
+		unbound  bool     // rules matched because the site binds none of their peers
 		undocSvc bool
 		flood    bool // a suspected flood's attempt, set apart
 	}
+	sets := newRuleSets(a.rules)
 	hits := make([]hit, 0, len(a.snap.Flows))
 	for _, s := range order {
 		cands := a.candidates(s)
@@ -388,27 +407,31 @@ func (a *auditor) flows(rep *Report) {
 			if len(cands) == 0 {
 				h.undocSvc = true
 			} else {
-				h.rules, h.unbound, h.outOf = a.matchPeer(cands, f.Peer)
-				if h.unbound && allBroad(h.rules) {
-					h.broad, h.rules, h.unbound = h.rules, nil, false
+				rules, unbound, outOf := a.matchPeer(cands, f.Peer)
+				h.unbound, h.outOf = unbound, outOf
+				if unbound && allBroad(rules) {
+					h.broad, h.unbound = sets.intern(rules), false
+				} else {
+					h.rules = sets.intern(rules)
 				}
 			}
-			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil || h.broad != nil)
+			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil || h.broad != 0)
 			hits = append(hits, h)
 		}
+		groups[s].exact = nil // in hits now
 	}
 
 	// Suspected scanners: many distinct unanswered undocumented or
 	// out-of-zone inbound ports from one peer.
-	scanPorts := map[netip.Addr]map[service]bool{}
+	// Per peer, the distinct services (a slice: most peers try one).
+	scanPorts := map[netip.Addr][]service{}
 	for _, h := range hits {
-		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil || h.broad != nil) {
+		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil || h.broad != 0) {
 			continue
 		}
-		if scanPorts[h.f.Peer] == nil {
-			scanPorts[h.f.Peer] = map[service]bool{}
+		if sv := serviceOf(h.f); !slices.Contains(scanPorts[h.f.Peer], sv) {
+			scanPorts[h.f.Peer] = append(scanPorts[h.f.Peer], sv)
 		}
-		scanPorts[h.f.Peer][serviceOf(h.f)] = true
 	}
 	scanners := map[netip.Addr]*obs{}
 	for p, ports := range scanPorts {
@@ -456,6 +479,47 @@ func (a *auditor) flows(rep *Report) {
 		}
 		floodObs[s].addFlood(f)
 	}
+	// The obs each ordinary flow's peer lands in (a flood's attempts and
+	// the cells take no peer); counted first, so every peer map is made
+	// once at its size rather than grown a million times.
+	scanned := func(h *hit) bool {
+		_, ok := scanners[h.f.Peer]
+		return ok && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != nil || h.broad != 0)
+	}
+	need := map[*obs]int{}
+	for i := range hits {
+		h := &hits[i]
+		s := serviceOf(h.f)
+		switch {
+		case h.flood:
+		case scanned(h):
+			need[scanners[h.f.Peer]]++
+		case h.undocSvc:
+			need[undocOf(s)]++
+		case h.rules != 0:
+			for _, ro := range sets.get(h.rules) {
+				need[ro.inZone]++
+			}
+		case h.broad != 0:
+			for _, ro := range sets.get(h.broad) {
+				need[ro.broad]++
+			}
+		case h.outOf != nil:
+			need[h.outOf.outZone]++
+			if outOfZone[h.outOf] == nil {
+				outOfZone[h.outOf] = map[service]*obs{}
+			}
+			if outOfZone[h.outOf][s] == nil {
+				outOfZone[h.outOf][s] = newObs()
+			}
+			need[outOfZone[h.outOf][s]]++
+		}
+	}
+	for o, n := range need {
+		if len(o.peers) == 0 {
+			o.peers = make(map[netip.Addr]tally, n)
+		}
+	}
 	for _, h := range hits {
 		f := h.f
 		s := serviceOf(f)
@@ -464,7 +528,7 @@ func (a *auditor) flows(rep *Report) {
 			setApart(s, f)
 			continue
 		}
-		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil || h.broad != nil) {
+		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil || h.broad != 0) {
 			sc.add(f)
 			continue
 		}
@@ -472,14 +536,14 @@ func (a *auditor) flows(rep *Report) {
 		switch {
 		case h.undocSvc:
 			undocOf(s).add(f)
-		case len(h.rules) > 0:
-			for _, ro := range h.rules {
+		case h.rules != 0:
+			for _, ro := range sets.get(h.rules) {
 				ro.inZone.add(f)
 				ro.unbound = ro.unbound || h.unbound
 				ro.anyBound = ro.anyBound || !h.unbound
 			}
-		case h.broad != nil:
-			unverified(h.broad, s, f)
+		case h.broad != 0:
+			unverified(sets.get(h.broad), s, f)
 		case h.outOf != nil:
 			outOf(h.outOf, s, f)
 		}
@@ -579,7 +643,11 @@ func (a *auditor) flows(rep *Report) {
 	}
 	for p, o := range scanners {
 		ev := o.evidence(a.o.TopPeers)
-		ev.Ports = serviceNames(scanPorts[p])
+		ports := map[service]bool{}
+		for _, sv := range scanPorts[p] {
+			ports[sv] = true
+		}
+		ev.Ports = serviceNames(ports)
 		a.add(&Finding{
 			ID: "scan-suspected/" + p.String(), Kind: ScanSuspected, Severity: Medium, Direction: snapshot.Inbound,
 			Summary: fmt.Sprintf("%s tried %d undocumented or out-of-zone ports and was refused or ignored: a scan, reported once",
@@ -623,6 +691,52 @@ func (a *auditor) candidates(s service) []*ruleObs {
 	}
 	return out
 }
+
+// ruleSet names an interned list of rules (ruleSets); 0 is the empty one.
+type ruleSet uint32
+
+// ruleSets interns lists of rules, so a flow's matched rules take four
+// bytes instead of a slice.
+type ruleSets struct {
+	index map[*ruleObs]int
+	ids   map[string]ruleSet
+	lists [][]*ruleObs
+	key   []byte
+}
+
+func newRuleSets(rules []*ruleObs) *ruleSets {
+	rs := &ruleSets{index: make(map[*ruleObs]int, len(rules)), ids: map[string]ruleSet{}, lists: [][]*ruleObs{nil}}
+	for i, ro := range rules {
+		rs.index[ro] = i
+	}
+	return rs
+}
+
+// intern returns the id of list (the same id for an equal list: same
+// rules, same order).
+func (rs *ruleSets) intern(list []*ruleObs) ruleSet {
+	if len(list) == 0 {
+		return 0
+	}
+	rs.key = rs.key[:0]
+	for _, ro := range list {
+		i, ok := rs.index[ro]
+		if !ok {
+			i = len(rs.index)
+			rs.index[ro] = i
+		}
+		rs.key = binary.AppendUvarint(rs.key, uint64(i))
+	}
+	if id, ok := rs.ids[string(rs.key)]; ok {
+		return id
+	}
+	id := ruleSet(len(rs.lists))
+	rs.lists = append(rs.lists, slices.Clone(list))
+	rs.ids[string(rs.key)] = id
+	return id
+}
+
+func (rs *ruleSets) get(id ruleSet) []*ruleObs { return rs.lists[id] }
 
 // matchPeer finds the rules a peer's traffic falls under: every candidate
 // whose bound peer contains it (an address in two zones satisfies both
