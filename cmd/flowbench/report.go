@@ -186,14 +186,14 @@ func (r *report) rows() [][]string {
 	for _, s := range r.scale {
 		n := strings.TrimSuffix(strings.TrimSuffix(keysLabel(s.n), " keys"), " key")
 		rows = append(rows, []string{"4 scale", fmt.Sprintf("map read (batch lookup → flows), %s flows", n),
-			fmt.Sprintf("%s, peak RSS %d MiB", time.Duration(s.read.ReadNs).Round(time.Millisecond), s.read.ReadRSSKB>>10),
+			fmt.Sprintf("%s (CPU %s), peak RSS %d MiB", ms(s.read.ReadNs), ms(s.read.ReadCPUNs), s.read.ReadRSSKB>>10),
 			fmt.Sprintf("%.2f µs/flow", float64(s.read.ReadNs)/1e3/float64(s.n)), ""})
 		rows = append(rows, []string{"4 scale", fmt.Sprintf("snapshot file, %s flows", n),
-			fmt.Sprintf("%.1f MiB, written in %s", float64(s.read.FileBytes)/(1<<20), time.Duration(s.read.WriteNs).Round(time.Millisecond)),
+			fmt.Sprintf("%.1f MiB compact, written in %s (CPU %s)", float64(s.read.FileBytes)/(1<<20), ms(s.read.WriteNs), ms(s.read.WriteCPUNs)),
 			fmt.Sprintf("%d B/flow", s.read.FileBytes/int64(s.n)), ""})
 		rows = append(rows, []string{"4 scale", fmt.Sprintf("audit utmstack@11 manager, %s flows", n),
-			fmt.Sprintf("load %s + audit %s, peak RSS %d MiB, %d findings",
-				time.Duration(s.audit.LoadNs).Round(time.Millisecond), time.Duration(s.audit.AuditNs).Round(time.Millisecond),
+			fmt.Sprintf("load %s + audit %s (CPU %s + %s), peak RSS %d MiB, %d findings",
+				ms(s.audit.LoadNs), ms(s.audit.AuditNs), ms(s.audit.LoadCPUNs), ms(s.audit.AuditCPUNs),
 				s.audit.RSSKB>>10, s.audit.Findings),
 			fmt.Sprintf("%.2f µs/flow", float64(s.audit.LoadNs+s.audit.AuditNs)/1e3/float64(s.n)), ""})
 	}
@@ -536,6 +536,7 @@ func (r *report) verdicts() string {
 		b.WriteString("\nLive sensors (issue 11):\n\n")
 		b.WriteString(lv.verdicts())
 	}
+	b.WriteString(scaleVerdicts(r.scale))
 	b.WriteString(r.breakdown())
 	return b.String()
 }
