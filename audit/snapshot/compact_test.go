@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -365,4 +366,48 @@ func syntheticFlows(n int) *Snapshot {
 	}
 	SortFlows(s.Flows)
 	return s
+}
+
+// TestSortFlowsByKeys: the packed-key sort gives flowLess's order on a mix
+// of interfaces, directions, families, folded prefixes and flags.
+func TestSortFlowsByKeys(t *testing.T) {
+	var flows []Flow
+	addrs := []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("::ffff:10.0.0.1"),
+		netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("0.0.0.1"), netip.MustParseAddr("::")}
+	prefixes := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("0.0.0.0/0"),
+		netip.MustParsePrefix("::/0"), netip.MustParsePrefix("2001:db8::/48")}
+	for i := range 3000 {
+		f := Flow{Interface: []string{"eth1", "eth0", "lo", "eth10"}[i%4], Direction: Direction(i / 4 % 3), Proto: []Proto{TCP, UDP, ICMP, GRE}[i/12%4],
+			Port: uint16(i / 48 % 5), Fragment: i%7 == 0, DirectionInferred: i%11 == 0}
+		switch {
+		case i%13 == 0: // an overflow entry: neither peer nor prefix
+		case i%5 == 0:
+			f.PeerPrefix = prefixes[i/5%len(prefixes)]
+		default:
+			f.Peer = addrs[i%len(addrs)]
+		}
+		flows = append(flows, f)
+	}
+	rand := func(i int) int { return (i*7919 + 13) % len(flows) }
+	for i := range flows { // deterministic shuffle
+		j := rand(i)
+		flows[i], flows[j] = flows[j], flows[i]
+	}
+	want := slices.Clone(flows)
+	sortFlowsPlain(want)
+	got := slices.Clone(flows)
+	if !sortByKeys(got) {
+		t.Fatal("sortByKeys refused flows without zones")
+	}
+	for i := range want {
+		// Equal keys may come in any order: compare by flowLess both ways.
+		if flowLess(&got[i], &want[i]) || flowLess(&want[i], &got[i]) {
+			t.Fatalf("position %d: got %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	for i := 1; i < len(got); i++ {
+		if flowLess(&got[i], &got[i-1]) {
+			t.Fatalf("not sorted at %d", i)
+		}
+	}
 }
