@@ -5,6 +5,7 @@
 package audit
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -130,6 +131,9 @@ type service struct {
 	port  uint16
 }
 
+// key packs s into one number (for ordering).
+func (s service) key() uint32 { return uint32(s.dir)<<24 | uint32(s.proto)<<16 | uint32(s.port) }
+
 func (s service) String() string {
 	return fmt.Sprintf("%s %s/%s", s.dir, s.proto, portLabel(s.proto, s.port))
 }
@@ -147,6 +151,7 @@ type auditor struct {
 	snap     *snapshot.Snapshot
 	findings map[string]*Finding
 	rules    []*ruleObs
+	scratch  [2][]*ruleObs // matchPeer's lists
 	// What the snapshot could not show, per service (incomplete()).
 	peerless  map[service]*svcLoss // overflow entries: packets without their peer
 	folded    map[service]*svcLoss // folded entries
@@ -186,6 +191,7 @@ func (l *svcLoss) add(f *snapshot.Flow) {
 }
 
 type ruleObs struct {
+	idx     int // in auditor.rules
 	rule    *catalog.Rule
 	inZone  *obs
 	outZone *obs
@@ -302,7 +308,9 @@ func Run(snap *snapshot.Snapshot, o Options) (*Report, error) {
 	a := &auditor{o: o, snap: snap, findings: map[string]*Finding{},
 		peerless: map[service]*svcLoss{}, folded: map[service]*svcLoss{}, unchecked: map[service]*svcLoss{}}
 	for i := range o.Matrix.Rules {
-		a.rules = append(a.rules, newRuleObs(&o.Matrix.Rules[i]))
+		ro := newRuleObs(&o.Matrix.Rules[i])
+		ro.idx = len(a.rules)
+		a.rules = append(a.rules, ro)
 	}
 	rep := newReport(snap, o)
 	a.flows(rep)
@@ -390,10 +398,10 @@ func (a *auditor) flows(rep *Report) {
 	// million flows fall under a handful of distinct sets).
 	type hit struct {
 		f        *snapshot.Flow
-		outOf    *ruleObs // documented port, peer outside every matching rule's zone
-		rules    ruleSet  // matched rules (in zone or unverified)
-		broad    ruleSet  // only broad rules with unbound peers cover it: unverified
-		unbound  bool     // rules matched because the site binds none of their peers
+		outOf    uint32  // documented port, peer outside every matching rule's zone: its a.rules index + 1
+		rules    ruleSet // matched rules (in zone or unverified)
+		broad    ruleSet // only broad rules with unbound peers cover it: unverified
+		unbound  bool    // rules matched because the site binds none of their peers
 		undocSvc bool
 		flood    bool // a suspected flood's attempt, set apart
 	}
@@ -408,14 +416,17 @@ func (a *auditor) flows(rep *Report) {
 				h.undocSvc = true
 			} else {
 				rules, unbound, outOf := a.matchPeer(cands, f.Peer)
-				h.unbound, h.outOf = unbound, outOf
+				h.unbound = unbound
+				if outOf != nil {
+					h.outOf = uint32(outOf.idx) + 1
+				}
 				if unbound && allBroad(rules) {
 					h.broad, h.unbound = sets.intern(rules), false
 				} else {
 					h.rules = sets.intern(rules)
 				}
 			}
-			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil || h.broad != 0)
+			h.flood = fl.takes(f, h.undocSvc || h.outOf != 0 || h.broad != 0)
 			hits = append(hits, h)
 		}
 		groups[s].exact = nil // in hits now
@@ -423,21 +434,43 @@ func (a *auditor) flows(rep *Report) {
 
 	// Suspected scanners: many distinct unanswered undocumented or
 	// out-of-zone inbound ports from one peer.
-	// Per peer, the distinct services (a slice: most peers try one).
-	scanPorts := map[netip.Addr][]service{}
+	// The (peer, service) attempts in one flat list, sorted: no map or
+	// slice per peer (a scan of the internet brings a million peers).
+	type attempt struct {
+		peer netip.Addr
+		svc  service
+	}
+	var attempts []attempt
 	for _, h := range hits {
-		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil || h.broad != 0) {
+		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != 0 || h.broad != 0) {
 			continue
 		}
-		if sv := serviceOf(h.f); !slices.Contains(scanPorts[h.f.Peer], sv) {
-			scanPorts[h.f.Peer] = append(scanPorts[h.f.Peer], sv)
-		}
+		attempts = append(attempts, attempt{h.f.Peer, serviceOf(h.f)})
 	}
+	slices.SortFunc(attempts, func(x, y attempt) int {
+		if c := x.peer.Compare(y.peer); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.svc.key(), y.svc.key())
+	})
+	scanPorts := map[netip.Addr]map[service]bool{} // the scanners' distinct services
 	scanners := map[netip.Addr]*obs{}
-	for p, ports := range scanPorts {
-		if len(ports) >= a.o.ScanPorts {
+	for i := 0; i < len(attempts); {
+		j, distinct := i+1, 1
+		for ; j < len(attempts) && attempts[j].peer == attempts[i].peer; j++ {
+			if attempts[j].svc != attempts[j-1].svc {
+				distinct++
+			}
+		}
+		if distinct >= a.o.ScanPorts {
+			p := attempts[i].peer
+			scanPorts[p] = map[service]bool{}
+			for _, at := range attempts[i:j] {
+				scanPorts[p][at.svc] = true
+			}
 			scanners[p] = newObs()
 		}
+		i = j
 	}
 
 	undoc := map[service]*obs{}
@@ -484,7 +517,7 @@ func (a *auditor) flows(rep *Report) {
 	// once at its size rather than grown a million times.
 	scanned := func(h *hit) bool {
 		_, ok := scanners[h.f.Peer]
-		return ok && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != nil || h.broad != 0)
+		return ok && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0)
 	}
 	need := map[*obs]int{}
 	for i := range hits {
@@ -504,15 +537,16 @@ func (a *auditor) flows(rep *Report) {
 			for _, ro := range sets.get(h.broad) {
 				need[ro.broad]++
 			}
-		case h.outOf != nil:
-			need[h.outOf.outZone]++
-			if outOfZone[h.outOf] == nil {
-				outOfZone[h.outOf] = map[service]*obs{}
+		case h.outOf != 0:
+			ro := a.rules[h.outOf-1]
+			need[ro.outZone]++
+			if outOfZone[ro] == nil {
+				outOfZone[ro] = map[service]*obs{}
 			}
-			if outOfZone[h.outOf][s] == nil {
-				outOfZone[h.outOf][s] = newObs()
+			if outOfZone[ro][s] == nil {
+				outOfZone[ro][s] = newObs()
 			}
-			need[outOfZone[h.outOf][s]]++
+			need[outOfZone[ro][s]]++
 		}
 	}
 	for o, n := range need {
@@ -524,15 +558,15 @@ func (a *auditor) flows(rep *Report) {
 		f := h.f
 		s := serviceOf(f)
 		if h.flood {
-			rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site)
+			rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site)
 			setApart(s, f)
 			continue
 		}
-		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil || h.broad != 0) {
+		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0) {
 			sc.add(f)
 			continue
 		}
-		rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site)
+		rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site)
 		switch {
 		case h.undocSvc:
 			undocOf(s).add(f)
@@ -544,8 +578,8 @@ func (a *auditor) flows(rep *Report) {
 			}
 		case h.broad != 0:
 			unverified(sets.get(h.broad), s, f)
-		case h.outOf != nil:
-			outOf(h.outOf, s, f)
+		case h.outOf != 0:
+			outOf(a.rules[h.outOf-1], s, f)
 		}
 	}
 
@@ -643,11 +677,7 @@ func (a *auditor) flows(rep *Report) {
 	}
 	for p, o := range scanners {
 		ev := o.evidence(a.o.TopPeers)
-		ports := map[service]bool{}
-		for _, sv := range scanPorts[p] {
-			ports[sv] = true
-		}
-		ev.Ports = serviceNames(ports)
+		ev.Ports = serviceNames(scanPorts[p])
 		a.add(&Finding{
 			ID: "scan-suspected/" + p.String(), Kind: ScanSuspected, Severity: Medium, Direction: snapshot.Inbound,
 			Summary: fmt.Sprintf("%s tried %d undocumented or out-of-zone ports and was refused or ignored: a scan, reported once",
@@ -744,8 +774,12 @@ func (rs *ruleSets) get(id ruleSet) []*ruleObs { return rs.lists[id] }
 // (unverified: unbound is set). If every candidate's peer is bound and
 // none contains it, the peer is out of zone (outOf is the first such
 // rule).
+//
+// The lists returned are built in a.scratch and valid until the next call
+// (flows interns them).
 func (a *auditor) matchPeer(cands []*ruleObs, peer netip.Addr) (match []*ruleObs, unbound bool, outOf *ruleObs) {
-	var free []*ruleObs
+	match, free := a.scratch[0][:0], a.scratch[1][:0]
+	defer func() { a.scratch[0], a.scratch[1] = match[:0], free[:0] }()
 	for _, ro := range cands {
 		ok, bound := a.contains(ro.rule.Peer, peer)
 		switch {
