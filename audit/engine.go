@@ -5,9 +5,12 @@
 package audit
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -128,6 +131,9 @@ type service struct {
 	port  uint16
 }
 
+// key packs s into one number (for ordering).
+func (s service) key() uint32 { return uint32(s.dir)<<24 | uint32(s.proto)<<16 | uint32(s.port) }
+
 func (s service) String() string {
 	return fmt.Sprintf("%s %s/%s", s.dir, s.proto, portLabel(s.proto, s.port))
 }
@@ -145,6 +151,7 @@ type auditor struct {
 	snap     *snapshot.Snapshot
 	findings map[string]*Finding
 	rules    []*ruleObs
+	scratch  [2][]*ruleObs // matchPeer's lists
 	// What the snapshot could not show, per service (incomplete()).
 	peerless  map[service]*svcLoss // overflow entries: packets without their peer
 	folded    map[service]*svcLoss // folded entries
@@ -185,6 +192,7 @@ func (l *svcLoss) add(f *snapshot.Flow) {
 }
 
 type ruleObs struct {
+	idx     int // in auditor.rules
 	rule    *catalog.Rule
 	inZone  *obs
 	outZone *obs
@@ -301,7 +309,9 @@ func Run(snap *snapshot.Snapshot, o Options) (*Report, error) {
 	a := &auditor{o: o, snap: snap, findings: map[string]*Finding{},
 		peerless: map[service]*svcLoss{}, folded: map[service]*svcLoss{}, unchecked: map[service]*svcLoss{}}
 	for i := range o.Matrix.Rules {
-		a.rules = append(a.rules, newRuleObs(&o.Matrix.Rules[i]))
+		ro := newRuleObs(&o.Matrix.Rules[i])
+		ro.idx = len(a.rules)
+		a.rules = append(a.rules, ro)
 	}
 	rep := newReport(snap, o)
 	a.flows(rep)
@@ -322,11 +332,25 @@ func (a *auditor) add(f *Finding) *Finding {
 	return f
 }
 
+// audited: the entry is neither infrastructure nor unclassified (as
+// flows' collect decides).
+func audited(f *snapshot.Flow) bool {
+	return !infrastructure(f) && !(f.Fragment || (f.Direction == snapshot.Unknown && (f.Proto.HasPorts() || f.Proto.IsICMP())))
+}
+
 // flows walks every flow, folded and overflow entry: matches it to rules,
 // finds undocumented traffic, out-of-zone peers, scanners and floods.
 func (a *auditor) flows(rep *Report) {
 	groups := map[service]*group{}
 	var order []service
+	// Count each service's exact entries first, so its list is allocated
+	// once, at its size.
+	exactPerSvc := map[service]int{}
+	for i := range a.snap.Flows {
+		if f := &a.snap.Flows[i]; f.Peer.IsValid() && audited(f) {
+			exactPerSvc[serviceOf(f)]++
+		}
+	}
 	collect := func(f *snapshot.Flow) {
 		switch {
 		case infrastructure(f):
@@ -341,7 +365,7 @@ func (a *auditor) flows(rep *Report) {
 		s := serviceOf(f)
 		g := groups[s]
 		if g == nil {
-			g = &group{}
+			g = &group{exact: make([]*snapshot.Flow, 0, exactPerSvc[s])}
 			groups[s] = g
 			order = append(order, s)
 		}
@@ -372,15 +396,18 @@ func (a *auditor) flows(rep *Report) {
 
 	// Classify every ordinary flow first; scanners are decided on the
 	// whole picture.
+	// One hit per flow: 32 bytes, the matched rule sets interned (a
+	// million flows fall under a handful of distinct sets).
 	type hit struct {
 		f        *snapshot.Flow
-		rules    []*ruleObs // matched rules (in zone or unverified)
-		outOf    *ruleObs   // documented port, peer outside every matching rule's zone
-		unbound  bool       // rules matched because the site binds none of their peers
-		broad    []*ruleObs // only broad rules with unbound peers cover it: unverified
+		outOf    uint32  // documented port, peer outside every matching rule's zone: its a.rules index + 1
+		rules    ruleSet // matched rules (in zone or unverified)
+		broad    ruleSet // only broad rules with unbound peers cover it: unverified
+		unbound  bool    // rules matched because the site binds none of their peers
 		undocSvc bool
 		flood    bool // a suspected flood's attempt, set apart
 	}
+	sets := newRuleSets(a.rules)
 	hits := make([]hit, 0, len(a.snap.Flows))
 	for _, s := range order {
 		cands := a.candidates(s)
@@ -390,33 +417,62 @@ func (a *auditor) flows(rep *Report) {
 			if len(cands) == 0 {
 				h.undocSvc = true
 			} else {
-				h.rules, h.unbound, h.outOf = a.matchPeer(cands, f)
-				if h.unbound && allBroad(h.rules) {
-					h.broad, h.rules, h.unbound = h.rules, nil, false
+				rules, unbound, outOf := a.matchPeer(cands, f)
+				h.unbound = unbound
+				if outOf != nil {
+					h.outOf = uint32(outOf.idx) + 1
+				}
+				if unbound && allBroad(rules) {
+					h.broad, h.unbound = sets.intern(rules), false
+				} else {
+					h.rules = sets.intern(rules)
 				}
 			}
-			h.flood = fl.takes(f, h.undocSvc || h.outOf != nil || h.broad != nil)
+			h.flood = fl.takes(f, h.undocSvc || h.outOf != 0 || h.broad != 0)
 			hits = append(hits, h)
 		}
+		groups[s].exact = nil // in hits now
 	}
 
 	// Suspected scanners: many distinct unanswered undocumented or
 	// out-of-zone inbound ports from one peer.
-	scanPorts := map[netip.Addr]map[service]bool{}
+	// The (peer, service) attempts in one flat list, sorted: no map or
+	// slice per peer (a scan of the internet brings a million peers).
+	type attempt struct {
+		peer netip.Addr
+		svc  service
+	}
+	var attempts []attempt
 	for _, h := range hits {
-		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != nil || h.broad != nil) {
+		if h.flood || h.f.Direction != snapshot.Inbound || state(h.f) == stateOpen || !(h.undocSvc || h.outOf != 0 || h.broad != 0) {
 			continue
 		}
-		if scanPorts[h.f.Peer] == nil {
-			scanPorts[h.f.Peer] = map[service]bool{}
-		}
-		scanPorts[h.f.Peer][serviceOf(h.f)] = true
+		attempts = append(attempts, attempt{h.f.Peer, serviceOf(h.f)})
 	}
+	slices.SortFunc(attempts, func(x, y attempt) int {
+		if c := x.peer.Compare(y.peer); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.svc.key(), y.svc.key())
+	})
+	scanPorts := map[netip.Addr]map[service]bool{} // the scanners' distinct services
 	scanners := map[netip.Addr]*obs{}
-	for p, ports := range scanPorts {
-		if len(ports) >= a.o.ScanPorts {
+	for i := 0; i < len(attempts); {
+		j, distinct := i+1, 1
+		for ; j < len(attempts) && attempts[j].peer == attempts[i].peer; j++ {
+			if attempts[j].svc != attempts[j-1].svc {
+				distinct++
+			}
+		}
+		if distinct >= a.o.ScanPorts {
+			p := attempts[i].peer
+			scanPorts[p] = map[service]bool{}
+			for _, at := range attempts[i:j] {
+				scanPorts[p][at.svc] = true
+			}
 			scanners[p] = newObs()
 		}
+		i = j
 	}
 
 	undoc := map[service]*obs{}
@@ -458,32 +514,74 @@ func (a *auditor) flows(rep *Report) {
 		}
 		floodObs[s].addFlood(f)
 	}
+	// The obs each ordinary flow's peer lands in (a flood's attempts and
+	// the cells take no peer); counted first, so every peer map is made
+	// once at its size rather than grown a million times.
+	scanned := func(h *hit) bool {
+		_, ok := scanners[h.f.Peer]
+		return ok && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0)
+	}
+	need := map[*obs]int{}
+	for i := range hits {
+		h := &hits[i]
+		s := serviceOf(h.f)
+		switch {
+		case h.flood:
+		case scanned(h):
+			need[scanners[h.f.Peer]]++
+		case h.undocSvc:
+			need[undocOf(s)]++
+		case h.rules != 0:
+			for _, ro := range sets.get(h.rules) {
+				need[ro.inZone]++
+			}
+		case h.broad != 0:
+			for _, ro := range sets.get(h.broad) {
+				need[ro.broad]++
+			}
+		case h.outOf != 0:
+			ro := a.rules[h.outOf-1]
+			need[ro.outZone]++
+			if outOfZone[ro] == nil {
+				outOfZone[ro] = map[service]*obs{}
+			}
+			if outOfZone[ro][s] == nil {
+				outOfZone[ro][s] = newObs()
+			}
+			need[outOfZone[ro][s]]++
+		}
+	}
+	for o, n := range need {
+		if len(o.peers) == 0 {
+			o.peers = make(map[netip.Addr]tally, n)
+		}
+	}
 	for _, h := range hits {
 		f := h.f
 		s := serviceOf(f)
 		if h.flood {
-			rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site)
+			rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site)
 			setApart(s, f)
 			continue
 		}
-		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != nil || h.broad != nil) {
+		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0) {
 			sc.add(f)
 			continue
 		}
-		rep.addCell(s, !h.undocSvc, h.outOf != nil, f, a.o.Site, dnsHostOf(h.rules, h.unbound))
+		rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site, dnsHostOf(sets.get(h.rules), h.unbound))
 		switch {
 		case h.undocSvc:
 			undocOf(s).add(f)
-		case len(h.rules) > 0:
-			for _, ro := range h.rules {
+		case h.rules != 0:
+			for _, ro := range sets.get(h.rules) {
 				ro.inZone.add(f)
 				ro.unbound = ro.unbound || h.unbound
 				ro.anyBound = ro.anyBound || !h.unbound
 			}
-		case h.broad != nil:
-			unverified(h.broad, s, f)
-		case h.outOf != nil:
-			outOf(h.outOf, s, f)
+		case h.broad != 0:
+			unverified(sets.get(h.broad), s, f)
+		case h.outOf != 0:
+			outOf(a.rules[h.outOf-1], s, f)
 		}
 	}
 
@@ -626,14 +724,64 @@ func (a *auditor) candidates(s service) []*ruleObs {
 	return out
 }
 
+// ruleSet names an interned list of rules (ruleSets); 0 is the empty one.
+type ruleSet uint32
+
+// ruleSets interns lists of rules, so a flow's matched rules take four
+// bytes instead of a slice.
+type ruleSets struct {
+	index map[*ruleObs]int
+	ids   map[string]ruleSet
+	lists [][]*ruleObs
+	key   []byte
+}
+
+func newRuleSets(rules []*ruleObs) *ruleSets {
+	rs := &ruleSets{index: make(map[*ruleObs]int, len(rules)), ids: map[string]ruleSet{}, lists: [][]*ruleObs{nil}}
+	for i, ro := range rules {
+		rs.index[ro] = i
+	}
+	return rs
+}
+
+// intern returns the id of list (the same id for an equal list: same
+// rules, same order).
+func (rs *ruleSets) intern(list []*ruleObs) ruleSet {
+	if len(list) == 0 {
+		return 0
+	}
+	rs.key = rs.key[:0]
+	for _, ro := range list {
+		i, ok := rs.index[ro]
+		if !ok {
+			i = len(rs.index)
+			rs.index[ro] = i
+		}
+		rs.key = binary.AppendUvarint(rs.key, uint64(i))
+	}
+	if id, ok := rs.ids[string(rs.key)]; ok {
+		return id
+	}
+	id := ruleSet(len(rs.lists))
+	rs.lists = append(rs.lists, slices.Clone(list))
+	rs.ids[string(rs.key)] = id
+	return id
+}
+
+func (rs *ruleSets) get(id ruleSet) []*ruleObs { return rs.lists[id] }
+
 // matchPeer finds the rules a peer's traffic falls under: every candidate
 // whose bound peer contains it (an address in two zones satisfies both
 // rules), else every candidate whose peer the site does not bind
 // (unverified: unbound is set). If every candidate's peer is bound and
 // none contains it, the peer is out of zone (outOf is the first such
 // rule).
+//
+// The lists returned are built in a.scratch and valid until the next call
+// (flows interns them).
 func (a *auditor) matchPeer(cands []*ruleObs, f *snapshot.Flow) (match []*ruleObs, unbound bool, outOf *ruleObs) {
-	var free []*ruleObs
+	match, free := a.scratch[0][:0], a.scratch[1][:0]
+	defer func() { a.scratch[0], a.scratch[1] = match[:0], free[:0] }()
 	for _, ro := range cands {
 		ok, bound := a.contains(ro.rule.Peer, f.Peer, f.FirstSeen)
 		switch {

@@ -14,9 +14,18 @@ import (
 // their peer identity because the kernel flow map was full). A suspected
 // flood's half-open attempts are added with addFlood: they count for the
 // packets and the port's state, never as peers.
+//
+// An obs made by merged shares its sources' per-peer tallies instead of
+// copying them (parts): a million peers are counted once, not once per
+// merge.
 type obs struct {
-	ev       Evidence
-	peers    map[netip.Addr]*PeerCount
+	ev Evidence
+	// peers holds the exact peers' packets and bytes, by value: no
+	// allocation per peer, nothing for the collector to chase.
+	peers map[netip.Addr]tally
+	// parts are the obs a merged obs stands for, whose peers are its
+	// own (peers is then empty).
+	parts    []*obs
 	prefixes map[netip.Prefix]*PeerCount
 	// sketch merges the peer sketches of the folded entries; unsketched
 	// counts the peers of folded entries that carry none.
@@ -33,7 +42,68 @@ type obs struct {
 	states            [4]int
 }
 
-func newObs() *obs { return &obs{peers: map[netip.Addr]*PeerCount{}} }
+// tally is one peer's packets and bytes.
+type tally struct{ packets, bytes uint64 }
+
+func newObs() *obs { return &obs{peers: map[netip.Addr]tally{}} }
+
+// peerSets are the maps holding o's exact peers: its own, or its parts'.
+func (o *obs) peerSets() []map[netip.Addr]tally {
+	if o.parts == nil {
+		return []map[netip.Addr]tally{o.peers}
+	}
+	sets := make([]map[netip.Addr]tally, 0, len(o.parts))
+	for _, p := range o.parts {
+		if len(p.peers) > 0 {
+			sets = append(sets, p.peers)
+		}
+	}
+	return sets
+}
+
+// forEachPeer calls fn once for every distinct exact peer of o with its
+// packets and bytes summed over the parts.
+func (o *obs) forEachPeer(fn func(a netip.Addr, t tally)) {
+	sets := o.peerSets()
+	for i, m := range sets {
+	next:
+		for a, t := range m {
+			for _, earlier := range sets[:i] {
+				if _, ok := earlier[a]; ok {
+					continue next // counted with the first set holding it
+				}
+			}
+			for _, later := range sets[i+1:] {
+				if u, ok := later[a]; ok {
+					t.packets += u.packets
+					t.bytes += u.bytes
+				}
+			}
+			fn(a, t)
+		}
+	}
+}
+
+// exactPeers is the number of distinct exact peers.
+func (o *obs) exactPeers() int {
+	sets := o.peerSets()
+	if len(sets) == 1 {
+		return len(sets[0])
+	}
+	n := 0
+	for i, m := range sets {
+	next:
+		for a := range m {
+			for _, earlier := range sets[:i] {
+				if _, ok := earlier[a]; ok {
+					continue next
+				}
+			}
+			n++
+		}
+	}
+	return n
+}
 
 // peersOf is the number of distinct peers an entry stands for.
 func peersOf(f *snapshot.Flow) uint64 {
@@ -67,13 +137,10 @@ func (o *obs) add(f *snapshot.Flow) {
 	o.count(f)
 	switch {
 	case f.Peer.IsValid():
-		p := o.peers[f.Peer]
-		if p == nil {
-			p = &PeerCount{Addr: f.Peer}
-			o.peers[f.Peer] = p
-		}
-		p.Packets += f.Packets()
-		p.Bytes += f.Bytes()
+		t := o.peers[f.Peer]
+		t.packets += f.Packets()
+		t.bytes += f.Bytes()
+		o.peers[f.Peer] = t
 	case f.Folded():
 		if o.prefixes == nil {
 			o.prefixes = map[netip.Prefix]*PeerCount{}
@@ -127,17 +194,20 @@ func (o *obs) empty() bool { return o.entries == 0 }
 // estimated when folded prefixes are involved (the exact peers are added
 // to the prefixes' sketch so a peer in both is counted once).
 func (o *obs) peerCount() (n int, estimated bool) {
+	exact := o.exactPeers()
 	if len(o.prefixes) == 0 {
-		return len(o.peers), false
+		return exact, false
 	}
 	if o.sketch.Empty() {
-		return len(o.peers) + int(o.unsketched), true
+		return exact + int(o.unsketched), true
 	}
 	s := o.sketch
-	for a := range o.peers {
-		s.Add(a)
+	for _, m := range o.peerSets() {
+		for a := range m {
+			s.Add(a) // a peer in several sets: the sketch counts it once
+		}
 	}
-	return max(len(o.peers), int(s.Estimate()+o.unsketched)), true
+	return max(exact, int(s.Estimate()+o.unsketched)), true
 }
 
 // evidence returns the accumulated evidence with the top n peers or
@@ -149,40 +219,59 @@ func (o *obs) evidence(n int) Evidence {
 	ev.PeersUnknownPackets = o.unknown.Packets
 	ev.PeersUnknown = o.unknownSketch.Estimate() + o.unknownUnsketched
 	ev.FloodPackets = o.flood
-	ps := make([]PeerCount, 0, len(o.peers)+len(o.prefixes))
-	for _, p := range o.peers {
-		ps = append(ps, *p)
-	}
+	top := topPeers{n: n, ps: make([]PeerCount, 0, min(n, ev.Peers+len(o.prefixes)))}
+	o.forEachPeer(func(a netip.Addr, t tally) {
+		top.offer(PeerCount{Addr: a, Packets: t.packets, Bytes: t.bytes})
+	})
 	for _, p := range o.prefixes {
-		ps = append(ps, *p)
+		top.offer(*p)
 	}
-	sortPeerCounts(ps)
-	if len(ps) > n {
-		ps = ps[:n]
-	}
-	ev.TopPeers = ps
+	ev.TopPeers = top.ps
 	return ev
+}
+
+// topPeers keeps the first n peer counts in sortPeerCounts' order, without
+// sorting (or even holding) all of them.
+type topPeers struct {
+	n  int
+	ps []PeerCount // sorted, at most n
+}
+
+func (t *topPeers) offer(p PeerCount) {
+	if t.n <= 0 {
+		return
+	}
+	if len(t.ps) == t.n && !peerCountLess(&p, &t.ps[len(t.ps)-1]) {
+		return
+	}
+	i := sort.Search(len(t.ps), func(i int) bool { return peerCountLess(&p, &t.ps[i]) })
+	if len(t.ps) < t.n {
+		t.ps = append(t.ps, PeerCount{})
+	}
+	copy(t.ps[i+1:], t.ps[i:len(t.ps)-1])
+	t.ps[i] = p
 }
 
 // sortPeerCounts orders by packets (most first), then addresses before
 // prefixes, then by address and prefix length.
 func sortPeerCounts(ps []PeerCount) {
-	sort.Slice(ps, func(i, j int) bool {
-		a, b := ps[i], ps[j]
-		if a.Packets != b.Packets {
-			return a.Packets > b.Packets
-		}
-		if a.Prefix.IsValid() != b.Prefix.IsValid() {
-			return !a.Prefix.IsValid()
-		}
-		if !a.Prefix.IsValid() {
-			return a.Addr.Less(b.Addr)
-		}
-		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
-			return c < 0
-		}
-		return a.Prefix.Bits() < b.Prefix.Bits()
-	})
+	sort.Slice(ps, func(i, j int) bool { return peerCountLess(&ps[i], &ps[j]) })
+}
+
+func peerCountLess(a, b *PeerCount) bool {
+	if a.Packets != b.Packets {
+		return a.Packets > b.Packets
+	}
+	if a.Prefix.IsValid() != b.Prefix.IsValid() {
+		return !a.Prefix.IsValid()
+	}
+	if !a.Prefix.IsValid() {
+		return a.Addr.Less(b.Addr)
+	}
+	if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+		return c < 0
+	}
+	return a.Prefix.Bits() < b.Prefix.Bits()
 }
 
 // verdict of a group of attempts: open if any was answered.
@@ -207,16 +296,20 @@ func verdictOf(states ...[4]int) flowState {
 	return stateUnanswered
 }
 
+// mergeObs adds src to dst, copying src's peers into dst's own map (dst
+// must not be a merged obs).
 func mergeObs(dst, src *obs) {
-	for _, p := range src.peers {
-		q := dst.peers[p.Addr]
-		if q == nil {
-			q = &PeerCount{Addr: p.Addr}
-			dst.peers[p.Addr] = q
-		}
-		q.Packets += p.Packets
-		q.Bytes += p.Bytes
-	}
+	src.forEachPeer(func(a netip.Addr, t tally) {
+		q := dst.peers[a]
+		q.packets += t.packets
+		q.bytes += t.bytes
+		dst.peers[a] = q
+	})
+	mergeCounts(dst, src)
+}
+
+// mergeCounts adds everything of src but its exact peers to dst.
+func mergeCounts(dst, src *obs) {
 	for _, p := range src.prefixes {
 		if dst.prefixes == nil {
 			dst.prefixes = map[netip.Prefix]*PeerCount{}
@@ -248,11 +341,20 @@ func mergeObs(dst, src *obs) {
 	}
 }
 
-// merged returns a new obs holding all of os.
+// merged returns a new obs holding all of os. Its exact peers stay in
+// os (parts): os must not change while it is in use.
 func merged(os ...*obs) *obs {
-	all := newObs()
+	all := &obs{}
 	for _, o := range os {
-		mergeObs(all, o)
+		if o.parts != nil {
+			all.parts = append(all.parts, o.parts...)
+		} else {
+			all.parts = append(all.parts, o)
+		}
+		mergeCounts(all, o)
+	}
+	if all.parts == nil {
+		all.parts = []*obs{}
 	}
 	return all
 }

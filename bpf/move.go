@@ -66,6 +66,7 @@ func (c *Collector) move() (MoveResult, error) {
 	}
 	var res MoveResult
 	var err error
+	c.reserve()
 	if res.Flows, err = c.drainFlows(c.flowMaps[old]); err != nil {
 		return res, err
 	}
@@ -195,6 +196,35 @@ type Counters struct {
 	// Accumulated is the number of entries in the collector's memory.
 	Accumulated int
 	Moves       uint64
+}
+
+// reserve sizes an empty accumulator for the entries the kernel holds
+// (inserts less entries moved: one counter read), so a first move of a
+// million flows fills a map made once instead of growing it twenty times.
+// Capped by the flow map's size and the budget (beyond it, entries fold).
+func (c *Collector) reserve() {
+	acc := c.cur().target()
+	if len(acc.flows) > 0 {
+		return
+	}
+	var per []uint64
+	if c.objs.Stats.Lookup(uint32(flowauditStatSTAT_FLOW_NEW), &per) != nil {
+		return // only a hint
+	}
+	var inserted uint64
+	for _, v := range per {
+		inserted += v
+	}
+	if inserted <= c.moved {
+		return
+	}
+	n := min(inserted-c.moved, uint64(c.flowMaps[0].MaxEntries()))
+	if c.budget > 0 {
+		n = min(n, uint64(c.budget))
+	}
+	if n > 1024 {
+		acc.flows = make(map[flowauditFlowKey]accValue, n)
+	}
 }
 
 // Counters reads the statistics without touching the flow maps, so it

@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // Products returns the products sorted by ID.
@@ -422,7 +422,7 @@ func firstPort(r Rule) int {
 
 // Find returns the rules of the matrix that match a flow's direction,
 // protocol and port (peer not checked: see Site.Contains).
-func (m *Matrix) Find(dir snapshot.Direction, p snapshot.Proto, port uint16) []Rule {
+func (m *Matrix) Find(dir vocab.Direction, p vocab.Proto, port uint16) []Rule {
 	var out []Rule
 	for _, r := range m.Rules {
 		if r.Direction == dir && r.Matches(p, port) {

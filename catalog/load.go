@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // FormatCatalog is the value of the "format" key of a catalog file.
@@ -539,12 +539,12 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 		e.add(ln, "%s: missing role (or roles)", label)
 	}
 
-	var dir snapshot.Direction
+	var dir vocab.Direction
 	switch rr.Direction {
 	case "inbound":
-		dir = snapshot.Inbound
+		dir = vocab.Inbound
 	case "outbound":
-		dir = snapshot.Outbound
+		dir = vocab.Outbound
 	case "":
 		e.add(ln, "%s: missing direction (inbound or outbound)", label)
 	default:
@@ -720,11 +720,11 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 				// it has one (Condition is kept).
 				m.Requirement = Optional
 			}
-			if dir == snapshot.Inbound {
-				m.Direction = snapshot.Outbound
+			if dir == vocab.Inbound {
+				m.Direction = vocab.Outbound
 				m.ID = fam.ID + "." + peer.Role + "." + rr.ID + ".to-" + role
 			} else {
-				m.Direction = snapshot.Inbound
+				m.Direction = vocab.Inbound
 				m.ID = fam.ID + "." + peer.Role + "." + rr.ID + ".from-" + role
 			}
 			out = append(out, m)
@@ -733,7 +733,7 @@ func parseRule(d *yamlDoc, e *errs, fam *Family, i int, rr rawRule, roles map[st
 	return out
 }
 
-func parseProtos(e *errs, at func(...any) int, label string, v any) []snapshot.Proto {
+func parseProtos(e *errs, at func(...any) int, label string, v any) []vocab.Proto {
 	var items []string
 	var lines []int
 	switch t := v.(type) {
@@ -754,7 +754,7 @@ func parseProtos(e *errs, at func(...any) int, label string, v any) []snapshot.P
 		items = append(items, fmt.Sprint(t))
 		lines = append(lines, at("proto"))
 	}
-	var out []snapshot.Proto
+	var out []vocab.Proto
 	for j, s := range items {
 		p, err := parseProto(s)
 		if err != nil {
@@ -772,7 +772,7 @@ func parseProtos(e *errs, at func(...any) int, label string, v any) []snapshot.P
 	}
 	// tcp+udp and the like may share ports; ICMP types and portless
 	// protocols cannot be mixed with them.
-	kind := func(p snapshot.Proto) int {
+	kind := func(p vocab.Proto) int {
 		switch {
 		case p.HasPorts():
 			return 0
@@ -790,9 +790,9 @@ func parseProtos(e *errs, at func(...any) int, label string, v any) []snapshot.P
 	return out
 }
 
-// parseProto is snapshot.ParseProto, but rejects names it does not know
+// parseProto is vocab.ParseProto, but rejects names it does not know
 // instead of reading them as numbers, and numbers above 255.
-func parseProto(s string) (snapshot.Proto, error) {
+func parseProto(s string) (vocab.Proto, error) {
 	if s == "" {
 		return 0, fmt.Errorf("empty protocol")
 	}
@@ -802,16 +802,16 @@ func parseProto(s string) (snapshot.Proto, error) {
 		if n < 0 || n > 255 {
 			return 0, fmt.Errorf("protocol number %d out of range 0-255", n)
 		}
-		return snapshot.Proto(n), nil
+		return vocab.Proto(n), nil
 	}
-	p, err := snapshot.ParseProto(ls)
+	p, err := vocab.ParseProto(ls)
 	if err != nil {
 		return 0, fmt.Errorf("unknown protocol %q (want tcp, udp, tcp+udp, icmp, icmpv6, gre, esp, ah, sctp or an IP protocol number)", s)
 	}
 	return p, nil
 }
 
-func parsePorts(e *errs, at func(...any) int, label string, protos []snapshot.Proto, ports, types any) []PortRange {
+func parsePorts(e *errs, at func(...any) int, label string, protos []vocab.Proto, ports, types any) []PortRange {
 	p0 := protos[0]
 	switch {
 	case p0.HasPorts():

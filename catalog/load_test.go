@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // baseCatalog is a small valid catalog the validation tests break one
@@ -77,7 +77,7 @@ func TestBaseCatalogValid(t *testing.T) {
 	if web.ID != "demo1.server.web" || web.Source.Line != 24 || web.Source.File != "demo.yaml" {
 		t.Errorf("web rule id/source: %s %v", web.ID, web.Source)
 	}
-	if !web.Matches(snapshot.TCP, 8001) || web.Matches(snapshot.TCP, 8002) || web.Matches(snapshot.UDP, 443) {
+	if !web.Matches(vocab.TCP, 8001) || web.Matches(vocab.TCP, 8002) || web.Matches(vocab.UDP, 443) {
 		t.Error("web rule matching")
 	}
 	if web.Peer.Kind != PeerRole || web.Peer.Role != "client" || web.Peer.Zone != "CLIENTS" {
@@ -88,7 +88,7 @@ func TestBaseCatalogValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mc.Rules) != 1 || mc.Rules[0].ID != "demo1.client.web.to-server" || mc.Rules[0].Direction != snapshot.Outbound || mc.Rules[0].MirrorOf != "demo1.server.web" {
+	if len(mc.Rules) != 1 || mc.Rules[0].ID != "demo1.client.web.to-server" || mc.Rules[0].Direction != vocab.Outbound || mc.Rules[0].MirrorOf != "demo1.server.web" {
 		t.Errorf("mirror: %+v", mc.Rules)
 	}
 	// Version gating: dns only from 1.2.

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // Catalog is a set of products, each with one or more version families.
@@ -350,9 +350,9 @@ type Rule struct {
 	Role string `json:"role"`
 	// Direction is relative to the audited role: Inbound means the peer
 	// connects to the role, Outbound that the role connects to the peer.
-	Direction snapshot.Direction `json:"direction"`
+	Direction vocab.Direction `json:"direction"`
 	// Protos lists the protocols; "tcp+udp" in the file gives two.
-	Protos []snapshot.Proto `json:"protos"`
+	Protos []vocab.Proto `json:"protos"`
 	// Ports is empty for protocols without ports (GRE, ESP) and for ICMP
 	// rules that accept any type; "any" is the range 0-65535.
 	Ports       []PortRange `json:"ports,omitempty"`
@@ -393,7 +393,7 @@ type Rule struct {
 // Matches reports whether traffic of protocol p to service port port (or
 // ICMP type<<8|code) falls under the rule's protocol and ports. It does
 // not look at direction or peer.
-func (r Rule) Matches(p snapshot.Proto, port uint16) bool {
+func (r Rule) Matches(p vocab.Proto, port uint16) bool {
 	if !slices.Contains(r.Protos, p) {
 		return false
 	}

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // effectiveT returns the matrix of role for ref with conds switched on.
@@ -71,7 +71,7 @@ func TestUTMStack11SyslogTLSFromNetworkDevices(t *testing.T) {
 	for _, role := range []string{"manager", "worker"} {
 		m := effectiveT(t, "utmstack@11", role)
 		zones := map[string][]string{}
-		for _, r := range m.Find(snapshot.Inbound, snapshot.TCP, 6514) {
+		for _, r := range m.Find(vocab.Inbound, vocab.TCP, 6514) {
 			zones[r.Peer.Zone] = append(zones[r.Peer.Zone], r.Requirement.String())
 			if r.Peer.Zone == "NETWORK_DEVICES" && (r.Citation.Doc != "004_c793c473800cb152.txt" || !strings.Contains(r.Citation.Quote, "6514")) {
 				t.Errorf("%s: 6514 from NETWORK_DEVICES cites %s § %s %q", role, r.Citation.Doc, r.Citation.Section, r.Citation.Quote)
@@ -107,7 +107,7 @@ func TestUTMStack11WorkerRequirements(t *testing.T) {
 	}
 	// The basic ports are still allowed on a worker.
 	for _, port := range []uint16{22, 443, 9090, 9000, 9001, 50051} {
-		rs := w.Find(snapshot.Inbound, snapshot.TCP, port)
+		rs := w.Find(vocab.Inbound, vocab.TCP, port)
 		if len(rs) == 0 {
 			t.Errorf("worker: tcp/%d not allowed", port)
 		}

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // The seed documents the built-in catalog was written from, and the
@@ -71,8 +71,8 @@ var (
 
 type seedNumber struct {
 	n      int
-	protos []snapshot.Proto // nil: the document gives none (any protocol with ports)
-	ipp    bool             // an IP protocol number, not a port
+	protos []vocab.Proto // nil: the document gives none (any protocol with ports)
+	ipp    bool          // an IP protocol number, not a port
 	ctx    string
 }
 
@@ -114,12 +114,12 @@ func extractSeedNumbers(doc, text string) (ports []seedNumber, excluded map[stri
 		return strings.Join(strings.Fields(text[a:z]), " ")
 	}
 	// Protocol hints by position of the number.
-	hint := map[int][]snapshot.Proto{}
+	hint := map[int][]vocab.Proto{}
 	for _, re := range protoHints {
 		for _, m := range re.FindAllSubmatchIndex(b, -1) {
-			var protos []snapshot.Proto
+			var protos []vocab.Proto
 			for _, p := range strings.Split(strings.ToLower(string(b[m[2*re.SubexpIndex("p")]:m[2*re.SubexpIndex("p")+1]])), "+") {
-				pp, _ := snapshot.ParseProto(p)
+				pp, _ := vocab.ParseProto(p)
 				protos = append(protos, pp)
 			}
 			for _, g := range []string{"n", "m"} {
@@ -135,10 +135,10 @@ func extractSeedNumbers(doc, text string) (ports []seedNumber, excluded map[stri
 	for _, m := range reIPProto.FindAllSubmatchIndex(b, -1) {
 		ipproto[m[2]] = true
 	}
-	var def []snapshot.Proto
+	var def []vocab.Proto
 	if doc == "003_fa9f2efee7470935.txt" {
 		// "All ports mentioned in this document are TCP unless otherwise listed."
-		def = []snapshot.Proto{snapshot.TCP}
+		def = []vocab.Proto{vocab.TCP}
 	}
 	for _, m := range reInteger.FindAllIndex(b, -1) {
 		n, _ := strconv.Atoi(string(b[m[0]:m[1]]))
@@ -271,7 +271,7 @@ func citesDoc(r Rule, doc string) bool {
 func covered(rules []Rule, sn seedNumber) bool {
 	for _, r := range rules {
 		if sn.ipp {
-			if slices.Contains(r.Protos, snapshot.Proto(sn.n)) {
+			if slices.Contains(r.Protos, vocab.Proto(sn.n)) {
 				return true
 			}
 			continue
@@ -296,7 +296,7 @@ func covered(rules []Rule, sn seedNumber) bool {
 	// tcp+udp may be split over two rules.
 	if len(sn.protos) > 1 {
 		for _, p := range sn.protos {
-			if !covered(rules, seedNumber{n: sn.n, protos: []snapshot.Proto{p}}) {
+			if !covered(rules, seedNumber{n: sn.n, protos: []vocab.Proto{p}}) {
 				return false
 			}
 		}
@@ -320,7 +320,7 @@ func TestSeedCoverageCanFail(t *testing.T) {
 	var rules []Rule
 	for _, f := range p.Families() {
 		for _, r := range f.Rules() {
-			if citesDoc(r, doc) && !r.Matches(snapshot.TCP, 50052) {
+			if citesDoc(r, doc) && !r.Matches(vocab.TCP, 50052) {
 				rules = append(rules, r)
 			}
 		}
@@ -331,8 +331,8 @@ func TestSeedCoverageCanFail(t *testing.T) {
 		}
 	}
 	// 514/UDP must not be covered by a TCP-only rule.
-	tcpOnly := []Rule{{Protos: []snapshot.Proto{snapshot.TCP}, Ports: []PortRange{{514, 514}}}}
-	if covered(tcpOnly, seedNumber{n: 514, protos: []snapshot.Proto{snapshot.UDP}}) {
+	tcpOnly := []Rule{{Protos: []vocab.Proto{vocab.TCP}, Ports: []PortRange{{514, 514}}}}
+	if covered(tcpOnly, seedNumber{n: 514, protos: []vocab.Proto{vocab.UDP}}) {
 		t.Error("514/udp covered by a tcp rule")
 	}
 	if !covered(tcpOnly, seedNumber{n: 514}) {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // Issue 12 item 16: a site file overrides the port of a rule the document
@@ -37,15 +37,15 @@ func TestSitePortOverride(t *testing.T) {
 		if err := s.ApplyPorts(p, m); err != nil {
 			t.Fatalf("%s: ApplyPorts: %v", role, err)
 		}
-		dir := snapshot.Inbound
+		dir := vocab.Inbound
 		if role == "sensor" {
-			dir = snapshot.Outbound
+			dir = vocab.Outbound
 		}
 		// (The Sensor's outbound high ports to HIDS hosts match any port.)
 		peerRole := map[string]string{"server": "sensor", "sensor": "server"}[role]
 		find := func(port uint16) []Rule {
 			var out []Rule
-			for _, r := range m.Find(dir, snapshot.TCP, port) {
+			for _, r := range m.Find(dir, vocab.TCP, port) {
 				if r.Peer.Role == peerRole {
 					out = append(out, r)
 				}
@@ -76,7 +76,7 @@ func TestSitePortOverride(t *testing.T) {
 	if err := s2.ApplyPorts(p, m); err != nil {
 		t.Fatal(err)
 	}
-	if rs := m.Find(snapshot.Inbound, snapshot.TCP, 33901); len(rs) != 1 || rs[0].ID != "usm.server.vpn" {
+	if rs := m.Find(vocab.Inbound, vocab.TCP, 33901); len(rs) != 1 || rs[0].ID != "usm.server.vpn" {
 		t.Errorf("override by mirror ID: %+v", rs)
 	}
 	// VSOS: the proxy ports of the Scanning Server.
@@ -92,13 +92,13 @@ func TestSitePortOverride(t *testing.T) {
 	if err := s3.ApplyPorts(pv, ms); err != nil {
 		t.Fatal(err)
 	}
-	if len(ms.Find(snapshot.Inbound, snapshot.TCP, 3128)) != 1 || len(ms.Find(snapshot.Inbound, snapshot.TCP, 8080)) != 0 || len(ms.Find(snapshot.Inbound, snapshot.TCP, 11344)) != 1 {
+	if len(ms.Find(vocab.Inbound, vocab.TCP, 3128)) != 1 || len(ms.Find(vocab.Inbound, vocab.TCP, 8080)) != 0 || len(ms.Find(vocab.Inbound, vocab.TCP, 11344)) != 1 {
 		t.Errorf("vsos overrides not applied")
 	}
 	// A site without overrides leaves the matrix alone.
 	plain, _ := ParseSite("plain.yaml", []byte("zones:\n  ADMIN_NETWORK: 192.0.2.0/24\n"))
 	m0, _ := p.Effective(v, "server", vpn)
-	if err := plain.ApplyPorts(p, m0); err != nil || len(m0.Find(snapshot.Inbound, snapshot.TCP, 33800)) != 1 {
+	if err := plain.ApplyPorts(p, m0); err != nil || len(m0.Find(vocab.Inbound, vocab.TCP, 33800)) != 1 {
 		t.Errorf("plain site: %v", err)
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // Issue 12 item 15: the Server manages its Sensors over SSH (the Sensor's
@@ -15,7 +15,7 @@ import (
 func TestUSMServerToSensorSSH(t *testing.T) {
 	s := effectiveT(t, "usm", "sensor")
 	var fromServer []Rule
-	for _, r := range s.Find(snapshot.Inbound, snapshot.TCP, 22) {
+	for _, r := range s.Find(vocab.Inbound, vocab.TCP, 22) {
 		if r.Peer.Kind == PeerRole && r.Peer.Role == "server" {
 			fromServer = append(fromServer, r)
 		}
@@ -25,16 +25,16 @@ func TestUSMServerToSensorSSH(t *testing.T) {
 	}
 	// The Server side is the mirrored rule: outbound tcp/22 to the Sensor.
 	sv := effectiveT(t, "usm", "server")
-	out := sv.Find(snapshot.Outbound, snapshot.TCP, 22)
+	out := sv.Find(vocab.Outbound, vocab.TCP, 22)
 	if !slices.ContainsFunc(out, func(r Rule) bool { return r.MirrorOf == fromServer[0].ID && r.Peer.Role == "sensor" }) {
 		t.Errorf("server: no outbound tcp/22 to the sensor mirroring %s: %+v", fromServer[0].ID, out)
 	}
 	// With the VPN, the SSH traffic runs in the tunnel.
-	if rs := effectiveT(t, "usm", "sensor", "vpn").Find(snapshot.Inbound, snapshot.TCP, 22); slices.ContainsFunc(rs, func(r Rule) bool { return r.Peer.Role == "server" }) {
+	if rs := effectiveT(t, "usm", "sensor", "vpn").Find(vocab.Inbound, vocab.TCP, 22); slices.ContainsFunc(rs, func(r Rule) bool { return r.Peer.Role == "server" }) {
 		t.Error("vpn: sensor still has tcp/22 from the server outside the tunnel")
 	}
 	// The All-in-One has no Server→Sensor traffic (internal).
-	if rs := effectiveT(t, "usm", "all-in-one").Find(snapshot.Inbound, snapshot.TCP, 22); slices.ContainsFunc(rs, func(r Rule) bool { return r.Peer.Role == "server" }) {
+	if rs := effectiveT(t, "usm", "all-in-one").Find(vocab.Inbound, vocab.TCP, 22); slices.ContainsFunc(rs, func(r Rule) bool { return r.Peer.Role == "server" }) {
 		t.Error("all-in-one lists internal Server→Sensor SSH")
 	}
 	c := builtinT(t)
@@ -65,7 +65,7 @@ func TestUSMEditions(t *testing.T) {
 	ports := func(m *Matrix) map[uint16]bool {
 		out := map[uint16]bool{}
 		for _, port := range []uint16{135, 139, 445, 1024, 49152} {
-			for _, r := range m.Find(snapshot.Outbound, snapshot.TCP, port) {
+			for _, r := range m.Find(vocab.Outbound, vocab.TCP, port) {
 				if r.Peer.Role == "hids-host" {
 					out[port] = true
 				}
@@ -108,7 +108,7 @@ func TestUSMEditions(t *testing.T) {
 		t.Errorf("walkme: alienvault %v, levelblue %v", walkme("alienvault"), walkme("levelblue"))
 	}
 	h, _ := p.EffectiveEdition(v, "alienvault", "hids-host", nil)
-	if len(h.Find(snapshot.Inbound, snapshot.TCP, 135)) != 0 || len(h.Find(snapshot.Inbound, snapshot.TCP, 445)) != 1 {
+	if len(h.Find(vocab.Inbound, vocab.TCP, 135)) != 0 || len(h.Find(vocab.Inbound, vocab.TCP, 445)) != 1 {
 		t.Errorf("alienvault hids-host: %+v", h.Rules)
 	}
 	// Errors: an unknown edition, an edition of a family without any, an

@@ -7,8 +7,11 @@
 package snapshot
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	"encoding"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,10 +20,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flowaudit/flowaudit/vocab"
 )
 
 // FormatVersion is the snapshot format version written by this build.
@@ -35,118 +40,40 @@ var ErrFormat = errors.New("malformed snapshot")
 // cannot know what its fields mean.
 var ErrNewerVersion = errors.New("snapshot written by a newer flowaudit")
 
-// Direction tells who initiated the traffic of a flow, relative to the
-// recording host.
-type Direction uint8
+// The flow vocabulary lives in package vocab (a leaf, so catalog/ needs
+// nothing of the snapshot); these aliases keep every existing name.
 
+// Direction tells who initiated the traffic of a flow (vocab.Direction).
+type Direction = vocab.Direction
+
+// Directions.
 const (
-	// Unknown: neither socket state, handshake nor port heuristic could tell
-	// (for example non-first IP fragments).
-	Unknown Direction = iota
-	// Inbound: a peer connects to a service on this host.
-	Inbound
-	// Outbound: this host connects to a service on the peer.
-	Outbound
+	Unknown  = vocab.Unknown
+	Inbound  = vocab.Inbound
+	Outbound = vocab.Outbound
 )
 
-var directionNames = [...]string{"unknown", "inbound", "outbound"}
+// ParseDirection parses the names produced by Direction.String.
+func ParseDirection(s string) (Direction, error) { return vocab.ParseDirection(s) }
 
-func (d Direction) String() string {
-	if int(d) < len(directionNames) {
-		return directionNames[d]
-	}
-	return "direction(" + strconv.Itoa(int(d)) + ")"
-}
-
-// ParseDirection parses the names produced by String.
-func ParseDirection(s string) (Direction, error) {
-	for i, n := range directionNames {
-		if s == n {
-			return Direction(i), nil
-		}
-	}
-	return 0, fmt.Errorf("unknown direction %q (want inbound, outbound or unknown)", s)
-}
-
-func (d Direction) MarshalText() ([]byte, error) {
-	if int(d) >= len(directionNames) {
-		return nil, fmt.Errorf("invalid direction %d", d)
-	}
-	return []byte(d.String()), nil
-}
-
-func (d *Direction) UnmarshalText(b []byte) error {
-	v, err := ParseDirection(string(b))
-	if err != nil {
-		return err
-	}
-	*d = v
-	return nil
-}
-
-// Proto is an IP protocol number (IPPROTO_*).
-type Proto uint8
+// Proto is an IP protocol number (vocab.Proto).
+type Proto = vocab.Proto
 
 // Protocol numbers flowaudit names.
 const (
-	ICMP   Proto = 1
-	TCP    Proto = 6
-	UDP    Proto = 17
-	GRE    Proto = 47
-	ESP    Proto = 50
-	AH     Proto = 51
-	ICMPv6 Proto = 58
-	SCTP   Proto = 132
+	ICMP   = vocab.ICMP
+	TCP    = vocab.TCP
+	UDP    = vocab.UDP
+	GRE    = vocab.GRE
+	ESP    = vocab.ESP
+	AH     = vocab.AH
+	ICMPv6 = vocab.ICMPv6
+	SCTP   = vocab.SCTP
 )
 
-var protoNames = map[Proto]string{
-	ICMP: "icmp", TCP: "tcp", UDP: "udp", GRE: "gre", ESP: "esp", AH: "ah",
-	ICMPv6: "icmpv6", SCTP: "sctp",
-}
-
-// String returns the lower-case protocol name, or "ip-N" for protocols
-// without a name here.
-func (p Proto) String() string {
-	if n, ok := protoNames[p]; ok {
-		return n
-	}
-	return "ip-" + strconv.Itoa(int(p))
-}
-
-// HasPorts reports whether flows of this protocol carry a service port.
-func (p Proto) HasPorts() bool { return p == TCP || p == UDP || p == SCTP }
-
-// IsICMP reports whether p is ICMP or ICMPv6; their flows carry
-// type<<8|code in the port field.
-func (p Proto) IsICMP() bool { return p == ICMP || p == ICMPv6 }
-
-// ParseProto accepts a protocol name ("tcp", "gre", …), "ip-N" or a decimal
-// protocol number 0–255.
-func ParseProto(s string) (Proto, error) {
-	ls := strings.ToLower(s)
-	for p, n := range protoNames {
-		if n == ls {
-			return p, nil
-		}
-	}
-	ls = strings.TrimPrefix(ls, "ip-")
-	n, err := strconv.ParseUint(ls, 10, 8)
-	if err != nil {
-		return 0, fmt.Errorf("unknown protocol %q", s)
-	}
-	return Proto(n), nil
-}
-
-func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
-
-func (p *Proto) UnmarshalText(b []byte) error {
-	v, err := ParseProto(string(b))
-	if err != nil {
-		return err
-	}
-	*p = v
-	return nil
-}
+// ParseProto accepts a protocol name ("tcp", "gre", …), "ip-N" or a
+// decimal protocol number 0–255.
+func ParseProto(s string) (Proto, error) { return vocab.ParseProto(s) }
 
 // Evidence counts the TCP and ICMP packets that tell whether a service port
 // is open, closed or filtered. "In"/"Out" are packet directions on the wire.
@@ -404,9 +331,112 @@ func SortSockets(socks []Socket) {
 	})
 }
 
-// SortFlows orders flows deterministically (see Snapshot.Sort).
+// SortFlows orders flows deterministically (see Snapshot.Sort). It sorts
+// small packed keys and then moves every flow once, rather than swapping
+// 256-byte flows through a comparison sort (a million flows: 5× faster);
+// flows with an IPv6 zone on their peer take the plain sort.
 func SortFlows(flows []Flow) {
+	if len(flows) < 64 || !sortByKeys(flows) {
+		sortFlowsPlain(flows)
+	}
+}
+
+func sortFlowsPlain(flows []Flow) {
 	sort.Slice(flows, func(i, j int) bool { return flowLess(&flows[i], &flows[j]) })
+}
+
+// flowKey packs flowLess's order: w holds the interface's rank,
+// direction, protocol, port, fragment, inferred, folded and the address
+// family; then the address, then the prefix length.
+type flowKey struct {
+	w, hi, lo uint64
+	bits      int32
+	idx       int32
+}
+
+func sortByKeys(flows []Flow) bool {
+	if len(flows) >= 1<<31 {
+		return false
+	}
+	var names []string
+	seen := map[string]bool{}
+	for i := range flows {
+		if n := flows[i].Interface; !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+		if flows[i].Peer.Zone() != "" {
+			return false
+		}
+	}
+	if len(names) > 1<<16 {
+		return false
+	}
+	sort.Strings(names)
+	rank := make(map[string]uint64, len(names))
+	for i, n := range names {
+		rank[n] = uint64(i)
+	}
+	b2u := func(b bool) uint64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	keys := make([]flowKey, len(flows))
+	for i := range flows {
+		f := &flows[i]
+		a, bits := f.Peer, int32(0)
+		if f.Folded() {
+			a, bits = f.PeerPrefix.Addr(), int32(f.PeerPrefix.Bits())
+		}
+		var fam uint64
+		switch a.BitLen() {
+		case 32:
+			fam = 1
+		case 128:
+			fam = 2
+		}
+		b := a.As16()
+		keys[i] = flowKey{
+			w: rank[f.Interface]<<48 | uint64(f.Direction)<<40 | uint64(f.Proto)<<32 | uint64(f.Port)<<16 |
+				b2u(f.Fragment)<<4 | b2u(f.DirectionInferred)<<3 | b2u(f.Folded())<<2 | fam,
+			hi:   binary.BigEndian.Uint64(b[:8]),
+			lo:   binary.BigEndian.Uint64(b[8:]),
+			bits: bits, idx: int32(i),
+		}
+	}
+	slices.SortFunc(keys, func(x, y flowKey) int {
+		if c := cmp.Compare(x.w, y.w); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(x.hi, y.hi); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(x.lo, y.lo); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.bits, y.bits)
+	})
+	// Position i takes flows[keys[i].idx]: follow each cycle once.
+	for i := range keys {
+		if keys[i].idx < 0 || int(keys[i].idx) == i {
+			continue
+		}
+		tmp := flows[i]
+		j := i
+		for {
+			src := int(keys[j].idx)
+			keys[j].idx = -1
+			if src == i {
+				flows[j] = tmp
+				break
+			}
+			flows[j] = flows[src]
+			j = src
+		}
+	}
+	return true
 }
 
 func flowLess(a, b *Flow) bool {
@@ -503,38 +533,31 @@ func (s *Snapshot) upgradeV1() {
 	s.Stats.OverflowInsertFailed = s.Stats.FlowInsertFailed
 }
 
-// Read parses and validates a snapshot. name is used in error messages.
+// Read parses and validates a snapshot in either encoding (compact or
+// JSON, told apart by the compact magic). name is used in error messages.
 // Fields this build does not know are ignored and listed in Unknown; a
-// version newer than FormatVersion is refused with ErrNewerVersion.
+// version newer than FormatVersion (or a compact container newer than
+// CompactVersion) is refused with ErrNewerVersion.
 func Read(r io.Reader, name string) (*Snapshot, error) {
-	data, err := io.ReadAll(r)
+	br := bufio.NewReaderSize(r, 64<<10)
+	head, _ := br.Peek(len(compactMagic))
+	if IsCompact(head) {
+		s, err := readCompact(br, name)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Validate(); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		return s, nil
+	}
+	data, err := io.ReadAll(br)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
-	s, err := decode(data, true)
-	var unknown []string
+	s, unknown, err := decodeJSONSnapshot(data, name)
 	if err != nil {
-		// A newer writer may have changed what a field holds: its file is
-		// not malformed, and must not be judged by this build's types.
-		var probe struct {
-			Version int `json:"version"`
-		}
-		if json.Unmarshal(data, &probe) == nil && probe.Version > FormatVersion {
-			return nil, fmt.Errorf("%s: %w", name, newerVersion(probe.Version))
-		}
-		if isUnknownField(err) {
-			// A field this build does not know: read again without the
-			// check (any other error still shows), and list them all.
-			if s, err = decode(data, false); err == nil {
-				unknown = unknownFields(data)
-			}
-		}
-	}
-	if err != nil {
-		if errors.Is(err, errTrailing) {
-			return nil, fmt.Errorf("%s: %w: trailing data after the snapshot object", name, ErrFormat)
-		}
-		return nil, fmt.Errorf("%s: %w: %s", name, ErrFormat, err)
+		return nil, err
 	}
 	if s.Version == 1 {
 		for i := range s.Flows {
@@ -552,6 +575,38 @@ func Read(r io.Reader, name string) (*Snapshot, error) {
 	}
 	s.Unknown = unknown
 	return s, nil
+}
+
+// decodeJSONSnapshot decodes a JSON snapshot object (a JSON file, or the
+// header of a compact one) and lists the fields this build does not know.
+// It neither upgrades nor validates.
+func decodeJSONSnapshot(data []byte, name string) (*Snapshot, []string, error) {
+	s, err := decode(data, true)
+	var unknown []string
+	if err != nil {
+		// A newer writer may have changed what a field holds: its file is
+		// not malformed, and must not be judged by this build's types.
+		var probe struct {
+			Version int `json:"version"`
+		}
+		if json.Unmarshal(data, &probe) == nil && probe.Version > FormatVersion {
+			return nil, nil, fmt.Errorf("%s: %w", name, newerVersion(probe.Version))
+		}
+		if isUnknownField(err) {
+			// A field this build does not know: read again without the
+			// check (any other error still shows), and list them all.
+			if s, err = decode(data, false); err == nil {
+				unknown = unknownFields(data)
+			}
+		}
+	}
+	if err != nil {
+		if errors.Is(err, errTrailing) {
+			return nil, nil, fmt.Errorf("%s: %w: trailing data after the snapshot object", name, ErrFormat)
+		}
+		return nil, nil, fmt.Errorf("%s: %w: %s", name, ErrFormat, err)
+	}
+	return s, unknown, nil
 }
 
 var errTrailing = errors.New("trailing data")
@@ -782,8 +837,24 @@ func Write(w io.Writer, s *Snapshot) error {
 // WriteFile writes s to path atomically: a temporary file in the same
 // directory is written, synced and renamed over path, so a reader never
 // sees a partial snapshot and an existing file survives a failed write.
+// The encoding follows the name (EncodingFor): JSON for "*.json", the
+// compact encoding otherwise.
 func WriteFile(path string, s *Snapshot) error {
-	return AtomicWrite(path, func(w io.Writer) error { return Write(w, s) })
+	return WriteFileAs(path, s, EncodingFor(path))
+}
+
+// WriteFileAs writes s to path atomically in the given encoding.
+func WriteFileAs(path string, s *Snapshot, e Encoding) error {
+	return AtomicWrite(path, func(w io.Writer) error {
+		if e == JSON {
+			return Write(w, s)
+		}
+		bw := bufio.NewWriterSize(w, 256<<10)
+		if err := WriteCompact(bw, s); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
 }
 
 // AtomicWrite writes a file through fn with temp file + fsync + rename.

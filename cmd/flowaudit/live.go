@@ -479,7 +479,7 @@ type inputFlags struct {
 func (in *inputFlags) register(fs *pflag.FlagSet, what string) {
 	in.liveFlags.register(fs, 10*time.Minute)
 	fs.StringVarP(&in.snapPath, "snapshot", "s", "", what+" this snapshot file instead of recording")
-	fs.StringVar(&in.saveSnap, "save-snapshot", "", "when recording live, also write the snapshot here (checked before recording starts)")
+	fs.StringVar(&in.saveSnap, "save-snapshot", "", "when recording live, also write the snapshot here (checked before recording starts; NAME.json is JSON, any other name compact)")
 	fs.DurationVar(&in.checkpoint, "checkpoint", defaultCheckpoint, "with --save-snapshot, write the snapshot so far there at this interval (0: never)")
 }
 

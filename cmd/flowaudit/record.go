@@ -40,7 +40,7 @@ func setupRecord(fs *pflag.FlagSet) runFunc {
 		checkpoint time.Duration
 	)
 	lf.register(fs, 10*time.Minute)
-	fs.StringVarP(&out, "out", "o", "", "snapshot file to write (atomically; checked before recording starts)")
+	fs.StringVarP(&out, "out", "o", "", "snapshot file to write (atomically; checked before recording starts): NAME.json is plain JSON, any other name the compact encoding (docs/SNAPSHOT.md)")
 	fs.DurationVar(&checkpoint, "checkpoint", defaultCheckpoint, "write the snapshot so far to --out at this interval, marked as a checkpoint (0: never)")
 	return func(e *env, args []string) error {
 		if len(args) > 0 {

@@ -57,7 +57,7 @@ func setupReplay(fs *pflag.FlagSet) runFunc {
 		iface          string
 		allowTruncated bool
 	)
-	fs.StringVarP(&out, "out", "o", "", "snapshot file to write (atomically)")
+	fs.StringVarP(&out, "out", "o", "", "snapshot file to write (atomically): NAME.json is plain JSON, any other name the compact encoding (docs/SNAPSHOT.md)")
 	fs.StringSliceVarP(&locals, "local-addr", "l", nil, "address or prefix of the captured host (repeat or comma-separate); default: the most frequent address of each IP version")
 	fs.StringSliceVar(&listening, "listening", nil, "local service known to listen, PROTO/PORT (tcp, udp, sctp), e.g. tcp/8443")
 	fs.StringVar(&ephemeral, "ephemeral-ports", fmt.Sprintf("%d-%d", replay.DefaultEphemeralPorts[0], replay.DefaultEphemeralPorts[1]), "the captured host's client port range (net.ipv4.ip_local_port_range)")

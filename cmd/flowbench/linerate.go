@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -254,7 +255,9 @@ type lineRate struct {
 	noop, fa  []rateRun
 	overhead  time.Duration // fixed cost of one live-mode test run (setup, teardown), subtracted
 	ratio     float64       // median of the per-round flowaudit/no-op pps ratios
-	noopPPS   float64       // medians
+	minRatio  float64       // the smallest per-round ratio (issue 16 judges the minimum)
+	rounds    int
+	noopPPS   float64 // medians
 	faPPS     float64
 	countedOK bool // flowaudit counted exactly the packets sent, every run
 }
@@ -295,6 +298,7 @@ func measureLineRate(l *lab, g *generator, nop *noopXDP, fa *flowauditRecv, n ui
 		pn, pf = append(pn, rn.pps()), append(pf, rf.pps())
 	}
 	lr.ratio, lr.noopPPS, lr.faPPS = medianF(ratios), medianF(pn), medianF(pf)
+	lr.minRatio, lr.rounds = slices.Min(ratios), len(ratios)
 	return lr, nil
 }
 

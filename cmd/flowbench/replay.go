@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/gopacket/gopacket"
@@ -30,6 +32,38 @@ type replayResult struct {
 	maxLen    int
 	elapsed   time.Duration // replay pass (Result.Elapsed)
 	total     time.Duration // whole replay.Run: scan pass, map reset, replay, snapshot
+	// tshark -q -z conv,tcp on the same file, right after (wall clock);
+	// tsharkErr when it could not run.
+	tshark    time.Duration
+	tsharkErr error
+}
+
+// Issue 16's replay targets.
+const (
+	replayTargetVsTshark = 2.0 // flowaudit's whole run at least twice tshark's rate
+	replayTargetPPS      = 1e6
+)
+
+// vsTshark is tshark's time over flowaudit's (whole run): > 1 is faster.
+func (r *replayResult) vsTshark() float64 { return r.tshark.Seconds() / r.total.Seconds() }
+
+// runTshark times `tshark -q -z conv,tcp -r path` (TCP conversations, as a
+// user would summarise a capture), output discarded.
+func runTshark(path string) (time.Duration, error) {
+	bin, err := exec.LookPath("tshark")
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-n", "-q", "-z", "conv,tcp", "-r", path)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	t0 := time.Now()
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("tshark: %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return time.Since(t0), nil
 }
 
 func (r *replayResult) pps() float64      { return float64(r.replayed) / r.elapsed.Seconds() }
@@ -163,5 +197,9 @@ func measureReplay(tmp string, n, conv int, logf func(string, ...any)) (*replayR
 	}
 	logf("  %d packets, %d flows: replay pass %s (%.2f Mpps), whole run %s, %.2f test_run calls per packet",
 		r.replayed, r.flows, r.elapsed.Round(time.Millisecond), r.pps()/1e6, r.total.Round(time.Millisecond), float64(r.calls)/float64(r.replayed))
+	r.tshark, r.tsharkErr = runTshark(path)
+	if r.tsharkErr == nil {
+		logf("  tshark -q -z conv,tcp on the same file: %s (flowaudit %.2f× its rate)", r.tshark.Round(time.Millisecond), r.vsTshark())
+	}
 	return r, nil
 }
