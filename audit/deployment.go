@@ -492,20 +492,7 @@ func RunDeployment(in *DeploymentInput, o DeploymentOptions) (*DeploymentReport,
 	for _, f := range findings {
 		rep.Findings = append(rep.Findings, *f)
 	}
-	order := map[Kind]int{}
-	for i, k := range CrossKinds {
-		order[k] = i
-	}
-	sort.Slice(rep.Findings, func(i, j int) bool {
-		a, b := rep.Findings[i], rep.Findings[j]
-		if a.Severity != b.Severity {
-			return a.Severity > b.Severity
-		}
-		if a.Kind != b.Kind {
-			return order[a.Kind] < order[b.Kind]
-		}
-		return a.ID < b.ID
-	})
+	sortFindings(rep.Findings, CrossKinds)
 	rep.Counts, rep.Total = map[string]int{}, map[string]int{}
 	for _, s := range severityNames {
 		rep.Counts[s], rep.Total[s] = 0, 0

@@ -406,25 +406,31 @@ func unmapPrefix(p netip.Prefix) netip.Prefix {
 	return p
 }
 
+// sortFindings orders findings by severity (highest first), then kind in
+// the order of kinds, then ID.
+func sortFindings(fs []Finding, kinds []Kind) {
+	order := make(map[Kind]int, len(kinds))
+	for i, k := range kinds {
+		order[k] = i
+	}
+	sort.Slice(fs, func(i, j int) bool {
+		a, b := fs[i], fs[j]
+		if a.Severity != b.Severity {
+			return a.Severity > b.Severity
+		}
+		if a.Kind != b.Kind {
+			return order[a.Kind] < order[b.Kind]
+		}
+		return a.ID < b.ID
+	})
+}
+
 func (r *Report) setFindings(m map[string]*Finding) {
 	r.Findings = make([]Finding, 0, len(m))
 	for _, f := range m {
 		r.Findings = append(r.Findings, *f)
 	}
-	kindOrder := map[Kind]int{}
-	for i, k := range Kinds {
-		kindOrder[k] = i
-	}
-	sort.Slice(r.Findings, func(i, j int) bool {
-		a, b := r.Findings[i], r.Findings[j]
-		if a.Severity != b.Severity {
-			return a.Severity > b.Severity
-		}
-		if a.Kind != b.Kind {
-			return kindOrder[a.Kind] < kindOrder[b.Kind]
-		}
-		return a.ID < b.ID
-	})
+	sortFindings(r.Findings, Kinds)
 	r.Counts = map[string]int{}
 	for _, s := range severityNames {
 		r.Counts[s] = 0

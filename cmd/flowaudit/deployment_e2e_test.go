@@ -223,22 +223,7 @@ func recordLab(t *testing.T, dir string, nodes []*labNode, traffic func()) map[s
 // programs at once on a busy machine.
 func labWaitLog(t *testing.T, lines <-chan string, want string) []string {
 	t.Helper()
-	var seen []string
-	timeout := time.After(90 * time.Second)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("log ended before %q:\n%s", want, strings.Join(seen, "\n"))
-			}
-			seen = append(seen, l)
-			if strings.Contains(l, want) {
-				return seen
-			}
-		case <-timeout:
-			t.Fatalf("no %q in 90 s:\n%s", want, strings.Join(seen, "\n"))
-		}
-	}
+	return waitLogWithin(t, lines, want, 90*time.Second)
 }
 
 // logLabSnapshots logs each snapshot's window and flows, to explain a

@@ -181,6 +181,13 @@ func startInNS(t *testing.T, ctx context.Context, h *testenv.Host, env []string,
 	t.Helper()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.Name, flowauditBinary(t), "--log-format", "json"}, args...)...)
 	cmd.Env = env
+	return cmd, startLines(t, cmd)
+}
+
+// startLines starts cmd and returns its standard error, line by line; the
+// channel is closed when the stream ends.
+func startLines(t *testing.T, cmd *exec.Cmd) <-chan string {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -196,14 +203,21 @@ func startInNS(t *testing.T, ctx context.Context, h *testenv.Host, env []string,
 		}
 		close(lines)
 	}()
-	return cmd, lines
+	return lines
 }
 
-// waitLog reads lines until one contains want (or the stream ends).
+// waitLog reads lines until one contains want (or the stream ends), for
+// at most 20 s.
 func waitLog(t *testing.T, lines <-chan string, want string) []string {
 	t.Helper()
+	return waitLogWithin(t, lines, want, 20*time.Second)
+}
+
+// waitLogWithin is waitLog with its own limit.
+func waitLogWithin(t *testing.T, lines <-chan string, want string, limit time.Duration) []string {
+	t.Helper()
 	var seen []string
-	timeout := time.After(20 * time.Second)
+	timeout := time.After(limit)
 	for {
 		select {
 		case l, ok := <-lines:
@@ -215,7 +229,7 @@ func waitLog(t *testing.T, lines <-chan string, want string) []string {
 				return seen
 			}
 		case <-timeout:
-			t.Fatalf("no %q in 20 s:\n%s", want, strings.Join(seen, "\n"))
+			t.Fatalf("no %q in %s:\n%s", want, limit, strings.Join(seen, "\n"))
 		}
 	}
 }

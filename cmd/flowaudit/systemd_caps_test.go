@@ -184,21 +184,7 @@ func startAsService(t *testing.T, ctx context.Context, h *testenv.Host, caps, wr
 	argv = append(argv, args...)
 	cmd := exec.CommandContext(ctx, "ip", argv...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1000)
-	go func() {
-		s := bufio.NewScanner(stderr)
-		for s.Scan() {
-			lines <- s.Text()
-		}
-		close(lines)
-	}()
+	lines := startLines(t, cmd)
 	r := &svcRun{cmd: cmd, lines: lines, wrapped: len(wrap) > 0}
 	// A test that fails half-way must not leave flowaudit running: under
 	// strace, killing cmd would not reach it.

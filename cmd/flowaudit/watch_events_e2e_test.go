@@ -347,21 +347,7 @@ func TestE2EWatchEventsStdout(t *testing.T) {
 		"--site", abs("testdata/lab-site.yaml"), "--interval", "1s", "--duration", "60s", "--settle", "1h", "--events", "-")
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1000)
-	go func() {
-		s := bufio.NewScanner(stderr)
-		for s.Scan() {
-			lines <- s.Text()
-		}
-		close(lines)
-	}()
+	lines := startLines(t, cmd)
 	logged := waitLog(t, lines, `"msg":"watching"`)
 	dialN(t, b, netip.AddrPortFrom(a.IPv4, 6379), 1)
 	time.Sleep(2500 * time.Millisecond)
@@ -371,7 +357,7 @@ func TestE2EWatchEventsStdout(t *testing.T) {
 	for l := range lines {
 		logged = append(logged, l)
 	}
-	err = cmd.Wait()
+	err := cmd.Wait()
 	all := strings.Join(logged, "\n")
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitFindings {
 		t.Fatalf("watch after SIGHUP: %v (want exit %d)\n%s", err, exitFindings, all)
