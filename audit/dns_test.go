@@ -16,22 +16,7 @@ func dnsMatrix(t *testing.T, site string) (*catalog.Matrix, *catalog.Site) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, v, err := c.Resolve("dnsapp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := p.Effective(v, "sensor", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if site == "" {
-		return m, nil
-	}
-	s, err := catalog.ParseSite("site.yaml", []byte(site))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, s
+	return matrixAndSite(t, c, "dnsapp", "sensor", nil, site)
 }
 
 func dnsName(addr, name string, first time.Duration, ttl uint32, chain ...string) snapshot.DNSName {

@@ -461,11 +461,18 @@ func utmstackManager(t *testing.T, site string) (*catalog.Matrix, *catalog.Site)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, v, err := cat.Resolve("utmstack@11")
+	return matrixAndSite(t, cat, "utmstack@11", "manager", map[string]bool{"netflow": true}, site)
+}
+
+// matrixAndSite resolves a role's matrix in cat and parses a site from
+// text (none when site is empty).
+func matrixAndSite(t *testing.T, cat *catalog.Catalog, product, role string, conds map[string]bool, site string) (*catalog.Matrix, *catalog.Site) {
+	t.Helper()
+	p, v, err := cat.Resolve(product)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := p.Effective(v, "manager", map[string]bool{"netflow": true})
+	m, err := p.Effective(v, role, conds)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,22 +586,7 @@ func broadMatrix(t *testing.T, site string) (*catalog.Matrix, *catalog.Site) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, v, err := c.Resolve("broadapp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := p.Effective(v, "server", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if site == "" {
-		return m, nil
-	}
-	s, err := catalog.ParseSite("site.yaml", []byte(site))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, s
+	return matrixAndSite(t, c, "broadapp", "server", nil, site)
 }
 
 func findingIDs(r *Report) []string {

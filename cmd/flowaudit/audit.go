@@ -116,17 +116,7 @@ func setupAudit(fs *pflag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
-		cwd, _ := os.Getwd()
-		// SARIF locations are made relative to the working directory (the
-		// repository the log is for) and point at the user's site and catalog
-		// files, never at the built-in catalog.
-		// Colour and the terminal's width only for a table on a terminal
-		// (and no colour with NO_COLOR).
-		ro := audit.RenderOptions{Color: out == "" && format == "table" && colorOK(e.stdout), CatalogRoot: cwd,
-			CatalogFiles: af.mf.catalogs, Width: width}
-		if width == 0 && out == "" {
-			ro.Width = terminalWidth(e.stdout)
-		}
+		ro := renderOptions(e, format, out, width, af.mf.catalogs)
 		if err := writeOutput(e, out, func(w io.Writer) error { return audit.Write(w, rep, format, ro) },
 			"report written", zap.String("format", format)); err != nil {
 			return err
@@ -138,6 +128,22 @@ func setupAudit(fs *pflag.FlagSet) runFunc {
 		}
 		return nil
 	}
+}
+
+// renderOptions are the options of a report written to out (stdout when
+// empty). SARIF locations are made relative to the working directory (the
+// repository the log is for) and point at the user's site and catalog
+// files, never at the built-in catalog. Colour and the terminal's width
+// only for a table on a terminal (and no colour with NO_COLOR); --width
+// wins.
+func renderOptions(e *env, format, out string, width int, catalogs []string) audit.RenderOptions {
+	cwd, _ := os.Getwd()
+	ro := audit.RenderOptions{Color: out == "" && format == "table" && colorOK(e.stdout), CatalogRoot: cwd,
+		CatalogFiles: catalogs, Width: width}
+	if width == 0 && out == "" {
+		ro.Width = terminalWidth(e.stdout)
+	}
+	return ro
 }
 
 func contains(list []string, s string) bool {

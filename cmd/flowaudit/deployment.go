@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -54,11 +53,7 @@ func runDeploymentAudit(e *env, fs *pflag.FlagSet, args []string, d *deploymentF
 	if err != nil {
 		return err
 	}
-	cwd, _ := os.Getwd()
-	ro := audit.RenderOptions{Color: out == "" && format == "table" && colorOK(e.stdout), CatalogRoot: cwd, CatalogFiles: af.mf.catalogs, Width: width}
-	if width == 0 && out == "" {
-		ro.Width = terminalWidth(e.stdout)
-	}
+	ro := renderOptions(e, format, out, width, af.mf.catalogs)
 	if err := writeOutput(e, out, func(w io.Writer) error { return audit.WriteDeployment(w, rep, format, ro) },
 		"report written", zap.String("format", format)); err != nil {
 		return err
