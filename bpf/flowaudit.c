@@ -58,7 +58,7 @@ struct flow_value {
 	__u64 bytes_in;
 	__u64 packets_out;
 	__u64 bytes_out;
-	__u64 first_jiffies; /* bpf_jiffies64(): one tick resolution, a few ns to read */
+	__u64 first_jiffies; /* the caller's now: bpf_jiffies64() live, read once per packet */
 	__u64 last_jiffies;
 	/* Evidence for inbound flows. */
 	__u32 syn_in;
@@ -574,7 +574,7 @@ static __always_inline void overflow_sketch(struct overflow_value *ov, const __u
  * be inserted into generation gen. NULL (and counted) when the overflow
  * map is full as well.
  */
-static __noinline struct flow_value *overflow_get(struct flow_key *k, __u32 gen)
+static __noinline struct flow_value *overflow_get(struct flow_key *k, __u32 gen, __u64 now)
 {
 	struct flow_key sk = *k;
 	struct overflow_value *ov, *zero;
@@ -599,7 +599,7 @@ static __noinline struct flow_value *overflow_get(struct flow_key *k, __u32 gen)
 			goto lost;
 	}
 	if (!ov->v.first_jiffies)
-		ov->v.first_jiffies = bpf_jiffies64();
+		ov->v.first_jiffies = now;
 	overflow_sketch(ov, k->peer);
 	return &ov->v;
 lost:
@@ -607,7 +607,7 @@ lost:
 	return 0;
 }
 
-static __always_inline struct flow_value *flow_get(struct flow_key *k)
+static __always_inline struct flow_value *flow_get(struct flow_key *k, __u64 now)
 {
 	__u32 gen = active_gen & 1;
 	void *flows = bpf_map_lookup_elem(&flow_gens, &gen);
@@ -620,21 +620,21 @@ static __always_inline struct flow_value *flow_get(struct flow_key *k)
 	val = bpf_map_lookup_elem(flows, k);
 	if (val)
 		return val;
-	init.first_jiffies = bpf_jiffies64();
+	init.first_jiffies = now;
 	err = bpf_map_update_elem(flows, k, &init, BPF_NOEXIST);
 	if (err == 0)
 		stat_inc(STAT_FLOW_NEW);
 	else if (err != -17 /* EEXIST: another CPU won the race */) {
 		stat_inc(STAT_FLOW_INSERT_FAILED);
-		return overflow_get(k, gen);
+		return overflow_get(k, gen, now);
 	}
 	return bpf_map_lookup_elem(flows, k);
 }
 
 static __always_inline void flow_account(struct flow_key *k, int egress, __u64 len, __u32 segs,
-					 struct evidence *ev)
+					 struct evidence *ev, __u64 now)
 {
-	struct flow_value *val = flow_get(k);
+	struct flow_value *val = flow_get(k, now);
 
 	if (!val)
 		return;
@@ -646,7 +646,7 @@ static __always_inline void flow_account(struct flow_key *k, int egress, __u64 l
 			ADD(val->packets_in, segs);
 			ADD(val->bytes_in, len);
 		}
-		val->last_jiffies = bpf_jiffies64();
+		val->last_jiffies = now;
 	}
 	if (!ev)
 		return;
@@ -703,7 +703,7 @@ static __always_inline int unreach_class(struct tuple *t)
  * coming in answers our attempt (outbound flow).
  */
 static __always_inline void icmp_error_evidence(struct hdr_cursor *nh, void *data_end,
-						 struct tuple *outer, int egress, __u32 ifindex)
+						 struct tuple *outer, int egress, __u32 ifindex, __u64 now)
 {
 	int cls = unreach_class(outer);
 	struct tuple inner = {};
@@ -739,7 +739,7 @@ static __always_inline void icmp_error_evidence(struct hdr_cursor *nh, void *dat
 	k.proto = inner.proto;
 	k.dir = v.dir;
 	k.flags = v.flags;
-	flow_account(&k, egress, 0, 0, &ev);
+	flow_account(&k, egress, 0, 0, &ev, now);
 }
 
 static __always_inline void count_ethertype(__be16 proto, __u64 len)
@@ -797,7 +797,7 @@ static __noinline void dns_note(struct hdr_cursor *nh, void *data, void *data_en
  * there is nothing to send or the ring is full (counted).
  */
 static __always_inline struct dns_event *dns_reserve(struct dns_hint *hint, __u64 pkt_len, __u32 ifindex,
-						     __u32 *n)
+						     __u32 *n, __u64 now)
 {
 	struct dns_event *e;
 	__u64 wire;
@@ -810,7 +810,7 @@ static __always_inline struct dns_event *dns_reserve(struct dns_hint *hint, __u6
 		stat_inc(STAT_DNS_DROPPED);
 		return 0;
 	}
-	e->jiffies = bpf_jiffies64();
+	e->jiffies = now;
 	__builtin_memcpy(e->server, hint->server, 16);
 	e->ifindex = ifindex;
 	e->proto = hint->proto;
@@ -838,7 +838,7 @@ static __always_inline void dns_commit(struct dns_event *e, long err)
  * of wire packets (GSO) the frame stands for.
  */
 static __always_inline void handle(void *data, void *data_end, int egress, __u32 ifindex, __u64 len,
-				   __u32 segs, struct dns_hint *dns)
+				   __u32 segs, struct dns_hint *dns, __u64 now)
 {
 	struct hdr_cursor nh = {.pos = data};
 	struct tuple t = {};
@@ -891,7 +891,7 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 		} else {
 			k.port = (__u16)t.icmp_type << 8 | t.icmp_code;
 			k.dir = DIR_UNKNOWN;
-			icmp_error_evidence(&nh, data_end, &t, egress, ifindex);
+			icmp_error_evidence(&nh, data_end, &t, egress, ifindex, now);
 		}
 	} else {
 		/* Passive DNS: one compare on a port already read. */
@@ -919,7 +919,7 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 			evp = &ev;
 		}
 	}
-	flow_account(&k, egress, len, segs, evp);
+	flow_account(&k, egress, len, segs, evp, now);
 }
 
 /* clock_jiffies: written by flowaudit_clock, read by userspace to map the
@@ -942,11 +942,12 @@ int flowaudit_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct dns_hint dns = {};
 	struct dns_event *e;
+	__u64 now = bpf_jiffies64();
 	__u32 n = 0;
 
-	handle(data, data_end, 0, ctx->ingress_ifindex, data_end - data, 1, &dns);
+	handle(data, data_end, 0, ctx->ingress_ifindex, data_end - data, 1, &dns, now);
 	if (dns.off) {
-		e = dns_reserve(&dns, bpf_xdp_get_buff_len(ctx), ctx->ingress_ifindex, &n);
+		e = dns_reserve(&dns, bpf_xdp_get_buff_len(ctx), ctx->ingress_ifindex, &n, now);
 		if (e) {
 			if (n < 1 || n > DNS_CAP)
 				n = 1; /* cannot happen; bounds for the verifier */
@@ -964,6 +965,7 @@ static __always_inline void handle_skb(struct __sk_buff *skb, int egress)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 segs = skb->gso_segs ? skb->gso_segs : 1;
+	__u64 now = bpf_jiffies64();
 	struct dns_hint dns = {};
 	struct dns_event *e;
 	__u32 n = 0;
@@ -973,9 +975,9 @@ static __always_inline void handle_skb(struct __sk_buff *skb, int egress)
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
-	handle(data, data_end, egress, skb->ifindex, skb->len, segs, egress ? 0 : &dns);
+	handle(data, data_end, egress, skb->ifindex, skb->len, segs, egress ? 0 : &dns, now);
 	if (!egress && dns.off) {
-		e = dns_reserve(&dns, skb->len, skb->ifindex, &n);
+		e = dns_reserve(&dns, skb->len, skb->ifindex, &n, now);
 		if (e) {
 			if (n < 1 || n > DNS_CAP)
 				n = 1; /* cannot happen; bounds for the verifier */
