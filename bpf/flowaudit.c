@@ -847,6 +847,7 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 	struct verdict v = {};
 	__be16 outer, ethertype;
 	int cut = 0;
+	__u64 l2;
 	__u8 req;
 	int echo;
 
@@ -865,6 +866,15 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 		count_ethertype(outer, len);
 		return;
 	}
+	/* One IP-header offset for the verifier, whatever the encapsulation:
+	 * a pointer difference is an unknown scalar to it, so the paths of
+	 * every VLAN/PPPoE/MPLS depth meet in one state from here on instead
+	 * of each being verified through the rest of the program. */
+	l2 = nh.pos - data;
+	asm volatile("" : "+r"(l2));
+	if (l2 > L2_MAX)
+		return; /* cannot happen: parse_ethhdr and parse_encap stop earlier */
+	nh.pos = data + l2;
 	if (parse_ip(&nh, data_end, ethertype, &t) < 0) {
 		stat_inc(STAT_TRUNCATED);
 		count_ethertype(outer, len);

@@ -41,6 +41,9 @@
 #define VLAN_MAX_DEPTH 2
 #define IPV6_EXT_MAX 8
 #define MPLS_MAX_LABELS 8
+/* The longest link-layer part before IP: Ethernet, two VLAN tags, then
+ * PPPoE (8) or a full MPLS stack (4 per label). */
+#define L2_MAX (14 + 4 * VLAN_MAX_DEPTH + 4 * MPLS_MAX_LABELS)
 
 struct hdr_cursor {
 	void *pos;
