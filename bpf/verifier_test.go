@@ -1,9 +1,11 @@
 package bpf
 
 import (
+	"errors"
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ type verifierStats struct {
 
 var (
 	reProcessed = regexp.MustCompile(`processed (\d+) insns .* total_states (\d+) peak_states (\d+)`)
+	reStack     = regexp.MustCompile(`stack depth [0-9+]+`)
 	reVerTime   = regexp.MustCompile(`verification time (\d+) usec`)
 )
 
@@ -75,7 +78,11 @@ func TestVerifierBudget(t *testing.T) {
 		})
 		wall := time.Since(t0)
 		if err != nil {
-			t.Fatal(err)
+			var ve *ebpf.VerifierError
+			if errors.As(err, &ve) {
+				t.Log(strings.Join(ve.Log[max(len(ve.Log)-20, 0):], "\n"))
+			}
+			t.Fatalf("%+v", err)
 		}
 		names := make([]string, 0, len(coll.Programs))
 		for n := range coll.Programs {
@@ -90,8 +97,8 @@ func TestVerifierBudget(t *testing.T) {
 				continue
 			}
 			total += s.processed
-			t.Logf("sockets_known=%v %-22s processed %7d insns, %5d states (peak %4d), verification %6d µs",
-				sk, n, s.processed, s.states, s.peak, s.usec)
+			t.Logf("sockets_known=%v %-22s %s processed %7d insns, %5d states (peak %4d), verification %6d µs",
+				sk, n, reStack.FindString(coll.Programs[n].VerifierLog), s.processed, s.states, s.peak, s.usec)
 			budget, ok := verifierBudget[n]
 			if !ok {
 				t.Errorf("%s: no verifier budget; add one to verifierBudget", n)
