@@ -44,15 +44,22 @@ func parseVerifierStats(log string) (verifierStats, bool) {
 
 // verifierBudget caps the instructions the verifier processes per
 // program. Every Open (every test, replay and record) pays the
-// verification; these caps hold it where docs/ARCHITECTURE.md ("Load
-// time") says it is, with some headroom, so a change that multiplies the
-// verifier's states fails here instead of in everybody's load time.
+// verification; these caps hold it near where docs/ARCHITECTURE.md ("Load
+// time") says it is (about 86 k for the ingress programs, 22 k for TC
+// egress, with either sockets_known), with some headroom, so a change that
+// multiplies the verifier's states fails here instead of in everybody's
+// load time. Before the link-layer offset was made one state (2026-12) the
+// same programs took 416 k, 420 k and 297 k.
 var verifierBudget = map[string]int{
-	"flowaudit_xdp":        1 << 30,
-	"flowaudit_tc_egress":  1 << 30,
-	"flowaudit_tc_ingress": 1 << 30,
+	"flowaudit_xdp":        110_000,
+	"flowaudit_tc_ingress": 110_000,
+	"flowaudit_tc_egress":  30_000,
 	"flowaudit_clock":      100,
 }
+
+// defaultVerifierBudget holds a program not listed above: one that runs
+// handle() once costs what flowaudit_xdp costs.
+const defaultVerifierBudget = 110_000
 
 // TestVerifierBudget loads the programs as Open does (same constants)
 // with verifier statistics and holds each program's processed
@@ -101,8 +108,9 @@ func TestVerifierBudget(t *testing.T) {
 				sk, n, reStack.FindString(coll.Programs[n].VerifierLog), s.processed, s.states, s.peak, s.usec)
 			budget, ok := verifierBudget[n]
 			if !ok {
-				t.Errorf("%s: no verifier budget; add one to verifierBudget", n)
-			} else if s.processed > budget {
+				budget = defaultVerifierBudget
+			}
+			if s.processed > budget {
 				t.Errorf("%s: the verifier processed %d instructions, budget %d", n, s.processed, budget)
 			}
 		}
