@@ -880,8 +880,12 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 	 * of each being verified through the rest of the program. */
 	l2 = nh.pos - data;
 	asm volatile("" : "+r"(l2));
-	if (l2 > L2_MAX)
-		return; /* cannot happen: parse_ethhdr and parse_encap stop earlier */
+	if (l2 > L2_MAX) {
+		/* Cannot happen (parse_ethhdr and parse_encap stop earlier);
+		 * counted all the same, so that no frame goes uncounted. */
+		count_ethertype(outer, len);
+		return;
+	}
 	nh.pos = data + l2;
 	if (parse_ip(&nh, data_end, ethertype, &t) < 0) {
 		stat_inc(STAT_TRUNCATED);
