@@ -999,3 +999,112 @@ int flowaudit_tc_ingress(struct __sk_buff *skb)
 	handle_skb(skb, 0);
 	return TCX_NEXT;
 }
+
+/*
+ * flowaudit_replay: replay only (bpf/replay), never attached, never loaded
+ * by a live collector. One BPF_PROG_TEST_RUN carries a batch of captured
+ * frames, each followed by its descriptor:
+ *
+ *   [F_n][D_n] ... [F_2][D_2][F_1][D_1]
+ *
+ * processed from the end, F_1 first (userspace writes the batch backwards,
+ * so F_1 is the earliest frame). Each frame is presented alone as
+ * [data, data_end) to the same handle() the live programs run:
+ * bpf_xdp_adjust_tail only ever shrinks (growing would zero memory) and
+ * bpf_xdp_adjust_head moves data over bytes it never touches. A frame too
+ * long to share a call comes alone, its descriptor in the metadata.
+ * Every frame is at least ETH_HLEN long (test_run refuses shorter ones).
+ */
+struct replay_desc {
+	__u64 now;     /* the frame's capture time in the programs' clock */
+	__u32 len;     /* frame bytes */
+	__u32 egress;  /* 1: outgoing (what flowaudit_tc_egress sees) */
+};
+
+#define REPLAY_BATCH_MAX 128 /* (3520 bytes) / (ETH_HLEN + 16) < 128 */
+
+/* replay_frame runs handle() on the frame at [data, data_end), as
+ * flowaudit_xdp (ingress) or flowaudit_tc_egress (egress) would, stamped
+ * now. Global: verified once, with egress a constant on each branch as in
+ * the live programs. Returns 0. */
+__noinline int replay_frame(struct xdp_md *ctx, __u64 now, __u32 len, __u32 egress)
+{
+	void *data, *data_end;
+	struct dns_hint dns = {};
+	struct dns_event *e;
+	__u32 n = 0;
+
+	if (!ctx)
+		return 0;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (egress) {
+		handle(data, data_end, 1, ctx->ingress_ifindex, len, 1, 0, now);
+		return 0;
+	}
+	handle(data, data_end, 0, ctx->ingress_ifindex, len, 1, &dns, now);
+	if (dns.off) {
+		e = dns_reserve(&dns, len, ctx->ingress_ifindex, &n, now);
+		if (e) {
+			if (n < 1 || n > DNS_CAP)
+				n = 1; /* cannot happen; bounds for the verifier */
+			dns_commit(e, bpf_xdp_load_bytes(ctx, dns.off, e->data, n));
+		}
+	}
+	return 0;
+}
+
+/* replay_next: the last frame of the batch (data at the batch start):
+ * handled, then cut off. Returns 1 while frames remain, 0 at the end, a
+ * negative value on a malformed batch. Global: verified once. */
+__noinline int replay_next(struct xdp_md *ctx)
+{
+	struct replay_desc d;
+	__u32 total, start;
+
+	if (!ctx)
+		return -1;
+	total = ctx->data_end - ctx->data;
+	if (total < sizeof(d) + ETH_HLEN)
+		return total ? -1 : 0;
+	if (bpf_xdp_load_bytes(ctx, total - sizeof(d), &d, sizeof(d)))
+		return -1;
+	if (d.len < ETH_HLEN || d.len > total - sizeof(d))
+		return -1;
+	start = total - sizeof(d) - d.len;
+	if (bpf_xdp_adjust_tail(ctx, -(int)sizeof(d)))
+		return -1;
+	if (start && bpf_xdp_adjust_head(ctx, start))
+		return -1;
+	replay_frame(ctx, d.now, d.len, d.egress);
+	if (!start)
+		return 0;
+	if (bpf_xdp_adjust_head(ctx, -(int)start) || bpf_xdp_adjust_tail(ctx, -(int)d.len))
+		return -1;
+	return 1;
+}
+
+SEC("xdp")
+int flowaudit_replay(struct xdp_md *ctx)
+{
+	void *meta = (void *)(long)ctx->data_meta;
+	void *data = (void *)(long)ctx->data;
+	struct replay_desc *d = meta;
+	int i, r;
+
+	if (meta + sizeof(*d) <= data) {
+		/* One long frame, its descriptor in the metadata. */
+		if (d->len != ctx->data_end - ctx->data)
+			return XDP_ABORTED;
+		replay_frame(ctx, d->now, d->len, d->egress);
+		return XDP_PASS;
+	}
+	for (i = 0; i < REPLAY_BATCH_MAX; i++) {
+		r = replay_next(ctx);
+		if (r < 0)
+			return XDP_ABORTED;
+		if (r == 0)
+			return XDP_PASS;
+	}
+	return XDP_ABORTED; /* more frames than a batch may hold */
+}

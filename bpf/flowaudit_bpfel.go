@@ -143,6 +143,7 @@ const (
 	flowauditMapServiceHints        = "service_hints"
 	flowauditMapStats               = "stats"
 	flowauditProgFlowauditClock     = "flowaudit_clock"
+	flowauditProgFlowauditReplay    = "flowaudit_replay"
 	flowauditProgFlowauditTcEgress  = "flowaudit_tc_egress"
 	flowauditProgFlowauditTcIngress = "flowaudit_tc_ingress"
 	flowauditProgFlowauditXdp       = "flowaudit_xdp"
@@ -201,6 +202,7 @@ type flowauditSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type flowauditProgramSpecs struct {
 	FlowauditClock     *ebpf.ProgramSpec `ebpf:"flowaudit_clock"`
+	FlowauditReplay    *ebpf.ProgramSpec `ebpf:"flowaudit_replay"`
 	FlowauditTcEgress  *ebpf.ProgramSpec `ebpf:"flowaudit_tc_egress"`
 	FlowauditTcIngress *ebpf.ProgramSpec `ebpf:"flowaudit_tc_ingress"`
 	FlowauditXdp       *ebpf.ProgramSpec `ebpf:"flowaudit_xdp"`
@@ -315,6 +317,7 @@ type flowauditVariables struct {
 // It can be passed to loadFlowauditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type flowauditPrograms struct {
 	FlowauditClock     *ebpf.Program `ebpf:"flowaudit_clock"`
+	FlowauditReplay    *ebpf.Program `ebpf:"flowaudit_replay"`
 	FlowauditTcEgress  *ebpf.Program `ebpf:"flowaudit_tc_egress"`
 	FlowauditTcIngress *ebpf.Program `ebpf:"flowaudit_tc_ingress"`
 	FlowauditXdp       *ebpf.Program `ebpf:"flowaudit_xdp"`
@@ -323,6 +326,7 @@ type flowauditPrograms struct {
 func (p *flowauditPrograms) Close() error {
 	return _FlowauditClose(
 		p.FlowauditClock,
+		p.FlowauditReplay,
 		p.FlowauditTcEgress,
 		p.FlowauditTcIngress,
 		p.FlowauditXdp,

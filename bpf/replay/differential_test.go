@@ -877,7 +877,7 @@ func TestDifferentialTshark(t *testing.T) {
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for w := 0; w < parallel; w++ {
-		c, err := bpf.Open(bpf.Options{EphemeralPorts: DefaultEphemeralPorts})
+		c, err := bpf.Open(bpf.Options{EphemeralPorts: DefaultEphemeralPorts, Programs: Programs(Options{})})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,6 +31,10 @@ type frameInfo struct {
 	// pair of the packet it quotes (the error's evidence is added to that
 	// packet's flow, so it must stay in order with it).
 	conv uint64
+	// quoted: a destination-unreachable error whose quoted packet's
+	// addresses are qsrc, qdst (the flow its evidence goes to).
+	quoted     bool
+	qsrc, qdst netip.Addr
 }
 
 const (
@@ -135,6 +139,7 @@ func parseFrame(f []byte) (fi frameInfo) {
 		}
 		if ok {
 			fi.conv = pairHash(s, d)
+			fi.quoted, fi.qsrc, fi.qdst = true, s, d
 		}
 	}
 	return fi
