@@ -113,15 +113,15 @@ type LocalChoice struct {
 
 // Result is a replay's outcome.
 type Result struct {
-	Snapshot *snapshot.Snapshot
-	Format   string         // "pcap" or "pcapng"
-	LinkType map[uint32]int // records per link type
-	Packets  int            // records read
-	Replayed int            // frames given to the programs
-	Calls    int            // BPF_PROG_TEST_RUN calls (per-packet path: identical consecutive frames for TC share one)
-	PerPacket bool          // the per-packet path ran (Options.PerPacket)
-	Skipped  map[string]int // records not replayed, by reason
-	Local    LocalChoice
+	Snapshot  *snapshot.Snapshot
+	Format    string         // "pcap" or "pcapng"
+	LinkType  map[uint32]int // records per link type
+	Packets   int            // records read
+	Replayed  int            // frames given to the programs
+	Calls     int            // BPF_PROG_TEST_RUN calls (per-packet path: identical consecutive frames for TC share one)
+	PerPacket bool           // the per-packet path ran (Options.PerPacket)
+	Skipped   map[string]int // records not replayed, by reason
+	Local     LocalChoice
 	// Snapped counts records cut by the capture's snap length, Cut the
 	// frames cut to MaxFrame; MissingBytes is the wire bytes neither
 	// reached the programs (the snapshot's byte counts are short by it).
@@ -138,7 +138,7 @@ type Result struct {
 	// Flushes counts batches the batch path ran early because a peer
 	// whose flows another worker had in the batch came up (see conflict).
 	Flushes int
-	Elapsed      time.Duration // wall time of the replay pass
+	Elapsed time.Duration // wall time of the replay pass
 	// BadTimestamps counts records whose timestamp was outside
 	// [MinTimestamp, MaxTimestamp) and was replaced; BadTimes lists the
 	// first maxBadTimes of them.
