@@ -1123,12 +1123,9 @@ func (r *replayer) finish() error {
 				var err1, err2 error
 				f.FirstSeen, err1 = r.captureStamp(f.FirstSeen)
 				f.LastSeen, err2 = r.captureStamp(f.LastSeen)
+				// By file order, as the per-packet path: in a capture
+				// whose time goes backwards, last may be before first.
 				stampErr = errors.Join(stampErr, err1, err2)
-				if f.LastSeen.Before(f.FirstSeen) {
-					// Timestamps going backwards in the file: first and
-					// last are by file order, the snapshot wants a span.
-					f.FirstSeen, f.LastSeen = f.LastSeen, f.FirstSeen
-				}
 			} else if len(r.slices) > 0 {
 				f.FirstSeen, _ = r.captureTime(f.FirstSeen)
 				_, f.LastSeen = r.captureTime(f.LastSeen)
