@@ -107,6 +107,19 @@ type flowauditOverflowValue struct {
 	Sketch [128]uint8
 }
 
+type flowauditReplayBuf struct {
+	_ structs.HostLayout
+	D struct {
+		_      structs.HostLayout
+		Now    uint64
+		Len    uint32
+		Egress uint32
+	}
+	Total uint32
+	Pad   uint32
+	Frame [3520]uint8
+}
+
 type flowauditStat uint32
 
 const (
@@ -140,6 +153,7 @@ const (
 	flowauditMapOverflow1           = "overflow_1"
 	flowauditMapOverflowGens        = "overflow_gens"
 	flowauditMapOverflowZero        = "overflow_zero"
+	flowauditMapReplayBufs          = "replay_bufs"
 	flowauditMapServiceHints        = "service_hints"
 	flowauditMapStats               = "stats"
 	flowauditProgFlowauditClock     = "flowaudit_clock"
@@ -223,6 +237,7 @@ type flowauditMapSpecs struct {
 	Overflow1    *ebpf.MapSpec `ebpf:"overflow_1"`
 	OverflowGens *ebpf.MapSpec `ebpf:"overflow_gens"`
 	OverflowZero *ebpf.MapSpec `ebpf:"overflow_zero"`
+	ReplayBufs   *ebpf.MapSpec `ebpf:"replay_bufs"`
 	ServiceHints *ebpf.MapSpec `ebpf:"service_hints"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -274,6 +289,7 @@ type flowauditMaps struct {
 	Overflow1    *ebpf.Map `ebpf:"overflow_1"`
 	OverflowGens *ebpf.Map `ebpf:"overflow_gens"`
 	OverflowZero *ebpf.Map `ebpf:"overflow_zero"`
+	ReplayBufs   *ebpf.Map `ebpf:"replay_bufs"`
 	ServiceHints *ebpf.Map `ebpf:"service_hints"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 }
@@ -291,6 +307,7 @@ func (m *flowauditMaps) Close() error {
 		m.Overflow1,
 		m.OverflowGens,
 		m.OverflowZero,
+		m.ReplayBufs,
 		m.ServiceHints,
 		m.Stats,
 	)

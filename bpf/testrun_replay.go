@@ -9,18 +9,22 @@ import (
 )
 
 // flowaudit_replay (flowaudit.c) runs a batch of captured frames in one
-// BPF_PROG_TEST_RUN: each frame followed by a descriptor of ReplayDescLen
-// bytes, the earliest frame last.
+// BPF_PROG_TEST_RUN: a window of ReplayWindow bytes (the linear part of the
+// buffer test_run builds; its content does not matter), then each frame
+// after its descriptor of ReplayDescLen bytes, in order.
 const (
 	// ReplayDescLen is the size of struct replay_desc.
 	ReplayDescLen = 16
+	// ReplayWindow is the linear part of an XDP test_run buffer on 4 KiB
+	// pages (4096 - 256 headroom - 320 skb_shared_info), the longest
+	// frame a batch can present.
+	ReplayWindow = 3520
 	// ReplayBatchMax is the most frames one batch may hold.
-	ReplayBatchMax = 128
-	// ReplayBatchBytes is the longest batch: the linear frame test_run
-	// builds for XDP on 4 KiB pages (4096 - 256 headroom - 320 tailroom).
-	ReplayBatchBytes = 3520
-	// ethHLen: the shortest frame test_run accepts.
-	ethHLen = 14
+	ReplayBatchMax = 512
+	// ReplayBatchBytes is the longest batch: bpf_xdp_load_bytes takes
+	// offsets up to 0xffff (the rest is in page frags: 15 of the 17
+	// test_run allows).
+	ReplayBatchBytes = 0xffff
 )
 
 // PutReplayDesc writes the descriptor of a frame of frameLen bytes to b
@@ -40,15 +44,9 @@ func PutReplayDesc(b []byte, stamp uint64, frameLen int, egress bool) {
 // ErrNoReplayProgram: the collector was opened without LoadReplay.
 var ErrNoReplayProgram = errors.New("collector opened without the replay program (bpf.Options.Programs: LoadReplay)")
 
-// xdpMD is the kernel's struct xdp_md, the context test_run takes.
-type xdpMD struct {
-	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
-}
-
 // RunReplayBatch runs flowaudit_replay on a batch laid out as
-// [F_n][D_n]...[F_1][D_1] (at most ReplayBatchMax frames of at least 14
-// bytes, ReplayBatchBytes in all). The program leaves the batch unchanged
-// for the caller (test_run copies it in).
+// [window][D_1][F_1]...[D_n][F_n] (at most ReplayBatchMax frames of 14 to
+// ReplayWindow bytes, ReplayBatchBytes in all).
 func (c *Collector) RunReplayBatch(batch []byte) error {
 	p := c.objs.FlowauditReplay
 	if p == nil {
@@ -60,25 +58,6 @@ func (c *Collector) RunReplayBatch(batch []byte) error {
 	}
 	if ret != 2 { // XDP_PASS
 		return fmt.Errorf("replay batch of %d bytes: verdict %d: malformed batch", len(batch), ret)
-	}
-	return nil
-}
-
-// RunReplayFrame runs flowaudit_replay on one frame too long to share a
-// batch with its descriptor: buf is [descriptor][frame], the descriptor
-// given to the program as XDP metadata.
-func (c *Collector) RunReplayFrame(buf []byte) error {
-	p := c.objs.FlowauditReplay
-	if p == nil {
-		return ErrNoReplayProgram
-	}
-	ret, err := p.Run(&ebpf.RunOptions{Data: buf,
-		Context: xdpMD{Data: ReplayDescLen, DataEnd: uint32(len(buf))}})
-	if err != nil {
-		return fmt.Errorf("replay frame of %d bytes: %w", len(buf)-ReplayDescLen, err)
-	}
-	if ret != 2 {
-		return fmt.Errorf("replay frame of %d bytes: verdict %d", len(buf)-ReplayDescLen, ret)
 	}
 	return nil
 }

@@ -920,6 +920,8 @@ func (r *replayer) replay(ctx context.Context, path, name string, packets int, f
 	return r.finish()
 }
 
+var DebugWait, DebugWork time.Duration
+
 // Batches: the reader fills one while the workers run the other.
 const (
 	batchFrames = 4096
@@ -1000,7 +1002,9 @@ func (r *replayer) wait() error {
 	if r.running == nil {
 		return nil
 	}
+	t0 := time.Now()
 	err := <-r.running
+	DebugWait += time.Since(t0)
 	r.running = nil
 	return err
 }
@@ -1265,23 +1269,19 @@ func Frames(path string, fn func(frame []byte) bool) error {
 }
 
 // Batch path (docs/REPLAY.md): the reader packs each worker's frames into
-// calls of flowaudit_replay, [F_n][D_n]...[F_1][D_1] written from the end
-// of a ReplayBatchBytes buffer, so that the program, which works from the
-// end, sees them in capture order.
+// calls of flowaudit_replay, [window][D_1][F_1]...[D_n][F_n].
 
-// call is one BPF_PROG_TEST_RUN of flowaudit_replay: a batch, or a single
-// long frame with its descriptor in front (single). index is the packet
+// call is one BPF_PROG_TEST_RUN of flowaudit_replay; index is the packet
 // number of its first frame (for errors).
 type call struct {
-	data   []byte
-	single bool
-	index  int
+	data  []byte
+	index int
 }
 
 // callFill is the call a worker's frames are being packed into.
 type callFill struct {
 	buf   []byte
-	pos   int // buf[pos:] is packed
+	pos   int // buf[:pos] is packed
 	n     int // frames in it
 	index int
 }
@@ -1290,7 +1290,7 @@ type callFill struct {
 func (b *batch) seal(i int) {
 	f := &b.fill[i]
 	if f.n > 0 {
-		b.calls[i] = append(b.calls[i], call{data: f.buf[f.pos:], index: f.index})
+		b.calls[i] = append(b.calls[i], call{data: f.buf[:f.pos], index: f.index})
 	}
 	*f = callFill{}
 }
@@ -1373,27 +1373,17 @@ func (r *replayer) addFrame(frame []byte, fi *frameInfo, egress bool, ts time.Ti
 	}
 	b := r.cur
 	need := len(frame) + bpf.ReplayDescLen
-	if need > bpf.ReplayBatchBytes {
-		// Alone, the descriptor in front (XDP metadata).
+	f := &b.fill[shard]
+	if f.n == 0 || len(f.buf)-f.pos < need || f.n == bpf.ReplayBatchMax {
 		b.seal(shard)
-		buf := b.arena.alloc(need)
-		bpf.PutReplayDesc(buf, stamp, len(frame), egress)
-		copy(buf[bpf.ReplayDescLen:], frame)
-		b.calls[shard] = append(b.calls[shard], call{data: buf, single: true, index: index})
-	} else {
-		f := &b.fill[shard]
-		if f.n == 0 || f.pos < need || f.n == bpf.ReplayBatchMax {
-			b.seal(shard)
-			f.buf = b.arena.alloc(bpf.ReplayBatchBytes)
-			f.pos = len(f.buf)
-			f.index = index
-		}
-		f.pos -= bpf.ReplayDescLen
-		bpf.PutReplayDesc(f.buf[f.pos:], stamp, len(frame), egress)
-		f.pos -= len(frame)
-		copy(f.buf[f.pos:], frame)
-		f.n++
+		f.buf = b.arena.alloc(bpf.ReplayBatchBytes)
+		f.pos = bpf.ReplayWindow
+		f.index = index
 	}
+	bpf.PutReplayDesc(f.buf[f.pos:], stamp, len(frame), egress)
+	f.pos += bpf.ReplayDescLen
+	f.pos += copy(f.buf[f.pos:], frame)
+	f.n++
 	if b.frames++; b.frames >= batchFrames || b.arena.size() >= batchBytes {
 		return r.dispatch()
 	}
@@ -1414,15 +1404,11 @@ func (r *replayer) runCalls(calls []call) error {
 	}
 	defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil) //nolint:errcheck // restoring a mask read just before
 	defer r.calls.Add(int64(len(calls)))
+	t0 := time.Now()
+	defer func() { DebugWork += time.Since(t0) }()
 	for i := range calls {
 		c := &calls[i]
-		var err error
-		if c.single {
-			err = r.c.RunReplayFrame(c.data)
-		} else {
-			err = r.c.RunReplayBatch(c.data)
-		}
-		if err != nil {
+		if err := r.c.RunReplayBatch(c.data); err != nil {
 			return fmt.Errorf("packet %d: %w", c.index, err)
 		}
 	}
