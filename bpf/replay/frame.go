@@ -196,18 +196,20 @@ func ipv6(f []byte, off int) (src, dst netip.Addr, proto uint8, l4 int, frag, ok
 	return src, dst, next, -1, false, true
 }
 
-// pairHash hashes an unordered address pair (FNV-1a).
+// pairHash hashes an unordered address pair (multiply and xor-shift over
+// its four 64-bit words; it only spreads conversations over workers).
 func pairHash(a, b netip.Addr) uint64 {
 	if b.Less(a) {
 		a, b = b, a
 	}
 	x, y := a.As16(), b.As16()
 	h := uint64(14695981039346656037)
-	for _, c := range x {
-		h = (h ^ uint64(c)) * 1099511628211
-	}
-	for _, c := range y {
-		h = (h ^ uint64(c)) * 1099511628211
+	for _, w := range [4]uint64{
+		binary.LittleEndian.Uint64(x[:8]), binary.LittleEndian.Uint64(x[8:]),
+		binary.LittleEndian.Uint64(y[:8]), binary.LittleEndian.Uint64(y[8:]),
+	} {
+		h = (h ^ w) * 0x9e3779b97f4a7c15
+		h ^= h >> 29
 	}
 	return h
 }

@@ -62,8 +62,8 @@ type Options struct {
 	// written to the snapshot.
 	Listening []snapshot.Socket
 	// Workers is the number of parallel BPF_PROG_TEST_RUN workers
-	// (default: one per CPU but one, which the reader uses). The result
-	// does not depend on it.
+	// (default: one per CPU; per packet one per CPU but one, which the
+	// reader uses). The result does not depend on it.
 	Workers int
 	// PerPacket selects the per-packet path: one BPF_PROG_TEST_RUN per
 	// frame through flowaudit_xdp / flowaudit_tc_egress (the collector must
@@ -169,14 +169,19 @@ func Run(ctx context.Context, c *bpf.Collector, path string, o Options) (*Result
 	if len(c.Attachments()) > 0 {
 		return nil, errors.New("replay needs a collector that is not attached to any interface")
 	}
-	if o.Workers <= 0 {
-		// The reader needs a CPU of its own to keep the workers busy.
-		o.Workers = max(1, runtime.NumCPU()-1)
-	}
 	if o.Ingress != bpf.HookTCIngress {
 		o.Ingress = bpf.HookXDP
 	} else {
 		o.PerPacket = true
+	}
+	if o.Workers <= 0 {
+		// Per packet, the reader needs a CPU of its own to keep the
+		// workers busy; with batches it has less to do per frame than a
+		// worker (measured: docs/REPLAY.md).
+		o.Workers = max(1, runtime.NumCPU()-1)
+		if !o.PerPacket {
+			o.Workers = runtime.NumCPU()
+		}
 	}
 	switch {
 	case o.PerPacket && !c.LiveLoaded():
@@ -282,6 +287,7 @@ type scanResult struct {
 	// is not a TCP RST (fan-in evidence, serviceHints).
 	convs          map[conv]uint8
 	convsUntracked int
+	dirs           map[dirKey]*dirState // cache, see directed
 	err            *CaptureError
 }
 
@@ -317,8 +323,9 @@ func (e endpoint) less(o endpoint) bool {
 // conv is a conversation between two endpoints of one protocol, a < b.
 type conv struct{ a, b endpoint }
 
-// maxConvs bounds the scan's conversation table (~100 bytes each).
-const maxConvs = 1 << 21
+// maxConvs bounds the scan's conversation table (~100 bytes each); a
+// variable for tests.
+var maxConvs = 1 << 21
 
 // Bits of scanResult.convs: which end sent.
 const (
@@ -326,11 +333,91 @@ const (
 	convSentB
 )
 
+// dirKey is what the scan remembers of a direction of a conversation
+// (dirState), so that most packets need one map lookup.
+type dirKey struct {
+	src, dst     netip.Addr
+	sport, dport uint16
+	proto        uint8
+	ports        bool
+}
+
+// dirState: the address counts of both ends, the last source MAC noted in
+// macOf, and whether noteConv has recorded that the source sent.
+type dirState struct {
+	src, dst  *addrCount
+	mac       [6]byte
+	macSeen   bool
+	convNoted bool
+}
+
+// maxDirs bounds the scan's cache of directions (~150 bytes each); when
+// full it starts again empty (it only saves lookups). A variable for tests.
+var maxDirs = 1 << 20
+
+// directed returns the state of the packet's direction, creating the
+// address counts of both ends the first time.
+func (sc *scanResult) directed(fi *frameInfo) *dirState {
+	k := dirKey{fi.src, fi.dst, fi.sport, fi.dport, fi.proto, fi.ports}
+	if st := sc.dirs[k]; st != nil {
+		return st
+	}
+	if len(sc.dirs) >= maxDirs {
+		clear(sc.dirs)
+	}
+	st := &dirState{src: sc.addrCount(fi.src), dst: sc.addrCount(fi.dst)}
+	sc.dirs[k] = st
+	return st
+}
+
+// countIP counts an IP packet for the local-address heuristic and the
+// fan-in evidence.
+func (sc *scanResult) countIP(fi *frameInfo) {
+	st := sc.directed(fi)
+	st.src.packets++
+	if fi.dst != fi.src {
+		ac := st.dst
+		ac.packets++
+		switch {
+		case !ac.sender.IsValid():
+			ac.sender = fi.src
+		case ac.sender != fi.src:
+			ac.senders2 = true
+		}
+	}
+	if fi.syn {
+		st.dst.synIn++
+	}
+	st.src.sent++
+	if fi.proto == 17 && fi.ports && (fi.sport == 67 && fi.dport == 68 || fi.sport == 547 && fi.dport == 546) {
+		st.src.dhcpServer++
+	}
+	if !st.convNoted && sc.noteConv(fi) {
+		st.convNoted = true
+	}
+	if !st.macSeen || st.mac != fi.srcMAC {
+		sc.macOf[macIP{fi.srcMAC, fi.src}] = struct{}{}
+		st.mac, st.macSeen = fi.srcMAC, true
+	}
+}
+
+func (sc *scanResult) addrCount(a netip.Addr) *addrCount {
+	ac := sc.addrs[a]
+	if ac == nil {
+		ac = &addrCount{}
+		sc.addrs[a] = ac
+	}
+	return ac
+}
+
 // noteConv records that src sent to dst, unless it is a TCP RST (an
-// answer that says nothing listens: scans without SYN draw them).
-func (sc *scanResult) noteConv(fi *frameInfo) {
+// answer that says nothing listens: scans without SYN draw them). It
+// reports whether the conversation's table entry has the sender's bit set
+// (then later packets of the direction need not be noted again, except a
+// RST, which notes nothing).
+func (sc *scanResult) noteConv(fi *frameInfo) bool {
 	if !fi.ports || (fi.proto == 6 && fi.rst) {
-		return
+		return false
 	}
 	s := endpoint{fi.src, fi.sport, fi.proto}
 	d := endpoint{fi.dst, fi.dport, fi.proto}
@@ -341,9 +428,12 @@ func (sc *scanResult) noteConv(fi *frameInfo) {
 	old, ok := sc.convs[k]
 	if !ok && len(sc.convs) >= maxConvs {
 		sc.convsUntracked++
-		return
+		return false
 	}
-	sc.convs[k] = old | bit
+	if old&bit == 0 {
+		sc.convs[k] = old | bit
+	}
+	return true
 }
 
 // serviceHints computes the fan-in of every endpoint: the number of
@@ -438,7 +528,7 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 	}
 	defer cp.close()
 	sc := &scanResult{format: cp.format, linkTypes: map[uint32]int{}, ifaces: map[string]int{},
-		addrs: map[netip.Addr]*addrCount{}, macOf: map[macIP]struct{}{}, convs: map[conv]uint8{}}
+		addrs: map[netip.Addr]*addrCount{}, macOf: map[macIP]struct{}{}, convs: map[conv]uint8{}, dirs: map[dirKey]*dirState{}}
 	valid := 0      // records with a valid timestamp
 	var early []int // records with an invalid timestamp before the first valid one
 	if cp.format == "pcap" && !LinkTypeSupported(cp.linkType) {
@@ -516,35 +606,7 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 			fam = 1
 		}
 		sc.ipPackets[fam]++
-		for i, a := range []netip.Addr{fi.src, fi.dst} {
-			ac := sc.addrs[a]
-			if ac == nil {
-				ac = &addrCount{}
-				sc.addrs[a] = ac
-			}
-			if i == 0 || a != fi.src {
-				ac.packets++
-			}
-			if i == 1 && fi.syn {
-				ac.synIn++
-			}
-			if i == 1 && a != fi.src {
-				switch {
-				case !ac.sender.IsValid():
-					ac.sender = fi.src
-				case ac.sender != fi.src:
-					ac.senders2 = true
-				}
-			}
-		}
-		if src := sc.addrs[fi.src]; src != nil {
-			src.sent++
-			if fi.proto == 17 && fi.ports && (fi.sport == 67 && fi.dport == 68 || fi.sport == 547 && fi.dport == 546) {
-				src.dhcpServer++
-			}
-		}
-		sc.noteConv(&fi)
-		sc.macOf[macIP{fi.srcMAC, fi.src}] = struct{}{}
+		sc.countIP(&fi)
 	}
 	if valid == 0 && sc.packets > 0 {
 		// No valid timestamp at all: every record gets the epoch.
@@ -920,8 +982,6 @@ func (r *replayer) replay(ctx context.Context, path, name string, packets int, f
 	return r.finish()
 }
 
-var DebugWait, DebugWork time.Duration
-
 // Batches: the reader fills one while the workers run the other.
 const (
 	batchFrames = 4096
@@ -1002,9 +1062,7 @@ func (r *replayer) wait() error {
 	if r.running == nil {
 		return nil
 	}
-	t0 := time.Now()
 	err := <-r.running
-	DebugWait += time.Since(t0)
 	r.running = nil
 	return err
 }
@@ -1404,8 +1462,6 @@ func (r *replayer) runCalls(calls []call) error {
 	}
 	defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil) //nolint:errcheck // restoring a mask read just before
 	defer r.calls.Add(int64(len(calls)))
-	t0 := time.Now()
-	defer func() { DebugWork += time.Since(t0) }()
 	for i := range calls {
 		c := &calls[i]
 		if err := r.c.RunReplayBatch(c.data); err != nil {

@@ -63,7 +63,7 @@ func setupReplay(fs *pflag.FlagSet) runFunc {
 	fs.StringSliceVar(&listening, "listening", nil, "local service known to listen, PROTO/PORT (tcp, udp, sctp), e.g. tcp/8443")
 	fs.StringVar(&ephemeral, "ephemeral-ports", fmt.Sprintf("%d-%d", replay.DefaultEphemeralPorts[0], replay.DefaultEphemeralPorts[1]), "the captured host's client port range (net.ipv4.ip_local_port_range)")
 	fs.Uint32Var(&maxFlows, "max-flows", bpf.DefaultFlowEntries, "flow map size (entries); a full map is reported, never silent")
-	fs.IntVar(&workers, "workers", 0, "parallel BPF_PROG_TEST_RUN workers (default: one per CPU but one); the result does not depend on it")
+	fs.IntVar(&workers, "workers", 0, "parallel BPF_PROG_TEST_RUN workers (default: one per CPU; with --per-packet one per CPU but one); the result does not depend on it")
 	fs.DurationVar(&resolution, "time-resolution", 0, "with --per-packet: precision of each flow's first/last seen (default: max(1s, capture length/1000)); otherwise they are exact")
 	fs.BoolVar(&perPacket, "per-packet", false, "one BPF_PROG_TEST_RUN per packet through the live programs, first/last seen in time slices (the slower path before batches; implied by --ingress tc)")
 	fs.StringVar(&ingress, "ingress", "xdp", "program for incoming packets: xdp or tc")
