@@ -208,10 +208,16 @@ func (r *report) rows() [][]string {
 			ctx = fmt.Sprintf(" (bare test_run of XDP, part 1: %s)", mpps(bare))
 		}
 		rows = append(rows, []string{"5 replay",
-			fmt.Sprintf("replay of a %s-packet pcap (%.0f MiB), %s flows", commas(uint64(rp.replayed)), float64(rp.fileBytes)/(1<<20), commas(uint64(rp.flows))),
-			fmt.Sprintf("%s in the replay pass, %s for the whole run incl. scan%s; %.2f test_run calls/pkt",
-				mpps(rp.pps()), mpps(rp.totalPPS()), ctx, float64(rp.calls)/float64(rp.replayed)),
+			fmt.Sprintf("replay of a %s-packet pcap (%.0f MiB), %s flows, batch path", commas(uint64(rp.replayed)), float64(rp.fileBytes)/(1<<20), commas(uint64(rp.flows))),
+			fmt.Sprintf("%s in the replay pass, %s for the whole run incl. scan%s; %.3f test_run calls/pkt; collector load %s",
+				mpps(rp.pps()), mpps(rp.totalPPS()), ctx, float64(rp.calls)/float64(rp.replayed), rp.open.Round(time.Millisecond)),
 			ratio, ""})
+		if old := rp.perPacket; old != nil {
+			rows = append(rows, []string{"5 replay", "the same capture, per-packet path (`--per-packet`)",
+				fmt.Sprintf("%s in the replay pass, %s for the whole run incl. scan; %.3f test_run calls/pkt; collector load %s",
+					mpps(old.pps()), mpps(old.totalPPS()), float64(old.calls)/float64(old.replayed), old.open.Round(time.Millisecond)),
+				fmt.Sprintf("batch %.1f× its whole-run rate", rp.totalPPS()/old.totalPPS()), ""})
+		}
 	}
 	return rows
 }
