@@ -211,5 +211,12 @@ func pairHash(a, b netip.Addr) uint64 {
 		h = (h ^ w) * 0x9e3779b97f4a7c15
 		h ^= h >> 29
 	}
+	// fmix64 (MurmurHash3): every input bit reaches the low bits, which
+	// pick the worker.
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
 	return h
 }

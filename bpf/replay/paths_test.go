@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"sort"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gopacket/gopacket/layers"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 	"github.com/flowaudit/flowaudit/bpf"
@@ -170,4 +173,51 @@ func comparePaths(c *bpf.Collector, path string) (compared bool, problems []stri
 // may be before first on either.
 func within(first, last, lo, hi time.Time) bool {
 	return !first.Before(lo) && !hi.Before(last)
+}
+
+// TestReplayPeerOnTwoWorkers: a peer talking to two local addresses has
+// one flow per service fed by two conversations, which may go to two
+// workers; the reader runs the batch in between (Result.Flushes), so the
+// snapshot, first/last seen included, is the same for every worker count.
+func TestReplayPeerOnTwoWorkers(t *testing.T) {
+	c := openCollector(t)
+	hostA2 := netip.MustParseAddr("192.0.2.11")
+	var pkts []pkt
+	for i := 0; i < 3000; i++ {
+		p := netip.AddrFrom4([4]byte{198, 51, 100, byte(i % 40)})
+		local := hostA
+		if (i/40)%2 == 1 {
+			local = hostA2
+		}
+		ts := epoch.Add(time.Duration(i) * 7 * time.Millisecond)
+		if i%2 == 0 {
+			pkts = append(pkts, pkt{ts: ts, frame: ipFrame(t, p, local, udpDgram(41000, 514, 20)...)})
+		} else {
+			pkts = append(pkts, pkt{ts: ts, frame: ipFrame(t, local, p, udpDgram(514, 41000, 20)...)})
+		}
+	}
+	path := filepath.Join(t.TempDir(), "two.pcap")
+	writePcap(t, path, layers.LinkTypeEthernet, pkts)
+	local := []netip.Prefix{netip.PrefixFrom(hostA, 32), netip.PrefixFrom(hostA2, 32)}
+	var one string
+	for _, workers := range []int{1, 2, 3, 4} {
+		res, err := Run(context.Background(), c, path, Options{Local: local, Workers: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if workers > 1 && res.Flushes == 0 {
+			t.Errorf("workers=%d: no batch ran early, though peers talk to two local addresses", workers)
+		}
+		if len(res.Snapshot.Flows) != 40 {
+			t.Errorf("workers=%d: %d flows, want 40 (one per peer)", workers, len(res.Snapshot.Flows))
+		}
+		all := fullText(res.Snapshot)
+		if one == "" {
+			one = all
+			continue
+		}
+		if d := diffText(one, all); d != "" {
+			t.Errorf("workers=%d: snapshot differs from workers=1 (-1 +%d):\n%s", workers, workers, d)
+		}
+	}
 }
