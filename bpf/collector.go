@@ -378,6 +378,7 @@ func (c *Collector) Memory() []MapMemory {
 		{"overflow_0", c.objs.Overflow0}, {"overflow_1", c.objs.Overflow1},
 		{"conns", c.objs.Conns}, {"local_ports", c.objs.LocalPorts}, {"service_hints", c.objs.ServiceHints},
 		{"stats", c.objs.Stats}, {"ethertypes", c.objs.Ethertypes}, {"dns_ring", c.objs.DnsRing},
+		{"replay_bufs", c.objs.ReplayBufs},
 	} {
 		mm := MapMemory{Name: m.name, Type: m.m.Type(), MaxEntries: m.m.MaxEntries()}
 		if info, err := m.m.Info(); err == nil {

@@ -150,7 +150,8 @@ func logReplay(log *zap.Logger, r *replay.Result, out string) {
 		rate = float64(r.Replayed) / r.Elapsed.Seconds()
 	}
 	log.Info("replayed", zap.String("format", r.Format), zap.Strings("link_types", lts), zap.Int("packets", r.Packets),
-		zap.Int("replayed", r.Replayed), zap.Bool("per_packet", r.PerPacket), zap.Int("test_run_calls", r.Calls), zap.Uint64("ingress", st.PacketsIngress),
+		zap.Int("replayed", r.Replayed), zap.Bool("per_packet", r.PerPacket), zap.Int("test_run_calls", r.Calls),
+		zap.Int("batches_run_early", r.Flushes), zap.Uint64("ingress", st.PacketsIngress),
 		zap.Uint64("egress", st.PacketsEgress), zap.Int("flows", len(r.Snapshot.Flows)),
 		seconds("window_seconds", r.Snapshot.Window()), seconds("time_resolution_seconds", r.Resolution),
 		seconds("elapsed_seconds", r.Elapsed.Round(time.Millisecond)), zap.Float64("packets_per_second", math.Round(rate)))
