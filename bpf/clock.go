@@ -96,3 +96,10 @@ func (c *Collector) KernelNow() (time.Time, error) {
 
 // Tick is the resolution of the programs' timestamps (one jiffy).
 func (c *Collector) Tick() time.Duration { return c.boot.tick }
+
+// JiffiesAt is the stamp of the programs' clock that ReadMaps (and the
+// passive DNS table) convert to t, rounded down to a tick: the inverse of
+// that conversion, exact for every time it produces. Replay stamps its
+// frames with JiffiesAt(anchor)+i and maps the stamps it reads back to
+// capture time with it.
+func (c *Collector) JiffiesAt(t time.Time) uint64 { return c.boot.jiffies(t) }

@@ -68,6 +68,76 @@ type Options struct {
 	// DefaultDNSRing). Negative: no passive DNS (the programs still count
 	// answers they could not hand over as dropped).
 	DNSRing int
+	// Programs selects the programs Open loads (default LoadLive). Each
+	// one verifies the whole packet path again, which dominates the load
+	// time, so a replay loads only what it runs.
+	Programs ProgramSet
+}
+
+// ProgramSet selects programs for Open. flowaudit_clock is always loaded.
+type ProgramSet uint8
+
+const (
+	// LoadLive: the programs a live recording attaches (XDP, TC ingress,
+	// TC egress); the per-packet replay path (bpf/replay) runs them too.
+	LoadLive ProgramSet = 1 << iota
+	// LoadReplay: flowaudit_replay, the batch program of a replay
+	// (ReplayBatch); never attached.
+	LoadReplay
+)
+
+// programs Open loads for a ProgramSet (the clock comes with every set).
+type liveProgs struct {
+	Xdp       *ebpf.Program `ebpf:"flowaudit_xdp"`
+	TcEgress  *ebpf.Program `ebpf:"flowaudit_tc_egress"`
+	TcIngress *ebpf.Program `ebpf:"flowaudit_tc_ingress"`
+}
+
+type replayProgs struct {
+	Replay *ebpf.Program `ebpf:"flowaudit_replay"`
+}
+
+type allProgs struct {
+	liveProgs
+	replayProgs
+}
+
+// loadTarget is what LoadAndAssign fills: every map and variable, the
+// clock and the programs P. Programs not named are not loaded.
+type loadTarget[P any] struct {
+	Maps  *flowauditMaps
+	Vars  *flowauditVariables
+	Clock *ebpf.Program `ebpf:"flowaudit_clock"`
+	Progs *P
+}
+
+// load loads the maps, variables and the programs of set into c.objs.
+func (c *Collector) load(spec *ebpf.CollectionSpec, set ProgramSet) error {
+	var live liveProgs
+	var rep replayProgs
+	var err error
+	switch set {
+	case LoadLive:
+		t := loadTarget[liveProgs]{&c.objs.flowauditMaps, &c.objs.flowauditVariables, nil, &live}
+		err = spec.LoadAndAssign(&t, nil)
+		c.objs.FlowauditClock = t.Clock
+	case LoadReplay:
+		t := loadTarget[replayProgs]{&c.objs.flowauditMaps, &c.objs.flowauditVariables, nil, &rep}
+		err = spec.LoadAndAssign(&t, nil)
+		c.objs.FlowauditClock = t.Clock
+	case LoadLive | LoadReplay:
+		var all allProgs
+		t := loadTarget[allProgs]{&c.objs.flowauditMaps, &c.objs.flowauditVariables, nil, &all}
+		err = spec.LoadAndAssign(&t, nil)
+		c.objs.FlowauditClock = t.Clock
+		live, rep = all.liveProgs, all.replayProgs
+	default:
+		return fmt.Errorf("program set %#x not supported", uint8(set))
+	}
+	c.objs.FlowauditXdp, c.objs.FlowauditTcEgress, c.objs.FlowauditTcIngress = live.Xdp, live.TcEgress, live.TcIngress
+	c.objs.FlowauditReplay = rep.Replay
+	c.programs = set
+	return err
 }
 
 // Collector owns the loaded programs and maps and the interfaces they are
@@ -115,6 +185,8 @@ type Collector struct {
 	onMove func(*MovedFlow) // Options.OnMove
 
 	dns *dnsReader // passive DNS (dns.go); nil with Options.DNSRing < 0
+
+	programs ProgramSet // Options.Programs: what Open loaded
 }
 
 // Open loads the programs and maps into the kernel. It does not attach
@@ -140,6 +212,9 @@ func Open(opts Options) (*Collector, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
+	}
+	if opts.Programs == 0 {
+		opts.Programs = LoadLive
 	}
 	if opts.EphemeralPorts == [2]uint16{} {
 		r, err := readEphemeralRange()
@@ -212,7 +287,7 @@ func Open(opts Options) (*Collector, error) {
 		onMove:    opts.OnMove,
 	}
 	c.resetBuckets(time.Now())
-	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+	if err := c.load(spec, opts.Programs); err != nil {
 		if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("load objects: %w", ErrPermission)
 		}
@@ -303,6 +378,7 @@ func (c *Collector) Memory() []MapMemory {
 		{"overflow_0", c.objs.Overflow0}, {"overflow_1", c.objs.Overflow1},
 		{"conns", c.objs.Conns}, {"local_ports", c.objs.LocalPorts}, {"service_hints", c.objs.ServiceHints},
 		{"stats", c.objs.Stats}, {"ethertypes", c.objs.Ethertypes}, {"dns_ring", c.objs.DnsRing},
+		{"replay_bufs", c.objs.ReplayBufs},
 	} {
 		mm := MapMemory{Name: m.name, Type: m.m.Type(), MaxEntries: m.m.MaxEntries()}
 		if info, err := m.m.Info(); err == nil {

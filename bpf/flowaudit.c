@@ -1048,3 +1048,127 @@ int flowaudit_tc_ingress(struct __sk_buff *skb)
 	handle_skb(skb, 0);
 	return TCX_NEXT;
 }
+
+/*
+ * flowaudit_replay: replay only (bpf/replay), never attached, never loaded
+ * by a live collector. One BPF_PROG_TEST_RUN carries a batch of captured
+ * frames, each after its descriptor, behind a window as long as the
+ * linear part of the buffer test_run builds (REPLAY_WINDOW):
+ *
+ *   [window][D_1][F_1][D_2][F_2] ... [D_n][F_n]
+ *
+ * test_run puts the window in the linear part and the rest in page frags
+ * (xdp.frags). Each frame in turn is copied to the end of the window and
+ * presented alone as [data, data_end) — bpf_xdp_adjust_head moves data,
+ * never the bytes — to the same handle() the live programs run. A batch
+ * is at most 0xffff bytes: bpf_xdp_load_bytes takes no larger offset.
+ */
+struct replay_desc {
+	__u64 now;    /* the frame's capture time in the programs' clock */
+	__u32 len;    /* frame bytes, ETH_HLEN..REPLAY_WINDOW */
+	__u32 egress; /* 1: outgoing (what flowaudit_tc_egress sees) */
+};
+
+#define REPLAY_WINDOW 3520    /* 4096 - 256 headroom - 320 skb_shared_info */
+#define REPLAY_BATCH_MAX 512 /* frames per call: the verifier walks each iteration */
+
+static const __u32 replay_zero = 0;
+
+/* replay_in and replay_out run handle() on the frame at [data, data_end),
+ * stamped now, as flowaudit_xdp (incoming) and flowaudit_tc_egress
+ * (outgoing) would. Global: each is verified once; two functions, so that
+ * each has one copy of handle()'s stack. Return 0. */
+__noinline int replay_in(struct xdp_md *ctx, __u64 now, __u32 len)
+{
+	void *data, *data_end;
+	struct dns_hint dns = {};
+	struct dns_event *e;
+	__u32 n = 0;
+
+	if (!ctx)
+		return 0;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	handle(data, data_end, 0, ctx->ingress_ifindex, len, 1, &dns, now);
+	if (dns.off) {
+		e = dns_reserve(&dns, len, ctx->ingress_ifindex, &n, now);
+		if (e) {
+			if (n < 1 || n > DNS_CAP)
+				n = 1; /* cannot happen; bounds for the verifier */
+			dns_commit(e, bpf_xdp_load_bytes(ctx, dns.off, e->data, n));
+		}
+	}
+	return 0;
+}
+
+__noinline int replay_out(struct xdp_md *ctx, __u64 now, __u32 len)
+{
+	if (!ctx)
+		return 0;
+	handle((void *)(long)ctx->data, (void *)(long)ctx->data_end, 1, ctx->ingress_ifindex, len, 1, 0, now);
+	return 0;
+}
+
+/* replay_buf: a frame and its descriptor on their way from the batch to
+ * the window (the stack is taken by handle()). Per CPU: each test_run runs
+ * on one CPU, without migrating. */
+struct replay_buf {
+	struct replay_desc d;
+	__u32 total; /* the batch's length */
+	__u32 pad;
+	__u8 frame[REPLAY_WINDOW];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct replay_buf);
+} replay_bufs SEC(".maps");
+
+SEC("xdp.frags")
+int flowaudit_replay(struct xdp_md *ctx)
+{
+	struct replay_buf *b;
+	__u32 off = REPLAY_WINDOW, len, start;
+	int i;
+
+	b = bpf_map_lookup_elem(&replay_bufs, &replay_zero);
+	if (!b)
+		return XDP_ABORTED;
+	b->total = bpf_xdp_get_buff_len(ctx);
+	if (ctx->data_end - ctx->data != REPLAY_WINDOW)
+		return XDP_ABORTED;
+	if (off == b->total)
+		return XDP_PASS;
+	for (i = 0; i < REPLAY_BATCH_MAX; i++) {
+		if (bpf_xdp_load_bytes(ctx, off, &b->d, sizeof(b->d)))
+			return XDP_ABORTED;
+		len = b->d.len;
+		if (len < ETH_HLEN || len > REPLAY_WINDOW)
+			return XDP_ABORTED;
+		/* The frame to the end of the window, presented alone. */
+		start = REPLAY_WINDOW - len;
+		if (bpf_xdp_load_bytes(ctx, off + sizeof(b->d), b->frame, len) ||
+		    bpf_xdp_store_bytes(ctx, start, b->frame, len))
+			return XDP_ABORTED;
+		if (start && bpf_xdp_adjust_head(ctx, start))
+			return XDP_ABORTED;
+		if (b->d.egress)
+			replay_out(ctx, b->d.now, len);
+		else
+			replay_in(ctx, b->d.now, len);
+		len = b->d.len;
+		if (len < ETH_HLEN || len > REPLAY_WINDOW)
+			return XDP_ABORTED;
+		start = REPLAY_WINDOW - len;
+		if (start && bpf_xdp_adjust_head(ctx, -(int)start))
+			return XDP_ABORTED;
+		off += sizeof(b->d) + len;
+		if (off == b->total)
+			return XDP_PASS;
+		if (off > b->total)
+			return XDP_ABORTED;
+	}
+	return XDP_ABORTED; /* more frames than a batch may hold */
+}

@@ -107,6 +107,19 @@ type flowauditOverflowValue struct {
 	Sketch [128]uint8
 }
 
+type flowauditReplayBuf struct {
+	_ structs.HostLayout
+	D struct {
+		_      structs.HostLayout
+		Now    uint64
+		Len    uint32
+		Egress uint32
+	}
+	Total uint32
+	Pad   uint32
+	Frame [3520]uint8
+}
+
 type flowauditStat uint32
 
 const (
@@ -140,9 +153,11 @@ const (
 	flowauditMapOverflow1           = "overflow_1"
 	flowauditMapOverflowGens        = "overflow_gens"
 	flowauditMapOverflowZero        = "overflow_zero"
+	flowauditMapReplayBufs          = "replay_bufs"
 	flowauditMapServiceHints        = "service_hints"
 	flowauditMapStats               = "stats"
 	flowauditProgFlowauditClock     = "flowaudit_clock"
+	flowauditProgFlowauditReplay    = "flowaudit_replay"
 	flowauditProgFlowauditTcEgress  = "flowaudit_tc_egress"
 	flowauditProgFlowauditTcIngress = "flowaudit_tc_ingress"
 	flowauditProgFlowauditXdp       = "flowaudit_xdp"
@@ -201,6 +216,7 @@ type flowauditSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type flowauditProgramSpecs struct {
 	FlowauditClock     *ebpf.ProgramSpec `ebpf:"flowaudit_clock"`
+	FlowauditReplay    *ebpf.ProgramSpec `ebpf:"flowaudit_replay"`
 	FlowauditTcEgress  *ebpf.ProgramSpec `ebpf:"flowaudit_tc_egress"`
 	FlowauditTcIngress *ebpf.ProgramSpec `ebpf:"flowaudit_tc_ingress"`
 	FlowauditXdp       *ebpf.ProgramSpec `ebpf:"flowaudit_xdp"`
@@ -221,6 +237,7 @@ type flowauditMapSpecs struct {
 	Overflow1    *ebpf.MapSpec `ebpf:"overflow_1"`
 	OverflowGens *ebpf.MapSpec `ebpf:"overflow_gens"`
 	OverflowZero *ebpf.MapSpec `ebpf:"overflow_zero"`
+	ReplayBufs   *ebpf.MapSpec `ebpf:"replay_bufs"`
 	ServiceHints *ebpf.MapSpec `ebpf:"service_hints"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -272,6 +289,7 @@ type flowauditMaps struct {
 	Overflow1    *ebpf.Map `ebpf:"overflow_1"`
 	OverflowGens *ebpf.Map `ebpf:"overflow_gens"`
 	OverflowZero *ebpf.Map `ebpf:"overflow_zero"`
+	ReplayBufs   *ebpf.Map `ebpf:"replay_bufs"`
 	ServiceHints *ebpf.Map `ebpf:"service_hints"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 }
@@ -289,6 +307,7 @@ func (m *flowauditMaps) Close() error {
 		m.Overflow1,
 		m.OverflowGens,
 		m.OverflowZero,
+		m.ReplayBufs,
 		m.ServiceHints,
 		m.Stats,
 	)
@@ -315,6 +334,7 @@ type flowauditVariables struct {
 // It can be passed to loadFlowauditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type flowauditPrograms struct {
 	FlowauditClock     *ebpf.Program `ebpf:"flowaudit_clock"`
+	FlowauditReplay    *ebpf.Program `ebpf:"flowaudit_replay"`
 	FlowauditTcEgress  *ebpf.Program `ebpf:"flowaudit_tc_egress"`
 	FlowauditTcIngress *ebpf.Program `ebpf:"flowaudit_tc_ingress"`
 	FlowauditXdp       *ebpf.Program `ebpf:"flowaudit_xdp"`
@@ -323,6 +343,7 @@ type flowauditPrograms struct {
 func (p *flowauditPrograms) Close() error {
 	return _FlowauditClose(
 		p.FlowauditClock,
+		p.FlowauditReplay,
 		p.FlowauditTcEgress,
 		p.FlowauditTcIngress,
 		p.FlowauditXdp,

@@ -48,12 +48,15 @@ func BenchmarkReplay(b *testing.B) {
 		path string
 		o    Options
 	}{
-		{"mixed/workers=1", path, Options{Workers: 1}},
-		{fmt.Sprintf("mixed/workers=%d", runtime.NumCPU()), path, Options{Workers: runtime.NumCPU()}},
-		{"mixed/workers=1/slices=1", path, Options{Workers: 1, Resolution: time.Hour}},
-		{fmt.Sprintf("mixed/workers=%d/slices=1", runtime.NumCPU()), path, Options{Workers: runtime.NumCPU(), Resolution: time.Hour}},
-		{"storm-egress/workers=1", stormOut, Options{Workers: 1}},
-		{"storm-ingress/workers=1", stormIn, Options{Workers: 1}},
+		{"mixed/batch/workers=1", path, Options{Workers: 1}},
+		{fmt.Sprintf("mixed/batch/workers=%d", runtime.NumCPU()), path, Options{Workers: runtime.NumCPU()}},
+		{"mixed/per-packet/workers=1", path, Options{Workers: 1, PerPacket: true}},
+		{"mixed/per-packet/workers=1/slices=1", path, Options{Workers: 1, Resolution: time.Hour, PerPacket: true}},
+		{fmt.Sprintf("mixed/per-packet/workers=%d/slices=1", runtime.NumCPU()), path, Options{Workers: runtime.NumCPU(), Resolution: time.Hour, PerPacket: true}},
+		{"storm-egress/batch/workers=1", stormOut, Options{Workers: 1}},
+		{"storm-ingress/batch/workers=1", stormIn, Options{Workers: 1}},
+		{"storm-egress/per-packet/workers=1", stormOut, Options{Workers: 1, PerPacket: true}},
+		{"storm-ingress/per-packet/workers=1", stormIn, Options{Workers: 1, PerPacket: true}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			v.o.Local = localPrefixes

@@ -695,9 +695,8 @@ func compareFile(ctx context.Context, c *bpf.Collector, path, cfgDir string) fil
 	out := fileOutcome{name: filepath.Base(path), classes: map[string]int{}, skipped: map[string]int{}}
 	fail := func(format string, args ...any) { out.problems = append(out.problems, fmt.Sprintf(format, args...)) }
 	t0 := time.Now()
-	// One time slice: flow times are not compared, and each slice costs a
-	// kernel tick (replayOptions in docs/REPLAY.md).
-	res, err := Run(ctx, c, path, Options{Workers: 1, Resolution: 100 * 365 * 24 * time.Hour})
+	// The batch path (no time slices; flow times are not compared).
+	res, err := Run(ctx, c, path, Options{Workers: 1})
 	out.replayTime = time.Since(t0)
 	var lte *LinkTypeError
 	if errors.As(err, &lte) {
@@ -877,7 +876,7 @@ func TestDifferentialTshark(t *testing.T) {
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for w := 0; w < parallel; w++ {
-		c, err := bpf.Open(bpf.Options{EphemeralPorts: DefaultEphemeralPorts})
+		c, err := bpf.Open(bpf.Options{EphemeralPorts: DefaultEphemeralPorts, Programs: Programs(Options{})})
 		if err != nil {
 			t.Fatal(err)
 		}

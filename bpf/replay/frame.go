@@ -31,6 +31,10 @@ type frameInfo struct {
 	// pair of the packet it quotes (the error's evidence is added to that
 	// packet's flow, so it must stay in order with it).
 	conv uint64
+	// quoted: a destination-unreachable error whose quoted packet's
+	// addresses are qsrc, qdst (the flow its evidence goes to).
+	quoted     bool
+	qsrc, qdst netip.Addr
 }
 
 const (
@@ -135,6 +139,7 @@ func parseFrame(f []byte) (fi frameInfo) {
 		}
 		if ok {
 			fi.conv = pairHash(s, d)
+			fi.quoted, fi.qsrc, fi.qdst = true, s, d
 		}
 	}
 	return fi
@@ -191,18 +196,27 @@ func ipv6(f []byte, off int) (src, dst netip.Addr, proto uint8, l4 int, frag, ok
 	return src, dst, next, -1, false, true
 }
 
-// pairHash hashes an unordered address pair (FNV-1a).
+// pairHash hashes an unordered address pair (multiply and xor-shift over
+// its four 64-bit words; it only spreads conversations over workers).
 func pairHash(a, b netip.Addr) uint64 {
 	if b.Less(a) {
 		a, b = b, a
 	}
 	x, y := a.As16(), b.As16()
 	h := uint64(14695981039346656037)
-	for _, c := range x {
-		h = (h ^ uint64(c)) * 1099511628211
+	for _, w := range [4]uint64{
+		binary.LittleEndian.Uint64(x[:8]), binary.LittleEndian.Uint64(x[8:]),
+		binary.LittleEndian.Uint64(y[:8]), binary.LittleEndian.Uint64(y[8:]),
+	} {
+		h = (h ^ w) * 0x9e3779b97f4a7c15
+		h ^= h >> 29
 	}
-	for _, c := range y {
-		h = (h ^ uint64(c)) * 1099511628211
-	}
+	// fmix64 (MurmurHash3): every input bit reaches the low bits, which
+	// pick the worker.
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
 	return h
 }

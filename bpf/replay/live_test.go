@@ -180,7 +180,7 @@ func TestReplayEqualsLiveRecording(t *testing.T) {
 	for _, ad := range liveSnap.Interfaces[0].Addresses {
 		local = append(local, netip.PrefixFrom(ad, ad.BitLen()))
 	}
-	rc, err := bpf.Open(bpf.Options{EphemeralPorts: DefaultEphemeralPorts})
+	rc, err := bpf.Open(bpf.Options{EphemeralPorts: DefaultEphemeralPorts, Programs: Programs(Options{})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,14 +62,23 @@ type Options struct {
 	// written to the snapshot.
 	Listening []snapshot.Socket
 	// Workers is the number of parallel BPF_PROG_TEST_RUN workers
-	// (default: one per CPU but one, which the reader uses). The result
-	// does not depend on it.
+	// (default: one per CPU; per packet one per CPU but one, which the
+	// reader uses). The result does not depend on it.
 	Workers int
-	// Resolution bounds the error of a flow's first/last seen; zero picks
-	// max(1s, capture length / 1000).
+	// PerPacket selects the per-packet path: one BPF_PROG_TEST_RUN per
+	// frame through flowaudit_xdp / flowaudit_tc_egress (the collector must
+	// be opened with bpf.LoadLive), first/last seen known to a time slice
+	// (Resolution). The default batch path runs many frames per call
+	// through flowaudit_replay (bpf.LoadReplay) with each frame's capture
+	// time, and first/last seen are exact. docs/REPLAY.md.
+	PerPacket bool
+	// Resolution bounds the error of a flow's first/last seen on the
+	// per-packet path; zero picks max(1s, capture length / 1000). The
+	// batch path ignores it.
 	Resolution time.Duration
 	// Ingress is the program for incoming frames: bpf.HookXDP (default)
-	// or bpf.HookTCIngress.
+	// or bpf.HookTCIngress, which implies PerPacket (the batch program
+	// counts incoming frames as XDP does).
 	Ingress bpf.Hook
 	// Interface names the capture's interface in the snapshot. Empty: the
 	// pcapng interface name when the packets come from exactly one named
@@ -104,27 +113,32 @@ type LocalChoice struct {
 
 // Result is a replay's outcome.
 type Result struct {
-	Snapshot *snapshot.Snapshot
-	Format   string         // "pcap" or "pcapng"
-	LinkType map[uint32]int // records per link type
-	Packets  int            // records read
-	Replayed int            // frames given to the programs
-	Calls    int            // BPF_PROG_TEST_RUN calls (identical consecutive frames for TC share one)
-	Skipped  map[string]int // records not replayed, by reason
-	Local    LocalChoice
+	Snapshot  *snapshot.Snapshot
+	Format    string         // "pcap" or "pcapng"
+	LinkType  map[uint32]int // records per link type
+	Packets   int            // records read
+	Replayed  int            // frames given to the programs
+	Calls     int            // BPF_PROG_TEST_RUN calls (per-packet path: identical consecutive frames for TC share one)
+	PerPacket bool           // the per-packet path ran (Options.PerPacket)
+	Skipped   map[string]int // records not replayed, by reason
+	Local     LocalChoice
 	// Snapped counts records cut by the capture's snap length, Cut the
 	// frames cut to MaxFrame; MissingBytes is the wire bytes neither
 	// reached the programs (the snapshot's byte counts are short by it).
 	Snapped, Cut int
 	MissingBytes uint64
-	// EgressViaXDP counts outgoing frames too short for their IP header,
-	// which test_run refuses for TC programs: they went through XDP, which
-	// counts them identically (non-IP, truncated), and the snapshot's
-	// per-hook packet counts were corrected.
+	// EgressViaXDP (per-packet path) counts outgoing frames too short for
+	// their IP header, which test_run refuses for TC programs: they went
+	// through XDP, which counts them identically (non-IP, truncated), and
+	// the snapshot's per-hook packet counts were corrected. The batch path
+	// counts them as outgoing directly.
 	EgressViaXDP int
-	Resolution   time.Duration
-	Slices       int           // time slices (see Options.Resolution)
-	Elapsed      time.Duration // wall time of the replay pass
+	Resolution   time.Duration // per-packet path; 0 on the batch path (exact)
+	Slices       int           // time slices (per-packet path, see Options.Resolution)
+	// Flushes counts batches the batch path ran early because a peer
+	// whose flows another worker had in the batch came up (see conflict).
+	Flushes int
+	Elapsed time.Duration // wall time of the replay pass
 	// BadTimestamps counts records whose timestamp was outside
 	// [MinTimestamp, MaxTimestamp) and was replaced; BadTimes lists the
 	// first maxBadTimes of them.
@@ -155,12 +169,25 @@ func Run(ctx context.Context, c *bpf.Collector, path string, o Options) (*Result
 	if len(c.Attachments()) > 0 {
 		return nil, errors.New("replay needs a collector that is not attached to any interface")
 	}
-	if o.Workers <= 0 {
-		// The reader needs a CPU of its own to keep the workers busy.
-		o.Workers = max(1, runtime.NumCPU()-1)
-	}
 	if o.Ingress != bpf.HookTCIngress {
 		o.Ingress = bpf.HookXDP
+	} else {
+		o.PerPacket = true
+	}
+	if o.Workers <= 0 {
+		// Per packet, the reader needs a CPU of its own to keep the
+		// workers busy; with batches it has less to do per frame than a
+		// worker (measured: docs/REPLAY.md).
+		o.Workers = max(1, runtime.NumCPU()-1)
+		if !o.PerPacket {
+			o.Workers = runtime.NumCPU()
+		}
+	}
+	switch {
+	case o.PerPacket && !c.LiveLoaded():
+		return nil, errors.New("the per-packet replay path needs a collector opened with bpf.LoadLive")
+	case !o.PerPacket && !c.ReplayLoaded():
+		return nil, bpf.ErrNoReplayProgram
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
@@ -176,9 +203,12 @@ func Run(ctx context.Context, c *bpf.Collector, path string, o Options) (*Result
 	logBadTimes(o.Logger, name, res)
 	res.Local = chooseLocal(sc, o.Local)
 	logLocal(o.Logger, res.Local)
-	res.Resolution = o.Resolution
-	if res.Resolution <= 0 {
-		res.Resolution = autoResolution(sc.first, sc.last)
+	res.PerPacket = o.PerPacket
+	if o.PerPacket {
+		res.Resolution = o.Resolution
+		if res.Resolution <= 0 {
+			res.Resolution = autoResolution(sc.first, sc.last)
+		}
 	}
 
 	if err := c.Reset(); err != nil {
@@ -218,6 +248,16 @@ func Run(ctx context.Context, c *bpf.Collector, path string, o Options) (*Result
 	return res, nil
 }
 
+// Programs is the program set a collector for Run with o must load
+// (bpf.Options.Programs): the batch program, or for the per-packet path
+// the live programs.
+func Programs(o Options) bpf.ProgramSet {
+	if o.PerPacket || o.Ingress == bpf.HookTCIngress {
+		return bpf.LoadLive
+	}
+	return bpf.LoadReplay
+}
+
 // autoResolution keeps the number of time slices at about 1000 at most:
 // each costs up to a kernel tick of waiting.
 func autoResolution(first, last time.Time) time.Duration {
@@ -247,6 +287,7 @@ type scanResult struct {
 	// is not a TCP RST (fan-in evidence, serviceHints).
 	convs          map[conv]uint8
 	convsUntracked int
+	dirs           map[dirKey]*dirState // cache, see directed
 	err            *CaptureError
 }
 
@@ -282,8 +323,9 @@ func (e endpoint) less(o endpoint) bool {
 // conv is a conversation between two endpoints of one protocol, a < b.
 type conv struct{ a, b endpoint }
 
-// maxConvs bounds the scan's conversation table (~100 bytes each).
-const maxConvs = 1 << 21
+// maxConvs bounds the scan's conversation table (~100 bytes each); a
+// variable for tests.
+var maxConvs = 1 << 21
 
 // Bits of scanResult.convs: which end sent.
 const (
@@ -291,11 +333,91 @@ const (
 	convSentB
 )
 
+// dirKey is what the scan remembers of a direction of a conversation
+// (dirState), so that most packets need one map lookup.
+type dirKey struct {
+	src, dst     netip.Addr
+	sport, dport uint16
+	proto        uint8
+	ports        bool
+}
+
+// dirState: the address counts of both ends, the last source MAC noted in
+// macOf, and whether noteConv has recorded that the source sent.
+type dirState struct {
+	src, dst  *addrCount
+	mac       [6]byte
+	macSeen   bool
+	convNoted bool
+}
+
+// maxDirs bounds the scan's cache of directions (~150 bytes each); when
+// full it starts again empty (it only saves lookups). A variable for tests.
+var maxDirs = 1 << 20
+
+// directed returns the state of the packet's direction, creating the
+// address counts of both ends the first time.
+func (sc *scanResult) directed(fi *frameInfo) *dirState {
+	k := dirKey{fi.src, fi.dst, fi.sport, fi.dport, fi.proto, fi.ports}
+	if st := sc.dirs[k]; st != nil {
+		return st
+	}
+	if len(sc.dirs) >= maxDirs {
+		clear(sc.dirs)
+	}
+	st := &dirState{src: sc.addrCount(fi.src), dst: sc.addrCount(fi.dst)}
+	sc.dirs[k] = st
+	return st
+}
+
+// countIP counts an IP packet for the local-address heuristic and the
+// fan-in evidence.
+func (sc *scanResult) countIP(fi *frameInfo) {
+	st := sc.directed(fi)
+	st.src.packets++
+	if fi.dst != fi.src {
+		ac := st.dst
+		ac.packets++
+		switch {
+		case !ac.sender.IsValid():
+			ac.sender = fi.src
+		case ac.sender != fi.src:
+			ac.senders2 = true
+		}
+	}
+	if fi.syn {
+		st.dst.synIn++
+	}
+	st.src.sent++
+	if fi.proto == 17 && fi.ports && (fi.sport == 67 && fi.dport == 68 || fi.sport == 547 && fi.dport == 546) {
+		st.src.dhcpServer++
+	}
+	if !st.convNoted && sc.noteConv(fi) {
+		st.convNoted = true
+	}
+	if !st.macSeen || st.mac != fi.srcMAC {
+		sc.macOf[macIP{fi.srcMAC, fi.src}] = struct{}{}
+		st.mac, st.macSeen = fi.srcMAC, true
+	}
+}
+
+func (sc *scanResult) addrCount(a netip.Addr) *addrCount {
+	ac := sc.addrs[a]
+	if ac == nil {
+		ac = &addrCount{}
+		sc.addrs[a] = ac
+	}
+	return ac
+}
+
 // noteConv records that src sent to dst, unless it is a TCP RST (an
-// answer that says nothing listens: scans without SYN draw them).
-func (sc *scanResult) noteConv(fi *frameInfo) {
+// answer that says nothing listens: scans without SYN draw them). It
+// reports whether the conversation's table entry has the sender's bit set
+// (then later packets of the direction need not be noted again, except a
+// RST, which notes nothing).
+func (sc *scanResult) noteConv(fi *frameInfo) bool {
 	if !fi.ports || (fi.proto == 6 && fi.rst) {
-		return
+		return false
 	}
 	s := endpoint{fi.src, fi.sport, fi.proto}
 	d := endpoint{fi.dst, fi.dport, fi.proto}
@@ -306,9 +428,12 @@ func (sc *scanResult) noteConv(fi *frameInfo) {
 	old, ok := sc.convs[k]
 	if !ok && len(sc.convs) >= maxConvs {
 		sc.convsUntracked++
-		return
+		return false
 	}
-	sc.convs[k] = old | bit
+	if old&bit == 0 {
+		sc.convs[k] = old | bit
+	}
+	return true
 }
 
 // serviceHints computes the fan-in of every endpoint: the number of
@@ -403,7 +528,7 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 	}
 	defer cp.close()
 	sc := &scanResult{format: cp.format, linkTypes: map[uint32]int{}, ifaces: map[string]int{},
-		addrs: map[netip.Addr]*addrCount{}, macOf: map[macIP]struct{}{}, convs: map[conv]uint8{}}
+		addrs: map[netip.Addr]*addrCount{}, macOf: map[macIP]struct{}{}, convs: map[conv]uint8{}, dirs: map[dirKey]*dirState{}}
 	valid := 0      // records with a valid timestamp
 	var early []int // records with an invalid timestamp before the first valid one
 	if cp.format == "pcap" && !LinkTypeSupported(cp.linkType) {
@@ -481,35 +606,7 @@ func scan(ctx context.Context, path, name string, progress func(Progress)) (*sca
 			fam = 1
 		}
 		sc.ipPackets[fam]++
-		for i, a := range []netip.Addr{fi.src, fi.dst} {
-			ac := sc.addrs[a]
-			if ac == nil {
-				ac = &addrCount{}
-				sc.addrs[a] = ac
-			}
-			if i == 0 || a != fi.src {
-				ac.packets++
-			}
-			if i == 1 && fi.syn {
-				ac.synIn++
-			}
-			if i == 1 && a != fi.src {
-				switch {
-				case !ac.sender.IsValid():
-					ac.sender = fi.src
-				case ac.sender != fi.src:
-					ac.senders2 = true
-				}
-			}
-		}
-		if src := sc.addrs[fi.src]; src != nil {
-			src.sent++
-			if fi.proto == 17 && fi.ports && (fi.sport == 67 && fi.dport == 68 || fi.sport == 547 && fi.dport == 546) {
-				src.dhcpServer++
-			}
-		}
-		sc.noteConv(&fi)
-		sc.macOf[macIP{fi.srcMAC, fi.src}] = struct{}{}
+		sc.countIP(&fi)
 	}
 	if valid == 0 && sc.packets > 0 {
 		// No valid timestamp at all: every record gets the epoch.
@@ -694,6 +791,14 @@ type replayer struct {
 	localMAC map[[6]byte]bool
 	ifname   string
 
+	// Batch path: stamps are the distinct capture times in file order
+	// (Unix ns); a frame is stamped base+i for stamps[i]. owners: the
+	// worker each peer's flows went to in the batch being filled (with
+	// more than one worker).
+	stamps []int64
+	base   uint64
+	owners map[netip.Addr]int
+
 	cur     *batch     // being filled by the reader
 	spare   *batch     // free for the next swap
 	running chan error // the batch the workers are running, if any
@@ -706,6 +811,13 @@ type replayer struct {
 func newReplayer(c *bpf.Collector, o Options, res *Result, sc *scanResult) *replayer {
 	r := &replayer{c: c, o: o, res: res, local: res.Local.Prefixes, localMAC: map[[6]byte]bool{},
 		cur: newBatch(o.Workers), spare: newBatch(o.Workers), tick: c.Tick()}
+	if !o.PerPacket {
+		r.base = c.JiffiesAt(time.Now())
+		r.stamps = make([]int64, 0, min(sc.packets, 1<<20))
+		if o.Workers > 1 {
+			r.owners = map[netip.Addr]int{}
+		}
+	}
 	for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCIngress, bpf.HookTCEgress} {
 		r.progs[h] = c.Program(h)
 	}
@@ -784,7 +896,7 @@ func (r *replayer) replay(ctx context.Context, path, name string, packets int, f
 			}
 		}
 		ts := rec.ts
-		if inChunk > 0 && (!ts.Before(chunkStart.Add(res.Resolution)) || ts.Before(chunkStart.Add(-res.Resolution))) {
+		if r.o.PerPacket && inChunk > 0 && (!ts.Before(chunkStart.Add(res.Resolution)) || ts.Before(chunkStart.Add(-res.Resolution))) {
 			if err := r.flush(true, cmin, cmax); err != nil {
 				return err
 			}
@@ -829,6 +941,13 @@ func (r *replayer) replay(ctx context.Context, path, name string, packets int, f
 		if (fi.ip && r.isLocal(fi.src)) || (!fi.ip && r.localMAC[fi.srcMAC]) {
 			hook = bpf.HookTCEgress
 		}
+		if !r.o.PerPacket {
+			res.Replayed++
+			if err := r.addFrame(frame, &fi, hook == bpf.HookTCEgress, ts, i); err != nil {
+				return err
+			}
+			continue
+		}
 		if hook != bpf.HookXDP && tcRefuses(frame) {
 			if hook == bpf.HookTCEgress {
 				res.EgressViaXDP++
@@ -852,7 +971,7 @@ func (r *replayer) replay(ctx context.Context, path, name string, packets int, f
 			}
 		}
 	}
-	if err := r.flush(true, cmin, cmax); err != nil {
+	if err := r.flush(r.o.PerPacket, cmin, cmax); err != nil {
 		return err
 	}
 	res.Elapsed = time.Since(start)
@@ -869,14 +988,19 @@ const (
 	batchBytes  = 8 << 20
 )
 
-// batch is a set of queued frames, one job list per worker.
+// batch is a set of queued frames, one job list (per-packet path) or call
+// list (batch path) per worker.
 type batch struct {
 	shards [][]job
+	calls  [][]call
+	fill   []callFill
 	arena  arena
 	frames int
 }
 
-func newBatch(workers int) *batch { return &batch{shards: make([][]job, workers)} }
+func newBatch(workers int) *batch {
+	return &batch{shards: make([][]job, workers), calls: make([][]call, workers), fill: make([]callFill, workers)}
+}
 
 // dispatch hands the current batch to the workers, after the previous one
 // is done, and gives the reader a free batch. The first batch of a time
@@ -896,6 +1020,10 @@ func (r *replayer) dispatch() error {
 		r.ticked = true
 	}
 	b := r.cur
+	for i := range b.fill {
+		b.seal(i)
+	}
+	clear(r.owners)
 	r.cur, r.spare = r.spare, nil
 	done := make(chan error, 1)
 	r.running = done
@@ -903,18 +1031,23 @@ func (r *replayer) dispatch() error {
 		var wg sync.WaitGroup
 		errs := make([]error, len(b.shards))
 		for i := range b.shards {
-			if len(b.shards[i]) == 0 {
+			if len(b.shards[i]) == 0 && len(b.calls[i]) == 0 {
 				continue
 			}
 			wg.Add(1)
 			go func(i int) {
 				defer wg.Done()
-				errs[i] = r.runJobs(b.shards[i])
+				if r.o.PerPacket {
+					errs[i] = r.runJobs(b.shards[i])
+				} else {
+					errs[i] = r.runCalls(b.calls[i])
+				}
 			}(i)
 		}
 		wg.Wait()
 		for i := range b.shards {
 			b.shards[i] = b.shards[i][:0]
+			b.calls[i] = b.calls[i][:0]
 		}
 		b.arena.reset()
 		b.frames = 0
@@ -1043,11 +1176,19 @@ func (r *replayer) finish() error {
 	st := read.Stats
 	st.PacketsIngress -= uint64(r.res.EgressViaXDP)
 	st.PacketsEgress += uint64(r.res.EgressViaXDP)
+	var stampErr error
 	toCapture := func(in []snapshot.Flow) []snapshot.Flow {
 		out := make([]snapshot.Flow, len(in))
 		for i, f := range in {
 			f.Interface = r.ifname
-			if len(r.slices) > 0 {
+			if !r.o.PerPacket {
+				var err1, err2 error
+				f.FirstSeen, err1 = r.captureStamp(f.FirstSeen)
+				f.LastSeen, err2 = r.captureStamp(f.LastSeen)
+				// By file order, as the per-packet path: in a capture
+				// whose time goes backwards, last may be before first.
+				stampErr = errors.Join(stampErr, err1, err2)
+			} else if len(r.slices) > 0 {
 				f.FirstSeen, _ = r.captureTime(f.FirstSeen)
 				_, f.LastSeen = r.captureTime(f.LastSeen)
 				f.FirstSeen, f.LastSeen = f.FirstSeen.UTC(), f.LastSeen.UTC()
@@ -1063,12 +1204,27 @@ func (r *replayer) finish() error {
 	}
 	// Passive DNS: the capture's DNS answers went through the same
 	// programs; their times map back to capture time like the flows'.
+	if stampErr != nil {
+		return stampErr
+	}
 	var conv func(time.Time) (time.Time, time.Time)
-	if len(r.slices) > 0 {
+	switch {
+	case !r.o.PerPacket:
+		conv = func(t time.Time) (time.Time, time.Time) {
+			c, err := r.captureStamp(t)
+			if err != nil {
+				stampErr = err
+			}
+			return c, c
+		}
+	case len(r.slices) > 0:
 		conv = r.captureTime
 	}
 	if s.DNS, err = r.c.DNSWithTime(conv); err != nil {
 		return err
+	}
+	if stampErr != nil {
+		return stampErr
 	}
 	if s.DNS != nil && s.DNS.Answers == 0 && s.DNS.Dropped == 0 {
 		s.DNS = nil // a capture without DNS answers: nothing to say
@@ -1108,6 +1264,24 @@ func (a *arena) copy(f []byte) []byte {
 }
 
 func (a *arena) size() int { return a.used }
+
+// alloc returns n bytes (at most arenaBlock) of the arena.
+func (a *arena) alloc(n int) []byte {
+	if len(a.blocks) == 0 || len(a.blocks[a.cur])+n > cap(a.blocks[a.cur]) {
+		if len(a.blocks) > 0 {
+			a.cur++
+		}
+		if a.cur == len(a.blocks) {
+			a.blocks = append(a.blocks, make([]byte, 0, arenaBlock))
+		}
+	}
+	b := a.blocks[a.cur]
+	m := len(b)
+	b = b[:m+n]
+	a.blocks[a.cur] = b
+	a.used += n
+	return b[m : m+n : m+n]
+}
 
 func (a *arena) reset() {
 	for i := range a.blocks {
@@ -1150,4 +1324,149 @@ func Frames(path string, fn func(frame []byte) bool) error {
 			return nil
 		}
 	}
+}
+
+// Batch path (docs/REPLAY.md): the reader packs each worker's frames into
+// calls of flowaudit_replay, [window][D_1][F_1]...[D_n][F_n].
+
+// call is one BPF_PROG_TEST_RUN of flowaudit_replay; index is the packet
+// number of its first frame (for errors).
+type call struct {
+	data  []byte
+	index int
+}
+
+// callFill is the call a worker's frames are being packed into.
+type callFill struct {
+	buf   []byte
+	pos   int // buf[:pos] is packed
+	n     int // frames in it
+	index int
+}
+
+// seal closes worker i's open call, if any.
+func (b *batch) seal(i int) {
+	f := &b.fill[i]
+	if f.n > 0 {
+		b.calls[i] = append(b.calls[i], call{data: f.buf[:f.pos], index: f.index})
+	}
+	*f = callFill{}
+}
+
+// stamp returns the programs' clock value for a frame captured at ts:
+// base plus the index of ts among the distinct capture times so far (in
+// file order, consecutive equal times sharing one).
+func (r *replayer) stamp(ts time.Time) uint64 {
+	ns := ts.UnixNano()
+	if n := len(r.stamps); n == 0 || r.stamps[n-1] != ns {
+		r.stamps = append(r.stamps, ns)
+	}
+	return r.base + uint64(len(r.stamps)-1)
+}
+
+// captureStamp maps a time ReadMaps converted from a stamp back to the
+// capture time the stamp stands for. The zero time stays zero.
+func (r *replayer) captureStamp(t time.Time) (time.Time, error) {
+	if t.IsZero() {
+		return t, nil
+	}
+	j := r.c.JiffiesAt(t)
+	if j < r.base || j-r.base >= uint64(len(r.stamps)) {
+		return time.Time{}, fmt.Errorf("replay: a program stamp (%d) outside the stamps given (%d from %d)", j, len(r.stamps), r.base)
+	}
+	return time.Unix(0, r.stamps[j-r.base]).UTC(), nil
+}
+
+// conflict: with more than one worker, the frame would touch the flows of
+// a peer that another worker has frames of in the batch being filled. The
+// programs overwrite a flow's last seen (and the first packet creates it),
+// so two workers feeding one flow at the same time would make the result
+// depend on their timing; running the batch first keeps the order of the
+// file. A flow's peer is the frame's source for incoming frames, the
+// destination for outgoing ones, and for a destination-unreachable error
+// also the far end of the packet it quotes.
+func (r *replayer) conflict(fi *frameInfo, egress bool, shard int) bool {
+	if r.owners == nil || !fi.ip {
+		return false
+	}
+	peer := fi.src
+	if egress {
+		peer = fi.dst
+	}
+	var keys [2]netip.Addr
+	n := 1
+	keys[0] = peer
+	if fi.quoted {
+		q := fi.qdst
+		if egress {
+			q = fi.qsrc
+		}
+		keys[1] = q
+		n = 2
+	}
+	for _, k := range keys[:n] {
+		if s, ok := r.owners[k]; ok && s != shard {
+			return true
+		}
+	}
+	for _, k := range keys[:n] {
+		r.owners[k] = shard
+	}
+	return false
+}
+
+// addFrame queues a frame for the batch path.
+func (r *replayer) addFrame(frame []byte, fi *frameInfo, egress bool, ts time.Time, index int) error {
+	stamp := r.stamp(ts)
+	shard := 0
+	if fi.ip {
+		shard = int(fi.conv % uint64(len(r.cur.calls)))
+	}
+	if r.conflict(fi, egress, shard) {
+		r.res.Flushes++
+		if err := r.dispatch(); err != nil {
+			return err
+		}
+		r.conflict(fi, egress, shard) // the batch is empty: no conflict
+	}
+	b := r.cur
+	need := len(frame) + bpf.ReplayDescLen
+	f := &b.fill[shard]
+	if f.n == 0 || len(f.buf)-f.pos < need || f.n == bpf.ReplayBatchMax {
+		b.seal(shard)
+		f.buf = b.arena.alloc(bpf.ReplayBatchBytes)
+		f.pos = bpf.ReplayWindow
+		f.index = index
+	}
+	bpf.PutReplayDesc(f.buf[f.pos:], stamp, len(frame), egress)
+	f.pos += bpf.ReplayDescLen
+	f.pos += copy(f.buf[f.pos:], frame)
+	f.n++
+	if b.frames++; b.frames >= batchFrames || b.arena.size() >= batchBytes {
+		return r.dispatch()
+	}
+	return nil
+}
+
+// runCalls runs one worker's calls in order, on one locked OS thread with
+// signals blocked as runJobs does.
+func (r *replayer) runCalls(calls []call) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var all, old unix.Sigset_t
+	for i := range all.Val {
+		all.Val[i] = ^uint64(0)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, &old); err != nil {
+		return fmt.Errorf("block signals: %w", err)
+	}
+	defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil) //nolint:errcheck // restoring a mask read just before
+	defer r.calls.Add(int64(len(calls)))
+	for i := range calls {
+		c := &calls[i]
+		if err := r.c.RunReplayBatch(c.data); err != nil {
+			return fmt.Errorf("packet %d: %w", c.index, err)
+		}
+	}
+	return nil
 }

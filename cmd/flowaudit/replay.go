@@ -56,14 +56,16 @@ func setupReplay(fs *pflag.FlagSet) runFunc {
 		ingress        string
 		iface          string
 		allowTruncated bool
+		perPacket      bool
 	)
 	fs.StringVarP(&out, "out", "o", "", "snapshot file to write (atomically): NAME.json is plain JSON, any other name the compact encoding (docs/SNAPSHOT.md)")
 	fs.StringSliceVarP(&locals, "local-addr", "l", nil, "address or prefix of the captured host (repeat or comma-separate); default: the most frequent address of each IP version")
 	fs.StringSliceVar(&listening, "listening", nil, "local service known to listen, PROTO/PORT (tcp, udp, sctp), e.g. tcp/8443")
 	fs.StringVar(&ephemeral, "ephemeral-ports", fmt.Sprintf("%d-%d", replay.DefaultEphemeralPorts[0], replay.DefaultEphemeralPorts[1]), "the captured host's client port range (net.ipv4.ip_local_port_range)")
 	fs.Uint32Var(&maxFlows, "max-flows", bpf.DefaultFlowEntries, "flow map size (entries); a full map is reported, never silent")
-	fs.IntVar(&workers, "workers", 0, "parallel BPF_PROG_TEST_RUN workers (default: one per CPU but one); the result does not depend on it")
-	fs.DurationVar(&resolution, "time-resolution", 0, "precision of each flow's first/last seen (default: max(1s, capture length/1000))")
+	fs.IntVar(&workers, "workers", 0, "parallel BPF_PROG_TEST_RUN workers (default: one per CPU; with --per-packet one per CPU but one); the result does not depend on it")
+	fs.DurationVar(&resolution, "time-resolution", 0, "with --per-packet: precision of each flow's first/last seen (default: max(1s, capture length/1000)); otherwise they are exact")
+	fs.BoolVar(&perPacket, "per-packet", false, "one BPF_PROG_TEST_RUN per packet through the live programs, first/last seen in time slices (the slower path before batches; implied by --ingress tc)")
 	fs.StringVar(&ingress, "ingress", "xdp", "program for incoming packets: xdp or tc")
 	fs.StringVar(&iface, "iface-name", "", "interface name in the snapshot (default: the pcapng interface name, else \"replay\")")
 	fs.BoolVar(&allowTruncated, "allow-truncated", false, "a capture cut short (file ends inside a packet) is a warning, not an error")
@@ -75,7 +77,7 @@ func setupReplay(fs *pflag.FlagSet) runFunc {
 			return usageErrorf("--out is required")
 		}
 		path := args[0]
-		o := replay.Options{Workers: workers, Resolution: resolution, Interface: iface, ToolVersion: Version(), Logger: e.log}
+		o := replay.Options{Workers: workers, Resolution: resolution, PerPacket: perPacket, Interface: iface, ToolVersion: Version(), Logger: e.log}
 		var err error
 		if o.Local, err = parsePrefixes(locals); err != nil {
 			return err
@@ -109,7 +111,7 @@ func setupReplay(fs *pflag.FlagSet) runFunc {
 			bar = &progressBar{w: e.stderr, name: path}
 			o.Progress = bar.update
 		}
-		c, err := bpf.Open(bpf.Options{FlowEntries: maxFlows, EphemeralPorts: eph, Logger: e.log})
+		c, err := bpf.Open(bpf.Options{FlowEntries: maxFlows, EphemeralPorts: eph, Logger: e.log, Programs: replay.Programs(o)})
 		if err != nil {
 			return err
 		}
@@ -148,7 +150,8 @@ func logReplay(log *zap.Logger, r *replay.Result, out string) {
 		rate = float64(r.Replayed) / r.Elapsed.Seconds()
 	}
 	log.Info("replayed", zap.String("format", r.Format), zap.Strings("link_types", lts), zap.Int("packets", r.Packets),
-		zap.Int("replayed", r.Replayed), zap.Int("test_run_calls", r.Calls), zap.Uint64("ingress", st.PacketsIngress),
+		zap.Int("replayed", r.Replayed), zap.Bool("per_packet", r.PerPacket), zap.Int("test_run_calls", r.Calls),
+		zap.Int("batches_run_early", r.Flushes), zap.Uint64("ingress", st.PacketsIngress),
 		zap.Uint64("egress", st.PacketsEgress), zap.Int("flows", len(r.Snapshot.Flows)),
 		seconds("window_seconds", r.Snapshot.Window()), seconds("time_resolution_seconds", r.Resolution),
 		seconds("elapsed_seconds", r.Elapsed.Round(time.Millisecond)), zap.Float64("packets_per_second", math.Round(rate)))

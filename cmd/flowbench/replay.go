@@ -32,6 +32,10 @@ type replayResult struct {
 	maxLen    int
 	elapsed   time.Duration // replay pass (Result.Elapsed)
 	total     time.Duration // whole replay.Run: scan pass, map reset, replay, snapshot
+	open      time.Duration // bpf.Open of the collector (program load), not in total
+	// perPacket: the same capture through the per-packet path (one
+	// test_run per frame, time slices) for comparison; nil if not run.
+	perPacket *replayResult
 	// tshark -q -z conv,tcp on the same file, right after (wall clock);
 	// tsharkErr when it could not run.
 	tshark    time.Duration
@@ -162,8 +166,9 @@ func ipv4Checksum(h []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// measureReplay writes the capture and replays it once (the default
-// worker count: one per CPU but one).
+// measureReplay writes the capture and replays it through the batch path
+// (the default worker count: one per CPU but one), then tshark, then the
+// per-packet path for comparison.
 func measureReplay(tmp string, n, conv int, logf func(string, ...any)) (*replayResult, error) {
 	path := filepath.Join(tmp, "replay.pcap")
 	size, minLen, maxLen, err := writeCapture(path, n, conv)
@@ -171,20 +176,48 @@ func measureReplay(tmp string, n, conv int, logf func(string, ...any)) (*replayR
 		return nil, fmt.Errorf("write capture: %w", err)
 	}
 	defer os.Remove(path)
-	c, err := bpf.Open(bpf.Options{EphemeralPorts: replay.DefaultEphemeralPorts})
+	r, err := replayOnce(path, n, replay.Options{})
+	if err != nil {
+		return nil, err
+	}
+	r.fileBytes, r.minLen, r.maxLen = size, minLen, maxLen
+	logf("  batch path: %d packets, %d flows: replay pass %s (%.2f Mpps), whole run %s (%.2f Mpps), %.3f test_run calls per packet; collector load %s",
+		r.replayed, r.flows, r.elapsed.Round(time.Millisecond), r.pps()/1e6, r.total.Round(time.Millisecond), r.totalPPS()/1e6,
+		float64(r.calls)/float64(r.replayed), r.open.Round(time.Millisecond))
+	r.tshark, r.tsharkErr = runTshark(path)
+	if r.tsharkErr == nil {
+		logf("  tshark -q -z conv,tcp on the same file: %s (flowaudit %.2f× its rate)", r.tshark.Round(time.Millisecond), r.vsTshark())
+	}
+	old, err := replayOnce(path, n, replay.Options{PerPacket: true})
+	if err != nil {
+		return nil, fmt.Errorf("per-packet path: %w", err)
+	}
+	r.perPacket = old
+	logf("  per-packet path: replay pass %s (%.2f Mpps), whole run %s (%.2f Mpps), %.3f test_run calls per packet; collector load %s",
+		old.elapsed.Round(time.Millisecond), old.pps()/1e6, old.total.Round(time.Millisecond), old.totalPPS()/1e6,
+		float64(old.calls)/float64(old.replayed), old.open.Round(time.Millisecond))
+	return r, nil
+}
+
+// replayOnce opens a collector with the programs o needs and replays the
+// capture of n packets once, checking that every packet was counted.
+func replayOnce(path string, n int, o replay.Options) (*replayResult, error) {
+	o.Local = []netip.Prefix{netip.PrefixFrom(local4, 32)}
+	t0 := time.Now()
+	c, err := bpf.Open(bpf.Options{EphemeralPorts: replay.DefaultEphemeralPorts, Programs: replay.Programs(o)})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	o := replay.Options{Local: []netip.Prefix{netip.PrefixFrom(local4, 32)}}
-	t0 := time.Now()
+	open := time.Since(t0)
+	t0 = time.Now()
 	res, err := replay.Run(context.Background(), c, path, o)
 	total := time.Since(t0)
 	if err != nil {
 		return nil, err
 	}
 	r := &replayResult{packets: res.Packets, replayed: res.Replayed, calls: res.Calls, flows: len(res.Snapshot.Flows),
-		fileBytes: size, minLen: minLen, maxLen: maxLen, elapsed: res.Elapsed, total: total}
+		elapsed: res.Elapsed, total: total, open: open}
 	if r.replayed != n {
 		return nil, fmt.Errorf("replayed %d of %d frames", r.replayed, n)
 	}
@@ -194,12 +227,6 @@ func measureReplay(tmp string, n, conv int, logf func(string, ...any)) (*replayR
 	}
 	if counted != uint64(n) {
 		return nil, fmt.Errorf("replay counted %d packets in its flows, the capture has %d", counted, n)
-	}
-	logf("  %d packets, %d flows: replay pass %s (%.2f Mpps), whole run %s, %.2f test_run calls per packet",
-		r.replayed, r.flows, r.elapsed.Round(time.Millisecond), r.pps()/1e6, r.total.Round(time.Millisecond), float64(r.calls)/float64(r.replayed))
-	r.tshark, r.tsharkErr = runTshark(path)
-	if r.tsharkErr == nil {
-		logf("  tshark -q -z conv,tcp on the same file: %s (flowaudit %.2f× its rate)", r.tshark.Round(time.Millisecond), r.vsTshark())
 	}
 	return r, nil
 }

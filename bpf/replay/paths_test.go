@@ -1,0 +1,223 @@
+package replay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/bpf"
+	"github.com/flowaudit/flowaudit/bpf/testenv"
+)
+
+// corpusFiles lists the tcpdump corpus captures (skipping, or failing
+// where BPF tests are required, when there are none).
+func corpusFiles(t *testing.T) []string {
+	t.Helper()
+	dir := corpusDir(t)
+	files, _ := filepath.Glob(filepath.Join(dir, "*.pcap"))
+	ng, _ := filepath.Glob(filepath.Join(dir, "*.pcapng"))
+	files = append(files, ng...)
+	sort.Strings(files)
+	if len(files) == 0 {
+		if testenv.Required() {
+			t.Fatalf("no captures in %s (set FLOWAUDIT_CORPUS)", dir)
+		}
+		t.Skipf("no captures in %s (set FLOWAUDIT_CORPUS)", dir)
+	}
+	return files
+}
+
+// TestReplayPathsAgreeOnCorpus replays every capture of the tcpdump corpus
+// through the per-packet path and the batch path and requires the same
+// snapshot: every flow key and counter, the overflow entries, the stats,
+// every DNS row; first/last seen of the batch path (exact) must lie within
+// the per-packet path's (time slices around the true value).
+func TestReplayPathsAgreeOnCorpus(t *testing.T) {
+	if testing.Short() {
+		t.Skip("replays the whole tcpdump corpus twice")
+	}
+	files := corpusFiles(t)
+	testenv.RequireBPF(t)
+	const parallel = 2
+	problems := make([][]string, len(files))
+	compared := make([]bool, len(files))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < parallel; w++ {
+		c, err := bpf.Open(bpf.Options{EphemeralPorts: DefaultEphemeralPorts, Programs: bpf.LoadLive | bpf.LoadReplay})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				compared[i], problems[i] = comparePaths(c, files[i])
+			}
+		}()
+	}
+	for i := range files {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	n, bad := 0, 0
+	for i, p := range problems {
+		if compared[i] {
+			n++
+		}
+		if len(p) > 0 {
+			bad++
+			if bad <= 20 {
+				t.Errorf("%s:\n\t%s", filepath.Base(files[i]), fmt.Sprint(p))
+			}
+		}
+	}
+	t.Logf("%d captures compared, %d differ (of %d files; the rest have no supported link type)", n, bad, len(files))
+	if n < len(files)/2 {
+		t.Errorf("only %d of %d captures could be compared", n, len(files))
+	}
+}
+
+// comparePaths replays one capture both ways; compared is false when the
+// capture has no supported link type.
+func comparePaths(c *bpf.Collector, path string) (compared bool, problems []string) {
+	fail := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	old, err := Run(context.Background(), c, path, Options{Workers: 1, PerPacket: true})
+	var lte *LinkTypeError
+	if errors.As(err, &lte) {
+		return false, nil
+	}
+	if err != nil {
+		fail("per-packet: %v", err)
+		return true, problems
+	}
+	nw, err := Run(context.Background(), c, path, Options{Workers: 1})
+	if err != nil {
+		fail("batch: %v", err)
+		return true, problems
+	}
+	if nw.Packets != old.Packets || nw.Replayed != old.Replayed || fmt.Sprint(nw.Skipped) != fmt.Sprint(old.Skipped) ||
+		nw.Cut != old.Cut || nw.MissingBytes != old.MissingBytes {
+		fail("counts: batch %d/%d %v cut %d missing %d, per-packet %d/%d %v cut %d missing %d", nw.Packets, nw.Replayed, nw.Skipped,
+			nw.Cut, nw.MissingBytes, old.Packets, old.Replayed, old.Skipped, old.Cut, old.MissingBytes)
+	}
+	o, s := old.Snapshot, nw.Snapshot
+	if statsText(o.Stats) != statsText(s.Stats) {
+		fail("stats: batch %s, per-packet %s", statsText(s.Stats), statsText(o.Stats))
+	}
+	if !o.Start.Equal(s.Start) || !o.End.Equal(s.End) {
+		fail("window: batch %s..%s, per-packet %s..%s", s.Start, s.End, o.Start, o.End)
+	}
+	for _, set := range []struct {
+		name string
+		o, s []snapshot.Flow
+	}{{"flows", o.Flows, s.Flows}, {"overflow", o.Overflow, s.Overflow}} {
+		if d := diffText(flowsText(set.o), flowsText(set.s)); d != "" {
+			fail("%s differ (-per-packet +batch):\n%s", set.name, d)
+			continue
+		}
+		times := map[string]snapshot.Flow{}
+		for _, f := range set.o {
+			times[flowsText([]snapshot.Flow{f})] = f
+		}
+		for _, f := range set.s {
+			of := times[flowsText([]snapshot.Flow{f})]
+			if !within(f.FirstSeen, f.LastSeen, of.FirstSeen, of.LastSeen) {
+				fail("%s %s: batch seen %s..%s outside per-packet %s..%s", set.name, flowsText([]snapshot.Flow{f}),
+					f.FirstSeen, f.LastSeen, of.FirstSeen, of.LastSeen)
+			}
+		}
+	}
+	switch {
+	case (o.DNS == nil) != (s.DNS == nil):
+		fail("DNS: batch %v, per-packet %v", s.DNS, o.DNS)
+	case o.DNS != nil:
+		od, sd := *o.DNS, *s.DNS
+		if len(od.Names) != len(sd.Names) {
+			fail("DNS: batch %d names, per-packet %d", len(sd.Names), len(od.Names))
+			break
+		}
+		for i := range od.Names {
+			on, sn := od.Names[i], sd.Names[i]
+			if !within(sn.FirstSeen, sn.LastSeen, on.FirstSeen, on.LastSeen) {
+				fail("DNS %s %s: batch seen %s..%s outside per-packet %s..%s", sn.Addr, sn.Name, sn.FirstSeen, sn.LastSeen, on.FirstSeen, on.LastSeen)
+			}
+			on.FirstSeen, on.LastSeen, sn.FirstSeen, sn.LastSeen = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+			if fmt.Sprintf("%+v", on) != fmt.Sprintf("%+v", sn) {
+				fail("DNS row: batch %+v, per-packet %+v", sn, on)
+			}
+		}
+		od.Names, sd.Names = nil, nil
+		if fmt.Sprintf("%+v", od) != fmt.Sprintf("%+v", sd) {
+			fail("DNS: batch %+v, per-packet %+v", sd, od)
+		}
+	}
+	return true, problems
+}
+
+// within: first is not before lo (the start of the time slice the
+// per-packet path saw the flow's first packet in) and last not after hi
+// (the end of the last packet's slice). Both paths take first and last in
+// file order, so in a capture whose time goes backwards (kday4.pcap) last
+// may be before first on either.
+func within(first, last, lo, hi time.Time) bool {
+	return !first.Before(lo) && !hi.Before(last)
+}
+
+// TestReplayPeerOnTwoWorkers: a peer talking to two local addresses has
+// one flow per service fed by two conversations, which may go to two
+// workers; the reader runs the batch in between (Result.Flushes), so the
+// snapshot, first/last seen included, is the same for every worker count.
+func TestReplayPeerOnTwoWorkers(t *testing.T) {
+	c := openCollector(t)
+	hostA2 := netip.MustParseAddr("192.0.2.11")
+	var pkts []pkt
+	for i := 0; i < 3000; i++ {
+		p := netip.AddrFrom4([4]byte{198, 51, 100, byte(i % 40)})
+		local := hostA
+		if (i/40)%2 == 1 {
+			local = hostA2
+		}
+		ts := epoch.Add(time.Duration(i) * 7 * time.Millisecond)
+		if i%2 == 0 {
+			pkts = append(pkts, pkt{ts: ts, frame: ipFrame(t, p, local, udpDgram(41000, 514, 20)...)})
+		} else {
+			pkts = append(pkts, pkt{ts: ts, frame: ipFrame(t, local, p, udpDgram(514, 41000, 20)...)})
+		}
+	}
+	path := filepath.Join(t.TempDir(), "two.pcap")
+	writePcap(t, path, layers.LinkTypeEthernet, pkts)
+	local := []netip.Prefix{netip.PrefixFrom(hostA, 32), netip.PrefixFrom(hostA2, 32)}
+	var one string
+	for _, workers := range []int{1, 2, 3, 4} {
+		res, err := Run(context.Background(), c, path, Options{Local: local, Workers: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if workers > 1 && res.Flushes == 0 {
+			t.Errorf("workers=%d: no batch ran early, though peers talk to two local addresses", workers)
+		}
+		if len(res.Snapshot.Flows) != 40 {
+			t.Errorf("workers=%d: %d flows, want 40 (one per peer)", workers, len(res.Snapshot.Flows))
+		}
+		all := fullText(res.Snapshot)
+		if one == "" {
+			one = all
+			continue
+		}
+		if d := diffText(one, all); d != "" {
+			t.Errorf("workers=%d: snapshot differs from workers=1 (-1 +%d):\n%s", workers, workers, d)
+		}
+	}
+}
