@@ -73,7 +73,7 @@ func (c *Collector) ReadMaps() (*Read, error) {
 
 	acc := mergeLent(accs)
 	r.Stats.FoldedFlows = acc.folded
-	r.Flows = make([]snapshot.Flow, 0, len(acc.flows))
+	r.Flows = snapshot.MakeFlows(len(acc.flows))
 	hook := c.exportHook
 	for k, v := range acc.flows {
 		f := c.toFlow(&k, &v, names)

@@ -481,7 +481,7 @@ func (c *compactReader) flows(what string, base int64) ([]Flow, error) {
 	if count == 0 {
 		return nil, nil
 	}
-	out := make([]Flow, 0, min(count, uint64(preallocLimit)))
+	out := MakeFlows(int(min(count, uint64(preallocLimit))))
 	var block []byte
 	for uint64(len(out)) < count {
 		boff := c.off
@@ -509,7 +509,7 @@ func (c *compactReader) flows(what string, base int64) ([]Flow, error) {
 		if uint64(cap(out)-len(out)) < nrec {
 			// Grow with what was read, never to a count that was only
 			// claimed: nrec entries came in nb bytes just read.
-			grown := make([]Flow, len(out), min(count, max(2*uint64(cap(out)), uint64(len(out))+nrec)))
+			grown := MakeFlows(int(min(count, max(2*uint64(cap(out)), uint64(len(out))+nrec))))[:len(out)]
 			copy(grown, out)
 			out = grown
 		}
