@@ -13,7 +13,7 @@ import (
 )
 
 // batchSize is the number of entries per BPF_MAP_LOOKUP_BATCH call.
-const batchSize = 4096
+const batchSize = 8192
 
 // Read is one read of everything counted so far, as plain Go values.
 type Read struct {
@@ -71,16 +71,28 @@ func (c *Collector) ReadMaps() (*Read, error) {
 		c.moveMu.Unlock()
 	}()
 
+	// Index what a drain appended unindexed (flowTable.index) while this
+	// goroutine converts: nothing else touches a lent accumulator, and the
+	// conversion only reads its entries.
+	indexed := make(chan struct{})
+	go func() {
+		defer close(indexed)
+		for _, a := range accs {
+			a.flows.index()
+		}
+	}()
+	defer func() { <-indexed }()
 	acc := mergeLent(accs)
 	r.Stats.FoldedFlows = acc.folded
-	r.Flows = snapshot.MakeFlows(len(acc.flows))
+	r.Flows = snapshot.MakeFlows(acc.flows.len())
 	hook := c.exportHook
-	for k, v := range acc.flows {
-		f := c.toFlow(&k, &v, names)
+	for i := range acc.flows.ents {
+		k, v := &acc.flows.ents[i].k, &acc.flows.ents[i].v
+		f := c.toFlow(k, v, names)
 		if k.Pad[0] != foldNone {
 			f.Peer = netip.Addr{}
-			f.PeerPrefix = prefixOf(&k)
-			sk := acc.sketches[k]
+			f.PeerPrefix = prefixOf(k)
+			sk := acc.sketches[*k]
 			f.PeerSketch = &sk
 			f.Peers = sk.Estimate()
 		}

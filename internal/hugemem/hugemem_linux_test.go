@@ -1,4 +1,4 @@
-package snapshot
+package hugemem
 
 import (
 	"bufio"
@@ -9,22 +9,32 @@ import (
 	"unsafe"
 )
 
-// TestMakeFlowsAdvisesHugePages: a large flow slice lies in a mapping
-// marked MADV_HUGEPAGE ("hg" in /proc/self/smaps), a small one is left
-// alone; both are empty with the asked capacity.
-func TestMakeFlowsAdvisesHugePages(t *testing.T) {
+type elem struct{ a [256]byte }
+
+// TestMakeAdvisesHugePages: a large slice lies in a mapping marked
+// MADV_HUGEPAGE ("hg" in /proc/self/smaps); both a large and a small one
+// are empty with the asked capacity, and Grow keeps the elements.
+func TestMakeAdvisesHugePages(t *testing.T) {
 	const n = 200_000 // ~50 MiB
-	big := MakeFlows(n)
+	big := Make[elem](n)
 	if len(big) != 0 || cap(big) != n {
-		t.Fatalf("MakeFlows(%d): len %d cap %d", n, len(big), cap(big))
+		t.Fatalf("Make(%d): len %d cap %d", n, len(big), cap(big))
 	}
-	mid := uintptr(unsafe.Pointer(unsafe.SliceData(big[:n]))) + uintptr(n/2)*unsafe.Sizeof(Flow{})
+	mid := uintptr(unsafe.Pointer(unsafe.SliceData(big[:n]))) + uintptr(n/2)*unsafe.Sizeof(elem{})
 	if !advisedHuge(t, mid) {
-		t.Errorf("the middle of a %d-flow slice is not in a MADV_HUGEPAGE mapping", n)
+		t.Errorf("the middle of a %d-element slice is not in a MADV_HUGEPAGE mapping", n)
 	}
-	small := MakeFlows(10)
+	small := Make[elem](10)
 	if len(small) != 0 || cap(small) != 10 {
-		t.Fatalf("MakeFlows(10): len %d cap %d", len(small), cap(small))
+		t.Fatalf("Make(10): len %d cap %d", len(small), cap(small))
+	}
+	s := []int{1, 2, 3}
+	g := Grow(s, 100_000)
+	if len(g) != 3 || cap(g) < 100_003 || g[0] != 1 || g[2] != 3 {
+		t.Errorf("Grow: len %d cap %d %v", len(g), cap(g), g[:len(g)])
+	}
+	if h := Grow(g, 10); &h[0] != &g[0] {
+		t.Error("Grow reallocated a slice with room")
 	}
 }
 
