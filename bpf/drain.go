@@ -56,10 +56,7 @@ func (c *Collector) drainFlows(m *ebpf.Map) (int, error) {
 	}()
 	defer close(stop)
 	// Into an empty accumulator, the map's distinct keys need no lookup.
-	add := c.addFlow
-	if c.cur().target().flows.len() == 0 {
-		add = c.addNewFlow
-	}
+	fresh := c.cur().target().flows.len() == 0
 	total := 0
 	for b := range full {
 		for i := 0; i < b.n; i++ {
@@ -67,7 +64,12 @@ func (c *Collector) drainFlows(m *ebpf.Map) (int, error) {
 			for cpu := 0; cpu < ncpu; cpu++ {
 				v.addKernel(&b.vals[i*ncpu+cpu])
 			}
-			add(b.keys[i], &v)
+			// (Calls, not a func value: v stays on the stack.)
+			if fresh {
+				c.addNewFlow(b.keys[i], &v)
+			} else {
+				c.addFlow(b.keys[i], &v)
+			}
 			c.reportMoved(&b.keys[i], &v, false)
 		}
 		total += b.n

@@ -33,14 +33,18 @@ type flowEntry struct {
 func newFlowTable() flowTable { return flowTable{idx: map[flowauditFlowKey]int32{}} }
 
 // reserveTable returns an empty table with room for n entries.
+// The index is made at its size when first needed (index).
 func reserveTable(n int) flowTable {
-	return flowTable{idx: make(map[flowauditFlowKey]int32, n), ents: hugemem.Make[flowEntry](n)}
+	return flowTable{ents: hugemem.Make[flowEntry](n)}
 }
 
 func (t *flowTable) len() int { return len(t.ents) }
 
 // index adds the entries appended by appendNew to the index.
 func (t *flowTable) index() {
+	if t.idx == nil {
+		t.idx = make(map[flowauditFlowKey]int32, max(cap(t.ents), 8))
+	}
 	for ; t.indexed < len(t.ents); t.indexed++ {
 		t.idx[t.ents[t.indexed].k] = int32(t.indexed)
 	}

@@ -143,6 +143,9 @@ func writeFlows(w io.Writer, buf []byte, tag byte, flows []Flow, base int64) err
 	names := map[string]uint64{}
 	var list []string
 	for i := range flows {
+		if i > 0 && flows[i].Interface == flows[i-1].Interface {
+			continue
+		}
 		if _, ok := names[flows[i].Interface]; !ok {
 			names[flows[i].Interface] = uint64(len(list))
 			list = append(list, flows[i].Interface)
@@ -174,8 +177,17 @@ func writeFlows(w io.Writer, buf []byte, tag byte, flows []Flow, base int64) err
 		return err
 	}
 	n := 0
+	// Sorted flows come in runs of one interface: look its number up once
+	// per run, not by hashing the name for every flow.
+	last, lastIdx := "", uint64(0)
+	if len(list) > 0 {
+		last = list[0]
+	}
 	for i := range flows {
-		block = appendFlow(block, &flows[i], names[flows[i].Interface], base)
+		if name := flows[i].Interface; name != last {
+			last, lastIdx = name, names[name]
+		}
+		block = appendFlow(block, &flows[i], lastIdx, base)
 		n++
 		if len(block) >= blockTarget {
 			if err := flush(n); err != nil {
