@@ -17,8 +17,9 @@ import (
 //
 // A drain into an empty table appends the kernel's entries without
 // indexing them (appendNew: the keys of one map are distinct); the index
-// catches up (index) before anything looks a key up, or in the background
-// while an export converts the entries (ReadMaps).
+// catches up (index) when something first looks a key up: a later move
+// into the same bucket, a merge, folding — never a one-shot export, which
+// only walks the entries.
 type flowTable struct {
 	idx     map[flowauditFlowKey]int32
 	ents    []flowEntry

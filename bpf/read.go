@@ -73,17 +73,10 @@ func (c *Collector) ReadMaps() (*Read, error) {
 		c.moveMu.Unlock()
 	}()
 
-	// Index what a drain appended unindexed (flowTable.index) while this
-	// goroutine converts: nothing else touches a lent accumulator, and the
-	// conversion only reads its entries.
-	indexed := make(chan struct{})
-	go func() {
-		defer close(indexed)
-		for _, a := range accs {
-			a.flows.index()
-		}
-	}()
-	defer func() { <-indexed }()
+	// What a drain appended unindexed (flowTable.index) stays so: the
+	// conversion only walks the entries, and the index is built by the
+	// first lookup that needs it — a later move into the same bucket, or
+	// merging back a delta — never for a one-shot export (record).
 	acc := mergeLent(accs)
 	r.Stats.FoldedFlows = acc.folded
 	r.Flows = c.sortedFlows(acc, names)
