@@ -118,6 +118,10 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 		}
 	}
 	hook := c.exportHook
+	// The flows first: the collection their size sets off then scans them
+	// while they are still untouched, and is over before they are written
+	// (rather than following every pointer stored while it marks).
+	out := snapshot.MakeFlows(n)[:n]
 	o := snapshot.NewOrderer(list)
 	keys := make([]snapshot.OrderKey, n)
 	var bad atomic.Bool
@@ -135,7 +139,6 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 		})
 	}
 	if o == nil || bad.Load() { // convert, then sort the flows themselves
-		out := snapshot.MakeFlows(n)[:n]
 		inHalves(n, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				out[i] = c.flowOf(acc, &ents[i], ifn, true)
@@ -151,7 +154,6 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 	if hook != nil {
 		hook()
 	}
-	out := snapshot.MakeFlows(n)[:n]
 	inHalves(n, func(lo, hi int) {
 		for j := lo; j < hi; j++ {
 			c.putFlow(&out[j], acc, &ents[keys[j].Index()], ifn, true)
