@@ -25,13 +25,3 @@ func Make[T any](n int) []T {
 	}
 	return s[:0]
 }
-
-// Grow returns s with room for at least n more elements, like
-// slices.Grow, but a new backing array comes from Make.
-func Grow[T any](s []T, n int) []T {
-	if cap(s)-len(s) >= n {
-		return s
-	}
-	g := Make[T](max(len(s)+n, 2*cap(s)))
-	return append(g, s...)
-}
