@@ -17,6 +17,7 @@ import (
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 	"github.com/flowaudit/flowaudit/catalog"
+	"github.com/flowaudit/flowaudit/internal/hugemem"
 )
 
 // Options configure an audit.
@@ -408,7 +409,7 @@ func (a *auditor) flows(rep *Report) {
 		flood    bool // a suspected flood's attempt, set apart
 	}
 	sets := newRuleSets(a.rules)
-	hits := make([]hit, 0, len(a.snap.Flows))
+	hits := hugemem.Make[hit](len(a.snap.Flows))
 	for _, s := range order {
 		cands := a.candidates(s)
 		fl := floods[s]
@@ -453,7 +454,7 @@ func (a *auditor) flows(rep *Report) {
 			nAttempts++
 		}
 	}
-	attempts := make([]attempt, 0, nAttempts)
+	attempts := hugemem.Make[attempt](nAttempts)
 	for i := range hits {
 		if h := &hits[i]; attempted(h) {
 			attempts = append(attempts, attempt{h.f.Peer, serviceOf(h.f)})

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/internal/hugemem"
 )
 
 // batchSize is the number of entries per BPF_MAP_LOOKUP_BATCH call.
@@ -123,7 +124,7 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 	// (rather than following every pointer stored while it marks).
 	out := snapshot.MakeFlows(n)[:n]
 	o := snapshot.NewOrderer(list)
-	keys := make([]snapshot.OrderKey, n)
+	keys := hugemem.Make[snapshot.OrderKey](n)[:n]
 	var bad atomic.Bool
 	if o != nil {
 		inHalves(n, func(lo, hi int) {

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowaudit/flowaudit/internal/hugemem"
 	"github.com/flowaudit/flowaudit/vocab"
 )
 
@@ -455,7 +456,7 @@ func SortKeys(keys []OrderKey) {
 	}()
 	slices.SortFunc(lo, byPos)
 	<-done
-	merged := make([]OrderKey, 0, len(keys))
+	merged := hugemem.Make[OrderKey](len(keys))
 	i, j := 0, 0
 	for i < len(lo) && j < len(hi) {
 		if byPos(hi[j], lo[i]) < 0 {
