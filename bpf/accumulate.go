@@ -23,9 +23,10 @@ import (
 // their prefix.
 //
 // What an entry costs (BenchmarkAccumulatorBytes, Go 1.26, amd64): a
-// per-peer entry 220–340 B of heap (a 156 B slot — 28 B key, 128 B value —
-// times the table's slack, which is largest right after it doubled), a
-// folded one 430–660 B (its sketch sits in a second map). `make bench`
+// per-peer entry 250–280 B of heap (a 160 B entry — 28 B key, 128 B value —
+// in a dense slice, plus a 33 B index slot, each times its slack, see
+// flowtable.go), a folded one 460–600 B (its sketch sits in a second map).
+// `make bench`
 // measures what a whole watch costs per entry of budget (part 6).
 
 // Fold levels, stored in flow_key.pad[0] of an accumulator key (the kernel
@@ -100,7 +101,7 @@ type FoldEvent struct {
 }
 
 type accumulator struct {
-	flows map[flowauditFlowKey]accValue
+	flows flowTable // per-peer and folded entries
 	// sketches holds the sketch of every folded entry, by value: no
 	// pointer per entry for the garbage collector to scan.
 	sketches map[flowauditFlowKey]snapshot.PeerSketch
@@ -111,7 +112,7 @@ type accumulator struct {
 
 func newAccumulator() *accumulator {
 	return &accumulator{
-		flows:    map[flowauditFlowKey]accValue{},
+		flows:    newFlowTable(),
 		sketches: map[flowauditFlowKey]snapshot.PeerSketch{},
 		overflow: map[flowauditFlowKey]*overflowEntry{},
 		levels:   map[flowauditFlowKey]uint8{},
@@ -119,7 +120,7 @@ func newAccumulator() *accumulator {
 }
 
 // size is the number of entries the budget counts.
-func (a *accumulator) size() int { return len(a.flows) + len(a.overflow) }
+func (a *accumulator) size() int { return a.flows.len() + len(a.overflow) }
 
 // serviceOf strips the peer (and the fold level) from a key.
 func serviceOf(k flowauditFlowKey) flowauditFlowKey {
@@ -167,9 +168,20 @@ func (a *accumulator) addFlow(k flowauditFlowKey, v *accValue) {
 		a.mergeFolded(k, lvl, v, nil)
 		return
 	}
-	cur := a.flows[k]
-	cur.add(v)
-	a.flows[k] = cur
+	a.flows.at(k).add(v)
+}
+
+// addNewFlow is addFlow for a key the accumulator does not hold as an
+// exact entry (a drain into an empty accumulator: the kernel map's keys
+// are distinct), without looking it up.
+func (a *accumulator) addNewFlow(k flowauditFlowKey, v *accValue) {
+	if len(a.levels) > 0 {
+		if lvl := a.levels[serviceOf(k)]; lvl != foldNone {
+			a.mergeFolded(k, lvl, v, nil)
+			return
+		}
+	}
+	a.flows.appendNew(k, v)
 }
 
 // mergeFolded merges an exact entry (k a kernel key; sk nil) or an already
@@ -184,9 +196,7 @@ func (a *accumulator) mergeFolded(k flowauditFlowKey, level uint8, v *accValue, 
 		a.folded++
 	}
 	a.sketches[fk] = s
-	cur := a.flows[fk]
-	cur.add(v)
-	a.flows[fk] = cur
+	a.flows.at(fk).add(v)
 }
 
 // addOverflow accumulates one per-service entry read from the kernel.
@@ -257,7 +267,7 @@ func plan(accs []*accumulator, excess int) (prefix, other map[flowauditFlowKey]b
 	}
 	bySvc := map[flowauditFlowKey]*svc{}
 	for _, a := range accs {
-		for k := range a.flows {
+		for k := range a.flows.all() {
 			if k.Pad[0] >= foldOther {
 				continue
 			}
@@ -316,20 +326,17 @@ func plan(accs []*accumulator, excess int) (prefix, other map[flowauditFlowKey]b
 func fold(accs []*accumulator, picked map[flowauditFlowKey]bool, level uint8) []FoldEvent {
 	merged := map[flowauditFlowKey]int{}
 	for _, a := range accs {
-		for k, v := range a.flows {
-			svc := serviceOf(k)
-			if !picked[svc] || k.Pad[0] >= level {
-				continue
-			}
-			delete(a.flows, k)
+		a.flows.rekey(func(k flowauditFlowKey) bool {
+			return k.Pad[0] < level && picked[serviceOf(k)]
+		}, func(k flowauditFlowKey, v *accValue) {
 			var sk *snapshot.PeerSketch
 			if s, ok := a.sketches[k]; ok {
 				sk = &s
 				delete(a.sketches, k)
 			}
-			a.mergeFolded(k, level, &v, sk)
-			merged[svc]++
-		}
+			a.mergeFolded(k, level, v, sk)
+			merged[serviceOf(k)]++
+		})
 		for svc := range picked {
 			a.levels[svc] = level
 		}
@@ -390,19 +397,18 @@ func (a *accumulator) merge(o *accumulator) {
 	if raised {
 		a.refold()
 	}
-	for k, v := range o.flows {
+	for i := range o.flows.ents {
+		k, v := o.flows.ents[i].k, &o.flows.ents[i].v
 		lvl := max(a.levels[serviceOf(k)], k.Pad[0])
 		if lvl == foldNone {
-			cur := a.flows[k]
-			cur.add(&v)
-			a.flows[k] = cur
+			a.flows.at(k).add(v)
 			continue
 		}
 		var sk *snapshot.PeerSketch
 		if s, ok := o.sketches[k]; ok {
 			sk = &s
 		}
-		a.mergeFolded(k, lvl, &v, sk)
+		a.mergeFolded(k, lvl, v, sk)
 	}
 	for k, e := range o.overflow {
 		cur := a.overflow[k]
@@ -419,18 +425,16 @@ func (a *accumulator) merge(o *accumulator) {
 // refold re-keys entries whose service is folded to a coarser level than
 // the entry (after levels were raised by merge).
 func (a *accumulator) refold() {
-	for k, v := range a.flows {
+	a.flows.rekey(func(k flowauditFlowKey) bool {
+		return a.levels[serviceOf(k)] > k.Pad[0]
+	}, func(k flowauditFlowKey, v *accValue) {
 		lvl := a.levels[serviceOf(k)]
-		if lvl <= k.Pad[0] {
-			continue
-		}
-		delete(a.flows, k)
 		s, ok := a.sketches[k]
 		if !ok { // an exact entry: mergeFolded counts it as folded
-			a.mergeFolded(k, lvl, &v, nil)
-			continue
+			a.mergeFolded(k, lvl, v, nil)
+			return
 		}
 		delete(a.sketches, k)
-		a.mergeFolded(k, lvl, &v, &s)
-	}
+		a.mergeFolded(k, lvl, v, &s)
+	})
 }

@@ -19,7 +19,7 @@ func withinSketchError(est uint64, n int) bool {
 }
 
 func accTotals(a *accumulator) (entries int, packets uint64) {
-	for _, v := range a.flows {
+	for _, v := range a.flows.all() {
 		packets += v.packetsIn
 	}
 	for _, e := range a.overflow {
@@ -57,7 +57,7 @@ func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
 	if a.folded != 5100 {
 		t.Errorf("folded %d entries, want 5100", a.folded)
 	}
-	for k, v := range a.flows {
+	for k, v := range a.flows.all() {
 		if k.Port == 22 {
 			if k.Pad[0] != foldNone {
 				t.Errorf("tcp/22 peer folded: %v", prefixOf(&k))
@@ -82,8 +82,8 @@ func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
 	// A new flood peer joins its prefix directly.
 	a.addFlow(accKey(netip.MustParseAddr("198.18.3.250"), 443), one)
 	fk := foldKey(accKey(netip.MustParseAddr("198.18.3.0"), 443), foldPrefix)
-	if a.flows[fk].packetsIn != 251 || a.size() != 42 {
-		t.Errorf("late peer: prefix has %d packets, %d entries", a.flows[fk].packetsIn, a.size())
+	if v, _ := a.flows.get(fk); v.packetsIn != 251 || a.size() != 42 {
+		t.Errorf("late peer: prefix has %d packets, %d entries", v.packetsIn, a.size())
 	}
 }
 
@@ -105,7 +105,7 @@ func TestAccumulatorFoldsToOther(t *testing.T) {
 	if entries, packets := accTotals(a); entries != 2 || packets != 4002 {
 		t.Fatalf("%d entries, %d packets, want 2 (0.0.0.0/0 and ::/0) and 4002", entries, packets)
 	}
-	for k := range a.flows {
+	for k := range a.flows.all() {
 		p := prefixOf(&k)
 		if p.Bits() != 0 || (p.Addr() != netip.IPv4Unspecified() && p.Addr() != netip.IPv6Unspecified()) {
 			t.Errorf("entry %v, want /0", p)
@@ -181,10 +181,10 @@ func TestAccumulatorMerge(t *testing.T) {
 	if packets != 2000+3+3 || entries != 10+1+1+1 {
 		t.Errorf("merged: %d entries, %d packets", entries, packets)
 	}
-	if v := m.flows[foldKey(accKey(netip.MustParseAddr("198.18.0.0"), 443), foldPrefix)]; v.packetsIn != 201 {
+	if v, _ := m.flows.get(foldKey(accKey(netip.MustParseAddr("198.18.0.0"), 443), foldPrefix)); v.packetsIn != 201 {
 		t.Errorf("198.18.0.0/24: %d packets, want 201", v.packetsIn)
 	}
-	if _, ok := m.flows[accKey(netip.MustParseAddr("192.0.2.20"), 22)]; !ok {
+	if _, ok := m.flows.get(accKey(netip.MustParseAddr("192.0.2.20"), 22)); !ok {
 		t.Error("tcp/22 peer folded although its service never was")
 	}
 	if m.folded != 2000+2 {

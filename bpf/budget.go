@@ -32,6 +32,13 @@ func (c *Collector) addFlow(k flowauditFlowKey, v *accValue) {
 	c.checkBudget()
 }
 
+// addNewFlow is addFlow for a key the current bucket does not hold
+// (accumulator.addNewFlow).
+func (c *Collector) addNewFlow(k flowauditFlowKey, v *accValue) {
+	c.cur().target().addNewFlow(k, v)
+	c.checkBudget()
+}
+
 // addOverflow accumulates one per-service entry read from the kernel.
 func (c *Collector) addOverflow(k flowauditFlowKey, v *flowauditOverflowValue) {
 	c.cur().target().addOverflow(k, v)

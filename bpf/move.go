@@ -85,41 +85,6 @@ func (c *Collector) move() (MoveResult, error) {
 	return res, nil
 }
 
-// drainFlows reads and deletes every entry of a flow map that no program
-// writes to any more, into the accumulator.
-func (c *Collector) drainFlows(m *ebpf.Map) (int, error) {
-	ncpu := 1
-	if perCPU(c.flowType) {
-		ncpu = c.ncpu
-	}
-	keys := make([]flowauditFlowKey, batchSize)
-	vals := make([]flowauditFlowValue, batchSize*ncpu)
-	total := 0
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookupAndDelete(&cursor, keys, vals, nil)
-		for i := 0; i < n; i++ {
-			var v accValue
-			for cpu := 0; cpu < ncpu; cpu++ {
-				v.addKernel(&vals[i*ncpu+cpu])
-			}
-			c.addFlow(keys[i], &v)
-			c.reportMoved(&keys[i], &v, false)
-		}
-		total += n
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return total, nil
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			n, err := c.drainByIteration(m, ncpu)
-			return total + n, err
-		}
-		if err != nil {
-			return total, fmt.Errorf("move flows: %w", err)
-		}
-	}
-}
-
 // drainByIteration is the fallback for kernels without batch operations
 // on this map type: iterate, then delete what was read.
 func (c *Collector) drainByIteration(m *ebpf.Map, ncpu int) (int, error) {
@@ -204,7 +169,7 @@ type Counters struct {
 // Capped by the flow map's size and the budget (beyond it, entries fold).
 func (c *Collector) reserve() {
 	acc := c.cur().target()
-	if len(acc.flows) > 0 {
+	if acc.flows.len() > 0 {
 		return
 	}
 	var per []uint64
@@ -223,7 +188,7 @@ func (c *Collector) reserve() {
 		n = min(n, uint64(c.budget))
 	}
 	if n > 1024 {
-		acc.flows = make(map[flowauditFlowKey]accValue, n)
+		acc.flows = reserveTable(int(n))
 	}
 }
 

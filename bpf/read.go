@@ -4,16 +4,19 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/internal/hugemem"
 )
 
 // batchSize is the number of entries per BPF_MAP_LOOKUP_BATCH call.
-const batchSize = 4096
+const batchSize = 8192
 
 // Read is one read of everything counted so far, as plain Go values.
 type Read struct {
@@ -71,25 +74,13 @@ func (c *Collector) ReadMaps() (*Read, error) {
 		c.moveMu.Unlock()
 	}()
 
+	// What a drain appended unindexed (flowTable.index) stays so: the
+	// conversion only walks the entries, and the index is built by the
+	// first lookup that needs it — a later move into the same bucket, or
+	// merging back a delta — never for a one-shot export (record).
 	acc := mergeLent(accs)
 	r.Stats.FoldedFlows = acc.folded
-	r.Flows = make([]snapshot.Flow, 0, len(acc.flows))
-	hook := c.exportHook
-	for k, v := range acc.flows {
-		f := c.toFlow(&k, &v, names)
-		if k.Pad[0] != foldNone {
-			f.Peer = netip.Addr{}
-			f.PeerPrefix = prefixOf(&k)
-			sk := acc.sketches[k]
-			f.PeerSketch = &sk
-			f.Peers = sk.Estimate()
-		}
-		r.Flows = append(r.Flows, f)
-		if hook != nil {
-			hook()
-			hook = nil
-		}
-	}
+	r.Flows = c.sortedFlows(acc, names)
 	for k, e := range acc.overflow {
 		f := c.toFlow(&k, &e.accValue, names)
 		f.Peer = netip.Addr{}
@@ -98,9 +89,125 @@ func (c *Collector) ReadMaps() (*Read, error) {
 		f.Peers = sk.Estimate()
 		r.Overflow = append(r.Overflow, f)
 	}
-	snapshot.SortFlows(r.Flows)
 	snapshot.SortFlows(r.Overflow)
 	return r, nil
+}
+
+// sortedFlows converts acc's entries into flows in snapshot.SortFlows'
+// order. It orders small keys, then writes every flow once at its place —
+// never moving 256-byte flows, which hold pointers the garbage collector
+// would have to follow through each move — and does both on two
+// goroutines. TestSortedFlowsMatchSimplePath compares it with converting
+// in any order and sorting with SortFlows.
+func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []snapshot.Flow {
+	ents := acc.flows.ents
+	n := len(ents)
+	ifn := map[uint32]string{}
+	var list []string
+	for i := range ents {
+		if i > 0 && ents[i].k.Ifindex == ents[i-1].k.Ifindex {
+			continue
+		}
+		ix := ents[i].k.Ifindex
+		if _, ok := ifn[ix]; ok {
+			continue
+		}
+		name := ifaceName(ix, names)
+		ifn[ix] = name
+		if !slices.Contains(list, name) {
+			list = append(list, name)
+		}
+	}
+	hook := c.exportHook
+	// The flows first: the collection their size sets off then scans them
+	// while they are still untouched, and is over before they are written
+	// (rather than following every pointer stored while it marks).
+	out := snapshot.MakeFlows(n)[:n]
+	o := snapshot.NewOrderer(list)
+	keys := hugemem.Make[snapshot.OrderKey](n)[:n]
+	var bad atomic.Bool
+	if o != nil {
+		inHalves(n, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				f := c.flowOf(acc, &ents[i], ifn, false)
+				k, ok := o.Key(&f, i)
+				if !ok {
+					bad.Store(true)
+					return
+				}
+				keys[i] = k
+			}
+		})
+	}
+	if o == nil || bad.Load() { // convert, then sort the flows themselves
+		inHalves(n, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				out[i] = c.flowOf(acc, &ents[i], ifn, true)
+			}
+		})
+		if hook != nil {
+			hook()
+		}
+		snapshot.SortFlows(out)
+		return out
+	}
+	snapshot.SortKeys(keys)
+	if hook != nil {
+		hook()
+	}
+	inHalves(n, func(lo, hi int) {
+		for j := lo; j < hi; j++ {
+			c.putFlow(&out[j], acc, &ents[keys[j].Index()], ifn, true)
+		}
+	})
+	return out
+}
+
+// inHalves runs fn over [0, n) in two halves on two goroutines (one for a
+// small n).
+func inHalves(n int, fn func(lo, hi int)) {
+	if n < 1<<14 {
+		fn(0, n)
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn(n/2, n)
+	}()
+	fn(0, n/2)
+	<-done
+}
+
+// ifaceName names an interface index: the attachment's name, or ifN for
+// an interface flowaudit is no longer attached to.
+func ifaceName(ix uint32, names map[uint32]string) string {
+	if name, ok := names[ix]; ok {
+		return name
+	}
+	return fmt.Sprintf("if%d", ix)
+}
+
+// flowOf converts one accumulated entry; ifn names every interface index
+// of the entries. A folded entry gets its prefix, and with sketch its own
+// copy of the sketch and the estimate from it.
+func (c *Collector) flowOf(acc *accumulator, e *flowEntry, ifn map[uint32]string, sketch bool) (f snapshot.Flow) {
+	c.putFlow(&f, acc, e, ifn, sketch)
+	return f
+}
+
+// putFlow is flowOf writing into f, which must be zero.
+func (c *Collector) putFlow(f *snapshot.Flow, acc *accumulator, e *flowEntry, ifn map[uint32]string, sketch bool) {
+	c.fillFlow(f, &e.k, &e.v, ifn)
+	if e.k.Pad[0] != foldNone {
+		f.Peer = netip.Addr{}
+		f.PeerPrefix = prefixOf(&e.k)
+		if sketch {
+			sk := acc.sketches[e.k]
+			f.PeerSketch = &sk
+			f.Peers = sk.Estimate()
+		}
+	}
 }
 
 // readLocked reads the statistics right after a move (every loss up to it
@@ -143,32 +250,32 @@ func countEntries(m *ebpf.Map) (int, error) {
 	return n, it.Err()
 }
 
-func (c *Collector) toFlow(k *flowauditFlowKey, v *accValue, names map[uint32]string) snapshot.Flow {
-	name, ok := names[k.Ifindex]
-	if !ok {
-		name = fmt.Sprintf("if%d", k.Ifindex)
+func (c *Collector) toFlow(k *flowauditFlowKey, v *accValue, names map[uint32]string) (f snapshot.Flow) {
+	c.fillFlow(&f, k, v, names)
+	return f
+}
+
+// fillFlow sets f (zero) to the entry (k, v) field by field: written in
+// place into a large slice, a flow costs a write barrier per pointer field
+// while the garbage collector marks, not a bulk barrier over all of it.
+func (c *Collector) fillFlow(f *snapshot.Flow, k *flowauditFlowKey, v *accValue, names map[uint32]string) {
+	f.Interface = ifaceName(k.Ifindex, names)
+	f.Direction = snapshot.Direction(k.Dir)
+	f.DirectionInferred = k.Flags&flowFlagInferred != 0
+	f.Fragment = k.Flags&flowFlagFragment != 0
+	f.Proto = snapshot.Proto(k.Proto)
+	f.Port = k.Port
+	f.Peer = netip.AddrFrom16(k.Peer).Unmap()
+	f.PacketsIn = v.packetsIn
+	f.BytesIn = v.bytesIn
+	f.PacketsOut = v.packetsOut
+	f.BytesOut = v.bytesOut
+	f.FirstSeen = c.boot.wall(v.first)
+	f.LastSeen = c.boot.wall(v.last)
+	if f.LastSeen.IsZero() {
+		f.LastSeen = f.FirstSeen // evidence-only entry (ICMP error for a flow not seen)
 	}
-	first := c.boot.wall(v.first)
-	last := c.boot.wall(v.last)
-	if last.IsZero() {
-		last = first // evidence-only entry (ICMP error for a flow not seen)
-	}
-	return snapshot.Flow{
-		Interface:         name,
-		Direction:         snapshot.Direction(k.Dir),
-		DirectionInferred: k.Flags&flowFlagInferred != 0,
-		Fragment:          k.Flags&flowFlagFragment != 0,
-		Proto:             snapshot.Proto(k.Proto),
-		Port:              k.Port,
-		Peer:              netip.AddrFrom16(k.Peer).Unmap(),
-		PacketsIn:         v.packetsIn,
-		BytesIn:           v.bytesIn,
-		PacketsOut:        v.packetsOut,
-		BytesOut:          v.bytesOut,
-		FirstSeen:         first,
-		LastSeen:          last,
-		Evidence:          v.ev,
-	}
+	f.Evidence = v.ev
 }
 
 // flow_key.flags, as in flowaudit.c.

@@ -143,6 +143,9 @@ func writeFlows(w io.Writer, buf []byte, tag byte, flows []Flow, base int64) err
 	names := map[string]uint64{}
 	var list []string
 	for i := range flows {
+		if i > 0 && flows[i].Interface == flows[i-1].Interface {
+			continue
+		}
 		if _, ok := names[flows[i].Interface]; !ok {
 			names[flows[i].Interface] = uint64(len(list))
 			list = append(list, flows[i].Interface)
@@ -174,8 +177,17 @@ func writeFlows(w io.Writer, buf []byte, tag byte, flows []Flow, base int64) err
 		return err
 	}
 	n := 0
+	// Sorted flows come in runs of one interface: look its number up once
+	// per run, not by hashing the name for every flow.
+	last, lastIdx := "", uint64(0)
+	if len(list) > 0 {
+		last = list[0]
+	}
 	for i := range flows {
-		block = appendFlow(block, &flows[i], names[flows[i].Interface], base)
+		if name := flows[i].Interface; name != last {
+			last, lastIdx = name, names[name]
+		}
+		block = appendFlow(block, &flows[i], lastIdx, base)
 		n++
 		if len(block) >= blockTarget {
 			if err := flush(n); err != nil {
@@ -481,7 +493,7 @@ func (c *compactReader) flows(what string, base int64) ([]Flow, error) {
 	if count == 0 {
 		return nil, nil
 	}
-	out := make([]Flow, 0, min(count, uint64(preallocLimit)))
+	out := MakeFlows(int(min(count, uint64(preallocLimit))))
 	var block []byte
 	for uint64(len(out)) < count {
 		boff := c.off
@@ -509,7 +521,7 @@ func (c *compactReader) flows(what string, base int64) ([]Flow, error) {
 		if uint64(cap(out)-len(out)) < nrec {
 			// Grow with what was read, never to a count that was only
 			// claimed: nrec entries came in nb bytes just read.
-			grown := make([]Flow, len(out), min(count, max(2*uint64(cap(out)), uint64(len(out))+nrec)))
+			grown := MakeFlows(int(min(count, max(2*uint64(cap(out)), uint64(len(out))+nrec))))[:len(out)]
 			copy(grown, out)
 			out = grown
 		}

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowaudit/flowaudit/internal/hugemem"
 	"github.com/flowaudit/flowaudit/vocab"
 )
 
@@ -354,6 +355,122 @@ type flowKey struct {
 	idx       int32
 }
 
+// Orderer gives flows their place in SortFlows' order without moving
+// them, for a caller that builds flows from something else (the
+// collector's entries): it sorts OrderKeys, then fills each place once.
+type Orderer struct{ rank map[string]uint64 }
+
+// NewOrderer returns an Orderer for flows on the given interfaces (in any
+// order, each once); nil if there are too many to rank.
+func NewOrderer(ifaces []string) *Orderer {
+	if len(ifaces) > 1<<16 {
+		return nil
+	}
+	names := slices.Clone(ifaces)
+	sort.Strings(names)
+	rank := make(map[string]uint64, len(names))
+	for i, n := range names {
+		rank[n] = uint64(i)
+	}
+	return &Orderer{rank: rank}
+}
+
+// OrderKey is a flow's place in SortFlows' order, and the position it was
+// given (Index).
+type OrderKey struct{ k flowKey }
+
+// Index is the position passed to Key.
+func (k OrderKey) Index() int { return int(k.k.idx) }
+
+// Key returns f's sort key, remembering position i. ok is false when the
+// key cannot tell f's place: a peer with an IPv6 zone, an interface not
+// given to NewOrderer, or i beyond 2^31.
+func (o *Orderer) Key(f *Flow, i int) (key OrderKey, ok bool) {
+	if _, known := o.rank[f.Interface]; !known || f.Peer.Zone() != "" || i < 0 || i >= 1<<31 {
+		return OrderKey{}, false
+	}
+	return OrderKey{o.key(f, i)}, true
+}
+
+func (o *Orderer) key(f *Flow, i int) flowKey {
+	b2u := func(b bool) uint64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	a, bits := f.Peer, int32(0)
+	if f.Folded() {
+		a, bits = f.PeerPrefix.Addr(), int32(f.PeerPrefix.Bits())
+	}
+	var fam uint64
+	switch a.BitLen() {
+	case 32:
+		fam = 1
+	case 128:
+		fam = 2
+	}
+	b := a.As16()
+	return flowKey{
+		w: o.rank[f.Interface]<<48 | uint64(f.Direction)<<40 | uint64(f.Proto)<<32 | uint64(f.Port)<<16 |
+			b2u(f.Fragment)<<4 | b2u(f.DirectionInferred)<<3 | b2u(f.Folded())<<2 | fam,
+		hi:   binary.BigEndian.Uint64(b[:8]),
+		lo:   binary.BigEndian.Uint64(b[8:]),
+		bits: bits, idx: int32(i),
+	}
+}
+
+func compareKeys(x, y flowKey) int {
+	if c := cmp.Compare(x.w, y.w); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(x.hi, y.hi); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(x.lo, y.lo); c != 0 {
+		return c
+	}
+	return cmp.Compare(x.bits, y.bits)
+}
+
+// SortKeys sorts keys into SortFlows' order; keys that compare equal keep
+// the order of their positions (Index). A large slice is sorted in two
+// halves on two goroutines, then merged.
+func SortKeys(keys []OrderKey) {
+	byPos := func(x, y OrderKey) int {
+		if c := compareKeys(x.k, y.k); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.k.idx, y.k.idx)
+	}
+	if len(keys) < 1<<16 {
+		slices.SortFunc(keys, byPos)
+		return
+	}
+	half := len(keys) / 2
+	lo, hi := keys[:half], keys[half:]
+	done := make(chan struct{})
+	go func() {
+		slices.SortFunc(hi, byPos)
+		close(done)
+	}()
+	slices.SortFunc(lo, byPos)
+	<-done
+	merged := hugemem.Make[OrderKey](len(keys))
+	i, j := 0, 0
+	for i < len(lo) && j < len(hi) {
+		if byPos(hi[j], lo[i]) < 0 {
+			merged = append(merged, hi[j])
+			j++
+		} else {
+			merged = append(merged, lo[i])
+			i++
+		}
+	}
+	merged = append(append(merged, lo[i:]...), hi[j:]...)
+	copy(keys, merged)
+}
+
 func sortByKeys(flows []Flow) bool {
 	if len(flows) >= 1<<31 {
 		return false
@@ -369,55 +486,15 @@ func sortByKeys(flows []Flow) bool {
 			return false
 		}
 	}
-	if len(names) > 1<<16 {
+	o := NewOrderer(names)
+	if o == nil {
 		return false
-	}
-	sort.Strings(names)
-	rank := make(map[string]uint64, len(names))
-	for i, n := range names {
-		rank[n] = uint64(i)
-	}
-	b2u := func(b bool) uint64 {
-		if b {
-			return 1
-		}
-		return 0
 	}
 	keys := make([]flowKey, len(flows))
 	for i := range flows {
-		f := &flows[i]
-		a, bits := f.Peer, int32(0)
-		if f.Folded() {
-			a, bits = f.PeerPrefix.Addr(), int32(f.PeerPrefix.Bits())
-		}
-		var fam uint64
-		switch a.BitLen() {
-		case 32:
-			fam = 1
-		case 128:
-			fam = 2
-		}
-		b := a.As16()
-		keys[i] = flowKey{
-			w: rank[f.Interface]<<48 | uint64(f.Direction)<<40 | uint64(f.Proto)<<32 | uint64(f.Port)<<16 |
-				b2u(f.Fragment)<<4 | b2u(f.DirectionInferred)<<3 | b2u(f.Folded())<<2 | fam,
-			hi:   binary.BigEndian.Uint64(b[:8]),
-			lo:   binary.BigEndian.Uint64(b[8:]),
-			bits: bits, idx: int32(i),
-		}
+		keys[i] = o.key(&flows[i], i)
 	}
-	slices.SortFunc(keys, func(x, y flowKey) int {
-		if c := cmp.Compare(x.w, y.w); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(x.hi, y.hi); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(x.lo, y.lo); c != 0 {
-			return c
-		}
-		return cmp.Compare(x.bits, y.bits)
-	})
+	slices.SortFunc(keys, compareKeys)
 	// Position i takes flows[keys[i].idx]: follow each cycle once.
 	for i := range keys {
 		if keys[i].idx < 0 || int(keys[i].idx) == i {
