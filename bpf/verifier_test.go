@@ -55,6 +55,10 @@ var verifierBudget = map[string]int{
 	"flowaudit_tc_ingress": 110_000,
 	"flowaudit_tc_egress":  30_000,
 	"flowaudit_clock":      100,
+	// flowaudit_replay (only replay loads it) verifies handle() twice,
+	// once per direction (replay_in ~86 k, replay_out ~22 k), plus its
+	// batch loop of up to REPLAY_BATCH_MAX frames: ~204 k in all.
+	"flowaudit_replay": 240_000,
 }
 
 // defaultVerifierBudget holds a program not listed above: one that runs
