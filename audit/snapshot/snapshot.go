@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/flowaudit/flowaudit/internal/hugemem"
 	"github.com/flowaudit/flowaudit/vocab"
@@ -434,7 +435,9 @@ func compareKeys(x, y flowKey) int {
 }
 
 // SortKeys sorts keys into SortFlows' order; keys that compare equal keep
-// the order of their positions (Index). A large slice is sorted in two
+// the order of their positions (Index). Keys given in the order of their
+// positions (as Orderer.Key numbers them) take a radix sort (radix.go);
+// otherwise, or when too many digits vary, a large slice is sorted in two
 // halves on two goroutines, then merged.
 func SortKeys(keys []OrderKey) {
 	byPos := func(x, y OrderKey) int {
@@ -442,6 +445,14 @@ func SortKeys(keys []OrderKey) {
 			return c
 		}
 		return cmp.Compare(x.k.idx, y.k.idx)
+	}
+	inOrder := true
+	for i := 1; i < len(keys) && inOrder; i++ {
+		inOrder = keys[i-1].k.idx < keys[i].k.idx
+	}
+	// OrderKey is a flowKey: the radix sort works on the same memory.
+	if inOrder && radixSort(unsafe.Slice((*flowKey)(unsafe.Pointer(unsafe.SliceData(keys))), len(keys))) {
+		return
 	}
 	if len(keys) < 1<<16 {
 		slices.SortFunc(keys, byPos)
@@ -494,7 +505,9 @@ func sortByKeys(flows []Flow) bool {
 	for i := range flows {
 		keys[i] = o.key(&flows[i], i)
 	}
-	slices.SortFunc(keys, compareKeys)
+	if !radixSort(keys) {
+		slices.SortFunc(keys, compareKeys)
+	}
 	// Position i takes flows[keys[i].idx]: follow each cycle once.
 	for i := range keys {
 		if keys[i].idx < 0 || int(keys[i].idx) == i {
