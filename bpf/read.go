@@ -119,39 +119,44 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 		}
 	}
 	hook := c.exportHook
-	// The flows first: the collection their size sets off then scans them
-	// while they are still untouched, and is over before they are written
-	// (rather than following every pointer stored while it marks).
-	out := snapshot.MakeFlows(n)[:n]
 	o := snapshot.NewOrderer(list)
+	if o == nil {
+		return c.convertThenSort(acc, ifn, hook)
+	}
+	// The small keys first, from the entries' key fields alone; the flows
+	// are allocated only once the keys are sorted. The collection that a
+	// quarter of a gigabyte of flows sets off then finds the keys already
+	// in place, and no goroutine allocates while it marks (an allocation
+	// during marking is charged as scan work: building the keys after the
+	// flows' allocation cost twice the keys themselves).
 	keys := hugemem.Make[snapshot.OrderKey](n)[:n]
 	var bad atomic.Bool
-	if o != nil {
-		inHalves(n, func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				f := c.flowOf(acc, &ents[i], ifn, false)
-				k, ok := o.Key(&f, i)
-				if !ok {
-					bad.Store(true)
-					return
-				}
-				keys[i] = k
+	inHalves(n, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			e := &ents[i]
+			f := snapshot.Flow{
+				Interface: ifn[e.k.Ifindex], Direction: snapshot.Direction(e.k.Dir),
+				DirectionInferred: e.k.Flags&flowFlagInferred != 0, Fragment: e.k.Flags&flowFlagFragment != 0,
+				Proto: snapshot.Proto(e.k.Proto), Port: e.k.Port,
 			}
-		})
-	}
-	if o == nil || bad.Load() { // convert, then sort the flows themselves
-		inHalves(n, func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				out[i] = c.flowOf(acc, &ents[i], ifn, true)
+			if e.k.Pad[0] != foldNone {
+				f.PeerPrefix = prefixOf(&e.k)
+			} else {
+				f.Peer = netip.AddrFrom16(e.k.Peer).Unmap()
 			}
-		})
-		if hook != nil {
-			hook()
+			k, ok := o.Key(&f, i)
+			if !ok {
+				bad.Store(true)
+				return
+			}
+			keys[i] = k
 		}
-		snapshot.SortFlows(out)
-		return out
+	})
+	if bad.Load() {
+		return c.convertThenSort(acc, ifn, hook)
 	}
 	snapshot.SortKeys(keys)
+	out := snapshot.MakeFlows(n)[:n]
 	if hook != nil {
 		hook()
 	}
@@ -160,6 +165,24 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 			c.putFlow(&out[j], acc, &ents[keys[j].Index()], ifn, true)
 		}
 	})
+	return out
+}
+
+// convertThenSort is sortedFlows for entries an Orderer cannot rank:
+// convert in any order, then sort the flows themselves.
+func (c *Collector) convertThenSort(acc *accumulator, ifn map[uint32]string, hook func()) []snapshot.Flow {
+	ents := acc.flows.ents
+	n := len(ents)
+	out := snapshot.MakeFlows(n)[:n]
+	inHalves(n, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			c.putFlow(&out[i], acc, &ents[i], ifn, true)
+		}
+	})
+	if hook != nil {
+		hook()
+	}
+	snapshot.SortFlows(out)
 	return out
 }
 
