@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -110,12 +111,14 @@ func childRead(n int, path string) (*scaleRead, error) {
 	if err := resetPeakRSS(); err != nil {
 		return nil, err
 	}
+	stopProf := profileStep("read")
 	t0, c0 := time.Now(), cpuNow()
 	r, err := c.ReadMaps()
 	if err != nil {
 		return nil, err
 	}
 	res.ReadNs, res.ReadCPUNs = int64(time.Since(t0)), cpuNow()-c0
+	stopProf()
 	res.ReadRSSKB = peakRSS()
 	res.Flows = len(r.Flows)
 	snap := g.Snapshot(r.Flows, capacity)
@@ -138,6 +141,8 @@ func childAudit(path string) (*scaleAudit, error) {
 	if err != nil {
 		return nil, err
 	}
+	stopProf := profileStep("audit")
+	defer stopProf()
 	t0, c0 := time.Now(), cpuNow()
 	s, err := snapshot.ReadFile(path)
 	if err != nil {
@@ -154,6 +159,27 @@ func childAudit(path string) (*scaleAudit, error) {
 	res.Findings = len(rep.Findings)
 	res.Documents = len(m.Rules)
 	return res, nil
+}
+
+// profileStep writes a CPU profile of a child's step to
+// $FLOWBENCH_PROFILE/<step>.pprof when that variable names a directory
+// (go tool pprof bin/flowbench DIR/read.pprof); the returned func stops it.
+func profileStep(step string) func() {
+	dir := os.Getenv("FLOWBENCH_PROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, step+".pprof"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "profile %s: %v\n", step, err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		fmt.Fprintf(os.Stderr, "profile %s: %v\n", step, err)
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 // runChild is the entry point of a re-executed flowbench: it prints one
