@@ -23,14 +23,14 @@ import (
 // their prefix.
 //
 // What an entry costs (BenchmarkAccumulatorBytes, Go 1.26, amd64): a
-// per-peer entry 250–280 B of heap (a 160 B entry — 28 B key, 128 B value —
+// per-peer entry 250–280 B of heap (a 152 B entry — 24 B key, 128 B value —
 // in a dense slice, plus a 33 B index slot, each times its slack, see
 // flowtable.go), a folded one 460–600 B (its sketch sits in a second map).
 // `make bench`
 // measures what a whole watch costs per entry of budget (part 6).
 
-// Fold levels, stored in flow_key.pad[0] of an accumulator key (the kernel
-// always leaves the padding zero).
+// Fold levels, stored in the upper half of an accumulator key's
+// dir_flags (flowkey.go; the kernel always leaves it zero).
 const (
 	foldNone   = 0
 	foldPrefix = 1 // /24 (IPv4) or /48 (IPv6)
@@ -125,7 +125,7 @@ func (a *accumulator) size() int { return a.flows.len() + len(a.overflow) }
 // serviceOf strips the peer (and the fold level) from a key.
 func serviceOf(k flowauditFlowKey) flowauditFlowKey {
 	k.Peer = [16]uint8{}
-	k.Pad = [3]uint8{}
+	k.setFold(foldNone)
 	return k
 }
 
@@ -145,7 +145,7 @@ func foldKey(k flowauditFlowKey, level uint8) flowauditFlowKey {
 	}
 	p, _ := addr.Prefix(bits)
 	k.Peer = p.Addr().As16()
-	k.Pad = [3]uint8{level}
+	k.setFold(level)
 	return k
 }
 
@@ -153,7 +153,7 @@ func foldKey(k flowauditFlowKey, level uint8) flowauditFlowKey {
 func prefixOf(k *flowauditFlowKey) netip.Prefix {
 	addr := peerOf(k)
 	bits := 0
-	if k.Pad[0] == foldPrefix {
+	if k.fold() == foldPrefix {
 		bits = foldBits6
 		if addr.Is4() {
 			bits = foldBits4
@@ -268,7 +268,7 @@ func plan(accs []*accumulator, excess int) (prefix, other map[flowauditFlowKey]b
 	bySvc := map[flowauditFlowKey]*svc{}
 	for _, a := range accs {
 		for k := range a.flows.all() {
-			if k.Pad[0] >= foldOther {
+			if k.fold() >= foldOther {
 				continue
 			}
 			sk := serviceOf(k)
@@ -278,7 +278,7 @@ func plan(accs []*accumulator, excess int) (prefix, other map[flowauditFlowKey]b
 				bySvc[sk] = s
 			}
 			s.n++
-			if k.Pad[0] == foldNone {
+			if k.fold() == foldNone {
 				s.exact++
 				fk := foldKey(k, foldPrefix)
 				s.prefixes.Add(peerOf(&fk))
@@ -327,7 +327,7 @@ func fold(accs []*accumulator, picked map[flowauditFlowKey]bool, level uint8) []
 	merged := map[flowauditFlowKey]int{}
 	for _, a := range accs {
 		a.flows.rekey(func(k flowauditFlowKey) bool {
-			return k.Pad[0] < level && picked[serviceOf(k)]
+			return k.fold() < level && picked[serviceOf(k)]
 		}, func(k flowauditFlowKey, v *accValue) {
 			var sk *snapshot.PeerSketch
 			if s, ok := a.sketches[k]; ok {
@@ -347,7 +347,7 @@ func fold(accs []*accumulator, picked map[flowauditFlowKey]bool, level uint8) []
 		if level == foldOther {
 			name = "other"
 		}
-		events = append(events, FoldEvent{Ifindex: svc.Ifindex, Direction: snapshot.Direction(svc.Dir),
+		events = append(events, FoldEvent{Ifindex: svc.Ifindex, Direction: snapshot.Direction(svc.dir()),
 			Proto: snapshot.Proto(svc.Proto), Port: svc.Port, Level: name, Entries: merged[svc]})
 	}
 	sort.Slice(events, func(i, j int) bool {
@@ -363,16 +363,16 @@ func keyLess(a, b *flowauditFlowKey) bool {
 	switch {
 	case a.Ifindex != b.Ifindex:
 		return a.Ifindex < b.Ifindex
-	case a.Dir != b.Dir:
-		return a.Dir < b.Dir
+	case a.dir() != b.dir():
+		return a.dir() < b.dir()
 	case a.Proto != b.Proto:
 		return a.Proto < b.Proto
 	case a.Port != b.Port:
 		return a.Port < b.Port
-	case a.Flags != b.Flags:
-		return a.Flags < b.Flags
-	case a.Pad != b.Pad:
-		return a.Pad[0] < b.Pad[0]
+	case a.flags() != b.flags():
+		return a.flags() < b.flags()
+	case a.fold() != b.fold():
+		return a.fold() < b.fold()
 	}
 	for i := range a.Peer {
 		if a.Peer[i] != b.Peer[i] {
@@ -399,7 +399,7 @@ func (a *accumulator) merge(o *accumulator) {
 	}
 	for i := range o.flows.ents {
 		k, v := o.flows.ents[i].k, &o.flows.ents[i].v
-		lvl := max(a.levels[serviceOf(k)], k.Pad[0])
+		lvl := max(a.levels[serviceOf(k)], k.fold())
 		if lvl == foldNone {
 			a.flows.at(k).add(v)
 			continue
@@ -426,7 +426,7 @@ func (a *accumulator) merge(o *accumulator) {
 // the entry (after levels were raised by merge).
 func (a *accumulator) refold() {
 	a.flows.rekey(func(k flowauditFlowKey) bool {
-		return a.levels[serviceOf(k)] > k.Pad[0]
+		return a.levels[serviceOf(k)] > k.fold()
 	}, func(k flowauditFlowKey, v *accValue) {
 		lvl := a.levels[serviceOf(k)]
 		s, ok := a.sketches[k]

@@ -8,7 +8,7 @@ import (
 )
 
 func accKey(peer netip.Addr, port uint16) flowauditFlowKey {
-	return flowauditFlowKey{Peer: peer.As16(), Ifindex: 2, Port: port, Proto: uint8(snapshot.TCP), Dir: uint8(snapshot.Inbound)}
+	return flowauditFlowKey{Peer: peer.As16(), Ifindex: 2, Port: port, Proto: uint8(snapshot.TCP), DirFlags: uint8(snapshot.Inbound)}
 }
 
 // withinSketchError: a 128-register sketch has a relative standard error
@@ -59,7 +59,7 @@ func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
 	}
 	for k, v := range a.flows.all() {
 		if k.Port == 22 {
-			if k.Pad[0] != foldNone {
+			if k.fold() != foldNone {
 				t.Errorf("tcp/22 peer folded: %v", prefixOf(&k))
 			}
 			continue
@@ -69,7 +69,7 @@ func TestAccumulatorFoldsBusiestServiceFirst(t *testing.T) {
 		if p.Addr().Is6() {
 			want = 48
 		}
-		if k.Pad[0] != foldPrefix || p.Bits() != want || p != p.Masked() {
+		if k.fold() != foldPrefix || p.Bits() != want || p != p.Masked() {
 			t.Errorf("tcp/443 entry %v", p)
 		}
 		if sk := a.sketches[k]; p.Addr().Is4() && !withinSketchError(sk.Estimate(), 250) {

@@ -49,7 +49,7 @@ func (c *Collector) BenchLoadFlows(flows []snapshot.Flow) error {
 	}
 	for i := range flows {
 		f := &flows[i]
-		k := flowauditFlowKey{Port: f.Port, Proto: uint8(f.Proto), Dir: uint8(f.Direction)}
+		k := flowauditFlowKey{Port: f.Port, Proto: uint8(f.Proto), DirFlags: uint8(f.Direction)}
 		k.Peer = f.Peer.As16() // IPv4 as ::ffff:a.b.c.d, as the datapath stores it
 		if idx, ok := index[f.Interface]; ok {
 			k.Ifindex = idx
@@ -60,10 +60,10 @@ func (c *Collector) BenchLoadFlows(flows []snapshot.Flow) error {
 			}
 		}
 		if f.DirectionInferred {
-			k.Flags |= flowFlagInferred
+			k.DirFlags |= flowFlagInferred
 		}
 		if f.Fragment {
-			k.Flags |= flowFlagFragment
+			k.DirFlags |= flowFlagFragment
 		}
 		e := f.Evidence
 		v := flowauditFlowValue{

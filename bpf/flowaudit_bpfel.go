@@ -64,14 +64,12 @@ type flowauditEthertypeValue struct {
 }
 
 type flowauditFlowKey struct {
-	_       structs.HostLayout
-	Peer    [16]uint8
-	Ifindex uint32
-	Port    uint16
-	Proto   uint8
-	Dir     uint8
-	Flags   uint8
-	Pad     [3]uint8
+	_        structs.HostLayout
+	Peer     [16]uint8
+	Ifindex  uint32
+	Port     uint16
+	Proto    uint8
+	DirFlags uint8
 }
 
 type flowauditFlowValue struct {

@@ -26,9 +26,10 @@ func TestFlowTableMatchesMap(t *testing.T) {
 			switch rng.IntN(10) {
 			case 9: // re-key one port's exact entries to peer 0, level 1
 				port := uint16(rng.IntN(4))
-				move := func(k flowauditFlowKey) bool { return k.Pad[0] == 0 && k.Port == port }
+				move := func(k flowauditFlowKey) bool { return k.fold() == 0 && k.Port == port }
 				folded := func(k flowauditFlowKey) flowauditFlowKey {
-					k.Peer, k.Pad = [16]byte{}, [3]uint8{1}
+					k.Peer = [16]byte{}
+					k.setFold(foldPrefix)
 					return k
 				}
 				tab.rekey(move, func(k flowauditFlowKey, v *accValue) { tab.at(folded(k)).add(v) })

@@ -32,8 +32,8 @@ func (c *Collector) reportMoved(k *flowauditFlowKey, v *accValue, overflow bool)
 		return
 	}
 	m := MovedFlow{
-		Ifindex: k.Ifindex, Direction: snapshot.Direction(k.Dir), Proto: snapshot.Proto(k.Proto), Port: k.Port,
-		Fragment:  k.Flags&flowFlagFragment != 0,
+		Ifindex: k.Ifindex, Direction: snapshot.Direction(k.dir()), Proto: snapshot.Proto(k.Proto), Port: k.Port,
+		Fragment:  k.DirFlags&flowFlagFragment != 0,
 		PacketsIn: v.packetsIn, BytesIn: v.bytesIn, PacketsOut: v.packetsOut, BytesOut: v.bytesOut, Evidence: v.ev,
 	}
 	if !overflow {

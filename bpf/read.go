@@ -135,11 +135,11 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 		for i := lo; i < hi; i++ {
 			e := &ents[i]
 			f := snapshot.Flow{
-				Interface: ifn[e.k.Ifindex], Direction: snapshot.Direction(e.k.Dir),
-				DirectionInferred: e.k.Flags&flowFlagInferred != 0, Fragment: e.k.Flags&flowFlagFragment != 0,
+				Interface: ifn[e.k.Ifindex], Direction: snapshot.Direction(e.k.dir()),
+				DirectionInferred: e.k.DirFlags&flowFlagInferred != 0, Fragment: e.k.DirFlags&flowFlagFragment != 0,
 				Proto: snapshot.Proto(e.k.Proto), Port: e.k.Port,
 			}
-			if e.k.Pad[0] != foldNone {
+			if e.k.fold() != foldNone {
 				f.PeerPrefix = prefixOf(&e.k)
 			} else {
 				f.Peer = netip.AddrFrom16(e.k.Peer).Unmap()
@@ -222,7 +222,7 @@ func (c *Collector) flowOf(acc *accumulator, e *flowEntry, ifn map[uint32]string
 // putFlow is flowOf writing into f, which must be zero.
 func (c *Collector) putFlow(f *snapshot.Flow, acc *accumulator, e *flowEntry, ifn map[uint32]string, sketch bool) {
 	c.fillFlow(f, &e.k, &e.v, ifn)
-	if e.k.Pad[0] != foldNone {
+	if e.k.fold() != foldNone {
 		f.Peer = netip.Addr{}
 		f.PeerPrefix = prefixOf(&e.k)
 		if sketch {
@@ -283,9 +283,9 @@ func (c *Collector) toFlow(k *flowauditFlowKey, v *accValue, names map[uint32]st
 // while the garbage collector marks, not a bulk barrier over all of it.
 func (c *Collector) fillFlow(f *snapshot.Flow, k *flowauditFlowKey, v *accValue, names map[uint32]string) {
 	f.Interface = ifaceName(k.Ifindex, names)
-	f.Direction = snapshot.Direction(k.Dir)
-	f.DirectionInferred = k.Flags&flowFlagInferred != 0
-	f.Fragment = k.Flags&flowFlagFragment != 0
+	f.Direction = snapshot.Direction(k.dir())
+	f.DirectionInferred = k.DirFlags&flowFlagInferred != 0
+	f.Fragment = k.DirFlags&flowFlagFragment != 0
 	f.Proto = snapshot.Proto(k.Proto)
 	f.Port = k.Port
 	f.Peer = netip.AddrFrom16(k.Peer).Unmap()
@@ -300,12 +300,6 @@ func (c *Collector) fillFlow(f *snapshot.Flow, k *flowauditFlowKey, v *accValue,
 	}
 	f.Evidence = v.ev
 }
-
-// flow_key.flags, as in flowaudit.c.
-const (
-	flowFlagInferred = 1 << 0
-	flowFlagFragment = 1 << 1
-)
 
 type statsRead struct {
 	snapshot.Stats

@@ -26,10 +26,10 @@ func TestSortedFlowsMatchSimplePath(t *testing.T) {
 		for i := 0; i < n; i++ {
 			k := flowauditFlowKey{
 				Ifindex: []uint32{2, 3, 7, 9}[rng.IntN(4)],
-				Dir:     uint8(rng.IntN(3)),
-				Proto:   []uint8{6, 17, 1, 58}[rng.IntN(4)],
-				Port:    uint16(rng.IntN(6)),
-				Flags:   uint8(rng.IntN(4)),
+				// A direction and any FLOW_F_* flags.
+				DirFlags: uint8(rng.IntN(3)) | uint8(rng.IntN(4))<<2,
+				Proto:    []uint8{6, 17, 1, 58}[rng.IntN(4)],
+				Port:     uint16(rng.IntN(6)),
 			}
 			var peer netip.Addr
 			if rng.IntN(3) == 0 {
