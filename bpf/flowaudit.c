@@ -1110,8 +1110,12 @@ __noinline int replay_out(struct xdp_md *ctx, __u64 now, __u32 len)
 }
 
 /* replay_buf: a frame and its descriptor on their way from the batch to
- * the window (the stack is taken by handle()). Per CPU: each test_run runs
- * on one CPU, without migrating. */
+ * the window (the stack is taken by handle()). Per CPU, and a batch owns
+ * its CPU's buffer until it returns: bpf_test_run (net/bpf/test_run.c)
+ * runs each call under local_bh_disable() with migration disabled, so no
+ * other test_run — another replay worker — runs on this CPU meanwhile
+ * (PREEMPT_RT: the per-CPU softirq lock serialises them), and no live
+ * program uses replay_bufs. */
 struct replay_buf {
 	struct replay_desc d;
 	__u32 total; /* the batch's length */
