@@ -133,17 +133,8 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 	var bad atomic.Bool
 	inHalves(n, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			e := &ents[i]
-			f := snapshot.Flow{
-				Interface: ifn[e.k.Ifindex], Direction: snapshot.Direction(e.k.dir()),
-				DirectionInferred: e.k.DirFlags&flowFlagInferred != 0, Fragment: e.k.DirFlags&flowFlagFragment != 0,
-				Proto: snapshot.Proto(e.k.Proto), Port: e.k.Port,
-			}
-			if e.k.fold() != foldNone {
-				f.PeerPrefix = prefixOf(&e.k)
-			} else {
-				f.Peer = netip.AddrFrom16(e.k.Peer).Unmap()
-			}
+			var f snapshot.Flow
+			keyFields(&f, &ents[i].k, ifn)
 			k, ok := o.Key(&f, i)
 			if !ok {
 				bad.Store(true)
@@ -223,8 +214,6 @@ func (c *Collector) flowOf(acc *accumulator, e *flowEntry, ifn map[uint32]string
 func (c *Collector) putFlow(f *snapshot.Flow, acc *accumulator, e *flowEntry, ifn map[uint32]string, sketch bool) {
 	c.fillFlow(f, &e.k, &e.v, ifn)
 	if e.k.fold() != foldNone {
-		f.Peer = netip.Addr{}
-		f.PeerPrefix = prefixOf(&e.k)
 		if sketch {
 			sk := acc.sketches[e.k]
 			f.PeerSketch = &sk
@@ -278,17 +267,28 @@ func (c *Collector) toFlow(k *flowauditFlowKey, v *accValue, names map[uint32]st
 	return f
 }
 
-// fillFlow sets f (zero) to the entry (k, v) field by field: written in
-// place into a large slice, a flow costs a write barrier per pointer field
-// while the garbage collector marks, not a bulk barrier over all of it.
-func (c *Collector) fillFlow(f *snapshot.Flow, k *flowauditFlowKey, v *accValue, names map[uint32]string) {
+// keyFields sets f's key fields (zero) from k: interface, direction and
+// flags, protocol, port, and the peer — or, for a folded entry, the
+// prefix it stands for.
+func keyFields(f *snapshot.Flow, k *flowauditFlowKey, names map[uint32]string) {
 	f.Interface = ifaceName(k.Ifindex, names)
 	f.Direction = snapshot.Direction(k.dir())
 	f.DirectionInferred = k.DirFlags&flowFlagInferred != 0
 	f.Fragment = k.DirFlags&flowFlagFragment != 0
 	f.Proto = snapshot.Proto(k.Proto)
 	f.Port = k.Port
+	if k.fold() != foldNone {
+		f.PeerPrefix = prefixOf(k)
+		return
+	}
 	f.Peer = netip.AddrFrom16(k.Peer).Unmap()
+}
+
+// fillFlow sets f (zero) to the entry (k, v) field by field: written in
+// place into a large slice, a flow costs a write barrier per pointer field
+// while the garbage collector marks, not a bulk barrier over all of it.
+func (c *Collector) fillFlow(f *snapshot.Flow, k *flowauditFlowKey, v *accValue, names map[uint32]string) {
+	keyFields(f, k, names)
 	f.PacketsIn = v.packetsIn
 	f.BytesIn = v.bytesIn
 	f.PacketsOut = v.packetsOut
