@@ -526,8 +526,8 @@ func (a *auditor) flows(rep *Report) {
 		floodObs[s].addFlood(f)
 	}
 	// The obs each ordinary flow's peer lands in (a flood's attempts and
-	// the cells take no peer); counted first, so every peer map is made
-	// once at its size rather than grown a million times.
+	// the cells take no peer); counted first, so every peer list is made
+	// once at its size (in huge pages) rather than grown by copying.
 	scanned := func(h *hit) bool {
 		_, ok := scanners[h.f.Peer]
 		return ok && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0)
@@ -563,9 +563,7 @@ func (a *auditor) flows(rep *Report) {
 		}
 	}
 	for o, n := range need {
-		if len(o.peers) == 0 {
-			o.peers = make(map[netip.Addr]tally, n)
-		}
+		o.peers.reserve(n)
 	}
 	for _, h := range hits {
 		f := h.f

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/internal/hugemem"
 )
 
 // obs accumulates traffic into evidence. It takes three kinds of entry:
@@ -21,8 +22,8 @@ import (
 type obs struct {
 	ev Evidence
 	// peers holds the exact peers' packets and bytes, by value: no
-	// allocation per peer, nothing for the collector to chase.
-	peers map[netip.Addr]tally
+	// allocation per peer.
+	peers peerList
 	// parts are the obs a merged obs stands for, whose peers are its
 	// own (peers is then empty).
 	parts    []*obs
@@ -45,63 +46,192 @@ type obs struct {
 // tally is one peer's packets and bytes.
 type tally struct{ packets, bytes uint64 }
 
-func newObs() *obs { return &obs{peers: map[netip.Addr]tally{}} }
+// peerTally is one exact peer with its tally.
+type peerTally struct {
+	addr netip.Addr
+	tally
+}
 
-// peerSets are the maps holding o's exact peers: its own, or its parts'.
-func (o *obs) peerSets() []map[netip.Addr]tally {
-	if o.parts == nil {
-		return []map[netip.Addr]tally{o.peers}
+// peerList holds an obs's exact peers: a flat slice in arrival order
+// rather than a map. A million-peer map costs a page fault per 4 KiB of
+// control groups when made and a probe per flow; the slice is filled
+// sequentially (in one huge page per 2 MiB when presized, see reserve).
+// Flows arrive sorted by (interface, direction, protocol, port, peer), so
+// one service's peers come in address order and a repeat of the last peer
+// is merged on the spot; the list is put in normal form (sorted by address,
+// each address once) only when counted or walked (sorted).
+type peerList struct {
+	ps []peerTally
+	// unsorted: some entry was appended at or below an earlier one, so ps
+	// may be out of order and hold an address twice until sorted.
+	unsorted bool
+}
+
+// reserve presizes an empty list for n entries.
+func (l *peerList) reserve(n int) {
+	if len(l.ps) == 0 && n > cap(l.ps) {
+		l.ps = hugemem.Make[peerTally](n)
 	}
-	sets := make([]map[netip.Addr]tally, 0, len(o.parts))
+}
+
+// add counts t for peer a.
+func (l *peerList) add(a netip.Addr, t tally) {
+	if n := len(l.ps); n > 0 {
+		last := &l.ps[n-1]
+		if last.addr == a {
+			last.packets += t.packets
+			last.bytes += t.bytes
+			return
+		}
+		if !l.unsorted && a.Less(last.addr) {
+			l.unsorted = true
+		}
+	}
+	l.ps = append(l.ps, peerTally{a, t})
+}
+
+// sorted returns the list in normal form: by address, each address once
+// with its tallies summed.
+func (l *peerList) sorted() []peerTally {
+	if l.unsorted {
+		l.ps = sortPeers(l.ps)
+		l.unsorted = false
+	}
+	return l.ps
+}
+
+// sortPeers sorts ps by address and merges the entries of one address. It
+// is a natural merge sort: ps is cut where an address is not above its
+// predecessor into strictly ascending runs (a rule's peers come as one run
+// per service and interface), and neighbouring runs are merged pairwise
+// until one is left, so k runs cost log2(k) passes over ps, not a full
+// sort. The result is in ps or in a buffer of its size.
+func sortPeers(ps []peerTally) []peerTally {
+	runs := []int{0}
+	for i := 1; i < len(ps); i++ {
+		if !ps[i-1].addr.Less(ps[i].addr) {
+			runs = append(runs, i)
+		}
+	}
+	if len(runs) == 1 {
+		return ps
+	}
+	runs = append(runs, len(ps))
+	n := len(ps)
+	src, dst := ps, hugemem.Make[peerTally](n)[:n]
+	for len(runs) > 2 {
+		// next overwrites runs behind the pairs still to be read.
+		next := runs[:1]
+		w := 0
+		for i := 0; i+1 < len(runs); i += 2 {
+			lo, mid, hi := runs[i], runs[i+1], runs[i+1]
+			if i+2 < len(runs) {
+				hi = runs[i+2]
+			}
+			w = mergePeers(dst, w, src[lo:mid], src[mid:hi])
+			next = append(next, w)
+		}
+		runs = next
+		src, dst = dst[:w], src[:n]
+	}
+	return src
+}
+
+// mergePeers merges the strictly ascending runs a and b into dst from w
+// on, one entry per address, and returns the end of what it wrote.
+func mergePeers(dst []peerTally, w int, a, b []peerTally) int {
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		switch c := a[i].addr.Compare(b[j].addr); {
+		case c < 0:
+			dst[w] = a[i]
+			i++
+		case c > 0:
+			dst[w] = b[j]
+			j++
+		default:
+			t := a[i]
+			t.packets += b[j].packets
+			t.bytes += b[j].bytes
+			dst[w] = t
+			i++
+			j++
+		}
+		w++
+	}
+	w += copy(dst[w:], a[i:])
+	w += copy(dst[w:], b[j:])
+	return w
+}
+
+func newObs() *obs { return &obs{} }
+
+// peerSets are the lists holding o's exact peers, its own or its parts',
+// each in normal form.
+func (o *obs) peerSets() [][]peerTally {
+	if o.parts == nil {
+		return [][]peerTally{o.peers.sorted()}
+	}
+	sets := make([][]peerTally, 0, len(o.parts))
 	for _, p := range o.parts {
-		if len(p.peers) > 0 {
-			sets = append(sets, p.peers)
+		if ps := p.peers.sorted(); len(ps) > 0 {
+			sets = append(sets, ps)
 		}
 	}
 	return sets
 }
 
 // forEachPeer calls fn once for every distinct exact peer of o with its
-// packets and bytes summed over the parts.
+// packets and bytes summed over the parts, in address order. The parts
+// are walked together, like a merge: the next peer is the lowest of their
+// heads (a merged obs has a handful of parts, so a linear scan for it is
+// cheaper than a heap).
 func (o *obs) forEachPeer(fn func(a netip.Addr, t tally)) {
 	sets := o.peerSets()
-	for i, m := range sets {
-	next:
-		for a, t := range m {
-			for _, earlier := range sets[:i] {
-				if _, ok := earlier[a]; ok {
-					continue next // counted with the first set holding it
-				}
-			}
-			for _, later := range sets[i+1:] {
-				if u, ok := later[a]; ok {
-					t.packets += u.packets
-					t.bytes += u.bytes
-				}
-			}
-			fn(a, t)
+	switch len(sets) {
+	case 0:
+		return
+	case 1:
+		for _, p := range sets[0] {
+			fn(p.addr, p.tally)
 		}
+		return
+	}
+	at := make([]int, len(sets))
+	for {
+		low := -1
+		for i, s := range sets {
+			if at[i] < len(s) && (low < 0 || s[at[i]].addr.Less(sets[low][at[low]].addr)) {
+				low = i
+			}
+		}
+		if low < 0 {
+			return
+		}
+		a := sets[low][at[low]].addr
+		var t tally
+		for i, s := range sets {
+			if at[i] < len(s) && s[at[i]].addr == a {
+				t.packets += s[at[i]].packets
+				t.bytes += s[at[i]].bytes
+				at[i]++
+			}
+		}
+		fn(a, t)
 	}
 }
 
 // exactPeers is the number of distinct exact peers.
 func (o *obs) exactPeers() int {
 	sets := o.peerSets()
-	if len(sets) == 1 {
+	switch len(sets) {
+	case 0:
+		return 0
+	case 1:
 		return len(sets[0])
 	}
 	n := 0
-	for i, m := range sets {
-	next:
-		for a := range m {
-			for _, earlier := range sets[:i] {
-				if _, ok := earlier[a]; ok {
-					continue next
-				}
-			}
-			n++
-		}
-	}
+	o.forEachPeer(func(netip.Addr, tally) { n++ })
 	return n
 }
 
@@ -137,10 +267,7 @@ func (o *obs) add(f *snapshot.Flow) {
 	o.count(f)
 	switch {
 	case f.Peer.IsValid():
-		t := o.peers[f.Peer]
-		t.packets += f.Packets()
-		t.bytes += f.Bytes()
-		o.peers[f.Peer] = t
+		o.peers.add(f.Peer, tally{f.Packets(), f.Bytes()})
 	case f.Folded():
 		if o.prefixes == nil {
 			o.prefixes = map[netip.Prefix]*PeerCount{}
@@ -202,9 +329,9 @@ func (o *obs) peerCount() (n int, estimated bool) {
 		return exact + int(o.unsketched), true
 	}
 	s := o.sketch
-	for _, m := range o.peerSets() {
-		for a := range m {
-			s.Add(a) // a peer in several sets: the sketch counts it once
+	for _, ps := range o.peerSets() {
+		for _, p := range ps {
+			s.Add(p.addr) // a peer in several sets: the sketch counts it once
 		}
 	}
 	return max(exact, int(s.Estimate()+o.unsketched)), true
@@ -296,15 +423,10 @@ func verdictOf(states ...[4]int) flowState {
 	return stateUnanswered
 }
 
-// mergeObs adds src to dst, copying src's peers into dst's own map (dst
+// mergeObs adds src to dst, copying src's peers into dst's own list (dst
 // must not be a merged obs).
 func mergeObs(dst, src *obs) {
-	src.forEachPeer(func(a netip.Addr, t tally) {
-		q := dst.peers[a]
-		q.packets += t.packets
-		q.bytes += t.bytes
-		dst.peers[a] = q
-	})
+	src.forEachPeer(dst.peers.add)
 	mergeCounts(dst, src)
 }
 
