@@ -52,6 +52,16 @@ type Report struct {
 	Coverage Coverage `json:"coverage"`
 
 	rows map[service]*ObservedRow
+	// cells caches addCell's look-ups (a million flows, a few dozen rows
+	// and columns): the row of the last service (flows come grouped by
+	// service), and the site's set of each column, looked up by name once
+	// instead of per flow.
+	cells struct {
+		svc  service
+		row  *ObservedRow
+		site *catalog.Site
+		sets []*netipx.IPSet // parallel to Columns; nil when stale
+	}
 }
 
 // Coverage is what the snapshot could not show: packets that lost their
@@ -307,15 +317,20 @@ func column(s *catalog.Site, cols []string, addr netip.Addr) string {
 		return otherColumn
 	}
 	for _, c := range cols {
-		if name, ok := strings.CutPrefix(c, "role:"); ok {
-			if set := s.Roles[name]; set != nil && set.Contains(addr) {
-				return c
-			}
-		} else if set := s.Zones[c]; set != nil && set.Contains(addr) {
+		if set := columnSet(s, c); set != nil && set.Contains(addr) {
 			return c
 		}
 	}
 	return otherColumn
+}
+
+// columnSet is the set of column c: a role's ("role:NAME") or a zone's;
+// nil for other columns.
+func columnSet(s *catalog.Site, c string) *netipx.IPSet {
+	if name, ok := strings.CutPrefix(c, "role:"); ok {
+		return s.Roles[name]
+	}
+	return s.Zones[c]
 }
 
 // prefixColumn is the first column (zone, then role) holding all of p;
@@ -351,17 +366,21 @@ func prefixColumn(s *catalog.Site, cols []string, p netip.Prefix) string {
 // ("dns:data.alienvault.com", added before "other" when first used)
 // unless a zone or role of the site holds it.
 func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow, site *catalog.Site, dnsHost ...string) {
-	row := r.rows[s]
-	if row == nil {
-		row = &ObservedRow{Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Cells: map[string]uint64{}}
-		r.rows[s] = row
+	row := r.cells.row
+	if row == nil || r.cells.svc != s {
+		row = r.rows[s]
+		if row == nil {
+			row = &ObservedRow{Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Cells: map[string]uint64{}}
+			r.rows[s] = row
+		}
+		r.cells.svc, r.cells.row = s, row
 	}
 	row.Documented = row.Documented || documented
 	row.Packets += f.Packets()
 	col := unknownColumn
 	switch {
 	case f.Peer.IsValid():
-		col = column(site, r.Columns, f.Peer)
+		col = r.column(site, f.Peer)
 		if col == otherColumn && len(dnsHost) > 0 && dnsHost[0] != "" {
 			col = r.dnsColumn(dnsHost[0])
 		}
@@ -392,7 +411,28 @@ func (r *Report) dnsColumn(host string) string {
 		i--
 	}
 	r.Columns = slices.Insert(r.Columns, i, col)
+	r.cells.sets = nil
 	return col
+}
+
+// column is column(site, r.Columns, addr), with the columns' sets looked
+// up once.
+func (r *Report) column(site *catalog.Site, addr netip.Addr) string {
+	if site == nil {
+		return otherColumn
+	}
+	if r.cells.sets == nil || r.cells.site != site {
+		r.cells.site, r.cells.sets = site, make([]*netipx.IPSet, len(r.Columns))
+		for i, c := range r.Columns {
+			r.cells.sets[i] = columnSet(site, c)
+		}
+	}
+	for i, set := range r.cells.sets {
+		if set != nil && set.Contains(addr) {
+			return r.Columns[i]
+		}
+	}
+	return otherColumn
 }
 
 const dnsColumnPrefix = "dns:"
