@@ -346,12 +346,27 @@ func (a *auditor) flows(rep *Report) {
 	var order []service
 	// Count each service's exact entries first, so its list is allocated
 	// once, at its size.
+	// Flows come sorted by service (within an interface): a run of one
+	// service is counted, then added to the map at once.
 	exactPerSvc := map[service]int{}
+	var runSvc service
+	run := 0
 	for i := range a.snap.Flows {
 		if f := &a.snap.Flows[i]; f.Peer.IsValid() && audited(f) {
-			exactPerSvc[serviceOf(f)]++
+			if s := serviceOf(f); s != runSvc {
+				if run > 0 {
+					exactPerSvc[runSvc] += run
+				}
+				runSvc, run = s, 0
+			}
+			run++
 		}
 	}
+	if run > 0 {
+		exactPerSvc[runSvc] += run
+	}
+	var lastSvc service
+	var last *group // the group of lastSvc
 	collect := func(f *snapshot.Flow) {
 		switch {
 		case infrastructure(f):
@@ -364,11 +379,15 @@ func (a *auditor) flows(rep *Report) {
 			return
 		}
 		s := serviceOf(f)
-		g := groups[s]
-		if g == nil {
-			g = &group{exact: make([]*snapshot.Flow, 0, exactPerSvc[s])}
-			groups[s] = g
-			order = append(order, s)
+		g := last
+		if g == nil || s != lastSvc {
+			g = groups[s]
+			if g == nil {
+				g = &group{exact: make([]*snapshot.Flow, 0, exactPerSvc[s])}
+				groups[s] = g
+				order = append(order, s)
+			}
+			lastSvc, last = s, g
 		}
 		switch {
 		case f.Peer.IsValid():
