@@ -426,9 +426,13 @@ func (a *auditor) flows(rep *Report) {
 		unbound  bool    // rules matched because the site binds none of their peers
 		undocSvc bool
 		flood    bool // a suspected flood's attempt, set apart
+		// attempt: an unanswered inbound try of an undocumented or
+		// out-of-zone port, the stuff of scans (decided once, here).
+		attempt bool
 	}
 	sets := newRuleSets(a.rules)
 	hits := hugemem.Make[hit](len(a.snap.Flows))
+	nAttempts := 0
 	for _, s := range order {
 		cands := a.candidates(s)
 		fl := floods[s]
@@ -448,7 +452,12 @@ func (a *auditor) flows(rep *Report) {
 					h.rules = sets.intern(rules)
 				}
 			}
-			h.flood = fl.takes(f, h.undocSvc || h.outOf != 0 || h.broad != 0)
+			noisy := h.undocSvc || h.outOf != 0 || h.broad != 0
+			h.flood = fl.takes(f, noisy)
+			h.attempt = !h.flood && noisy && f.Direction == snapshot.Inbound && state(f) != stateOpen
+			if h.attempt {
+				nAttempts++
+			}
 			hits = append(hits, h)
 		}
 		groups[s].exact = nil // in hits now
@@ -462,20 +471,11 @@ func (a *auditor) flows(rep *Report) {
 		peer netip.Addr
 		svc  service
 	}
-	// Counted first and made at its size: growing it by doubling left
-	// ~10 MiB of dead copies in the audit step's peak RSS (1 M flows).
-	attempted := func(h *hit) bool {
-		return !h.flood && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0)
-	}
-	nAttempts := 0
-	for i := range hits {
-		if attempted(&hits[i]) {
-			nAttempts++
-		}
-	}
+	// Counted with the hits and made at its size: growing it by doubling
+	// left ~10 MiB of dead copies in the audit step's peak RSS (1 M flows).
 	attempts := hugemem.Make[attempt](nAttempts)
 	for i := range hits {
-		if h := &hits[i]; attempted(h) {
+		if h := &hits[i]; h.attempt {
 			attempts = append(attempts, attempt{h.f.Peer, serviceOf(h.f)})
 		}
 	}
@@ -547,40 +547,68 @@ func (a *auditor) flows(rep *Report) {
 	// The obs each ordinary flow's peer lands in (a flood's attempts and
 	// the cells take no peer); counted first, so every peer list is made
 	// once at its size (in huge pages) rather than grown by copying.
-	scanned := func(h *hit) bool {
-		_, ok := scanners[h.f.Peer]
-		return ok && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0)
+	// Hits come grouped by service and mostly share their rules: a run of
+	// hits bound for the same obs is counted, then added at once.
+	type needKey struct {
+		scan  *obs // a scanner's
+		undoc bool // the service's undocumented traffic
+		rules ruleSet
+		broad bool // rules are h.broad
+		outOf uint32
+		svc   service // for undoc and outOf
 	}
 	need := map[*obs]int{}
-	for i := range hits {
-		h := &hits[i]
-		s := serviceOf(h.f)
+	addNeed := func(k needKey, n int) {
 		switch {
-		case h.flood:
-		case scanned(h):
-			need[scanners[h.f.Peer]]++
-		case h.undocSvc:
-			need[undocOf(s)]++
-		case h.rules != 0:
-			for _, ro := range sets.get(h.rules) {
-				need[ro.inZone]++
+		case k.scan != nil:
+			need[k.scan] += n
+		case k.undoc:
+			need[undocOf(k.svc)] += n
+		case k.rules != 0 && !k.broad:
+			for _, ro := range sets.get(k.rules) {
+				need[ro.inZone] += n
 			}
-		case h.broad != 0:
-			for _, ro := range sets.get(h.broad) {
-				need[ro.broad]++
+		case k.rules != 0:
+			for _, ro := range sets.get(k.rules) {
+				need[ro.broad] += n
 			}
-		case h.outOf != 0:
-			ro := a.rules[h.outOf-1]
-			need[ro.outZone]++
+		case k.outOf != 0:
+			ro := a.rules[k.outOf-1]
+			need[ro.outZone] += n
 			if outOfZone[ro] == nil {
 				outOfZone[ro] = map[service]*obs{}
 			}
-			if outOfZone[ro][s] == nil {
-				outOfZone[ro][s] = newObs()
+			if outOfZone[ro][k.svc] == nil {
+				outOfZone[ro][k.svc] = newObs()
 			}
-			need[outOfZone[ro][s]]++
+			need[outOfZone[ro][k.svc]] += n
 		}
 	}
+	var runKey needKey // the zero key adds nothing
+	run = 0
+	for i := range hits {
+		h := &hits[i]
+		var k needKey
+		switch {
+		case h.flood:
+		case h.attempt && scanners[h.f.Peer] != nil:
+			k.scan = scanners[h.f.Peer]
+		case h.undocSvc:
+			k.undoc, k.svc = true, serviceOf(h.f)
+		case h.rules != 0:
+			k.rules = h.rules
+		case h.broad != 0:
+			k.rules, k.broad = h.broad, true
+		case h.outOf != 0:
+			k.outOf, k.svc = h.outOf, serviceOf(h.f)
+		}
+		if k != runKey {
+			addNeed(runKey, run)
+			runKey, run = k, 0
+		}
+		run++
+	}
+	addNeed(runKey, run)
 	for o, n := range need {
 		o.peers.reserve(n)
 	}
@@ -592,9 +620,11 @@ func (a *auditor) flows(rep *Report) {
 			setApart(s, f)
 			continue
 		}
-		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0) {
-			sc.add(f)
-			continue
+		if h.attempt {
+			if sc := scanners[f.Peer]; sc != nil {
+				sc.add(f)
+				continue
+			}
 		}
 		rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site, dnsHostOf(sets.get(h.rules), h.unbound))
 		switch {
