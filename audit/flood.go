@@ -91,6 +91,9 @@ type flood struct {
 	// service's); sources its source prefixes.
 	traffic *obs
 	sources map[netip.Prefix]*PeerCount
+	// last is the source counted last: flows come sorted by peer, so one
+	// /24's peers follow each other and need one map look-up between them.
+	last *PeerCount
 }
 
 // sourcePrefix is the /24 (IPv4) or /48 (IPv6) of a peer.
@@ -211,10 +214,14 @@ func (a *auditor) detectFlood(s service, g *group) *flood {
 }
 
 func (fl *flood) source(p netip.Prefix, peers uint64, f *snapshot.Flow) {
-	c := fl.sources[p]
-	if c == nil {
-		c = &PeerCount{Prefix: p}
-		fl.sources[p] = c
+	c := fl.last
+	if c == nil || c.Prefix != p {
+		c = fl.sources[p]
+		if c == nil {
+			c = &PeerCount{Prefix: p}
+			fl.sources[p] = c
+		}
+		fl.last = c
 	}
 	c.Peers += peers
 	c.Packets += f.Packets()
