@@ -792,6 +792,9 @@ type ruleSets struct {
 	ids   map[string]ruleSet
 	lists [][]*ruleObs
 	key   []byte
+	// last is the id interned last: a service's flows mostly match the
+	// same rules, so most calls return it without building a key.
+	last ruleSet
 }
 
 func newRuleSets(rules []*ruleObs) *ruleSets {
@@ -808,6 +811,9 @@ func (rs *ruleSets) intern(list []*ruleObs) ruleSet {
 	if len(list) == 0 {
 		return 0
 	}
+	if rs.last != 0 && slices.Equal(rs.lists[rs.last], list) {
+		return rs.last
+	}
 	rs.key = rs.key[:0]
 	for _, ro := range list {
 		i, ok := rs.index[ro]
@@ -818,11 +824,13 @@ func (rs *ruleSets) intern(list []*ruleObs) ruleSet {
 		rs.key = binary.AppendUvarint(rs.key, uint64(i))
 	}
 	if id, ok := rs.ids[string(rs.key)]; ok {
+		rs.last = id
 		return id
 	}
 	id := ruleSet(len(rs.lists))
 	rs.lists = append(rs.lists, slices.Clone(list))
 	rs.ids[string(rs.key)] = id
+	rs.last = id
 	return id
 }
 
