@@ -21,8 +21,7 @@ import (
 // merge.
 type obs struct {
 	ev Evidence
-	// peers holds the exact peers' packets and bytes, by value: no
-	// allocation per peer.
+	// peers holds the flows of the exact peers.
 	peers peerList
 	// parts are the obs a merged obs stands for, whose peers are its
 	// own (peers is then empty).
@@ -46,79 +45,93 @@ type obs struct {
 // tally is one peer's packets and bytes.
 type tally struct{ packets, bytes uint64 }
 
-// peerTally is one exact peer with its tally.
-type peerTally struct {
-	addr netip.Addr
-	tally
-}
-
-// peerList holds an obs's exact peers: a flat slice in arrival order
-// rather than a map. A million-peer map costs a page fault per 4 KiB of
-// control groups when made and a probe per flow; the slice is filled
-// sequentially (in one huge page per 2 MiB when presized, see reserve).
+// peerList holds the flows whose exact peers an obs counts: pointers to
+// the snapshot's own flows, in arrival order, 8 bytes each. The flows
+// already hold each peer and its packets; a map by peer, or even a list
+// of peers and tallies (40 bytes each), is fresh memory the audit must
+// fault in, and on the VM flowaudit is benchmarked on that costs about a
+// millisecond per MiB even in huge pages (a million flows: ~35 MiB).
 // Flows arrive sorted by (interface, direction, protocol, port, peer), so
-// one service's peers come in address order and a repeat of the last peer
-// is merged on the spot; the list is put in normal form (sorted by address,
-// each address once) only when counted or walked (sorted).
+// one service's peers come in address order: the list is sorted (a merge
+// of its runs) only if some flow came out of order, and the flows of one
+// peer, then adjacent, are summed when walked.
 type peerList struct {
-	ps []peerTally
-	// unsorted: some entry was appended at or below an earlier one, so ps
-	// may be out of order and hold an address twice until sorted.
+	fs []*snapshot.Flow
+	// unsorted: some flow's peer is below its predecessor's.
 	unsorted bool
+	// dups: some peer may have more than one flow.
+	dups bool
 }
 
-// reserve presizes an empty list for n entries.
+// reserve presizes an empty list for n flows.
 func (l *peerList) reserve(n int) {
-	if len(l.ps) == 0 && n > cap(l.ps) {
-		l.ps = hugemem.Make[peerTally](n)
+	if len(l.fs) == 0 && n > cap(l.fs) {
+		l.fs = hugemem.Make[*snapshot.Flow](n)
 	}
 }
 
-// add counts t for peer a.
-func (l *peerList) add(a netip.Addr, t tally) {
-	if n := len(l.ps); n > 0 {
-		last := &l.ps[n-1]
-		if last.addr == a {
-			last.packets += t.packets
-			last.bytes += t.bytes
-			return
-		}
-		if !l.unsorted && a.Less(last.addr) {
+// add counts f's packets and bytes for its peer.
+func (l *peerList) add(f *snapshot.Flow) {
+	if n := len(l.fs); n > 0 {
+		switch c := f.Peer.Compare(l.fs[n-1].Peer); {
+		case c < 0:
 			l.unsorted = true
+		case c == 0:
+			l.dups = true
 		}
 	}
-	l.ps = append(l.ps, peerTally{a, t})
+	l.fs = append(l.fs, f)
 }
 
-// sorted returns the list in normal form: by address, each address once
-// with its tallies summed.
-func (l *peerList) sorted() []peerTally {
+// sorted returns the flows sorted by peer (dups says whether a peer may
+// have several, then adjacent).
+func (l *peerList) sorted() peerRun {
 	if l.unsorted {
-		l.ps = sortPeers(l.ps)
+		var dup bool
+		l.fs, dup = sortByPeer(l.fs)
+		l.dups = l.dups || dup
 		l.unsorted = false
 	}
-	return l.ps
+	return peerRun{l.fs, l.dups}
 }
 
-// sortPeers sorts ps by address and merges the entries of one address. It
-// is a natural merge sort: ps is cut where an address is not above its
-// predecessor into strictly ascending runs (a rule's peers come as one run
-// per service and interface), and neighbouring runs are merged pairwise
-// until one is left, so k runs cost log2(k) passes over ps, not a full
-// sort. The result is in ps or in a buffer of its size.
-func sortPeers(ps []peerTally) []peerTally {
+// peerRun is flows sorted by peer; dups: a peer may have several.
+type peerRun struct {
+	fs   []*snapshot.Flow
+	dups bool
+}
+
+// at returns the peer of the flow at i with the packets and bytes of all
+// its flows, and the index after them.
+func (r peerRun) at(i int) (netip.Addr, tally, int) {
+	f := r.fs[i]
+	a, t := f.Peer, tally{f.Packets(), f.Bytes()}
+	for i++; r.dups && i < len(r.fs) && r.fs[i].Peer == a; i++ {
+		t.packets += r.fs[i].Packets()
+		t.bytes += r.fs[i].Bytes()
+	}
+	return a, t, i
+}
+
+// sortByPeer sorts fs by peer and reports whether two flows share one. It
+// is a natural merge sort: fs is cut where a peer is below its
+// predecessor into ascending runs (a rule's flows come as one run per
+// service and interface), and neighbouring runs are merged pairwise until
+// one is left, so k runs cost log2(k) passes over fs, not a full sort.
+// The result is in fs or in a buffer of its size.
+func sortByPeer(fs []*snapshot.Flow) (sorted []*snapshot.Flow, dup bool) {
 	runs := []int{0}
-	for i := 1; i < len(ps); i++ {
-		if !ps[i-1].addr.Less(ps[i].addr) {
+	for i := 1; i < len(fs); i++ {
+		if fs[i].Peer.Less(fs[i-1].Peer) {
 			runs = append(runs, i)
 		}
 	}
 	if len(runs) == 1 {
-		return ps
+		return fs, false
 	}
-	runs = append(runs, len(ps))
-	n := len(ps)
-	src, dst := ps, hugemem.Make[peerTally](n)[:n]
+	runs = append(runs, len(fs))
+	n := len(fs)
+	src, dst := fs, hugemem.Make[*snapshot.Flow](n)[:n]
 	for len(runs) > 2 {
 		// next overwrites runs behind the pairs still to be read.
 		next := runs[:1]
@@ -128,93 +141,94 @@ func sortPeers(ps []peerTally) []peerTally {
 			if i+2 < len(runs) {
 				hi = runs[i+2]
 			}
-			w = mergePeers(dst, w, src[lo:mid], src[mid:hi])
+			var d bool
+			w, d = mergeByPeer(dst, w, src[lo:mid], src[mid:hi])
+			dup = dup || d
 			next = append(next, w)
 		}
 		runs = next
 		src, dst = dst[:w], src[:n]
 	}
-	return src
+	return src, dup
 }
 
-// mergePeers merges the strictly ascending runs a and b into dst from w
-// on, one entry per address, and returns the end of what it wrote.
-func mergePeers(dst []peerTally, w int, a, b []peerTally) int {
-	i, j := 0, 0
+// mergeByPeer merges the runs a and b, each sorted by peer, into dst from
+// w on, and returns the end of what it wrote and whether a peer of a is
+// also one of b.
+func mergeByPeer(dst []*snapshot.Flow, w int, a, b []*snapshot.Flow) (int, bool) {
+	i, j, dup := 0, 0, false
 	for i < len(a) && j < len(b) {
-		switch c := a[i].addr.Compare(b[j].addr); {
-		case c < 0:
+		c := a[i].Peer.Compare(b[j].Peer)
+		if c <= 0 {
+			dup = dup || c == 0
 			dst[w] = a[i]
 			i++
-		case c > 0:
+		} else {
 			dst[w] = b[j]
-			j++
-		default:
-			t := a[i]
-			t.packets += b[j].packets
-			t.bytes += b[j].bytes
-			dst[w] = t
-			i++
 			j++
 		}
 		w++
 	}
 	w += copy(dst[w:], a[i:])
 	w += copy(dst[w:], b[j:])
-	return w
+	return w, dup
 }
 
 func newObs() *obs { return &obs{} }
 
-// peerSets are the lists holding o's exact peers, its own or its parts',
-// each in normal form.
-func (o *obs) peerSets() [][]peerTally {
+// peerSets are the flows of o's exact peers, its own or its parts', each
+// sorted by peer.
+func (o *obs) peerSets() []peerRun {
 	if o.parts == nil {
-		return [][]peerTally{o.peers.sorted()}
+		return []peerRun{o.peers.sorted()}
 	}
-	sets := make([][]peerTally, 0, len(o.parts))
+	sets := make([]peerRun, 0, len(o.parts))
 	for _, p := range o.parts {
-		if ps := p.peers.sorted(); len(ps) > 0 {
-			sets = append(sets, ps)
+		if r := p.peers.sorted(); len(r.fs) > 0 {
+			sets = append(sets, r)
 		}
 	}
 	return sets
 }
 
 // forEachPeer calls fn once for every distinct exact peer of o with its
-// packets and bytes summed over the parts, in address order. The parts
-// are walked together, like a merge: the next peer is the lowest of their
-// heads (a merged obs has a handful of parts, so a linear scan for it is
-// cheaper than a heap).
+// packets and bytes summed over its flows and the parts, in address
+// order. The parts are walked together, like a merge: the next peer is
+// the lowest of their heads (a merged obs has a handful of parts, so a
+// linear scan for it is cheaper than a heap).
 func (o *obs) forEachPeer(fn func(a netip.Addr, t tally)) {
 	sets := o.peerSets()
 	switch len(sets) {
 	case 0:
 		return
 	case 1:
-		for _, p := range sets[0] {
-			fn(p.addr, p.tally)
+		r := sets[0]
+		for i := 0; i < len(r.fs); {
+			a, t, next := r.at(i)
+			fn(a, t)
+			i = next
 		}
 		return
 	}
 	at := make([]int, len(sets))
 	for {
 		low := -1
-		for i, s := range sets {
-			if at[i] < len(s) && (low < 0 || s[at[i]].addr.Less(sets[low][at[low]].addr)) {
+		for i, r := range sets {
+			if at[i] < len(r.fs) && (low < 0 || r.fs[at[i]].Peer.Less(sets[low].fs[at[low]].Peer)) {
 				low = i
 			}
 		}
 		if low < 0 {
 			return
 		}
-		a := sets[low][at[low]].addr
+		a := sets[low].fs[at[low]].Peer
 		var t tally
-		for i, s := range sets {
-			if at[i] < len(s) && s[at[i]].addr == a {
-				t.packets += s[at[i]].packets
-				t.bytes += s[at[i]].bytes
-				at[i]++
+		for i, r := range sets {
+			if at[i] < len(r.fs) && r.fs[at[i]].Peer == a {
+				_, u, next := r.at(at[i])
+				t.packets += u.packets
+				t.bytes += u.bytes
+				at[i] = next
 			}
 		}
 		fn(a, t)
@@ -224,11 +238,11 @@ func (o *obs) forEachPeer(fn func(a netip.Addr, t tally)) {
 // exactPeers is the number of distinct exact peers.
 func (o *obs) exactPeers() int {
 	sets := o.peerSets()
-	switch len(sets) {
-	case 0:
+	switch {
+	case len(sets) == 0:
 		return 0
-	case 1:
-		return len(sets[0])
+	case len(sets) == 1 && !sets[0].dups:
+		return len(sets[0].fs)
 	}
 	n := 0
 	o.forEachPeer(func(netip.Addr, tally) { n++ })
@@ -267,7 +281,7 @@ func (o *obs) add(f *snapshot.Flow) {
 	o.count(f)
 	switch {
 	case f.Peer.IsValid():
-		o.peers.add(f.Peer, tally{f.Packets(), f.Bytes()})
+		o.peers.add(f)
 	case f.Folded():
 		if o.prefixes == nil {
 			o.prefixes = map[netip.Prefix]*PeerCount{}
@@ -329,9 +343,9 @@ func (o *obs) peerCount() (n int, estimated bool) {
 		return exact + int(o.unsketched), true
 	}
 	s := o.sketch
-	for _, ps := range o.peerSets() {
-		for _, p := range ps {
-			s.Add(p.addr) // a peer in several sets: the sketch counts it once
+	for _, r := range o.peerSets() {
+		for _, f := range r.fs {
+			s.Add(f.Peer) // a peer in several flows or sets: the sketch counts it once
 		}
 	}
 	return max(exact, int(s.Estimate()+o.unsketched)), true
@@ -424,9 +438,12 @@ func verdictOf(states ...[4]int) flowState {
 }
 
 // mergeObs adds src to dst, copying src's peers into dst's own list (dst
-// must not be a merged obs).
+// must not be a merged obs): each as a flow of its own holding the peer's
+// sums (the sources, a flood's attempts, take no peers, so this is rare).
 func mergeObs(dst, src *obs) {
-	src.forEachPeer(dst.peers.add)
+	src.forEachPeer(func(a netip.Addr, t tally) {
+		dst.peers.add(&snapshot.Flow{Peer: a, PacketsIn: t.packets, BytesIn: t.bytes})
+	})
 	mergeCounts(dst, src)
 }
 
