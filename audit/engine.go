@@ -416,10 +416,12 @@ func (a *auditor) flows(rep *Report) {
 
 	// Classify every ordinary flow first; scanners are decided on the
 	// whole picture.
-	// One hit per flow: 32 bytes, the matched rule sets interned (a
-	// million flows fall under a handful of distinct sets).
+	// One hit per flow: 16 bytes, the matched rule sets interned (a
+	// million flows fall under a handful of distinct sets). Its flow is
+	// not in it: the hits are made, and walked (eachHit), in the order of
+	// the groups' exact flows, so they hold no pointer for the collector
+	// to scan and take half the fresh memory.
 	type hit struct {
-		f        *snapshot.Flow
 		outOf    uint32  // documented port, peer outside every matching rule's zone: its a.rules index + 1
 		rules    ruleSet // matched rules (in zone or unverified)
 		broad    ruleSet // only broad rules with unbound peers cover it: unverified
@@ -437,7 +439,7 @@ func (a *auditor) flows(rep *Report) {
 		cands := a.candidates(s)
 		fl := floods[s]
 		for _, f := range groups[s].exact {
-			h := hit{f: f}
+			var h hit
 			if len(cands) == 0 {
 				h.undocSvc = true
 			} else {
@@ -460,7 +462,16 @@ func (a *auditor) flows(rep *Report) {
 			}
 			hits = append(hits, h)
 		}
-		groups[s].exact = nil // in hits now
+	}
+	// eachHit calls fn for every hit with its service and flow.
+	eachHit := func(fn func(s service, f *snapshot.Flow, h *hit)) {
+		i := 0
+		for _, s := range order {
+			for _, f := range groups[s].exact {
+				fn(s, f, &hits[i])
+				i++
+			}
+		}
 	}
 
 	// Suspected scanners: many distinct unanswered undocumented or
@@ -474,11 +485,11 @@ func (a *auditor) flows(rep *Report) {
 	// Counted with the hits and made at its size: growing it by doubling
 	// left ~10 MiB of dead copies in the audit step's peak RSS (1 M flows).
 	attempts := hugemem.Make[attempt](nAttempts)
-	for i := range hits {
-		if h := &hits[i]; h.attempt {
-			attempts = append(attempts, attempt{h.f.Peer, serviceOf(h.f)})
+	eachHit(func(s service, f *snapshot.Flow, h *hit) {
+		if h.attempt {
+			attempts = append(attempts, attempt{f.Peer, s})
 		}
-	}
+	})
 	slices.SortFunc(attempts, func(x, y attempt) int {
 		if c := x.peer.Compare(y.peer); c != 0 {
 			return c
@@ -586,44 +597,41 @@ func (a *auditor) flows(rep *Report) {
 	}
 	var runKey needKey // the zero key adds nothing
 	run = 0
-	for i := range hits {
-		h := &hits[i]
+	eachHit(func(s service, f *snapshot.Flow, h *hit) {
 		var k needKey
 		switch {
 		case h.flood:
-		case h.attempt && scanners[h.f.Peer] != nil:
-			k.scan = scanners[h.f.Peer]
+		case h.attempt && scanners[f.Peer] != nil:
+			k.scan = scanners[f.Peer]
 		case h.undocSvc:
-			k.undoc, k.svc = true, serviceOf(h.f)
+			k.undoc, k.svc = true, s
 		case h.rules != 0:
 			k.rules = h.rules
 		case h.broad != 0:
 			k.rules, k.broad = h.broad, true
 		case h.outOf != 0:
-			k.outOf, k.svc = h.outOf, serviceOf(h.f)
+			k.outOf, k.svc = h.outOf, s
 		}
 		if k != runKey {
 			addNeed(runKey, run)
 			runKey, run = k, 0
 		}
 		run++
-	}
+	})
 	addNeed(runKey, run)
 	for o, n := range need {
 		o.peers.reserve(n)
 	}
-	for _, h := range hits {
-		f := h.f
-		s := serviceOf(f)
+	eachHit(func(s service, f *snapshot.Flow, h *hit) {
 		if h.flood {
 			rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site)
 			setApart(s, f)
-			continue
+			return
 		}
 		if h.attempt {
 			if sc := scanners[f.Peer]; sc != nil {
 				sc.add(f)
-				continue
+				return
 			}
 		}
 		rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site, dnsHostOf(sets.get(h.rules), h.unbound))
@@ -641,7 +649,7 @@ func (a *auditor) flows(rep *Report) {
 		case h.outOf != 0:
 			outOf(a.rules[h.outOf-1], s, f)
 		}
-	}
+	})
 
 	// Folded entries: the zone check is made on the prefix. Overflow
 	// entries: seen, peers unknown, under every candidate rule.
