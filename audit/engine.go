@@ -344,30 +344,11 @@ func audited(f *snapshot.Flow) bool {
 func (a *auditor) flows(rep *Report) {
 	groups := map[service]*group{}
 	var order []service
-	// Count each service's exact entries first, so its list is allocated
-	// once, at its size.
-	// Flows come sorted by service (within an interface): a run of one
-	// service is counted, then added to the map at once.
-	exactPerSvc := map[service]int{}
-	var runSvc service
-	run := 0
-	for i := range a.snap.Flows {
-		if f := &a.snap.Flows[i]; f.Peer.IsValid() && audited(f) {
-			if s := serviceOf(f); s != runSvc {
-				if run > 0 {
-					exactPerSvc[runSvc] += run
-				}
-				runSvc, run = s, 0
-			}
-			run++
-		}
-	}
-	if run > 0 {
-		exactPerSvc[runSvc] += run
-	}
 	var lastSvc service
 	var last *group // the group of lastSvc
-	collect := func(f *snapshot.Flow) {
+	// collect sorts list[i] into its service's group.
+	collect := func(list []snapshot.Flow, i int) {
+		f := &list[i]
 		switch {
 		case infrastructure(f):
 			rep.Infrastructure.Packets += f.Packets()
@@ -383,7 +364,7 @@ func (a *auditor) flows(rep *Report) {
 		if g == nil || s != lastSvc {
 			g = groups[s]
 			if g == nil {
-				g = &group{exact: make([]*snapshot.Flow, 0, exactPerSvc[s])}
+				g = &group{}
 				groups[s] = g
 				order = append(order, s)
 			}
@@ -391,7 +372,7 @@ func (a *auditor) flows(rep *Report) {
 		}
 		switch {
 		case f.Peer.IsValid():
-			g.exact = append(g.exact, f)
+			g.addExact(list, i)
 		case f.Folded():
 			g.folded = append(g.folded, f)
 			lossOf(a.folded, s).add(f)
@@ -401,10 +382,10 @@ func (a *auditor) flows(rep *Report) {
 		}
 	}
 	for i := range a.snap.Flows {
-		collect(&a.snap.Flows[i])
+		collect(a.snap.Flows, i)
 	}
 	for i := range a.snap.Overflow {
-		collect(&a.snap.Overflow[i])
+		collect(a.snap.Overflow, i)
 	}
 
 	floods := map[service]*flood{}
@@ -438,7 +419,7 @@ func (a *auditor) flows(rep *Report) {
 	for _, s := range order {
 		cands := a.candidates(s)
 		fl := floods[s]
-		for _, f := range groups[s].exact {
+		for _, f := range groups[s].eachExact {
 			var h hit
 			if len(cands) == 0 {
 				h.undocSvc = true
@@ -467,7 +448,7 @@ func (a *auditor) flows(rep *Report) {
 	eachHit := func(fn func(s service, f *snapshot.Flow, h *hit)) {
 		i := 0
 		for _, s := range order {
-			for _, f := range groups[s].exact {
+			for _, f := range groups[s].eachExact {
 				fn(s, f, &hits[i])
 				i++
 			}
@@ -596,7 +577,7 @@ func (a *auditor) flows(rep *Report) {
 		}
 	}
 	var runKey needKey // the zero key adds nothing
-	run = 0
+	run := 0
 	eachHit(func(s service, f *snapshot.Flow, h *hit) {
 		var k needKey
 		switch {

@@ -28,11 +28,48 @@ const (
 // group is the traffic of one service: ordinary flows, folded entries and
 // overflow entries.
 type group struct {
-	exact, folded, overflow []*snapshot.Flow
+	// exact holds the ordinary flows as runs of consecutive flows of the
+	// snapshot (sub-slices of its Flows or Overflow): flows come sorted by
+	// service within an interface, so a service has about one run per
+	// interface rather than a pointer per flow to fault in (8 MiB for a
+	// million flows).
+	exact            [][]snapshot.Flow
+	nExact           int
+	folded, overflow []*snapshot.Flow
+}
+
+// addExact adds the ordinary flow list[i], extending the last run when
+// it ends at list[i-1].
+func (g *group) addExact(list []snapshot.Flow, i int) {
+	g.nExact++
+	if n := len(g.exact); n > 0 && i > 0 {
+		if r := g.exact[n-1]; len(r) <= i && &r[len(r)-1] == &list[i-1] {
+			g.exact[n-1] = list[i-len(r) : i+1]
+			return
+		}
+	}
+	g.exact = append(g.exact, list[i:i+1])
+}
+
+// eachExact yields the index (among the group's ordinary flows) and the
+// address of each ordinary flow, in the order they were added.
+func (g *group) eachExact(yield func(int, *snapshot.Flow) bool) {
+	n := 0
+	for _, r := range g.exact {
+		for i := range r {
+			if !yield(n, &r[i]) {
+				return
+			}
+			n++
+		}
+	}
 }
 
 func (g *group) each(fn func(f *snapshot.Flow)) {
-	for _, l := range [][]*snapshot.Flow{g.exact, g.folded, g.overflow} {
+	for _, f := range g.eachExact {
+		fn(f)
+	}
+	for _, l := range [][]*snapshot.Flow{g.folded, g.overflow} {
 		for _, f := range l {
 			fn(f)
 		}
@@ -110,11 +147,11 @@ func sourcePrefix(a netip.Addr) netip.Prefix {
 // distinctPeers counts the distinct peers of a group: exactly when it has
 // only ordinary flows, else with the union of their sketches.
 func distinctPeers(g *group) (n uint64, estimated bool) {
-	if len(g.folded)+len(g.overflow) == 0 && oneKeySpace(g.exact) {
-		return uint64(len(g.exact)), false
+	if len(g.folded)+len(g.overflow) == 0 && g.oneKeySpace() {
+		return uint64(g.nExact), false
 	}
-	set := make(map[netip.Addr]struct{}, len(g.exact))
-	for _, f := range g.exact {
+	set := make(map[netip.Addr]struct{}, g.nExact)
+	for _, f := range g.eachExact {
 		set[f.Peer] = struct{}{}
 	}
 	if len(g.folded)+len(g.overflow) == 0 {
@@ -140,9 +177,12 @@ func distinctPeers(g *group) (n uint64, estimated bool) {
 // oneKeySpace reports whether flows of one service also share their
 // interface and direction-inferred flag: the snapshot keys them by peer
 // then, so each has a different peer and no set is needed to count them.
-func oneKeySpace(fs []*snapshot.Flow) bool {
-	for _, f := range fs[min(1, len(fs)):] {
-		if f.Interface != fs[0].Interface || f.DirectionInferred != fs[0].DirectionInferred {
+func (g *group) oneKeySpace() bool {
+	var first *snapshot.Flow
+	for _, f := range g.eachExact {
+		if first == nil {
+			first = f
+		} else if f.Interface != first.Interface || f.DirectionInferred != first.DirectionInferred {
 			return false
 		}
 	}
@@ -156,7 +196,7 @@ func (a *auditor) detectFlood(s service, g *group) *flood {
 	}
 	var half uint64
 	var span Evidence
-	upper := uint64(len(g.exact))
+	upper := uint64(g.nExact)
 	g.each(func(f *snapshot.Flow) {
 		if h := halfOpen(f); h > 0 {
 			half += h
