@@ -54,14 +54,23 @@ type Report struct {
 	rows map[service]*ObservedRow
 	// cells caches addCell's look-ups (a million flows, a few dozen rows
 	// and columns): the row of the last service (flows come grouped by
-	// service), and the site's set of each column, looked up by name once
-	// instead of per flow.
+	// service), and the columns' address ranges (see column).
 	cells struct {
 		svc  service
 		row  *ObservedRow
 		site *catalog.Site
-		sets []*netipx.IPSet // parallel to Columns; nil when stale
+		// ranges hold every address of a column's set, each in the
+		// first column (in Columns order) holding it: disjoint, sorted
+		// by start. Stale when site is not the site asked for.
+		ranges []columnRange
+		last   int // the range that held the last address found
 	}
+}
+
+// columnRange is addresses of one heat-map column.
+type columnRange struct {
+	r   netipx.IPRange
+	col string
 }
 
 // Coverage is what the snapshot could not show: packets that lost their
@@ -411,28 +420,66 @@ func (r *Report) dnsColumn(host string) string {
 		i--
 	}
 	r.Columns = slices.Insert(r.Columns, i, col)
-	r.cells.sets = nil
+	r.cells.site = nil // a zone might be named like the new column
 	return col
 }
 
-// column is column(site, r.Columns, addr), with the columns' sets looked
-// up once.
+// column is column(site, r.Columns, addr) in one binary search instead of
+// a set look-up per column, and most often none: peers come sorted, so
+// an address mostly falls in the range that held the last one.
 func (r *Report) column(site *catalog.Site, addr netip.Addr) string {
 	if site == nil {
 		return otherColumn
 	}
-	if r.cells.sets == nil || r.cells.site != site {
-		r.cells.site, r.cells.sets = site, make([]*netipx.IPSet, len(r.Columns))
-		for i, c := range r.Columns {
-			r.cells.sets[i] = columnSet(site, c)
+	c := &r.cells
+	if c.site != site {
+		ranges, ok := columnRanges(site, r.Columns)
+		if !ok {
+			return column(site, r.Columns, addr)
 		}
+		c.site, c.ranges, c.last = site, ranges, 0
 	}
-	for i, set := range r.cells.sets {
-		if set != nil && set.Contains(addr) {
-			return r.Columns[i]
-		}
+	if c.last < len(c.ranges) && c.ranges[c.last].r.Contains(addr) {
+		return c.ranges[c.last].col
+	}
+	// The first range starting after addr; the one before may hold it.
+	i := sort.Search(len(c.ranges), func(i int) bool { return addr.Less(c.ranges[i].r.From()) }) - 1
+	if i >= 0 && c.ranges[i].r.Contains(addr) {
+		c.last = i
+		return c.ranges[i].col
 	}
 	return otherColumn
+}
+
+// columnRanges flattens the columns' sets into disjoint ranges, each
+// address in the first column holding it (false if a set cannot be
+// built, which valid sets never do).
+func columnRanges(site *catalog.Site, cols []string) ([]columnRange, bool) {
+	var out []columnRange
+	var before netipx.IPSetBuilder // the earlier columns' addresses
+	for _, col := range cols {
+		set := columnSet(site, col)
+		if set == nil {
+			continue
+		}
+		var own netipx.IPSetBuilder
+		own.AddSet(set)
+		prev, err := before.IPSet()
+		if err != nil {
+			return nil, false
+		}
+		own.RemoveSet(prev)
+		first, err := own.IPSet()
+		if err != nil {
+			return nil, false
+		}
+		for _, rg := range first.Ranges() {
+			out = append(out, columnRange{rg, col})
+		}
+		before.AddSet(set)
+	}
+	slices.SortFunc(out, func(x, y columnRange) int { return x.r.From().Compare(y.r.From()) })
+	return out, true
 }
 
 const dnsColumnPrefix = "dns:"
