@@ -316,6 +316,7 @@ func Run(snap *snapshot.Snapshot, o Options) (*Report, error) {
 	}
 	rep := newReport(snap, o)
 	a.flows(rep)
+	rep.flushCells()
 	a.incomplete(rep)
 	a.ruleFindings()
 	a.listeners()

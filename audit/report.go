@@ -64,6 +64,11 @@ type Report struct {
 		// by start. Stale when site is not the site asked for.
 		ranges []columnRange
 		last   int // the range that held the last address found
+		// pending packets of one cell, not yet in row.Cells: runs of
+		// flows fill the same cell (flushCells).
+		pendRow     *ObservedRow
+		pendCol     string
+		pendPackets uint64
 	}
 }
 
@@ -396,12 +401,26 @@ func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow
 	case f.Folded():
 		col = prefixColumn(site, r.Columns, unmapPrefix(f.PeerPrefix))
 	}
-	row.Cells[col] += f.Packets()
+	if c := &r.cells; c.pendRow == row && c.pendCol == col {
+		c.pendPackets += f.Packets()
+	} else {
+		r.flushCells()
+		c.pendRow, c.pendCol, c.pendPackets = row, col, f.Packets()
+	}
 	if outOfZone {
 		if row.OutOfZone == nil {
 			row.OutOfZone = map[string]uint64{}
 		}
 		row.OutOfZone[col] += f.Packets()
+	}
+}
+
+// flushCells adds addCell's pending packets to their cell (creating it
+// even for none, as addCell always did).
+func (r *Report) flushCells() {
+	if c := &r.cells; c.pendRow != nil {
+		c.pendRow.Cells[c.pendCol] += c.pendPackets
+		c.pendRow, c.pendCol, c.pendPackets = nil, "", 0
 	}
 }
 
@@ -532,6 +551,7 @@ func (r *Report) setFindings(m map[string]*Finding) {
 			}
 		}
 	}
+	r.flushCells()
 	for _, row := range r.rows {
 		if _, ok := row.Cells[unknownColumn]; ok && r.Columns[len(r.Columns)-1] != unknownColumn {
 			r.Columns = append(r.Columns, unknownColumn)
