@@ -362,6 +362,11 @@ func (o *obs) evidence(n int) Evidence {
 	ev.FloodPackets = o.flood
 	top := topPeers{n: n, ps: make([]PeerCount, 0, min(n, ev.Peers+len(o.prefixes)))}
 	o.forEachPeer(func(a netip.Addr, t tally) {
+		// Most peers cannot enter a full list (offer orders by packets
+		// first): no PeerCount is built for them.
+		if top.n <= 0 || len(top.ps) == top.n && t.packets < top.ps[len(top.ps)-1].Packets {
+			return
+		}
 		top.offer(PeerCount{Addr: a, Packets: t.packets, Bytes: t.bytes})
 	})
 	for _, p := range o.prefixes {
