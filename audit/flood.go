@@ -33,14 +33,21 @@ type group struct {
 	// service within an interface, so a service has about one run per
 	// interface rather than a pointer per flow to fault in (8 MiB for a
 	// million flows).
-	exact            [][]snapshot.Flow
-	nExact           int
+	exact  [][]snapshot.Flow
+	nExact int
+	// mixedKeys: the ordinary flows differ in interface or
+	// direction-inferred flag (see oneKeySpace).
+	mixedKeys        bool
 	folded, overflow []*snapshot.Flow
 }
 
 // addExact adds the ordinary flow list[i], extending the last run when
 // it ends at list[i-1].
 func (g *group) addExact(list []snapshot.Flow, i int) {
+	if g.nExact > 0 {
+		f, first := &list[i], &g.exact[0][0]
+		g.mixedKeys = g.mixedKeys || f.Interface != first.Interface || f.DirectionInferred != first.DirectionInferred
+	}
 	g.nExact++
 	if n := len(g.exact); n > 0 && i > 0 {
 		if r := g.exact[n-1]; len(r) <= i && &r[len(r)-1] == &list[i-1] {
@@ -177,17 +184,8 @@ func distinctPeers(g *group) (n uint64, estimated bool) {
 // oneKeySpace reports whether flows of one service also share their
 // interface and direction-inferred flag: the snapshot keys them by peer
 // then, so each has a different peer and no set is needed to count them.
-func (g *group) oneKeySpace() bool {
-	var first *snapshot.Flow
-	for _, f := range g.eachExact {
-		if first == nil {
-			first = f
-		} else if f.Interface != first.Interface || f.DirectionInferred != first.DirectionInferred {
-			return false
-		}
-	}
-	return true
-}
+// It is decided as the flows are added (addExact), not in a pass of its own.
+func (g *group) oneKeySpace() bool { return !g.mixedKeys }
 
 // detectFlood decides whether an inbound service is flooded.
 func (a *auditor) detectFlood(s service, g *group) *flood {
