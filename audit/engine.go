@@ -316,6 +316,7 @@ func Run(snap *snapshot.Snapshot, o Options) (*Report, error) {
 	}
 	rep := newReport(snap, o)
 	a.flows(rep)
+	rep.flushCells()
 	a.incomplete(rep)
 	a.ruleFindings()
 	a.listeners()
@@ -344,15 +345,11 @@ func audited(f *snapshot.Flow) bool {
 func (a *auditor) flows(rep *Report) {
 	groups := map[service]*group{}
 	var order []service
-	// Count each service's exact entries first, so its list is allocated
-	// once, at its size.
-	exactPerSvc := map[service]int{}
-	for i := range a.snap.Flows {
-		if f := &a.snap.Flows[i]; f.Peer.IsValid() && audited(f) {
-			exactPerSvc[serviceOf(f)]++
-		}
-	}
-	collect := func(f *snapshot.Flow) {
+	var lastSvc service
+	var last *group // the group of lastSvc
+	// collect sorts list[i] into its service's group.
+	collect := func(list []snapshot.Flow, i int) {
+		f := &list[i]
 		switch {
 		case infrastructure(f):
 			rep.Infrastructure.Packets += f.Packets()
@@ -364,15 +361,19 @@ func (a *auditor) flows(rep *Report) {
 			return
 		}
 		s := serviceOf(f)
-		g := groups[s]
-		if g == nil {
-			g = &group{exact: make([]*snapshot.Flow, 0, exactPerSvc[s])}
-			groups[s] = g
-			order = append(order, s)
+		g := last
+		if g == nil || s != lastSvc {
+			g = groups[s]
+			if g == nil {
+				g = &group{}
+				groups[s] = g
+				order = append(order, s)
+			}
+			lastSvc, last = s, g
 		}
 		switch {
 		case f.Peer.IsValid():
-			g.exact = append(g.exact, f)
+			g.addExact(list, i)
 		case f.Folded():
 			g.folded = append(g.folded, f)
 			lossOf(a.folded, s).add(f)
@@ -382,10 +383,10 @@ func (a *auditor) flows(rep *Report) {
 		}
 	}
 	for i := range a.snap.Flows {
-		collect(&a.snap.Flows[i])
+		collect(a.snap.Flows, i)
 	}
 	for i := range a.snap.Overflow {
-		collect(&a.snap.Overflow[i])
+		collect(a.snap.Overflow, i)
 	}
 
 	floods := map[service]*flood{}
@@ -397,24 +398,30 @@ func (a *auditor) flows(rep *Report) {
 
 	// Classify every ordinary flow first; scanners are decided on the
 	// whole picture.
-	// One hit per flow: 32 bytes, the matched rule sets interned (a
-	// million flows fall under a handful of distinct sets).
+	// One hit per flow: 16 bytes, the matched rule sets interned (a
+	// million flows fall under a handful of distinct sets). Its flow is
+	// not in it: the hits are made, and walked (eachHit), in the order of
+	// the groups' exact flows, so they hold no pointer for the collector
+	// to scan and take half the fresh memory.
 	type hit struct {
-		f        *snapshot.Flow
 		outOf    uint32  // documented port, peer outside every matching rule's zone: its a.rules index + 1
 		rules    ruleSet // matched rules (in zone or unverified)
 		broad    ruleSet // only broad rules with unbound peers cover it: unverified
 		unbound  bool    // rules matched because the site binds none of their peers
 		undocSvc bool
 		flood    bool // a suspected flood's attempt, set apart
+		// attempt: an unanswered inbound try of an undocumented or
+		// out-of-zone port, the stuff of scans (decided once, here).
+		attempt bool
 	}
 	sets := newRuleSets(a.rules)
 	hits := hugemem.Make[hit](len(a.snap.Flows))
+	nAttempts := 0
 	for _, s := range order {
 		cands := a.candidates(s)
 		fl := floods[s]
-		for _, f := range groups[s].exact {
-			h := hit{f: f}
+		for _, f := range groups[s].eachExact {
+			var h hit
 			if len(cands) == 0 {
 				h.undocSvc = true
 			} else {
@@ -429,10 +436,24 @@ func (a *auditor) flows(rep *Report) {
 					h.rules = sets.intern(rules)
 				}
 			}
-			h.flood = fl.takes(f, h.undocSvc || h.outOf != 0 || h.broad != 0)
+			noisy := h.undocSvc || h.outOf != 0 || h.broad != 0
+			h.flood = fl.takes(f, noisy)
+			h.attempt = !h.flood && noisy && f.Direction == snapshot.Inbound && state(f) != stateOpen
+			if h.attempt {
+				nAttempts++
+			}
 			hits = append(hits, h)
 		}
-		groups[s].exact = nil // in hits now
+	}
+	// eachHit calls fn for every hit with its service and flow.
+	eachHit := func(fn func(s service, f *snapshot.Flow, h *hit)) {
+		i := 0
+		for _, s := range order {
+			for _, f := range groups[s].eachExact {
+				fn(s, f, &hits[i])
+				i++
+			}
+		}
 	}
 
 	// Suspected scanners: many distinct unanswered undocumented or
@@ -443,23 +464,14 @@ func (a *auditor) flows(rep *Report) {
 		peer netip.Addr
 		svc  service
 	}
-	// Counted first and made at its size: growing it by doubling left
-	// ~10 MiB of dead copies in the audit step's peak RSS (1 M flows).
-	attempted := func(h *hit) bool {
-		return !h.flood && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0)
-	}
-	nAttempts := 0
-	for i := range hits {
-		if attempted(&hits[i]) {
-			nAttempts++
-		}
-	}
+	// Counted with the hits and made at its size: growing it by doubling
+	// left ~10 MiB of dead copies in the audit step's peak RSS (1 M flows).
 	attempts := hugemem.Make[attempt](nAttempts)
-	for i := range hits {
-		if h := &hits[i]; attempted(h) {
-			attempts = append(attempts, attempt{h.f.Peer, serviceOf(h.f)})
+	eachHit(func(s service, f *snapshot.Flow, h *hit) {
+		if h.attempt {
+			attempts = append(attempts, attempt{f.Peer, s})
 		}
-	}
+	})
 	slices.SortFunc(attempts, func(x, y attempt) int {
 		if c := x.peer.Compare(y.peer); c != 0 {
 			return c
@@ -526,58 +538,83 @@ func (a *auditor) flows(rep *Report) {
 		floodObs[s].addFlood(f)
 	}
 	// The obs each ordinary flow's peer lands in (a flood's attempts and
-	// the cells take no peer); counted first, so every peer map is made
-	// once at its size rather than grown a million times.
-	scanned := func(h *hit) bool {
-		_, ok := scanners[h.f.Peer]
-		return ok && h.f.Direction == snapshot.Inbound && state(h.f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0)
+	// the cells take no peer); counted first, so every peer list is made
+	// once at its size (in huge pages) rather than grown by copying.
+	// Hits come grouped by service and mostly share their rules: a run of
+	// hits bound for the same obs is counted, then added at once.
+	type needKey struct {
+		scan  *obs // a scanner's
+		undoc bool // the service's undocumented traffic
+		rules ruleSet
+		broad bool // rules are h.broad
+		outOf uint32
+		svc   service // for undoc and outOf
 	}
 	need := map[*obs]int{}
-	for i := range hits {
-		h := &hits[i]
-		s := serviceOf(h.f)
+	addNeed := func(k needKey, n int) {
 		switch {
-		case h.flood:
-		case scanned(h):
-			need[scanners[h.f.Peer]]++
-		case h.undocSvc:
-			need[undocOf(s)]++
-		case h.rules != 0:
-			for _, ro := range sets.get(h.rules) {
-				need[ro.inZone]++
+		case k.scan != nil:
+			need[k.scan] += n
+		case k.undoc:
+			need[undocOf(k.svc)] += n
+		case k.rules != 0 && !k.broad:
+			for _, ro := range sets.get(k.rules) {
+				need[ro.inZone] += n
 			}
-		case h.broad != 0:
-			for _, ro := range sets.get(h.broad) {
-				need[ro.broad]++
+		case k.rules != 0:
+			for _, ro := range sets.get(k.rules) {
+				need[ro.broad] += n
 			}
-		case h.outOf != 0:
-			ro := a.rules[h.outOf-1]
-			need[ro.outZone]++
+		case k.outOf != 0:
+			ro := a.rules[k.outOf-1]
+			need[ro.outZone] += n
 			if outOfZone[ro] == nil {
 				outOfZone[ro] = map[service]*obs{}
 			}
-			if outOfZone[ro][s] == nil {
-				outOfZone[ro][s] = newObs()
+			if outOfZone[ro][k.svc] == nil {
+				outOfZone[ro][k.svc] = newObs()
 			}
-			need[outOfZone[ro][s]]++
+			need[outOfZone[ro][k.svc]] += n
 		}
 	}
+	var runKey needKey // the zero key adds nothing
+	run := 0
+	eachHit(func(s service, f *snapshot.Flow, h *hit) {
+		var k needKey
+		switch {
+		case h.flood:
+		case h.attempt && scanners[f.Peer] != nil:
+			k.scan = scanners[f.Peer]
+		case h.undocSvc:
+			k.undoc, k.svc = true, s
+		case h.rules != 0:
+			k.rules = h.rules
+		case h.broad != 0:
+			k.rules, k.broad = h.broad, true
+		case h.outOf != 0:
+			k.outOf, k.svc = h.outOf, s
+		}
+		if k != runKey {
+			addNeed(runKey, run)
+			runKey, run = k, 0
+		}
+		run++
+	})
+	addNeed(runKey, run)
 	for o, n := range need {
-		if len(o.peers) == 0 {
-			o.peers = make(map[netip.Addr]tally, n)
-		}
+		o.peers.reserve(n)
 	}
-	for _, h := range hits {
-		f := h.f
-		s := serviceOf(f)
+	eachHit(func(s service, f *snapshot.Flow, h *hit) {
 		if h.flood {
 			rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site)
 			setApart(s, f)
-			continue
+			return
 		}
-		if sc, ok := scanners[f.Peer]; ok && f.Direction == snapshot.Inbound && state(f) != stateOpen && (h.undocSvc || h.outOf != 0 || h.broad != 0) {
-			sc.add(f)
-			continue
+		if h.attempt {
+			if sc := scanners[f.Peer]; sc != nil {
+				sc.add(f)
+				return
+			}
 		}
 		rep.addCell(s, !h.undocSvc, h.outOf != 0, f, a.o.Site, dnsHostOf(sets.get(h.rules), h.unbound))
 		switch {
@@ -594,7 +631,7 @@ func (a *auditor) flows(rep *Report) {
 		case h.outOf != 0:
 			outOf(a.rules[h.outOf-1], s, f)
 		}
-	}
+	})
 
 	// Folded entries: the zone check is made on the prefix. Overflow
 	// entries: seen, peers unknown, under every candidate rule.
@@ -745,6 +782,9 @@ type ruleSets struct {
 	ids   map[string]ruleSet
 	lists [][]*ruleObs
 	key   []byte
+	// last is the id interned last: a service's flows mostly match the
+	// same rules, so most calls return it without building a key.
+	last ruleSet
 }
 
 func newRuleSets(rules []*ruleObs) *ruleSets {
@@ -761,6 +801,9 @@ func (rs *ruleSets) intern(list []*ruleObs) ruleSet {
 	if len(list) == 0 {
 		return 0
 	}
+	if rs.last != 0 && slices.Equal(rs.lists[rs.last], list) {
+		return rs.last
+	}
 	rs.key = rs.key[:0]
 	for _, ro := range list {
 		i, ok := rs.index[ro]
@@ -771,11 +814,13 @@ func (rs *ruleSets) intern(list []*ruleObs) ruleSet {
 		rs.key = binary.AppendUvarint(rs.key, uint64(i))
 	}
 	if id, ok := rs.ids[string(rs.key)]; ok {
+		rs.last = id
 		return id
 	}
 	id := ruleSet(len(rs.lists))
 	rs.lists = append(rs.lists, slices.Clone(list))
 	rs.ids[string(rs.key)] = id
+	rs.last = id
 	return id
 }
 

@@ -28,11 +28,55 @@ const (
 // group is the traffic of one service: ordinary flows, folded entries and
 // overflow entries.
 type group struct {
-	exact, folded, overflow []*snapshot.Flow
+	// exact holds the ordinary flows as runs of consecutive flows of the
+	// snapshot (sub-slices of its Flows or Overflow): flows come sorted by
+	// service within an interface, so a service has about one run per
+	// interface rather than a pointer per flow to fault in (8 MiB for a
+	// million flows).
+	exact  [][]snapshot.Flow
+	nExact int
+	// mixedKeys: the ordinary flows differ in interface or
+	// direction-inferred flag (see oneKeySpace).
+	mixedKeys        bool
+	folded, overflow []*snapshot.Flow
+}
+
+// addExact adds the ordinary flow list[i], extending the last run when
+// it ends at list[i-1].
+func (g *group) addExact(list []snapshot.Flow, i int) {
+	if g.nExact > 0 {
+		f, first := &list[i], &g.exact[0][0]
+		g.mixedKeys = g.mixedKeys || f.Interface != first.Interface || f.DirectionInferred != first.DirectionInferred
+	}
+	g.nExact++
+	if n := len(g.exact); n > 0 && i > 0 {
+		if r := g.exact[n-1]; len(r) <= i && &r[len(r)-1] == &list[i-1] {
+			g.exact[n-1] = list[i-len(r) : i+1]
+			return
+		}
+	}
+	g.exact = append(g.exact, list[i:i+1])
+}
+
+// eachExact yields the index (among the group's ordinary flows) and the
+// address of each ordinary flow, in the order they were added.
+func (g *group) eachExact(yield func(int, *snapshot.Flow) bool) {
+	n := 0
+	for _, r := range g.exact {
+		for i := range r {
+			if !yield(n, &r[i]) {
+				return
+			}
+			n++
+		}
+	}
 }
 
 func (g *group) each(fn func(f *snapshot.Flow)) {
-	for _, l := range [][]*snapshot.Flow{g.exact, g.folded, g.overflow} {
+	for _, f := range g.eachExact {
+		fn(f)
+	}
+	for _, l := range [][]*snapshot.Flow{g.folded, g.overflow} {
 		for _, f := range l {
 			fn(f)
 		}
@@ -91,6 +135,9 @@ type flood struct {
 	// service's); sources its source prefixes.
 	traffic *obs
 	sources map[netip.Prefix]*PeerCount
+	// last is the source counted last: flows come sorted by peer, so one
+	// /24's peers follow each other and need one map look-up between them.
+	last *PeerCount
 }
 
 // sourcePrefix is the /24 (IPv4) or /48 (IPv6) of a peer.
@@ -107,11 +154,11 @@ func sourcePrefix(a netip.Addr) netip.Prefix {
 // distinctPeers counts the distinct peers of a group: exactly when it has
 // only ordinary flows, else with the union of their sketches.
 func distinctPeers(g *group) (n uint64, estimated bool) {
-	if len(g.folded)+len(g.overflow) == 0 && oneKeySpace(g.exact) {
-		return uint64(len(g.exact)), false
+	if len(g.folded)+len(g.overflow) == 0 && g.oneKeySpace() {
+		return uint64(g.nExact), false
 	}
-	set := make(map[netip.Addr]struct{}, len(g.exact))
-	for _, f := range g.exact {
+	set := make(map[netip.Addr]struct{}, g.nExact)
+	for _, f := range g.eachExact {
 		set[f.Peer] = struct{}{}
 	}
 	if len(g.folded)+len(g.overflow) == 0 {
@@ -137,14 +184,8 @@ func distinctPeers(g *group) (n uint64, estimated bool) {
 // oneKeySpace reports whether flows of one service also share their
 // interface and direction-inferred flag: the snapshot keys them by peer
 // then, so each has a different peer and no set is needed to count them.
-func oneKeySpace(fs []*snapshot.Flow) bool {
-	for _, f := range fs[min(1, len(fs)):] {
-		if f.Interface != fs[0].Interface || f.DirectionInferred != fs[0].DirectionInferred {
-			return false
-		}
-	}
-	return true
-}
+// It is decided as the flows are added (addExact), not in a pass of its own.
+func (g *group) oneKeySpace() bool { return !g.mixedKeys }
 
 // detectFlood decides whether an inbound service is flooded.
 func (a *auditor) detectFlood(s service, g *group) *flood {
@@ -153,7 +194,7 @@ func (a *auditor) detectFlood(s service, g *group) *flood {
 	}
 	var half uint64
 	var span Evidence
-	upper := uint64(len(g.exact))
+	upper := uint64(g.nExact)
 	g.each(func(f *snapshot.Flow) {
 		if h := halfOpen(f); h > 0 {
 			half += h
@@ -211,10 +252,14 @@ func (a *auditor) detectFlood(s service, g *group) *flood {
 }
 
 func (fl *flood) source(p netip.Prefix, peers uint64, f *snapshot.Flow) {
-	c := fl.sources[p]
-	if c == nil {
-		c = &PeerCount{Prefix: p}
-		fl.sources[p] = c
+	c := fl.last
+	if c == nil || c.Prefix != p {
+		c = fl.sources[p]
+		if c == nil {
+			c = &PeerCount{Prefix: p}
+			fl.sources[p] = c
+		}
+		fl.last = c
 	}
 	c.Peers += peers
 	c.Packets += f.Packets()

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/internal/hugemem"
 )
 
 // obs accumulates traffic into evidence. It takes three kinds of entry:
@@ -20,9 +21,8 @@ import (
 // merge.
 type obs struct {
 	ev Evidence
-	// peers holds the exact peers' packets and bytes, by value: no
-	// allocation per peer, nothing for the collector to chase.
-	peers map[netip.Addr]tally
+	// peers holds the flows of the exact peers.
+	peers peerList
 	// parts are the obs a merged obs stands for, whose peers are its
 	// own (peers is then empty).
 	parts    []*obs
@@ -45,63 +45,207 @@ type obs struct {
 // tally is one peer's packets and bytes.
 type tally struct{ packets, bytes uint64 }
 
-func newObs() *obs { return &obs{peers: map[netip.Addr]tally{}} }
+// peerList holds the flows whose exact peers an obs counts: pointers to
+// the snapshot's own flows, in arrival order, 8 bytes each. The flows
+// already hold each peer and its packets; a map by peer, or even a list
+// of peers and tallies (40 bytes each), is fresh memory the audit must
+// fault in, and on the VM flowaudit is benchmarked on that costs about a
+// millisecond per MiB even in huge pages (a million flows: ~35 MiB).
+// Flows arrive sorted by (interface, direction, protocol, port, peer), so
+// one service's peers come in address order: the list is sorted (a merge
+// of its runs) only if some flow came out of order, and the flows of one
+// peer, then adjacent, are summed when walked.
+type peerList struct {
+	fs []*snapshot.Flow
+	// unsorted: some flow's peer is below its predecessor's.
+	unsorted bool
+	// dups: some peer may have more than one flow.
+	dups bool
+}
 
-// peerSets are the maps holding o's exact peers: its own, or its parts'.
-func (o *obs) peerSets() []map[netip.Addr]tally {
-	if o.parts == nil {
-		return []map[netip.Addr]tally{o.peers}
+// reserve presizes an empty list for n flows.
+func (l *peerList) reserve(n int) {
+	if len(l.fs) == 0 && n > cap(l.fs) {
+		l.fs = hugemem.Make[*snapshot.Flow](n)
 	}
-	sets := make([]map[netip.Addr]tally, 0, len(o.parts))
+}
+
+// add counts f's packets and bytes for its peer.
+func (l *peerList) add(f *snapshot.Flow) {
+	if n := len(l.fs); n > 0 {
+		switch c := f.Peer.Compare(l.fs[n-1].Peer); {
+		case c < 0:
+			l.unsorted = true
+		case c == 0:
+			l.dups = true
+		}
+	}
+	l.fs = append(l.fs, f)
+}
+
+// sorted returns the flows sorted by peer (dups says whether a peer may
+// have several, then adjacent).
+func (l *peerList) sorted() peerRun {
+	if l.unsorted {
+		var dup bool
+		l.fs, dup = sortByPeer(l.fs)
+		l.dups = l.dups || dup
+		l.unsorted = false
+	}
+	return peerRun{l.fs, l.dups}
+}
+
+// peerRun is flows sorted by peer; dups: a peer may have several.
+type peerRun struct {
+	fs   []*snapshot.Flow
+	dups bool
+}
+
+// at returns the peer of the flow at i with the packets and bytes of all
+// its flows, and the index after them.
+func (r peerRun) at(i int) (netip.Addr, tally, int) {
+	f := r.fs[i]
+	a, t := f.Peer, tally{f.Packets(), f.Bytes()}
+	for i++; r.dups && i < len(r.fs) && r.fs[i].Peer == a; i++ {
+		t.packets += r.fs[i].Packets()
+		t.bytes += r.fs[i].Bytes()
+	}
+	return a, t, i
+}
+
+// sortByPeer sorts fs by peer and reports whether two flows share one. It
+// is a natural merge sort: fs is cut where a peer is below its
+// predecessor into ascending runs (a rule's flows come as one run per
+// service and interface), and neighbouring runs are merged pairwise until
+// one is left, so k runs cost log2(k) passes over fs, not a full sort.
+// The result is in fs or in a buffer of its size.
+func sortByPeer(fs []*snapshot.Flow) (sorted []*snapshot.Flow, dup bool) {
+	runs := []int{0}
+	for i := 1; i < len(fs); i++ {
+		if fs[i].Peer.Less(fs[i-1].Peer) {
+			runs = append(runs, i)
+		}
+	}
+	if len(runs) == 1 {
+		return fs, false
+	}
+	runs = append(runs, len(fs))
+	n := len(fs)
+	src, dst := fs, hugemem.Make[*snapshot.Flow](n)[:n]
+	for len(runs) > 2 {
+		// next overwrites runs behind the pairs still to be read.
+		next := runs[:1]
+		w := 0
+		for i := 0; i+1 < len(runs); i += 2 {
+			lo, mid, hi := runs[i], runs[i+1], runs[i+1]
+			if i+2 < len(runs) {
+				hi = runs[i+2]
+			}
+			var d bool
+			w, d = mergeByPeer(dst, w, src[lo:mid], src[mid:hi])
+			dup = dup || d
+			next = append(next, w)
+		}
+		runs = next
+		src, dst = dst[:w], src[:n]
+	}
+	return src, dup
+}
+
+// mergeByPeer merges the runs a and b, each sorted by peer, into dst from
+// w on, and returns the end of what it wrote and whether a peer of a is
+// also one of b.
+func mergeByPeer(dst []*snapshot.Flow, w int, a, b []*snapshot.Flow) (int, bool) {
+	i, j, dup := 0, 0, false
+	for i < len(a) && j < len(b) {
+		c := a[i].Peer.Compare(b[j].Peer)
+		if c <= 0 {
+			dup = dup || c == 0
+			dst[w] = a[i]
+			i++
+		} else {
+			dst[w] = b[j]
+			j++
+		}
+		w++
+	}
+	w += copy(dst[w:], a[i:])
+	w += copy(dst[w:], b[j:])
+	return w, dup
+}
+
+func newObs() *obs { return &obs{} }
+
+// peerSets are the flows of o's exact peers, its own or its parts', each
+// sorted by peer.
+func (o *obs) peerSets() []peerRun {
+	if o.parts == nil {
+		return []peerRun{o.peers.sorted()}
+	}
+	sets := make([]peerRun, 0, len(o.parts))
 	for _, p := range o.parts {
-		if len(p.peers) > 0 {
-			sets = append(sets, p.peers)
+		if r := p.peers.sorted(); len(r.fs) > 0 {
+			sets = append(sets, r)
 		}
 	}
 	return sets
 }
 
 // forEachPeer calls fn once for every distinct exact peer of o with its
-// packets and bytes summed over the parts.
+// packets and bytes summed over its flows and the parts, in address
+// order. The parts are walked together, like a merge: the next peer is
+// the lowest of their heads (a merged obs has a handful of parts, so a
+// linear scan for it is cheaper than a heap).
 func (o *obs) forEachPeer(fn func(a netip.Addr, t tally)) {
 	sets := o.peerSets()
-	for i, m := range sets {
-	next:
-		for a, t := range m {
-			for _, earlier := range sets[:i] {
-				if _, ok := earlier[a]; ok {
-					continue next // counted with the first set holding it
-				}
-			}
-			for _, later := range sets[i+1:] {
-				if u, ok := later[a]; ok {
-					t.packets += u.packets
-					t.bytes += u.bytes
-				}
-			}
+	switch len(sets) {
+	case 0:
+		return
+	case 1:
+		r := sets[0]
+		for i := 0; i < len(r.fs); {
+			a, t, next := r.at(i)
 			fn(a, t)
+			i = next
 		}
+		return
+	}
+	at := make([]int, len(sets))
+	for {
+		low := -1
+		for i, r := range sets {
+			if at[i] < len(r.fs) && (low < 0 || r.fs[at[i]].Peer.Less(sets[low].fs[at[low]].Peer)) {
+				low = i
+			}
+		}
+		if low < 0 {
+			return
+		}
+		a := sets[low].fs[at[low]].Peer
+		var t tally
+		for i, r := range sets {
+			if at[i] < len(r.fs) && r.fs[at[i]].Peer == a {
+				_, u, next := r.at(at[i])
+				t.packets += u.packets
+				t.bytes += u.bytes
+				at[i] = next
+			}
+		}
+		fn(a, t)
 	}
 }
 
 // exactPeers is the number of distinct exact peers.
 func (o *obs) exactPeers() int {
 	sets := o.peerSets()
-	if len(sets) == 1 {
-		return len(sets[0])
+	switch {
+	case len(sets) == 0:
+		return 0
+	case len(sets) == 1 && !sets[0].dups:
+		return len(sets[0].fs)
 	}
 	n := 0
-	for i, m := range sets {
-	next:
-		for a := range m {
-			for _, earlier := range sets[:i] {
-				if _, ok := earlier[a]; ok {
-					continue next
-				}
-			}
-			n++
-		}
-	}
+	o.forEachPeer(func(netip.Addr, tally) { n++ })
 	return n
 }
 
@@ -137,10 +281,7 @@ func (o *obs) add(f *snapshot.Flow) {
 	o.count(f)
 	switch {
 	case f.Peer.IsValid():
-		t := o.peers[f.Peer]
-		t.packets += f.Packets()
-		t.bytes += f.Bytes()
-		o.peers[f.Peer] = t
+		o.peers.add(f)
 	case f.Folded():
 		if o.prefixes == nil {
 			o.prefixes = map[netip.Prefix]*PeerCount{}
@@ -202,9 +343,9 @@ func (o *obs) peerCount() (n int, estimated bool) {
 		return exact + int(o.unsketched), true
 	}
 	s := o.sketch
-	for _, m := range o.peerSets() {
-		for a := range m {
-			s.Add(a) // a peer in several sets: the sketch counts it once
+	for _, r := range o.peerSets() {
+		for _, f := range r.fs {
+			s.Add(f.Peer) // a peer in several flows or sets: the sketch counts it once
 		}
 	}
 	return max(exact, int(s.Estimate()+o.unsketched)), true
@@ -221,6 +362,11 @@ func (o *obs) evidence(n int) Evidence {
 	ev.FloodPackets = o.flood
 	top := topPeers{n: n, ps: make([]PeerCount, 0, min(n, ev.Peers+len(o.prefixes)))}
 	o.forEachPeer(func(a netip.Addr, t tally) {
+		// Most peers cannot enter a full list (offer orders by packets
+		// first): no PeerCount is built for them.
+		if top.n <= 0 || len(top.ps) == top.n && t.packets < top.ps[len(top.ps)-1].Packets {
+			return
+		}
 		top.offer(PeerCount{Addr: a, Packets: t.packets, Bytes: t.bytes})
 	})
 	for _, p := range o.prefixes {
@@ -296,14 +442,12 @@ func verdictOf(states ...[4]int) flowState {
 	return stateUnanswered
 }
 
-// mergeObs adds src to dst, copying src's peers into dst's own map (dst
-// must not be a merged obs).
+// mergeObs adds src to dst, copying src's peers into dst's own list (dst
+// must not be a merged obs): each as a flow of its own holding the peer's
+// sums (the sources, a flood's attempts, take no peers, so this is rare).
 func mergeObs(dst, src *obs) {
 	src.forEachPeer(func(a netip.Addr, t tally) {
-		q := dst.peers[a]
-		q.packets += t.packets
-		q.bytes += t.bytes
-		dst.peers[a] = q
+		dst.peers.add(&snapshot.Flow{Peer: a, PacketsIn: t.packets, BytesIn: t.bytes})
 	})
 	mergeCounts(dst, src)
 }

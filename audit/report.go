@@ -52,6 +52,30 @@ type Report struct {
 	Coverage Coverage `json:"coverage"`
 
 	rows map[service]*ObservedRow
+	// cells caches addCell's look-ups (a million flows, a few dozen rows
+	// and columns): the row of the last service (flows come grouped by
+	// service), and the columns' address ranges (see column).
+	cells struct {
+		svc  service
+		row  *ObservedRow
+		site *catalog.Site
+		// ranges hold every address of a column's set, each in the
+		// first column (in Columns order) holding it: disjoint, sorted
+		// by start. Stale when site is not the site asked for.
+		ranges []columnRange
+		last   int // the range that held the last address found
+		// pending packets of one cell, not yet in row.Cells: runs of
+		// flows fill the same cell (flushCells).
+		pendRow     *ObservedRow
+		pendCol     string
+		pendPackets uint64
+	}
+}
+
+// columnRange is addresses of one heat-map column.
+type columnRange struct {
+	r   netipx.IPRange
+	col string
 }
 
 // Coverage is what the snapshot could not show: packets that lost their
@@ -307,15 +331,20 @@ func column(s *catalog.Site, cols []string, addr netip.Addr) string {
 		return otherColumn
 	}
 	for _, c := range cols {
-		if name, ok := strings.CutPrefix(c, "role:"); ok {
-			if set := s.Roles[name]; set != nil && set.Contains(addr) {
-				return c
-			}
-		} else if set := s.Zones[c]; set != nil && set.Contains(addr) {
+		if set := columnSet(s, c); set != nil && set.Contains(addr) {
 			return c
 		}
 	}
 	return otherColumn
+}
+
+// columnSet is the set of column c: a role's ("role:NAME") or a zone's;
+// nil for other columns.
+func columnSet(s *catalog.Site, c string) *netipx.IPSet {
+	if name, ok := strings.CutPrefix(c, "role:"); ok {
+		return s.Roles[name]
+	}
+	return s.Zones[c]
 }
 
 // prefixColumn is the first column (zone, then role) holding all of p;
@@ -351,29 +380,47 @@ func prefixColumn(s *catalog.Site, cols []string, p netip.Prefix) string {
 // ("dns:data.alienvault.com", added before "other" when first used)
 // unless a zone or role of the site holds it.
 func (r *Report) addCell(s service, documented, outOfZone bool, f *snapshot.Flow, site *catalog.Site, dnsHost ...string) {
-	row := r.rows[s]
-	if row == nil {
-		row = &ObservedRow{Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Cells: map[string]uint64{}}
-		r.rows[s] = row
+	row := r.cells.row
+	if row == nil || r.cells.svc != s {
+		row = r.rows[s]
+		if row == nil {
+			row = &ObservedRow{Direction: s.dir, Proto: s.proto.String(), Port: portLabel(s.proto, s.port), Cells: map[string]uint64{}}
+			r.rows[s] = row
+		}
+		r.cells.svc, r.cells.row = s, row
 	}
 	row.Documented = row.Documented || documented
 	row.Packets += f.Packets()
 	col := unknownColumn
 	switch {
 	case f.Peer.IsValid():
-		col = column(site, r.Columns, f.Peer)
+		col = r.column(site, f.Peer)
 		if col == otherColumn && len(dnsHost) > 0 && dnsHost[0] != "" {
 			col = r.dnsColumn(dnsHost[0])
 		}
 	case f.Folded():
 		col = prefixColumn(site, r.Columns, unmapPrefix(f.PeerPrefix))
 	}
-	row.Cells[col] += f.Packets()
+	if c := &r.cells; c.pendRow == row && c.pendCol == col {
+		c.pendPackets += f.Packets()
+	} else {
+		r.flushCells()
+		c.pendRow, c.pendCol, c.pendPackets = row, col, f.Packets()
+	}
 	if outOfZone {
 		if row.OutOfZone == nil {
 			row.OutOfZone = map[string]uint64{}
 		}
 		row.OutOfZone[col] += f.Packets()
+	}
+}
+
+// flushCells adds addCell's pending packets to their cell (creating it
+// even for none, as addCell always did).
+func (r *Report) flushCells() {
+	if c := &r.cells; c.pendRow != nil {
+		c.pendRow.Cells[c.pendCol] += c.pendPackets
+		c.pendRow, c.pendCol, c.pendPackets = nil, "", 0
 	}
 }
 
@@ -392,7 +439,66 @@ func (r *Report) dnsColumn(host string) string {
 		i--
 	}
 	r.Columns = slices.Insert(r.Columns, i, col)
+	r.cells.site = nil // a zone might be named like the new column
 	return col
+}
+
+// column is column(site, r.Columns, addr) in one binary search instead of
+// a set look-up per column, and most often none: peers come sorted, so
+// an address mostly falls in the range that held the last one.
+func (r *Report) column(site *catalog.Site, addr netip.Addr) string {
+	if site == nil {
+		return otherColumn
+	}
+	c := &r.cells
+	if c.site != site {
+		ranges, ok := columnRanges(site, r.Columns)
+		if !ok {
+			return column(site, r.Columns, addr)
+		}
+		c.site, c.ranges, c.last = site, ranges, 0
+	}
+	if c.last < len(c.ranges) && c.ranges[c.last].r.Contains(addr) {
+		return c.ranges[c.last].col
+	}
+	// The first range starting after addr; the one before may hold it.
+	i := sort.Search(len(c.ranges), func(i int) bool { return addr.Less(c.ranges[i].r.From()) }) - 1
+	if i >= 0 && c.ranges[i].r.Contains(addr) {
+		c.last = i
+		return c.ranges[i].col
+	}
+	return otherColumn
+}
+
+// columnRanges flattens the columns' sets into disjoint ranges, each
+// address in the first column holding it (false if a set cannot be
+// built, which valid sets never do).
+func columnRanges(site *catalog.Site, cols []string) ([]columnRange, bool) {
+	var out []columnRange
+	var before netipx.IPSetBuilder // the earlier columns' addresses
+	for _, col := range cols {
+		set := columnSet(site, col)
+		if set == nil {
+			continue
+		}
+		var own netipx.IPSetBuilder
+		own.AddSet(set)
+		prev, err := before.IPSet()
+		if err != nil {
+			return nil, false
+		}
+		own.RemoveSet(prev)
+		first, err := own.IPSet()
+		if err != nil {
+			return nil, false
+		}
+		for _, rg := range first.Ranges() {
+			out = append(out, columnRange{rg, col})
+		}
+		before.AddSet(set)
+	}
+	slices.SortFunc(out, func(x, y columnRange) int { return x.r.From().Compare(y.r.From()) })
+	return out, true
 }
 
 const dnsColumnPrefix = "dns:"
@@ -445,6 +551,7 @@ func (r *Report) setFindings(m map[string]*Finding) {
 			}
 		}
 	}
+	r.flushCells()
 	for _, row := range r.rows {
 		if _, ok := row.Cells[unknownColumn]; ok && r.Columns[len(r.Columns)-1] != unknownColumn {
 			r.Columns = append(r.Columns, unknownColumn)
