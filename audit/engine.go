@@ -334,10 +334,11 @@ func (a *auditor) add(f *Finding) *Finding {
 	return f
 }
 
-// audited: the entry is neither infrastructure nor unclassified (as
-// flows' collect decides).
-func audited(f *snapshot.Flow) bool {
-	return !infrastructure(f) && !(f.Fragment || (f.Direction == snapshot.Unknown && (f.Proto.HasPorts() || f.Proto.IsICMP())))
+// unclassified: a non-first fragment, or an entry whose protocol has
+// ports (or is ICMP) but whose direction is unknown. Counted apart, never
+// matched to rules.
+func unclassified(f *snapshot.Flow) bool {
+	return f.Fragment || (f.Direction == snapshot.Unknown && (f.Proto.HasPorts() || f.Proto.IsICMP()))
 }
 
 // flows walks every flow, folded and overflow entry: matches it to rules,
@@ -355,7 +356,7 @@ func (a *auditor) flows(rep *Report) {
 			rep.Infrastructure.Packets += f.Packets()
 			rep.Infrastructure.Bytes += f.Bytes()
 			return
-		case f.Fragment || (f.Direction == snapshot.Unknown && (f.Proto.HasPorts() || f.Proto.IsICMP())):
+		case unclassified(f):
 			rep.Unclassified.Packets += f.Packets()
 			rep.Unclassified.Bytes += f.Bytes()
 			return
