@@ -202,15 +202,10 @@ func ifaceName(ix uint32, names map[uint32]string) string {
 	return fmt.Sprintf("if%d", ix)
 }
 
-// flowOf converts one accumulated entry; ifn names every interface index
-// of the entries. A folded entry gets its prefix, and with sketch its own
-// copy of the sketch and the estimate from it.
-func (c *Collector) flowOf(acc *accumulator, e *flowEntry, ifn map[uint32]string, sketch bool) (f snapshot.Flow) {
-	c.putFlow(&f, acc, e, ifn, sketch)
-	return f
-}
-
-// putFlow is flowOf writing into f, which must be zero.
+// putFlow converts one accumulated entry into f, which must be zero; ifn
+// names every interface index of the entries. A folded entry gets its
+// prefix, and with sketch its own copy of the sketch and the estimate
+// from it.
 func (c *Collector) putFlow(f *snapshot.Flow, acc *accumulator, e *flowEntry, ifn map[uint32]string, sketch bool) {
 	c.fillFlow(f, &e.k, &e.v, ifn)
 	if e.k.fold() != foldNone {

@@ -57,7 +57,9 @@ func TestSortedFlowsMatchSimplePath(t *testing.T) {
 			ifn[ix] = ifaceName(ix, names)
 		}
 		for i := range a.flows.ents {
-			want = append(want, c.flowOf(a, &a.flows.ents[i], ifn, true))
+			var f snapshot.Flow
+			c.putFlow(&f, a, &a.flows.ents[i], ifn, true)
+			want = append(want, f)
 		}
 		snapshot.SortFlows(want)
 		if len(got) != len(want) {
