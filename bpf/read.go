@@ -153,7 +153,7 @@ func (c *Collector) sortedFlows(acc *accumulator, names map[uint32]string) []sna
 	}
 	inHalves(n, func(lo, hi int) {
 		for j := lo; j < hi; j++ {
-			c.putFlow(&out[j], acc, &ents[keys[j].Index()], ifn, true)
+			c.putFlow(&out[j], acc, &ents[keys[j].Index()], ifn)
 		}
 	})
 	return out
@@ -167,7 +167,7 @@ func (c *Collector) convertThenSort(acc *accumulator, ifn map[uint32]string, hoo
 	out := snapshot.MakeFlows(n)[:n]
 	inHalves(n, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			c.putFlow(&out[i], acc, &ents[i], ifn, true)
+			c.putFlow(&out[i], acc, &ents[i], ifn)
 		}
 	})
 	if hook != nil {
@@ -204,16 +204,13 @@ func ifaceName(ix uint32, names map[uint32]string) string {
 
 // putFlow converts one accumulated entry into f, which must be zero; ifn
 // names every interface index of the entries. A folded entry gets its
-// prefix, and with sketch its own copy of the sketch and the estimate
-// from it.
-func (c *Collector) putFlow(f *snapshot.Flow, acc *accumulator, e *flowEntry, ifn map[uint32]string, sketch bool) {
+// prefix, its own copy of the sketch and the estimate from it.
+func (c *Collector) putFlow(f *snapshot.Flow, acc *accumulator, e *flowEntry, ifn map[uint32]string) {
 	c.fillFlow(f, &e.k, &e.v, ifn)
 	if e.k.fold() != foldNone {
-		if sketch {
-			sk := acc.sketches[e.k]
-			f.PeerSketch = &sk
-			f.Peers = sk.Estimate()
-		}
+		sk := acc.sketches[e.k]
+		f.PeerSketch = &sk
+		f.Peers = sk.Estimate()
 	}
 }
 

@@ -58,7 +58,7 @@ func TestSortedFlowsMatchSimplePath(t *testing.T) {
 		}
 		for i := range a.flows.ents {
 			var f snapshot.Flow
-			c.putFlow(&f, a, &a.flows.ents[i], ifn, true)
+			c.putFlow(&f, a, &a.flows.ents[i], ifn)
 			want = append(want, f)
 		}
 		snapshot.SortFlows(want)
