@@ -102,6 +102,34 @@ func (c *Collector) BenchLoadFlows(flows []snapshot.Flow) error {
 	return nil
 }
 
+// BenchCut selects how much of the per-packet path the programs run
+// (bench_cut in flowaudit.c), for measuring what each part costs on the
+// live path, where the work cannot be timed apart.
+type BenchCut uint8
+
+const (
+	// BenchCutNone runs the whole path: the shipped programs.
+	BenchCutNone BenchCut = iota
+	// BenchCutCount counts the packet (the per-CPU packet counter) and
+	// stops: no parsing, no flows.
+	BenchCutCount
+	// BenchCutAccount parses, classifies and builds the flow key, then
+	// stops before the flow-map update.
+	BenchCutAccount
+)
+
+func (b BenchCut) String() string {
+	switch b {
+	case BenchCutNone:
+		return "none"
+	case BenchCutCount:
+		return "count"
+	case BenchCutAccount:
+		return "account"
+	}
+	return fmt.Sprintf("BenchCut(%d)", uint8(b))
+}
+
 // BenchCounted returns the datapath's packet counters (ingress, egress)
 // without reading the flow map, so a benchmark can check a run cheaply
 // even when the map holds a million entries.

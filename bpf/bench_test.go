@@ -107,3 +107,47 @@ func BenchmarkEmptyXDP(b *testing.B) {
 	}
 	b.ReportMetric(float64(per.Nanoseconds()), "ns/pkt-wall")
 }
+
+// TestBenchCut: each cut stops where flowaudit.c says, and BenchCutNone is
+// the whole path. A whole UDP frame and one cut inside its IPv4 header go
+// through XDP: the packet counter sees both in every case; only a run that
+// parses counts the truncated one; only the whole path makes a flow.
+func TestBenchCut(t *testing.T) {
+	testenv.RequireBPF(t)
+	whole := udp4(t, in, 41000, 514)
+	cutShort := whole[:14+10]
+	for _, tc := range []struct {
+		cut              BenchCut
+		flows, truncated uint64
+	}{
+		{BenchCutNone, 1, 1},
+		{BenchCutCount, 0, 0},
+		{BenchCutAccount, 0, 1},
+	} {
+		t.Run(fmt.Sprint(tc.cut), func(t *testing.T) {
+			c, err := Open(Options{BenchCut: tc.cut})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for _, f := range [][]byte{whole, cutShort} {
+				if _, err := c.Run(HookXDP, f); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r, err := c.ReadMaps()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Stats.PacketsIngress != 2 {
+				t.Errorf("packets counted %d, want 2", r.Stats.PacketsIngress)
+			}
+			if uint64(len(r.Flows)) != tc.flows || r.Stats.Truncated != tc.truncated {
+				t.Errorf("flows %d, truncated %d; want %d, %d", len(r.Flows), r.Stats.Truncated, tc.flows, tc.truncated)
+			}
+		})
+	}
+	if _, err := Open(Options{BenchCut: BenchCutAccount + 1}); err == nil {
+		t.Error("Open accepted an unknown bench cut")
+	}
+}

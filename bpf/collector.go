@@ -57,6 +57,10 @@ type Options struct {
 	// host opened, without a lookup or a port guess. Leave it false when
 	// sockets are unknown (replaying a capture).
 	SocketsKnown bool
+	// BenchCut makes the programs skip part of their per-packet work:
+	// for the benchmark's ablation rows only (cmd/flowbench), counts are
+	// then incomplete. Zero: the whole path, as shipped.
+	BenchCut BenchCut
 	// Logger receives attach decisions and warnings (default: no-op).
 	Logger *zap.Logger
 	// OnMove, if set, is called with every entry a move takes out of the
@@ -205,6 +209,9 @@ func Open(opts Options) (*Collector, error) {
 	if opts.FlowMapType == ebpf.UnspecifiedMap {
 		opts.FlowMapType = ebpf.Hash
 	}
+	if opts.BenchCut > BenchCutAccount {
+		return nil, fmt.Errorf("bench cut %d: want %d to %d", opts.BenchCut, BenchCutNone, BenchCutAccount)
+	}
 	switch opts.FlowMapType {
 	case ebpf.Hash, ebpf.PerCPUHash, ebpf.LRUHash, ebpf.LRUCPUHash:
 	default:
@@ -266,6 +273,7 @@ func Open(opts Options) (*Collector, error) {
 		"ephemeral_hi":  opts.EphemeralPorts[1],
 		"percpu_values": boolU8(percpu),
 		"sockets_known": boolU8(opts.SocketsKnown),
+		"bench_cut":     uint8(opts.BenchCut),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)

@@ -160,6 +160,7 @@ const (
 	flowauditProgFlowauditTcIngress = "flowaudit_tc_ingress"
 	flowauditProgFlowauditXdp       = "flowaudit_xdp"
 	flowauditVarActiveGen           = "active_gen"
+	flowauditVarBenchCut            = "bench_cut"
 	flowauditVarClockJiffies        = "clock_jiffies"
 	flowauditVarEphemeralHi         = "ephemeral_hi"
 	flowauditVarEphemeralLo         = "ephemeral_lo"
@@ -245,6 +246,7 @@ type flowauditMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type flowauditVariableSpecs struct {
 	ActiveGen       *ebpf.VariableSpec `ebpf:"active_gen"`
+	BenchCut        *ebpf.VariableSpec `ebpf:"bench_cut"`
 	ClockJiffies    *ebpf.VariableSpec `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.VariableSpec `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.VariableSpec `ebpf:"ephemeral_lo"`
@@ -316,6 +318,7 @@ func (m *flowauditMaps) Close() error {
 // It can be passed to loadFlowauditObjects or ebpf.CollectionSpec.LoadAndAssign.
 type flowauditVariables struct {
 	ActiveGen       *ebpf.Variable `ebpf:"active_gen"`
+	BenchCut        *ebpf.Variable `ebpf:"bench_cut"`
 	ClockJiffies    *ebpf.Variable `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.Variable `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.Variable `ebpf:"ephemeral_lo"`
