@@ -115,6 +115,9 @@ type noopXDP struct {
 	l    *lab
 	prog *ebpf.Program
 	lk   link.Link
+	// second marks the calibration's other no-op program: same
+	// instructions, its own program and name.
+	second bool
 }
 
 func newNoopXDP(l *lab) (*noopXDP, error) {
@@ -128,7 +131,12 @@ func newNoopXDP(l *lab) (*noopXDP, error) {
 	return &noopXDP{l: l, prog: p}, nil
 }
 
-func (n *noopXDP) name() string { return "no-op XDP (XDP_PASS)" }
+func (n *noopXDP) name() string {
+	if n.second {
+		return "no-op XDP, 2nd program"
+	}
+	return "no-op XDP (XDP_PASS)"
+}
 
 func (n *noopXDP) attach() error {
 	return n.l.inRecv(func() error {
@@ -157,8 +165,9 @@ func (n *noopXDP) Close() {
 // flowauditRecv is flowaudit's collector attached to the receiving veth
 // (XDP native ingress, tcx egress), as `flowaudit record` attaches it.
 type flowauditRecv struct {
-	l *lab
-	c *bpf.Collector
+	l   *lab
+	c   *bpf.Collector
+	cut bpf.BenchCut
 }
 
 // newFlowauditRecv opens flowaudit as a live recording runs it (the socket
@@ -166,11 +175,14 @@ type flowauditRecv struct {
 // generator's port 9000 — a syslog / NetFlow sink is what floods an
 // appliance; without, the port has no socket and every frame also looks up
 // the connection table (a flood to a port nothing listens on).
-func newFlowauditRecv(l *lab, bound bool) (*flowauditRecv, error) {
-	f := &flowauditRecv{l: l}
+//
+// cut, other than bpf.BenchCutNone, stops the programs part-way (the
+// ablation rows: what the work up to there costs on this path).
+func newFlowauditRecv(l *lab, bound bool, cut bpf.BenchCut) (*flowauditRecv, error) {
+	f := &flowauditRecv{l: l, cut: cut}
 	err := l.inRecv(func() error {
 		var err error
-		if f.c, err = bpf.Open(bpf.Options{SocketsKnown: true}); err != nil {
+		if f.c, err = bpf.Open(bpf.Options{SocketsKnown: true, BenchCut: cut}); err != nil {
 			return err
 		}
 		if !bound {
@@ -181,7 +193,15 @@ func newFlowauditRecv(l *lab, bound bool) (*flowauditRecv, error) {
 	return f, err
 }
 
-func (f *flowauditRecv) name() string { return "flowaudit (XDP native)" }
+func (f *flowauditRecv) name() string {
+	switch f.cut {
+	case bpf.BenchCutCount:
+		return "flowaudit, count only"
+	case bpf.BenchCutAccount:
+		return "flowaudit, no flow map"
+	}
+	return "flowaudit (XDP native)"
+}
 
 func (f *flowauditRecv) attach() error {
 	_, err := f.c.Attach(f.l.recvIf, bpf.AttachOptions{Ingress: bpf.IngressXDPNative, TC: bpf.TCX})
@@ -252,50 +272,74 @@ func measureRun(g *generator, rc receiver, n uint32) (rateRun, error) {
 
 // lineRate is the outcome of part 2.
 type lineRate struct {
-	noop, fa  []rateRun
+	noop, fa  []rateRun     // one per round: the round's slices summed
 	overhead  time.Duration // fixed cost of one live-mode test run (setup, teardown), subtracted
-	ratio     float64       // median of the per-round flowaudit/no-op pps ratios
+	ratio     float64       // median of the per-round subject/reference pps ratios
 	minRatio  float64       // the smallest per-round ratio (issue 16 judges the minimum)
 	rounds    int
+	slices    int     // interleaved runs of each receiver per round
 	noopPPS   float64 // medians
 	faPPS     float64
-	countedOK bool // flowaudit counted exactly the packets sent, every run
+	countedOK bool // the subject (flowaudit) counted exactly the packets sent, every run
 }
 
-// measureLineRate alternates no-op and flowaudit runs (no-op first in even
-// rounds), n frames each.
-func measureLineRate(l *lab, g *generator, nop *noopXDP, fa *flowauditRecv, n uint32, rounds int, logf func(string, ...any)) (*lineRate, error) {
-	lr := &lineRate{countedOK: true, overhead: g.overhead}
+// measureLineRate measures subject against ref (the no-op program) in
+// rounds. A round is slices runs of each receiver, n/slices frames per
+// run, interleaved ABBA (ref, subject, subject, ref, ...): this 2-vCPU
+// virtual machine's speed drifts by ±10 % over seconds (steal time), and
+// one long run per receiver let the drift land on one side of a round's
+// ratio. Interleaved, both receivers see the same drift; a round's ratio is
+// that of their summed rates. The calibration round (no-op against a
+// second no-op program, part 2's first row) shows what is left of the
+// noise.
+func measureLineRate(g *generator, ref, subject receiver, n uint32, rounds, interleave int, logf func(string, ...any)) (*lineRate, error) {
+	if interleave < 1 {
+		interleave = 1
+	}
+	per := n / uint32(interleave)
+	lr := &lineRate{countedOK: true, overhead: g.overhead, slices: interleave}
 	var ratios, pn, pf []float64
 	for round := 0; round < rounds; round++ {
-		order := []receiver{nop, fa}
-		if round%2 == 1 {
-			order = []receiver{fa, nop}
-		}
-		var rn, rf rateRun
-		for _, rc := range order {
-			r, err := measureRun(g, rc, n)
-			if err != nil {
-				return nil, err
+		rn := rateRun{recv: ref.name(), counted: -1}
+		rs := rateRun{recv: subject.name()}
+		for sl := 0; sl < interleave; sl++ {
+			order := []receiver{ref, subject}
+			if (round*interleave+sl)%2 == 1 {
+				order = []receiver{subject, ref}
 			}
-			logf("  round %d %-24s sent %d delivered %d counted %d  %.3f Mpps", round+1, r.recv, r.sent, r.delivered, r.counted, r.pps()/1e6)
-			if r.delivered != r.sent {
-				return nil, fmt.Errorf("%s: the receiving veth got %d frames, the generator sent %d", r.recv, r.delivered, r.sent)
-			}
-			if rc == receiver(fa) {
-				if r.counted != int64(r.sent) {
-					lr.countedOK = false
-					return nil, fmt.Errorf("%w: sent %d, flowaudit counted %d", errCountMismatch, r.sent, r.counted)
+			for _, rc := range order {
+				r, err := measureRun(g, rc, per)
+				if err != nil {
+					return nil, err
 				}
-				rf = r
-				lr.fa = append(lr.fa, r)
-			} else {
-				rn = r
-				lr.noop = append(lr.noop, r)
+				if r.delivered != r.sent {
+					return nil, fmt.Errorf("%s: the receiving veth got %d frames, the generator sent %d", r.recv, r.delivered, r.sent)
+				}
+				sum := &rn
+				if rc == subject {
+					sum = &rs
+					if r.counted >= 0 && r.counted != int64(r.sent) {
+						lr.countedOK = false
+						return nil, fmt.Errorf("%w: sent %d, flowaudit counted %d", errCountMismatch, r.sent, r.counted)
+					}
+					if r.counted >= 0 {
+						rs.counted += r.counted
+					} else {
+						rs.counted = -1
+					}
+				}
+				sum.sent += r.sent
+				sum.delivered += r.delivered
+				sum.rxDropped += r.rxDropped
+				sum.wall += r.wall
 			}
 		}
-		ratios = append(ratios, rf.pps()/rn.pps())
-		pn, pf = append(pn, rn.pps()), append(pf, rf.pps())
+		for _, r := range []rateRun{rn, rs} {
+			logf("  round %d %-24s sent %d delivered %d counted %d  %.3f Mpps", round+1, r.recv, r.sent, r.delivered, r.counted, r.pps()/1e6)
+		}
+		lr.noop, lr.fa = append(lr.noop, rn), append(lr.fa, rs)
+		ratios = append(ratios, rs.pps()/rn.pps())
+		pn, pf = append(pn, rn.pps()), append(pf, rs.pps())
 	}
 	lr.ratio, lr.noopPPS, lr.faPPS = medianF(ratios), medianF(pn), medianF(pf)
 	lr.minRatio, lr.rounds = slices.Min(ratios), len(ratios)
