@@ -156,6 +156,7 @@ type Collector struct {
 	nl        *netlink.Handle
 
 	flowMaps     [2]*ebpf.Map // flows_0, flows_1
+	cache        *flowCache   // flow_cache, mapped; nil for the benchmark-only map types
 	overflowMaps [2]*ebpf.Map // overflow_0, overflow_1
 
 	mu       sync.Mutex
@@ -257,6 +258,14 @@ func Open(opts Options) (*Collector, error) {
 		m.MaxEntries = opts.OverflowEntries
 	}
 	spec.Maps["conns"].MaxEntries = opts.ConnEntries
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("possible CPUs: %w", err)
+	}
+	spec.Maps["flow_cache"].MaxEntries = uint32(2 * ncpu) // slot 2 * cpu + egress
+	// A cache slot's flow must keep its entry until a move collects it:
+	// not so with LRU eviction, and per-CPU values are another layout.
+	cacheOn := opts.FlowMapType == ebpf.Hash
 	wantDNS := opts.DNSRing >= 0
 	switch {
 	case opts.DNSRing == 0:
@@ -274,16 +283,13 @@ func Open(opts Options) (*Collector, error) {
 		"percpu_values": boolU8(percpu),
 		"sockets_known": boolU8(opts.SocketsKnown),
 		"bench_cut":     uint8(opts.BenchCut),
+		"flow_cache_on": boolU8(cacheOn),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
 
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return nil, fmt.Errorf("possible CPUs: %w", err)
-	}
 	c := &Collector{
 		log:       opts.Logger,
 		flowType:  opts.FlowMapType,
@@ -307,6 +313,12 @@ func Open(opts Options) (*Collector, error) {
 	}
 	c.flowMaps = [2]*ebpf.Map{c.objs.Flows0, c.objs.Flows1}
 	c.overflowMaps = [2]*ebpf.Map{c.objs.Overflow0, c.objs.Overflow1}
+	if cacheOn {
+		if c.cache, err = openFlowCache(c.objs.FlowCache); err != nil {
+			c.objs.Close()
+			return nil, err
+		}
+	}
 
 	// The namespace and the netlink sockets are taken on one locked
 	// thread, so the sockets live in c.ns without a setns: NewHandleAt
@@ -318,6 +330,7 @@ func Open(opts Options) (*Collector, error) {
 	c.ns, err = netns.Get()
 	if err != nil {
 		runtime.UnlockOSThread()
+		c.cache.close() //nolint:errcheck
 		c.objs.Close()
 		return nil, fmt.Errorf("get network namespace: %w", err)
 	}
@@ -325,6 +338,7 @@ func Open(opts Options) (*Collector, error) {
 	runtime.UnlockOSThread()
 	if err != nil {
 		c.ns.Close()
+		c.cache.close() //nolint:errcheck
 		c.objs.Close()
 		return nil, fmt.Errorf("netlink handle: %w", err)
 	}
@@ -443,7 +457,7 @@ func (c *Collector) Close() error {
 		errs = append(errs, c.dns.close())
 	}
 	c.ns.Close()
-	errs = append(errs, c.objs.Close())
+	errs = append(errs, c.cache.close(), c.objs.Close())
 	return errors.Join(errs...)
 }
 
@@ -464,6 +478,9 @@ func (c *Collector) Reset() error {
 		return fmt.Errorf("reset generation: %w", err)
 	}
 	c.gen = 0
+	if c.cache != nil {
+		c.cache.reset()
+	}
 	c.resetBuckets(time.Now())
 	c.moves, c.moved, c.highWater, c.foldLog, c.unreported = 0, 0, 0, nil, nil
 	if err := c.SetLocalPorts(nil); err != nil {

@@ -208,6 +208,39 @@ struct {
 	__type(value, struct overflow_value);
 } overflow_zero SEC(".maps");
 
+/*
+ * flow_cache: the last flow each CPU counted, per direction (slot
+ * 2 * cpu + egress), with the packets counted in the slot since and not yet
+ * added to flows_N. A train of packets of one flow on one CPU (a bulk
+ * transfer, a flood from one source) then costs a compare and three plain
+ * adds per packet instead of a hash lookup and two atomic adds. tag is
+ * active_gen + 1 while the slot belongs to that generation, 0 when free.
+ * A slot's flow always has its entry in flows_N (taken only after the
+ * packet that took it was counted there), so flushing never fails.
+ * Exactness across moves (bpf/cache.go): a program touches only a slot
+ * tagged with its own generation, or a free one; after a move's grace
+ * period userspace adds the pending counts of the slots still tagged with
+ * the old generation to their flows_N entries, then frees the slots.
+ * Mmapable: userspace reads and frees slots without a syscall per slot.
+ * Go: bpfFlowCacheSlot.
+ */
+struct flow_cache_slot {
+	struct flow_key key;
+	__u32 tag;
+	__u32 pad;
+	__u64 packets;
+	__u64 bytes;
+	__u64 last_jiffies;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 2); /* the loader sets 2 * possible CPUs */
+	__type(key, __u32);
+	__type(value, struct flow_cache_slot);
+} flow_cache SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -288,6 +321,9 @@ struct dns_hint {
 volatile const __u16 ephemeral_lo = 32768; /* net.ipv4.ip_local_port_range */
 volatile const __u16 ephemeral_hi = 60999;
 volatile const __u8 percpu_values = 0; /* flows is per-CPU: plain adds suffice */
+/* flow_cache in use: the loader clears it for the benchmark-only map types
+ * (per-CPU values, LRU eviction), for which a slot's entry may vanish. */
+volatile const __u8 flow_cache_on = 1;
 
 /*
  * bench_cut: for make bench only (cmd/flowbench, part 2's ablation rows):
@@ -625,9 +661,8 @@ lost:
 	return 0;
 }
 
-static __always_inline struct flow_value *flow_get(struct flow_key *k, __u64 now)
+static __always_inline struct flow_value *flow_get(struct flow_key *k, __u32 gen, __u64 now, int *in_flows)
 {
-	__u32 gen = active_gen & 1;
 	void *flows = bpf_map_lookup_elem(&flow_gens, &gen);
 	struct flow_value *val;
 	long err;
@@ -635,8 +670,10 @@ static __always_inline struct flow_value *flow_get(struct flow_key *k, __u64 now
 	if (!flows)
 		return 0;
 	val = bpf_map_lookup_elem(flows, k);
-	if (val)
+	if (val) {
+		*in_flows = 1;
 		return val;
+	}
 	/* New flow. The zeroed value is built only here: declared at the top,
 	 * its 88 bytes were zeroed for every packet. */
 	struct flow_value init = {.first_jiffies = now};
@@ -648,16 +685,21 @@ static __always_inline struct flow_value *flow_get(struct flow_key *k, __u64 now
 		stat_inc(STAT_FLOW_INSERT_FAILED);
 		return overflow_get(k, gen, now);
 	}
-	return bpf_map_lookup_elem(flows, k);
+	val = bpf_map_lookup_elem(flows, k);
+	*in_flows = val != 0;
+	return val;
 }
 
-static __always_inline void flow_account(struct flow_key *k, int egress, __u64 len, __u32 segs,
-					 struct evidence *ev, __u64 now)
+/* flow_account: adds one packet (or segs of them) to generation gen.
+ * Returns 1 when the flow's entry is in flows_N (not overflow). */
+static __always_inline int flow_account(struct flow_key *k, int egress, __u64 len, __u64 segs,
+					struct evidence *ev, __u64 now, __u32 gen)
 {
-	struct flow_value *val = flow_get(k, now);
+	int in_flows = 0;
+	struct flow_value *val = flow_get(k, gen, now, &in_flows);
 
 	if (!val)
-		return;
+		return 0;
 	if (segs) {
 		if (egress) {
 			ADD(val->packets_out, segs);
@@ -666,10 +708,11 @@ static __always_inline void flow_account(struct flow_key *k, int egress, __u64 l
 			ADD(val->packets_in, segs);
 			ADD(val->bytes_in, len);
 		}
-		val->last_jiffies = now;
+		if (now > val->last_jiffies) /* a flushed cache slot may be older */
+			val->last_jiffies = now;
 	}
 	if (!ev)
-		return;
+		return in_flows;
 	if (ev->syn_in)
 		ADD(val->syn_in, 1);
 	if (ev->synack_out)
@@ -690,6 +733,7 @@ static __always_inline void flow_account(struct flow_key *k, int egress, __u64 l
 		ADD(val->icmp_closed_in, 1);
 	if (ev->filtered_in)
 		ADD(val->icmp_filtered_in, 1);
+	return in_flows;
 }
 
 static __always_inline int is_echo(struct tuple *t, __u8 *request_type)
@@ -758,7 +802,7 @@ static __always_inline void icmp_error_evidence(struct hdr_cursor *nh, void *dat
 	k.port = v.port;
 	k.proto = inner.proto;
 	k.dir_flags = v.dir | v.flags;
-	flow_account(&k, egress, 0, 0, &ev, now);
+	flow_account(&k, egress, 0, 0, &ev, now, active_gen & 1);
 }
 
 static __always_inline void count_ethertype(__be16 proto, __u64 len)
@@ -851,6 +895,95 @@ static __always_inline void dns_commit(struct dns_event *e, long err)
 	stat_inc(STAT_DNS_SENT);
 }
 
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
+
+static __always_inline int key_equal(const struct flow_key *a, const struct flow_key *b)
+{
+	const __u64 *x = (const void *)a, *y = (const void *)b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2])) == 0;
+}
+
+/*
+ * cache_flush: a slot's pending counts into its flows_N entry. A global
+ * function: the verifier checks it once on its own, not once for every
+ * state in which handle() reaches a cache miss.
+ */
+__noinline int cache_flush(struct flow_cache_slot *slot, int egress, __u32 gen)
+{
+	struct flow_value *val;
+	__u32 g = gen & 1;
+	__u64 *lost;
+	void *flows;
+
+	if (!slot)
+		return 0;
+	flows = bpf_map_lookup_elem(&flow_gens, &g);
+	/* The key straight from the slot: no stack copy, the call chain stays
+	 * within the 512-byte stack. */
+	val = flows ? bpf_map_lookup_elem(flows, &slot->key) : 0;
+	if (val) {
+		if (egress) {
+			ADD(val->packets_out, slot->packets);
+			ADD(val->bytes_out, slot->bytes);
+		} else {
+			ADD(val->packets_in, slot->packets);
+			ADD(val->bytes_in, slot->bytes);
+		}
+		if (slot->last_jiffies > val->last_jiffies)
+			val->last_jiffies = slot->last_jiffies;
+	} else {
+		/* Cannot happen (the entry exists until this generation is
+		 * drained, after the slot was collected); if it did, the
+		 * packets show as not counted at all. */
+		__u32 idx = STAT_OVERFLOW_INSERT_FAILED;
+
+		lost = bpf_map_lookup_elem(&stats, &idx);
+		if (lost)
+			*lost += slot->packets;
+	}
+	slot->packets = 0;
+	slot->bytes = 0;
+	return 0;
+}
+
+/*
+ * count: one packet (segs wire packets, len bytes) of flow k, through the
+ * CPU's flow_cache slot when it carries no evidence. Hit: three plain adds
+ * (the slot is this CPU's alone while tagged with this generation). Miss:
+ * the slot's pending counts go to flows_N, the packet is counted there the
+ * usual way, and it takes the slot over when its entry is in flows_N.
+ */
+static __always_inline void count(struct flow_key *k, int egress, __u64 len, __u32 segs,
+				  struct evidence *ev, __u64 now)
+{
+	__u32 gen = active_gen & 1, tag = gen + 1, i, st = ~0U;
+	struct flow_cache_slot *slot = 0;
+
+	if (flow_cache_on && !ev) {
+		i = bpf_get_smp_processor_id() * 2 + (egress ? 1 : 0);
+		slot = bpf_map_lookup_elem(&flow_cache, &i);
+	}
+	if (slot) {
+		st = READ_ONCE(slot->tag);
+		if (st == tag && key_equal(&slot->key, k)) {
+			slot->packets += segs;
+			slot->bytes += len;
+			slot->last_jiffies = now;
+			return;
+		}
+		if (st == tag && slot->packets)
+			cache_flush(slot, egress, gen);
+	}
+	if (flow_account(k, egress, len, segs, ev, now, gen) && slot && (st == tag || st == 0)) {
+		slot->key = *k;
+		slot->packets = 0;
+		slot->bytes = 0;
+		WRITE_ONCE(slot->tag, tag);
+	}
+}
+
 /*
  * handle: the whole per-packet path, shared by XDP and TC. data/data_end
  * bound the linear packet; len is the full frame length; segs the number
@@ -861,7 +994,7 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 {
 	struct hdr_cursor nh = {.pos = data};
 	struct tuple t;
-	struct flow_key k = {};
+	struct flow_key k __attribute__((aligned(8))) = {}; /* compared as three words */
 	struct evidence ev, *evp = 0;
 	struct verdict v = {};
 	__be16 outer, ethertype;
@@ -964,7 +1097,7 @@ static __always_inline void handle(void *data, void *data_end, int egress, __u32
 		asm volatile("" : : "r"(&k), "r"(evp) : "memory");
 		return;
 	}
-	flow_account(&k, egress, len, segs, evp, now);
+	count(&k, egress, len, segs, evp, now);
 }
 
 /* clock_jiffies: written by flowaudit_clock, read by userspace to map the

@@ -63,6 +63,16 @@ type flowauditEthertypeValue struct {
 	Bytes   uint64
 }
 
+type flowauditFlowCacheSlot struct {
+	_           structs.HostLayout
+	Key         flowauditFlowKey
+	Tag         uint32
+	Pad         uint32
+	Packets     uint64
+	Bytes       uint64
+	LastJiffies uint64
+}
+
 type flowauditFlowKey struct {
 	_        structs.HostLayout
 	Peer     [16]uint8
@@ -143,6 +153,7 @@ const (
 	flowauditMapConns               = "conns"
 	flowauditMapDnsRing             = "dns_ring"
 	flowauditMapEthertypes          = "ethertypes"
+	flowauditMapFlowCache           = "flow_cache"
 	flowauditMapFlowGens            = "flow_gens"
 	flowauditMapFlows0              = "flows_0"
 	flowauditMapFlows1              = "flows_1"
@@ -164,6 +175,7 @@ const (
 	flowauditVarClockJiffies        = "clock_jiffies"
 	flowauditVarEphemeralHi         = "ephemeral_hi"
 	flowauditVarEphemeralLo         = "ephemeral_lo"
+	flowauditVarFlowCacheOn         = "flow_cache_on"
 	flowauditVarHintsLoaded         = "hints_loaded"
 	flowauditVarPercpuValues        = "percpu_values"
 	flowauditVarSocketsKnown        = "sockets_known"
@@ -228,6 +240,7 @@ type flowauditMapSpecs struct {
 	Conns        *ebpf.MapSpec `ebpf:"conns"`
 	DnsRing      *ebpf.MapSpec `ebpf:"dns_ring"`
 	Ethertypes   *ebpf.MapSpec `ebpf:"ethertypes"`
+	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
 	FlowGens     *ebpf.MapSpec `ebpf:"flow_gens"`
 	Flows0       *ebpf.MapSpec `ebpf:"flows_0"`
 	Flows1       *ebpf.MapSpec `ebpf:"flows_1"`
@@ -250,6 +263,7 @@ type flowauditVariableSpecs struct {
 	ClockJiffies    *ebpf.VariableSpec `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.VariableSpec `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.VariableSpec `ebpf:"ephemeral_lo"`
+	FlowCacheOn     *ebpf.VariableSpec `ebpf:"flow_cache_on"`
 	HintsLoaded     *ebpf.VariableSpec `ebpf:"hints_loaded"`
 	PercpuValues    *ebpf.VariableSpec `ebpf:"percpu_values"`
 	SocketsKnown    *ebpf.VariableSpec `ebpf:"sockets_known"`
@@ -281,6 +295,7 @@ type flowauditMaps struct {
 	Conns        *ebpf.Map `ebpf:"conns"`
 	DnsRing      *ebpf.Map `ebpf:"dns_ring"`
 	Ethertypes   *ebpf.Map `ebpf:"ethertypes"`
+	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
 	FlowGens     *ebpf.Map `ebpf:"flow_gens"`
 	Flows0       *ebpf.Map `ebpf:"flows_0"`
 	Flows1       *ebpf.Map `ebpf:"flows_1"`
@@ -299,6 +314,7 @@ func (m *flowauditMaps) Close() error {
 		m.Conns,
 		m.DnsRing,
 		m.Ethertypes,
+		m.FlowCache,
 		m.FlowGens,
 		m.Flows0,
 		m.Flows1,
@@ -322,6 +338,7 @@ type flowauditVariables struct {
 	ClockJiffies    *ebpf.Variable `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.Variable `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.Variable `ebpf:"ephemeral_lo"`
+	FlowCacheOn     *ebpf.Variable `ebpf:"flow_cache_on"`
 	HintsLoaded     *ebpf.Variable `ebpf:"hints_loaded"`
 	PercpuValues    *ebpf.Variable `ebpf:"percpu_values"`
 	SocketsKnown    *ebpf.Variable `ebpf:"sockets_known"`

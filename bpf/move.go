@@ -66,6 +66,11 @@ func (c *Collector) move() (MoveResult, error) {
 	}
 	var res MoveResult
 	var err error
+	if c.cache != nil {
+		if _, err := c.cache.collect(old, c.flowMaps[old]); err != nil {
+			return res, err
+		}
+	}
 	c.reserve()
 	if res.Flows, err = c.drainFlows(c.flowMaps[old]); err != nil {
 		return res, err
