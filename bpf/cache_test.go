@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 
@@ -164,5 +165,40 @@ func TestFlowCacheLostIsAnError(t *testing.T) {
 	s.Tag = c.gen + 1
 	if _, err := c.Move(); !errors.Is(err, errCacheLost) {
 		t.Fatalf("move: %v, want %v", err, errCacheLost)
+	}
+}
+
+// TestFlowCacheOff: with NoFlowCache (and for the benchmark-only map
+// types) no slot is ever taken, and the counts are the same.
+func TestFlowCacheOff(t *testing.T) {
+	testenv.RequireBPF(t)
+	for _, opts := range []Options{{NoFlowCache: true}, {FlowMapType: ebpf.LRUHash}} {
+		c, err := Open(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := udpFrom(t, netip.MustParseAddr("198.51.100.1"), in)
+		for i := 0; i < 5; i++ {
+			if _, err := c.Run(HookXDP, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if c.cache != nil {
+			t.Errorf("%+v: the cache is mapped", opts)
+		}
+		var s flowauditFlowCacheSlot
+		for i := uint32(0); i < c.objs.FlowCache.MaxEntries(); i++ {
+			if err := c.objs.FlowCache.Lookup(i, &s); err != nil || s.Tag != 0 || s.Packets != 0 {
+				t.Errorf("%+v: slot %d %+v (%v)", opts, i, s, err)
+			}
+		}
+		r, err := c.ReadMaps()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Flows) != 1 || r.Flows[0].PacketsIn != 5 {
+			t.Errorf("%+v: flows %+v, want one with 5 packets", opts, r.Flows)
+		}
+		c.Close()
 	}
 }

@@ -57,6 +57,10 @@ type Options struct {
 	// host opened, without a lookup or a port guess. Leave it false when
 	// sockets are unknown (replaying a capture).
 	SocketsKnown bool
+	// NoFlowCache turns the per-CPU last-flow cache off (bpf/cache.go):
+	// every packet then looks its flow up in flows_N. For comparisons
+	// (make bench); the counts are the same either way.
+	NoFlowCache bool
 	// BenchCut makes the programs skip part of their per-packet work:
 	// for the benchmark's ablation rows only (cmd/flowbench), counts are
 	// then incomplete. Zero: the whole path, as shipped.
@@ -265,7 +269,7 @@ func Open(opts Options) (*Collector, error) {
 	spec.Maps["flow_cache"].MaxEntries = uint32(2 * ncpu) // slot 2 * cpu + egress
 	// A cache slot's flow must keep its entry until a move collects it:
 	// not so with LRU eviction, and per-CPU values are another layout.
-	cacheOn := opts.FlowMapType == ebpf.Hash
+	cacheOn := opts.FlowMapType == ebpf.Hash && !opts.NoFlowCache
 	wantDNS := opts.DNSRing >= 0
 	switch {
 	case opts.DNSRing == 0:

@@ -165,9 +165,10 @@ func (n *noopXDP) Close() {
 // flowauditRecv is flowaudit's collector attached to the receiving veth
 // (XDP native ingress, tcx egress), as `flowaudit record` attaches it.
 type flowauditRecv struct {
-	l   *lab
-	c   *bpf.Collector
-	cut bpf.BenchCut
+	l       *lab
+	c       *bpf.Collector
+	cut     bpf.BenchCut
+	noCache bool
 }
 
 // newFlowauditRecv opens flowaudit as a live recording runs it (the socket
@@ -178,11 +179,13 @@ type flowauditRecv struct {
 //
 // cut, other than bpf.BenchCutNone, stops the programs part-way (the
 // ablation rows: what the work up to there costs on this path).
-func newFlowauditRecv(l *lab, bound bool, cut bpf.BenchCut) (*flowauditRecv, error) {
-	f := &flowauditRecv{l: l, cut: cut}
+//
+// noCache turns the per-CPU last-flow cache off (the comparison rows).
+func newFlowauditRecv(l *lab, bound bool, cut bpf.BenchCut, noCache bool) (*flowauditRecv, error) {
+	f := &flowauditRecv{l: l, cut: cut, noCache: noCache}
 	err := l.inRecv(func() error {
 		var err error
-		if f.c, err = bpf.Open(bpf.Options{SocketsKnown: true, BenchCut: cut}); err != nil {
+		if f.c, err = bpf.Open(bpf.Options{SocketsKnown: true, BenchCut: cut, NoFlowCache: noCache}); err != nil {
 			return err
 		}
 		if !bound {
@@ -199,6 +202,9 @@ func (f *flowauditRecv) name() string {
 		return "flowaudit, count only"
 	case bpf.BenchCutAccount:
 		return "flowaudit, no flow map"
+	}
+	if f.noCache {
+		return "flowaudit, no flow cache"
 	}
 	return "flowaudit (XDP native)"
 }
@@ -231,7 +237,7 @@ func (r rateRun) pps() float64 { return float64(r.delivered) / r.wall.Seconds() 
 
 // measureRun attaches rc, sends n frames, waits for the receive queue to
 // drain and detaches.
-func measureRun(g *generator, rc receiver, n uint32) (rateRun, error) {
+func measureRun(g *generator, send sendFunc, rc receiver, n uint32) (rateRun, error) {
 	run := rateRun{recv: rc.name(), sent: uint64(n)}
 	if err := rc.attach(); err != nil {
 		return run, fmt.Errorf("attach %s: %w", rc.name(), err)
@@ -246,8 +252,7 @@ func measureRun(g *generator, rc receiver, n uint32) (rateRun, error) {
 	if err != nil {
 		return run, err
 	}
-	// Bound: 20 s whatever n is (1 Mpps would already be a slow box).
-	wall, err := g.send(n, 20*time.Second+time.Duration(n)*time.Microsecond)
+	wall, err := send(n)
 	if err != nil {
 		return run, err
 	}
@@ -292,7 +297,28 @@ type lineRate struct {
 // that of their summed rates. The calibration round (no-op against a
 // second no-op program, part 2's first row) shows what is left of the
 // noise.
-func measureLineRate(g *generator, ref, subject receiver, n uint32, rounds, interleave int, logf func(string, ...any)) (*lineRate, error) {
+// sendFunc sends n frames into the receiving veth as fast as it can and
+// returns the wall time.
+type sendFunc func(n uint32) (time.Duration, error)
+
+// plainSend is the generator's: n copies of one frame.
+func plainSend(g *generator) sendFunc {
+	return func(n uint32) (time.Duration, error) {
+		// Bound: 20 s whatever n is (1 Mpps would already be a slow box).
+		return g.send(n, 20*time.Second+time.Duration(n)*time.Microsecond)
+	}
+}
+
+// spraySend is the sprayer's: frame i from peer i mod (mask+1), at the
+// sprayer's full speed.
+func spraySend(g *generator, sp *sprayer, mask uint64) sendFunc {
+	return func(n uint32) (time.Duration, error) {
+		_, wall, err := sp.send(g, uint64(n), 0, mask)
+		return wall, err
+	}
+}
+
+func measureLineRate(g *generator, send sendFunc, ref, subject receiver, n uint32, rounds, interleave int, logf func(string, ...any)) (*lineRate, error) {
 	if interleave < 1 {
 		interleave = 1
 	}
@@ -308,7 +334,7 @@ func measureLineRate(g *generator, ref, subject receiver, n uint32, rounds, inte
 				order = []receiver{subject, ref}
 			}
 			for _, rc := range order {
-				r, err := measureRun(g, rc, per)
+				r, err := measureRun(g, send, rc, per)
 				if err != nil {
 					return nil, err
 				}

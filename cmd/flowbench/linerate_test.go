@@ -30,11 +30,11 @@ func TestLineRateRounds(t *testing.T) {
 	defer nop.Close()
 	const n, rounds, interleave = 20000, 2, 4
 	for _, cut := range []bpf.BenchCut{bpf.BenchCutNone, bpf.BenchCutAccount} {
-		fa, err := newFlowauditRecv(l, true, cut)
+		fa, err := newFlowauditRecv(l, true, cut, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		lr, err := measureLineRate(g, nop, fa, n, rounds, interleave, t.Logf)
+		lr, err := measureLineRate(g, plainSend(g), nop, fa, n, rounds, interleave, t.Logf)
 		fa.Close()
 		if err != nil {
 			t.Fatalf("%v: %v", cut, err)

@@ -179,27 +179,38 @@ func run(cfg *config) error {
 				return err
 			}
 			nop2.second = true
-			cal, err := measureLineRate(g, nop, nop2, uint32(cfg.linePkts), cfg.lineRounds, cfg.lineInterleave, logf)
+			cal, err := measureLineRate(g, plainSend(g), nop, nop2, uint32(cfg.linePkts), cfg.lineRounds, cfg.lineInterleave, logf)
 			nop2.Close()
 			if err != nil {
 				return fmt.Errorf("part 2 calibration: %w", err)
 			}
 			rep.lineCal = cal
+			sp, err := newSprayer()
+			if err != nil {
+				return err
+			}
+			defer sp.Close()
 			for _, m := range []struct {
-				bound bool
-				cut   bpf.BenchCut
-				dst   **lineRate
+				bound   bool
+				cut     bpf.BenchCut
+				noCache bool
+				send    sendFunc
+				dst     **lineRate
 			}{
-				{true, bpf.BenchCutNone, &rep.line},
-				{false, bpf.BenchCutNone, &rep.lineNoSock},
-				{true, bpf.BenchCutAccount, &rep.lineNoMap},
-				{true, bpf.BenchCutCount, &rep.lineCount},
+				{true, bpf.BenchCutNone, false, plainSend(g), &rep.line},
+				{false, bpf.BenchCutNone, false, plainSend(g), &rep.lineNoSock},
+				{true, bpf.BenchCutAccount, false, plainSend(g), &rep.lineNoMap},
+				{true, bpf.BenchCutCount, false, plainSend(g), &rep.lineCount},
+				{true, bpf.BenchCutNone, true, plainSend(g), &rep.lineNoCache},
+				// Two peers in turn: every frame misses the cache.
+				{true, bpf.BenchCutNone, false, spraySend(g, sp, 1), &rep.lineAlt},
+				{true, bpf.BenchCutNone, true, spraySend(g, sp, 1), &rep.lineAltNoCache},
 			} {
-				fa, err := newFlowauditRecv(l, m.bound, m.cut)
+				fa, err := newFlowauditRecv(l, m.bound, m.cut, m.noCache)
 				if err != nil {
 					return err
 				}
-				lr, err := measureLineRate(g, nop, fa, uint32(cfg.linePkts), cfg.lineRounds, cfg.lineInterleave, logf)
+				lr, err := measureLineRate(g, m.send, nop, fa, uint32(cfg.linePkts), cfg.lineRounds, cfg.lineInterleave, logf)
 				fa.Close()
 				if err != nil {
 					return fmt.Errorf("part 2: %w", err)
@@ -301,7 +312,7 @@ func measurePeers(l *lab, g *generator, nop *noopXDP, cfg *config, tmp string) (
 		// The same tool at the generator's maximum rate, right after a run
 		// into the no-op program alone: how much its kernel-side work slows
 		// the receive path (the CPU seconds above do not show that part).
-		base, err := measureRun(g, nop, uint32(cfg.peerPkts))
+		base, err := measureRun(g, plainSend(g), nop, uint32(cfg.peerPkts))
 		if err != nil {
 			return nil, fmt.Errorf("%s: no-op baseline: %w", name, err)
 		}

@@ -48,11 +48,15 @@ type report struct {
 	lineCal      *lineRate // calibration: the no-op program against a second no-op program
 	lineNoMap    *lineRate // ablation: bound port, the programs stop before the flow-map update
 	lineCount    *lineRate // ablation: bound port, the programs only count the packet
-	peers        []peerResult
-	scale        []scaleResult
-	deploy       *deployResult
-	replay       *replayResult
-	live         *liveResult
+	lineNoCache  *lineRate // bound port, the per-CPU flow cache off
+	// Two peers in turn (the sprayer, mask 1): a flow-cache miss on every
+	// frame; with and without the cache.
+	lineAlt, lineAltNoCache *lineRate
+	peers                   []peerResult
+	scale                   []scaleResult
+	deploy                  *deployResult
+	replay                  *replayResult
+	live                    *liveResult
 }
 
 func (r *report) machine() {
@@ -163,6 +167,9 @@ func (r *report) rows() [][]string {
 		}{
 			{r.lineNoMap, "ablation, bound port: flowaudit stopped before the flow-map update (parse, classify, key)"},
 			{r.lineCount, "ablation, bound port: flowaudit stopped after its packet counter"},
+			{r.lineNoCache, "bound port, flowaudit with its flow cache off (a hash lookup and atomic adds per frame)"},
+			{r.lineAlt, "bound port, frames from two peers in turn (a flow-cache miss every frame; sprayer)"},
+			{r.lineAltNoCache, "the same two peers in turn, flow cache off"},
 		} {
 			if a.l != nil {
 				rows = append(rows, []string{"2 veth line rate", a.what,
