@@ -553,11 +553,18 @@ func (r *report) breakdown() string {
 			1e9/l.noopPPS, 1e9/l.faPPS, 1e9/l.faPPS-1e9/l.noopPPS, (1e9/l.noopPPS)/targetLineRate-1e9/l.noopPPS,
 			(1e9/l.noopPPS)/targetLineRate16-1e9/l.noopPPS)
 		if c, a := r.lineCount, r.lineNoMap; c != nil && a != nil {
-			// Each ablation's cost is taken against its own rounds' no-op rate.
-			add := func(x *lineRate) float64 { return 1e9/x.faPPS - 1e9/x.noopPPS }
-			fmt.Fprintf(&b, "- of that, on this path (ablation rows, medians): program entry and packet counter +%.0f ns; parsing,\n"+
-				"  classifying and building the key +%.0f ns more; the flow-map update (hash lookup, atomic adds) the remaining +%.0f ns.\n",
-				add(c), add(a)-add(c), add(l)-add(a))
+			// From each row's median ratio at this row's no-op time: the
+			// rows ran minutes apart and the box's speed drifts, so their
+			// absolute rates do not subtract.
+			noop := 1e9 / l.noopPPS
+			add := func(x *lineRate) float64 { return noop * (1/x.ratio - 1) }
+			fmt.Fprintf(&b, "- of that, on this path (each row's median ratio at this row's no-op time): program entry and packet\n"+
+				"  counter +%.0f ns; parsing, classifying and building the key +%.0f ns more; counting the flow (a flow-cache\n"+
+				"  hit on every frame here) +%.0f ns.", add(c), add(a)-add(c), add(l)-add(a))
+			if nc := r.lineNoCache; nc != nil {
+				fmt.Fprintf(&b, " With the cache off, counting costs +%.0f ns (hash lookup, atomic adds).", add(nc)-add(a))
+			}
+			b.WriteString("\n")
 		}
 	}
 	if rp := r.replay; rp != nil && rp.calls > 0 {
