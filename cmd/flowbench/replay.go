@@ -176,7 +176,9 @@ func measureReplay(tmp string, n, conv int, logf func(string, ...any)) (*replayR
 		return nil, fmt.Errorf("write capture: %w", err)
 	}
 	defer os.Remove(path)
+	stop := profileStep("replay")
 	r, err := replayOnce(path, n, replay.Options{})
+	stop()
 	if err != nil {
 		return nil, err
 	}

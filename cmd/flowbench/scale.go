@@ -161,7 +161,7 @@ func childAudit(path string) (*scaleAudit, error) {
 	return res, nil
 }
 
-// profileStep writes a CPU profile of a child's step to
+// profileStep writes a CPU profile of a step (a scale child's, or part 5's batch replay) to
 // $FLOWBENCH_PROFILE/<step>.pprof when that variable names a directory
 // (go tool pprof bin/flowbench DIR/read.pprof); the returned func stops it.
 func profileStep(step string) func() {
