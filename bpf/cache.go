@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -24,6 +25,28 @@ import (
 //     exist: a program takes a slot only for a flow whose entry it has just
 //     counted in flows_N) before the old generation is drained, then frees
 //     the slots, after which the programs may take them again.
+
+// loadsInOrder: this CPU never lets a load pass an earlier one (x86's
+// TSO), which the header fast path's ports_epoch relies on (flowaudit.c,
+// fast_stamp): a stamp taken under an epoch must have read local_ports
+// after reading the epoch. Elsewhere the loader turns the fast path off.
+const loadsInOrder = runtime.GOARCH == "amd64" || runtime.GOARCH == "386"
+
+// fastHits returns the packets the header fast path has counted since the
+// collector opened or was last Reset, incoming (even slots) and outgoing
+// (odd slots). The programs count them there instead of in
+// STAT_PACKETS_*: readStats adds them.
+func (f *flowCache) fastHits() (in, out uint64) {
+	for i := 0; i < f.slots; i++ {
+		n := atomic.LoadUint64(&f.slot(i).FastHits)
+		if i%2 == 1 {
+			out += n
+		} else {
+			in += n
+		}
+	}
+	return in, out
+}
 
 // errCacheLost is a slot whose flow has no entry in the generation it is
 // tagged with: the invariant above broken. The move stops rather than
@@ -99,6 +122,7 @@ func (f *flowCache) reset() {
 	for i := 0; i < f.slots; i++ {
 		s := f.slot(i)
 		s.Packets, s.Bytes, s.LastJiffies = 0, 0, 0
+		s.FastEpoch, s.FastHits = 0, 0
 		atomic.StoreUint32(&s.Tag, 0)
 	}
 }
@@ -110,4 +134,16 @@ func (f *flowCache) close() error {
 	err := unix.Munmap(f.mem)
 	f.mem = nil
 	return err
+}
+
+// FastPathHits returns how many packets the header fast path (flowaudit.c,
+// fast_take) has counted since Open or the last Reset: they were counted
+// in their flow's cache slot without being parsed. 0 with the flow cache
+// or the fast path off.
+func (c *Collector) FastPathHits() uint64 {
+	if c.cache == nil {
+		return 0
+	}
+	in, out := c.cache.fastHits()
+	return in + out
 }

@@ -61,6 +61,11 @@ type Options struct {
 	// every packet then looks its flow up in flows_N. For comparisons
 	// (make bench); the counts are the same either way.
 	NoFlowCache bool
+	// NoFastPath turns the header fast path off (flowaudit.c, fast_take):
+	// every frame is then parsed and classified. For comparisons (make
+	// bench); the counts are the same either way. The fast path needs the
+	// flow cache and x86's load order: without either it is off anyway.
+	NoFastPath bool
 	// BenchCut makes the programs skip part of their per-packet work:
 	// for the benchmark's ablation rows only (cmd/flowbench), counts are
 	// then incomplete. Zero: the whole path, as shipped.
@@ -171,6 +176,7 @@ type Collector struct {
 	// Guarded by moveMu: the generation the programs count into and the
 	// counts moved out of the kernel (move.go).
 	moveMu    sync.Mutex
+	portsMu   sync.Mutex // SetLocalPorts: the map update and its epoch bump
 	gen       uint32
 	budget    int           // Options.FlowBudget
 	window    time.Duration // Options.Window
@@ -270,6 +276,7 @@ func Open(opts Options) (*Collector, error) {
 	// A cache slot's flow must keep its entry until a move collects it:
 	// not so with LRU eviction, and per-CPU values are another layout.
 	cacheOn := opts.FlowMapType == ebpf.Hash && !opts.NoFlowCache
+	fastOn := cacheOn && !opts.NoFastPath && opts.BenchCut == BenchCutNone && loadsInOrder
 	wantDNS := opts.DNSRing >= 0
 	switch {
 	case opts.DNSRing == 0:
@@ -288,6 +295,7 @@ func Open(opts Options) (*Collector, error) {
 		"sockets_known": boolU8(opts.SocketsKnown),
 		"bench_cut":     uint8(opts.BenchCut),
 		"flow_cache_on": boolU8(cacheOn),
+		"fast_path_on":  boolU8(fastOn),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)

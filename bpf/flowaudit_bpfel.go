@@ -67,10 +67,14 @@ type flowauditFlowCacheSlot struct {
 	_           structs.HostLayout
 	Key         flowauditFlowKey
 	Tag         uint32
-	Pad         uint32
+	FastPorts   uint32
 	Packets     uint64
 	Bytes       uint64
 	LastJiffies uint64
+	FastAddrs   uint64
+	FastEpoch   uint64
+	FastHits    uint64
+	Pad         [48]uint8
 }
 
 type flowauditFlowKey struct {
@@ -175,9 +179,12 @@ const (
 	flowauditVarClockJiffies        = "clock_jiffies"
 	flowauditVarEphemeralHi         = "ephemeral_hi"
 	flowauditVarEphemeralLo         = "ephemeral_lo"
+	flowauditVarFastPathOn          = "fast_path_on"
 	flowauditVarFlowCacheOn         = "flow_cache_on"
 	flowauditVarHintsLoaded         = "hints_loaded"
 	flowauditVarPercpuValues        = "percpu_values"
+	flowauditVarPortsEpochKern      = "ports_epoch_kern"
+	flowauditVarPortsEpochUser      = "ports_epoch_user"
 	flowauditVarSocketsKnown        = "sockets_known"
 	flowauditVarUnusedDirection     = "unused_direction"
 	flowauditVarUnusedDnsEvent      = "unused_dns_event"
@@ -263,9 +270,12 @@ type flowauditVariableSpecs struct {
 	ClockJiffies    *ebpf.VariableSpec `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.VariableSpec `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.VariableSpec `ebpf:"ephemeral_lo"`
+	FastPathOn      *ebpf.VariableSpec `ebpf:"fast_path_on"`
 	FlowCacheOn     *ebpf.VariableSpec `ebpf:"flow_cache_on"`
 	HintsLoaded     *ebpf.VariableSpec `ebpf:"hints_loaded"`
 	PercpuValues    *ebpf.VariableSpec `ebpf:"percpu_values"`
+	PortsEpochKern  *ebpf.VariableSpec `ebpf:"ports_epoch_kern"`
+	PortsEpochUser  *ebpf.VariableSpec `ebpf:"ports_epoch_user"`
 	SocketsKnown    *ebpf.VariableSpec `ebpf:"sockets_known"`
 	UnusedDirection *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedDnsEvent  *ebpf.VariableSpec `ebpf:"unused_dns_event"`
@@ -338,9 +348,12 @@ type flowauditVariables struct {
 	ClockJiffies    *ebpf.Variable `ebpf:"clock_jiffies"`
 	EphemeralHi     *ebpf.Variable `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.Variable `ebpf:"ephemeral_lo"`
+	FastPathOn      *ebpf.Variable `ebpf:"fast_path_on"`
 	FlowCacheOn     *ebpf.Variable `ebpf:"flow_cache_on"`
 	HintsLoaded     *ebpf.Variable `ebpf:"hints_loaded"`
 	PercpuValues    *ebpf.Variable `ebpf:"percpu_values"`
+	PortsEpochKern  *ebpf.Variable `ebpf:"ports_epoch_kern"`
+	PortsEpochUser  *ebpf.Variable `ebpf:"ports_epoch_user"`
 	SocketsKnown    *ebpf.Variable `ebpf:"sockets_known"`
 	UnusedDirection *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedDnsEvent  *ebpf.Variable `ebpf:"unused_dns_event"`

@@ -336,6 +336,11 @@ func (c *Collector) readStats() (statsRead, error) {
 		}
 		*f.dst = v
 	}
+	if c.cache != nil {
+		in, out := c.cache.fastHits()
+		st.PacketsIngress += in
+		st.PacketsEgress += out
+	}
 	ethFailed, err := get(flowauditStatSTAT_ETHERTYPE_INSERT_FAILED)
 	if err != nil {
 		return st, err

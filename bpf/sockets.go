@@ -114,8 +114,19 @@ func (c *Collector) SetLocalPorts(socks []snapshot.Socket) error {
 		}
 		words[s.Port>>6] |= 1 << (s.Port & 63)
 	}
+	c.portsMu.Lock()
+	defer c.portsMu.Unlock()
 	if err := c.objs.LocalPorts.Update(uint32(0), &set, 0); err != nil {
 		return fmt.Errorf("update local ports: %w", err)
+	}
+	// After the update: a fast-path stamp taken before it is now stale
+	// (ports_epoch_user in flowaudit.c). Only this function writes it.
+	var epoch uint64
+	if err := c.objs.PortsEpochUser.Get(&epoch); err != nil {
+		return fmt.Errorf("read ports epoch: %w", err)
+	}
+	if err := c.objs.PortsEpochUser.Set(epoch + 1); err != nil {
+		return fmt.Errorf("bump ports epoch: %w", err)
 	}
 	return nil
 }
