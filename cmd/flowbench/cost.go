@@ -166,27 +166,24 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 			entries = uint32(keys + keys/20) // nearly full: 95 %
 		}
 		// One collector as a live recording runs it (the socket set is
-		// complete), one as replay runs it (no socket set).
-		var live, rep *bpf.Collector
+		// complete), one as replay runs it (no socket set), and live ones
+		// with the fast path or the flow cache off (costCollector).
+		var colls [numCollectors]*bpf.Collector
 		closeBoth := func() {
-			for _, c := range []*bpf.Collector{live, rep} {
+			for _, c := range colls {
 				if c != nil {
 					c.Close()
 				}
 			}
 		}
 		t0 := time.Now()
-		for _, sk := range []bool{true, false} {
-			c, err := bpf.Open(bpf.Options{FlowEntries: entries, EphemeralPorts: [2]uint16{32768, 60999}, SocketsKnown: sk})
+		for cc := range colls {
+			c, err := bpf.Open(costCollector(cc).options(entries))
 			if err != nil {
 				closeBoth()
 				return nil, nil, fmt.Errorf("open collector (%d entries): %w", entries, err)
 			}
-			if sk {
-				live = c
-			} else {
-				rep = c
-			}
+			colls[cc] = c
 			if keys > 1 {
 				if err := fillFlows(c, keys-1); err != nil {
 					closeBoth()
@@ -203,10 +200,7 @@ func measureCost(cfg costConfig, logf func(string, ...any)) ([]costCell, map[ebp
 		for round := 0; round < cfg.rounds; round++ {
 			for ci, pc := range cases {
 				for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCEgress} {
-					c := live
-					if pc.replay {
-						c = rep
-					}
+					c := colls[pc.coll]
 					frame, empty := pc.in, emptyXDP
 					if h == bpf.HookTCEgress {
 						frame, empty = pc.out, emptyTC

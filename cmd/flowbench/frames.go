@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/flowaudit/flowaudit/bpf"
 	"net"
 	"net/netip"
 
@@ -31,10 +32,33 @@ type packetCase struct {
 	// listen, if set, is a local TCP port put into the listening-socket
 	// set (as sock_diag would in a live recording) before measuring.
 	listen uint16
-	// replay measures the collector as replay runs it, with no socket set
-	// (Options.SocketsKnown false); the other cases run as a live
-	// recording does.
-	replay bool
+	// coll is the collector the case is measured with.
+	coll costCollector
+}
+
+// costCollector: how part 1 opens flowaudit for a case.
+type costCollector int
+
+const (
+	// collLive: as a live recording runs it (the socket set complete).
+	collLive costCollector = iota
+	// collReplay: as replay runs it, with no socket set (Options.SocketsKnown false).
+	collReplay
+	// collNoFast: live, the header fast path off: every packet is parsed
+	// and classified (part 1 repeats one frame, which the fast path would
+	// otherwise take every time after the first).
+	collNoFast
+	// collNoCache: live, the flow cache (and with it the fast path) off:
+	// every packet also looks its flow up in flows_N, as a packet of a
+	// flow other than the last one on its CPU does.
+	collNoCache
+	numCollectors
+)
+
+// options returns the collector's bpf.Options.
+func (cc costCollector) options(entries uint32) bpf.Options {
+	return bpf.Options{FlowEntries: entries, EphemeralPorts: [2]uint16{32768, 60999}, SocketsKnown: cc != collReplay,
+		NoFastPath: cc == collNoFast, NoFlowCache: cc == collNoCache}
 }
 
 func serialize(ls ...gopacket.SerializableLayer) []byte {
@@ -238,22 +262,24 @@ func packetCases() []packetCase {
 		name   string
 		fn     func(bool) []byte
 		listen uint16
-		replay bool
+		coll   costCollector
 	}{
-		{"IPv4 TCP to a listening port", ipv4TCP, 9000, false},
-		{"IPv4 TCP, own outbound connection", ipv4TCPOutbound, 0, false},
-		{"IPv4 TCP, no socket set (replay)", ipv4TCP, 0, true},
-		{"IPv4 UDP", ipv4UDP, 0, false},
+		{"IPv4 TCP to a listening port", ipv4TCP, 9000, collLive},
+		{"the same, header fast path off", ipv4TCP, 9000, collNoFast},
+		{"the same, flow cache off", ipv4TCP, 9000, collNoCache},
+		{"IPv4 TCP, own outbound connection", ipv4TCPOutbound, 0, collLive},
+		{"IPv4 TCP, no socket set (replay)", ipv4TCP, 0, collReplay},
+		{"IPv4 UDP", ipv4UDP, 0, collLive},
 		// Beside IPv4 UDP: the same path plus the passive DNS hand-over.
 		// At this repeat count the ring buffer is full after a few hundred
 		// answers, so XDP mostly measures a dropped (counted) answer.
-		{"IPv4 UDP DNS answer (ring full: dropped)", ipv4DNS, 0, false},
-		{"IPv6 TCP + 2 ext hdrs", ipv6TCPExt, 9000, false},
-		{"VLAN IPv4 TCP", vlanTCP, 9000, false},
-		{"IPv4 non-first fragment", fragment4, 0, false},
-		{"ICMP port unreachable (UDP)", icmpPortUnreach, 0, false},
+		{"IPv4 UDP DNS answer (ring full: dropped)", ipv4DNS, 0, collLive},
+		{"IPv6 TCP + 2 ext hdrs", ipv6TCPExt, 9000, collLive},
+		{"VLAN IPv4 TCP", vlanTCP, 9000, collLive},
+		{"IPv4 non-first fragment", fragment4, 0, collLive},
+		{"ICMP port unreachable (UDP)", icmpPortUnreach, 0, collLive},
 	} {
-		out = append(out, packetCase{name: c.name, in: padFrame(c.fn(true)), out: padFrame(c.fn(false)), listen: c.listen, replay: c.replay})
+		out = append(out, packetCase{name: c.name, in: padFrame(c.fn(true)), out: padFrame(c.fn(false)), listen: c.listen, coll: c.coll})
 	}
 	return out
 }

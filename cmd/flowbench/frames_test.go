@@ -26,6 +26,8 @@ func TestFramesTakeTheirPaths(t *testing.T) {
 	tcp9000 := want{proto: snapshot.TCP, port: 9000, dir: snapshot.Inbound}
 	cases := map[string][]want{
 		"IPv4 TCP to a listening port":             {tcp9000},
+		"the same, header fast path off":           {tcp9000},
+		"the same, flow cache off":                 {tcp9000},
 		"IPv4 TCP, own outbound connection":        {{proto: snapshot.TCP, port: 443, dir: snapshot.Outbound}},
 		"IPv4 TCP, no socket set (replay)":         {{proto: snapshot.TCP, port: 9000, dir: snapshot.Inbound, inferred: true}},
 		"IPv4 UDP":                                 {{proto: snapshot.UDP, port: 514, dir: snapshot.Inbound}},
@@ -35,22 +37,22 @@ func TestFramesTakeTheirPaths(t *testing.T) {
 		"IPv4 non-first fragment":                  {{proto: snapshot.UDP, fragment: true}},
 		"ICMP port unreachable (UDP)":              {{proto: snapshot.ICMP, port: 3<<8 | 3}, {proto: snapshot.UDP, closed: true}},
 	}
-	// As cost.go measures them: live (socket set complete) and replay.
-	collectors := map[bool]*bpf.Collector{}
-	for _, replay := range []bool{false, true} {
-		c, err := bpf.Open(bpf.Options{EphemeralPorts: [2]uint16{32768, 60999}, SocketsKnown: !replay})
+	// As cost.go measures them.
+	var collectors [numCollectors]*bpf.Collector
+	for cc := range collectors {
+		c, err := bpf.Open(costCollector(cc).options(0))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		collectors[replay] = c
+		collectors[cc] = c
 	}
 	pcs := packetCases()
 	if len(pcs) != len(cases) {
 		t.Fatalf("%d packet cases, %d expectations", len(pcs), len(cases))
 	}
 	for _, pc := range pcs {
-		c := collectors[pc.replay]
+		c := collectors[pc.coll]
 		for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCEgress} {
 			if err := c.Reset(); err != nil {
 				t.Fatal(err)

@@ -169,6 +169,7 @@ type flowauditRecv struct {
 	c       *bpf.Collector
 	cut     bpf.BenchCut
 	noCache bool
+	noFast  bool
 }
 
 // newFlowauditRecv opens flowaudit as a live recording runs it (the socket
@@ -180,12 +181,13 @@ type flowauditRecv struct {
 // cut, other than bpf.BenchCutNone, stops the programs part-way (the
 // ablation rows: what the work up to there costs on this path).
 //
-// noCache turns the per-CPU last-flow cache off (the comparison rows).
-func newFlowauditRecv(l *lab, bound bool, cut bpf.BenchCut, noCache bool) (*flowauditRecv, error) {
-	f := &flowauditRecv{l: l, cut: cut, noCache: noCache}
+// noCache turns the per-CPU last-flow cache off, noFast the header fast
+// path (the comparison rows).
+func newFlowauditRecv(l *lab, bound bool, cut bpf.BenchCut, noCache, noFast bool) (*flowauditRecv, error) {
+	f := &flowauditRecv{l: l, cut: cut, noCache: noCache, noFast: noFast}
 	err := l.inRecv(func() error {
 		var err error
-		if f.c, err = bpf.Open(bpf.Options{SocketsKnown: true, BenchCut: cut, NoFlowCache: noCache}); err != nil {
+		if f.c, err = bpf.Open(bpf.Options{SocketsKnown: true, BenchCut: cut, NoFlowCache: noCache, NoFastPath: noFast}); err != nil {
 			return err
 		}
 		if !bound {
@@ -205,6 +207,9 @@ func (f *flowauditRecv) name() string {
 	}
 	if f.noCache {
 		return "flowaudit, no flow cache"
+	}
+	if f.noFast {
+		return "flowaudit, no fast path"
 	}
 	return "flowaudit (XDP native)"
 }

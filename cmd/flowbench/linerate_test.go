@@ -30,7 +30,7 @@ func TestLineRateRounds(t *testing.T) {
 	defer nop.Close()
 	const n, rounds, interleave = 20000, 2, 4
 	for _, cut := range []bpf.BenchCut{bpf.BenchCutNone, bpf.BenchCutAccount} {
-		fa, err := newFlowauditRecv(l, true, cut, false)
+		fa, err := newFlowauditRecv(l, true, cut, false, false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -312,7 +312,7 @@ type moveRun struct {
 
 func measureMoves(l *lab, g *generator, sp *sprayer, total uint64, logf func(string, ...any)) (*moveRun, error) {
 	const mask = 1<<16 - 1
-	fa, err := newFlowauditRecv(l, true, bpf.BenchCutNone, false)
+	fa, err := newFlowauditRecv(l, true, bpf.BenchCutNone, false, false)
 	if err != nil {
 		return nil, err
 	}

@@ -194,19 +194,22 @@ func run(cfg *config) error {
 				bound   bool
 				cut     bpf.BenchCut
 				noCache bool
+				noFast  bool
 				send    sendFunc
 				dst     **lineRate
 			}{
-				{true, bpf.BenchCutNone, false, plainSend(g), &rep.line},
-				{false, bpf.BenchCutNone, false, plainSend(g), &rep.lineNoSock},
-				{true, bpf.BenchCutAccount, false, plainSend(g), &rep.lineNoMap},
-				{true, bpf.BenchCutCount, false, plainSend(g), &rep.lineCount},
-				{true, bpf.BenchCutNone, true, plainSend(g), &rep.lineNoCache},
+				{true, bpf.BenchCutNone, false, false, plainSend(g), &rep.line},
+				{false, bpf.BenchCutNone, false, false, plainSend(g), &rep.lineNoSock},
+				{true, bpf.BenchCutAccount, false, false, plainSend(g), &rep.lineNoMap},
+				{true, bpf.BenchCutCount, false, false, plainSend(g), &rep.lineCount},
+				{true, bpf.BenchCutNone, false, true, plainSend(g), &rep.lineNoFast},
+				// The cache off takes the fast path with it.
+				{true, bpf.BenchCutNone, true, false, plainSend(g), &rep.lineNoCache},
 				// Two peers in turn: every frame misses the cache.
-				{true, bpf.BenchCutNone, false, spraySend(g, sp, 1), &rep.lineAlt},
-				{true, bpf.BenchCutNone, true, spraySend(g, sp, 1), &rep.lineAltNoCache},
+				{true, bpf.BenchCutNone, false, false, spraySend(g, sp, 1), &rep.lineAlt},
+				{true, bpf.BenchCutNone, true, false, spraySend(g, sp, 1), &rep.lineAltNoCache},
 			} {
-				fa, err := newFlowauditRecv(l, m.bound, m.cut, m.noCache)
+				fa, err := newFlowauditRecv(l, m.bound, m.cut, m.noCache, m.noFast)
 				if err != nil {
 					return err
 				}
