@@ -174,6 +174,10 @@ func run(cfg *config) error {
 		}
 		if !skip["2"] {
 			logf("part 2: line rate on veth, %d frames per receiver and round in %d interleaved runs, %d rounds", cfg.linePkts, cfg.lineInterleave, cfg.lineRounds)
+			restore, err := clearCPU(cfg.cpu, g.w.tid)
+			if err != nil {
+				return fmt.Errorf("part 2: %w", err)
+			}
 			nop2, err := newNoopXDP(l)
 			if err != nil {
 				return err
@@ -220,6 +224,7 @@ func run(cfg *config) error {
 				}
 				*m.dst = lr
 			}
+			restore()
 		}
 		if !skip["3"] {
 			logf("part 3: peers at %.0f frames/s offered, %d frames each", cfg.peerPPS, cfg.peerPkts)

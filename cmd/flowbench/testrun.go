@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"strconv"
 	"time"
 	"unsafe"
 
@@ -114,6 +116,7 @@ func testRun(p *ebpf.Program, frame []byte, repeat uint32, live bool, ifindex ui
 // measurement of a series runs on the same core.
 type pinnedWorker struct {
 	jobs chan func()
+	tid  int // the worker's thread
 }
 
 func newPinnedWorker(cpu int) (*pinnedWorker, error) {
@@ -140,6 +143,7 @@ func newPinnedWorker(cpu int) (*pinnedWorker, error) {
 			errc <- fmt.Errorf("block signals: %w", err)
 			return
 		}
+		w.tid = unix.Gettid()
 		errc <- nil
 		for job := range w.jobs {
 			job()
@@ -159,3 +163,46 @@ func (w *pinnedWorker) do(fn func() error) error {
 }
 
 func (w *pinnedWorker) stop() { close(w.jobs) }
+
+// clearCPU moves every thread of this process but keep off cpu (to the
+// other online CPUs) and returns a function that puts them back. Threads
+// created meanwhile inherit the narrower set from their creators. Part 2
+// runs the generator and the receiving veth's NAPI on cpu: without this,
+// the Go runtime's other threads (garbage collection, the collectors'
+// goroutines, the counters read between runs) also ran there, on the side
+// of whichever receiver happened to be measured.
+func clearCPU(cpu int, keep int) (restore func(), err error) {
+	var others unix.CPUSet
+	for c := 0; c < runtime.NumCPU(); c++ {
+		if c != cpu {
+			others.Set(c)
+		}
+	}
+	if others.Count() == 0 {
+		return func() {}, nil // one CPU: nowhere else to go
+	}
+	saved := map[int]unix.CPUSet{}
+	restore = func() {
+		for tid, set := range saved {
+			unix.SchedSetaffinity(tid, &set) //nolint:errcheck // the thread may have exited
+		}
+	}
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil || tid == keep {
+			continue
+		}
+		var set unix.CPUSet
+		if unix.SchedGetaffinity(tid, &set) != nil {
+			continue // exited
+		}
+		if unix.SchedSetaffinity(tid, &others) == nil {
+			saved[tid] = set
+		}
+	}
+	return restore, nil
+}
