@@ -45,14 +45,14 @@ func parseVerifierStats(log string) (verifierStats, bool) {
 // verifierBudget caps the instructions the verifier processes per
 // program. Every Open (every test, replay and record) pays the
 // verification; these caps hold it near where docs/ARCHITECTURE.md ("Load
-// time") says it is (about 123-126 k for XDP, 108-110 k for TC ingress,
+// time") says it is (about 103-107 k for XDP, 108-110 k for TC ingress,
 // 28-30 k for TC egress, with either sockets_known), with some headroom, so
 // a change that multiplies the verifier's states fails here instead of in
 // everybody's load time. Before the link-layer offset was made one state
 // (2026-12) the same programs took 416 k, 420 k and 297 k; the flow cache
-// and the header fast path (2026-12) added ~25 k to XDP.
+// and the header fast path (2026-12) added ~5-8 k to each ingress program.
 var verifierBudget = map[string]int{
-	"flowaudit_xdp":        135_000,
+	"flowaudit_xdp":        120_000,
 	"flowaudit_tc_ingress": 120_000,
 	"flowaudit_tc_egress":  33_000,
 	"flowaudit_clock":      100,
@@ -64,7 +64,7 @@ var verifierBudget = map[string]int{
 
 // defaultVerifierBudget holds a program not listed above: one that runs
 // handle() once costs what flowaudit_xdp costs.
-const defaultVerifierBudget = 135_000
+const defaultVerifierBudget = 120_000
 
 // TestVerifierBudget loads the programs as Open does (same constants)
 // with verifier statistics and holds each program's processed
