@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
@@ -248,7 +249,7 @@ func measureRun(g *generator, send sendFunc, rc receiver, n uint32) (rateRun, er
 		return run, fmt.Errorf("attach %s: %w", rc.name(), err)
 	}
 	defer rc.detach() //nolint:errcheck
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // attaching settles (veth NAPI, the dispatcher)
 	before, err := g.l.recvCounters()
 	if err != nil {
 		return run, err
@@ -262,10 +263,16 @@ func measureRun(g *generator, send sendFunc, rc receiver, n uint32) (rateRun, er
 		return run, err
 	}
 	run.wall = wall - g.overhead
-	time.Sleep(100 * time.Millisecond) // NAPI drains the last batch
-	after, err := g.l.recvCounters()
-	if err != nil {
-		return run, err
+	// NAPI drains the last batch: wait until the veth has every frame (or
+	// 200 ms have passed: then the check below reports the shortfall).
+	var after *netlink.LinkStatistics
+	for deadline := time.Now().Add(200 * time.Millisecond); ; time.Sleep(2 * time.Millisecond) {
+		if after, err = g.l.recvCounters(); err != nil {
+			return run, err
+		}
+		if after.RxPackets-before.RxPackets >= uint64(n) || time.Now().After(deadline) {
+			break
+		}
 	}
 	c1, err := rc.counted()
 	if err != nil {
