@@ -248,7 +248,7 @@ func measureRun(g *generator, send sendFunc, rc receiver, n uint32) (rateRun, er
 	if err := rc.attach(); err != nil {
 		return run, fmt.Errorf("attach %s: %w", rc.name(), err)
 	}
-	defer rc.detach() //nolint:errcheck
+	defer rc.detach()                 //nolint:errcheck
 	time.Sleep(50 * time.Millisecond) // attaching settles (veth NAPI, the dispatcher)
 	before, err := g.l.recvCounters()
 	if err != nil {
