@@ -362,6 +362,9 @@ func (r *report) write(w io.Writer) error {
 	p("frame `PACKET_OTHERHOST` and drops it in `ip_rcv`, right after XDP and skb allocation, in both cases. veth\n")
 	p("runs the receiver's NAPI poll on the sending CPU (after each batch), so the rate is that of one core doing\n")
 	p("generator + receive path: flowaudit's cost is diluted by the generator's, which is the same in (a) and (b).\n")
+	p("While part 2 runs, every other thread of flowbench is moved off CPU %d (the Go runtime's garbage collection\n", cfg.cpu)
+	p("and the collectors' counter reads between runs had run there, beside the receive path: on the side of whichever\n")
+	p("receiver was being measured), and each run ends when the receiving veth has every frame.\n")
 	p("pps = frames delivered (the receiving veth's `rx_packets`, asserted equal to frames sent) / wall time of the run,\n")
 	if r.line != nil {
 		p("less the fixed cost of a live-mode run (page pool setup and teardown, measured with 64-frame runs: %s).\n", r.line.overhead.Round(time.Millisecond/10))
@@ -553,10 +556,10 @@ func (r *report) breakdown() string {
 			"  listening-port TCP segment with the fast path off.\n", ns(icmp)-ns(noFast))
 	}
 	if l := r.line; l != nil && l.faPPS > 0 && l.noopPPS > 0 {
-		fmt.Fprintf(&b, "- veth receive path (part 2): %.0f ns per frame with the no-op program, %.0f ns with flowaudit (+%.0f ns);\n"+
-			"  ≥ 90 %% would need flowaudit to add at most %.0f ns per frame here, ≥ 92 %% at most %.0f ns.\n",
-			1e9/l.noopPPS, 1e9/l.faPPS, 1e9/l.faPPS-1e9/l.noopPPS, (1e9/l.noopPPS)/targetLineRate-1e9/l.noopPPS,
-			(1e9/l.noopPPS)/targetLineRate16-1e9/l.noopPPS)
+		noop := 1e9 / l.noopPPS
+		fmt.Fprintf(&b, "- veth receive path (part 2): %.0f ns per frame with the no-op program (median rate), flowaudit +%.1f ns\n"+
+			"  (from the median ratio); ≥ 90 %% would need flowaudit to add at most %.0f ns per frame here, ≥ 92 %% at most %.0f ns.\n",
+			noop, noop*(1/l.ratio-1), noop/targetLineRate-noop, noop/targetLineRate16-noop)
 		if c, a := r.lineCount, r.lineNoMap; c != nil && a != nil {
 			// From each row's median ratio at this row's no-op time: the
 			// rows ran minutes apart and the box's speed drifts, so their
