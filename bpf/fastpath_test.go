@@ -124,6 +124,9 @@ func TestFastPathTakesPlainFrames(t *testing.T) {
 				if hits != want {
 					t.Errorf("fast path off=%v: %d of 10 copies taken by the fast path, want %d", noFast, hits, want)
 				}
+				if n, err := c.Counters(); err != nil || n.FastPath != hits || n.PacketsIngress+n.PacketsEgress != 10 {
+					t.Errorf("fast path off=%v: counters %+v (%v), want 10 packets, %d of them by the fast path", noFast, n, err, hits)
+				}
 				got[i], stats[i] = readCounts(t, c)
 				d, err := c.DNS()
 				if err != nil {

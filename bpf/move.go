@@ -156,6 +156,9 @@ func (c *Collector) drainOverflow(m *ebpf.Map) (int, error) {
 // per-CPU statistics, never the flow maps.
 type Counters struct {
 	PacketsIngress, PacketsEgress uint64
+	// FastPath: of those, the packets the header fast path counted
+	// without parsing them (the last flow on their CPU, bpf/cache.go).
+	FastPath uint64
 	// FlowInsertFailed: packets that lost their peer (flow map full);
 	// OverflowInsertFailed: packets not counted at all.
 	FlowInsertFailed, OverflowInsertFailed uint64
@@ -207,7 +210,7 @@ func (c *Collector) Counters() (Counters, error) {
 		return Counters{}, err
 	}
 	out := Counters{
-		PacketsIngress: st.PacketsIngress, PacketsEgress: st.PacketsEgress,
+		PacketsIngress: st.PacketsIngress, PacketsEgress: st.PacketsEgress, FastPath: c.FastPathHits(),
 		FlowInsertFailed: st.FlowInsertFailed, OverflowInsertFailed: st.OverflowInsertFailed,
 		FlowCapacity: st.FlowCapacity, Moves: c.moves,
 	}

@@ -79,7 +79,7 @@ func (w *watchOutputs) datapath() (metrics.Datapath, error) {
 	if err != nil {
 		return metrics.Datapath{}, err
 	}
-	return metrics.Datapath{PacketsIngress: n.PacketsIngress, PacketsEgress: n.PacketsEgress, FlowInsertFailed: n.FlowInsertFailed,
+	return metrics.Datapath{PacketsIngress: n.PacketsIngress, PacketsEgress: n.PacketsEgress, FastPathPackets: n.FastPath, FlowInsertFailed: n.FlowInsertFailed,
 		OverflowInsertFailed: n.OverflowInsertFailed, ActiveEntries: n.ActiveEntries, FlowCapacity: n.FlowCapacity,
 		MemoryEntries: n.Accumulated, FlowBudget: s.lf.flowBudget, Moves: n.Moves, SocketRefreshErrors: s.ref.Failures()}, nil
 }

@@ -76,6 +76,7 @@ type Options struct {
 // socket refresher's failures).
 type Datapath struct {
 	PacketsIngress, PacketsEgress          uint64
+	FastPathPackets                        uint64
 	FlowInsertFailed, OverflowInsertFailed uint64
 	ActiveEntries                          uint64
 	FlowCapacity                           uint32
@@ -384,6 +385,8 @@ type datapathCollector struct {
 var (
 	descPackets = prometheus.NewDesc("flowaudit_datapath_packets_total",
 		"Packets the BPF programs saw, by hook (ingress, egress).", []string{"hook"}, nil)
+	descFastPath = prometheus.NewDesc("flowaudit_datapath_fast_path_packets_total",
+		"Of flowaudit_datapath_packets_total, the packets the header fast path counted without parsing them (the last flow on their CPU).", nil, nil)
 	descFlowInsertFailed = prometheus.NewDesc("flowaudit_flow_insert_failed_packets_total",
 		"Packets whose per-peer flow could not be inserted (kernel flow map full): counted per service without their peer, in the overflow map.", nil, nil)
 	descOverflowInsertFailed = prometheus.NewDesc("flowaudit_overflow_insert_failed_packets_total",
@@ -403,7 +406,7 @@ var (
 )
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descFlowInsertFailed, descOverflowInsertFailed, descEntries, descCapacity,
+	for _, d := range []*prometheus.Desc{descPackets, descFastPath, descFlowInsertFailed, descOverflowInsertFailed, descEntries, descCapacity,
 		descMemory, descBudget, descMoves, descSocketErrors} {
 		ch <- d
 	}
@@ -423,6 +426,7 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descPackets, d.PacketsIngress, "ingress")
 	counter(descPackets, d.PacketsEgress, "egress")
+	counter(descFastPath, d.FastPathPackets)
 	counter(descFlowInsertFailed, d.FlowInsertFailed)
 	counter(descOverflowInsertFailed, d.OverflowInsertFailed)
 	gauge(descEntries, float64(d.ActiveEntries))

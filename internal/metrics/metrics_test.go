@@ -295,7 +295,7 @@ func promtoolPath(t *testing.T) string {
 // exposition lint).
 func TestScrape(t *testing.T) {
 	promtool := promtoolPath(t)
-	dp := Datapath{PacketsIngress: 1000, PacketsEgress: 900, FlowInsertFailed: 7, OverflowInsertFailed: 1, ActiveEntries: 12,
+	dp := Datapath{PacketsIngress: 1000, PacketsEgress: 900, FastPathPackets: 800, FlowInsertFailed: 7, OverflowInsertFailed: 1, ActiveEntries: 12,
 		FlowCapacity: 65536, MemoryEntries: 300, FlowBudget: 262144, Moves: 5, SocketRefreshErrors: 2}
 	var fail error
 	m := New(Options{Matrix: testMatrix(), Site: testSite(t), MaxExtraPorts: 4, Version: "v1.0.0", Interval: time.Minute,
@@ -316,6 +316,7 @@ func TestScrape(t *testing.T) {
 		`flowaudit_received_packets_total{direction="inbound",port="22",protocol="tcp",zone="ADMIN_IP"} 3`,
 		`flowaudit_sent_bytes_total{direction="outbound",port="53",protocol="udp",zone="unbound"} 120`,
 		`flowaudit_datapath_packets_total{hook="ingress"} 1000`,
+		`flowaudit_datapath_fast_path_packets_total 800`,
 		`flowaudit_flow_insert_failed_packets_total 7`,
 		`flowaudit_overflow_insert_failed_packets_total 1`,
 		`flowaudit_flow_map_entries 12`,
