@@ -33,6 +33,31 @@ func onOneCPU(t *testing.T) {
 	})
 }
 
+// openSocketsKnown opens a collector as a live recording runs it (the
+// socket set complete), with no local service yet; closed at the test's end.
+func openSocketsKnown(t *testing.T) *Collector {
+	t.Helper()
+	c, err := Open(Options{SocketsKnown: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.SetLocalPorts(nil); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// runN runs s through its hook n times.
+func runN(t *testing.T, c *Collector, s sent, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if _, err := c.Run(s.hook, s.frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // taggedSlots returns the slots of the cache that belong to a generation.
 func taggedSlots(c *Collector) map[int]flowauditFlowCacheSlot {
 	got := map[int]flowauditFlowCacheSlot{}
@@ -61,25 +86,11 @@ func udpFrom(tb testing.TB, src netip.Addr, w wire) []byte {
 func TestFlowCacheExact(t *testing.T) {
 	testenv.RequireBPF(t)
 	onOneCPU(t)
-	c, err := Open(Options{SocketsKnown: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.SetLocalPorts(nil); err != nil {
-		t.Fatal(err)
-	}
+	c := openSocketsKnown(t)
 	peerA, peerB := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")
 	a, b := udpFrom(t, peerA, in), udpFrom(t, peerB, in)
 	aOut := udpFrom(t, peerA, out)
-	run := func(h Hook, f []byte, n int) {
-		t.Helper()
-		for i := 0; i < n; i++ {
-			if _, err := c.Run(h, f); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	run := func(h Hook, f []byte, n int) { t.Helper(); runN(t, c, sent{h, f}, n) }
 	// a×5: the first takes the slot, four wait in it.
 	run(HookXDP, a, 5)
 	slots := taggedSlots(c)

@@ -264,25 +264,10 @@ func TestFastPathFollowsLocalPorts(t *testing.T) {
 	ack := tcp4(t, in, 40000, 9000, fACK) // peer:40000 → local:9000
 	for _, how := range []string{"userspace", "kernel"} {
 		t.Run(how, func(t *testing.T) {
-			c, err := Open(Options{SocketsKnown: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if err := c.SetLocalPorts(nil); err != nil {
-				t.Fatal(err)
-			}
-			run := func(s sent, n int) {
-				t.Helper()
-				for i := 0; i < n; i++ {
-					if _, err := c.Run(s.hook, s.frame); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
+			c := openSocketsKnown(t)
 			// No listener on 9000: with the sockets known, this host is
 			// the client of the peer's port 40000.
-			run(ingress(ack), 6)
+			runN(t, c, ingress(ack), 6)
 			if h := c.FastPathHits(); h != 5 {
 				t.Fatalf("%d of 6 segments taken by the fast path, want 5", h)
 			}
@@ -293,9 +278,9 @@ func TestFastPathFollowsLocalPorts(t *testing.T) {
 				}
 			case "kernel":
 				// A SYN-ACK from 9000 out: the programs learn a listener.
-				run(egress(tcp4(t, out, 9000, 40001, fSYNACK)), 1)
+				runN(t, c, egress(tcp4(t, out, 9000, 40001, fSYNACK)), 1)
 			}
-			run(ingress(ack), 4)
+			runN(t, c, ingress(ack), 4)
 			if h := c.FastPathHits(); h != 5+3 {
 				t.Errorf("%d segments taken by the fast path in all, want 8 (5, then 3 after a restamp)", h)
 			}
