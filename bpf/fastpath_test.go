@@ -34,8 +34,7 @@ func readCounts(t *testing.T, c *Collector) (map[key]fastCounts, snapshot.Stats)
 	}
 	got := map[key]fastCounts{}
 	for _, f := range r.Flows {
-		k := key{dir: f.Direction, proto: f.Proto, port: f.Port, peer: f.Peer, inferred: f.DirectionInferred, frag: f.Fragment}
-		got[k] = fastCounts{f.PacketsIn, f.PacketsOut, f.BytesIn, f.BytesOut, f.Evidence}
+		got[keyOf(f)] = fastCounts{f.PacketsIn, f.PacketsOut, f.BytesIn, f.BytesOut, f.Evidence}
 	}
 	return got, r.Stats
 }
@@ -111,11 +110,7 @@ func TestFastPathTakesPlainFrames(t *testing.T) {
 				if err := c.SetLocalPorts(local); err != nil {
 					t.Fatal(err)
 				}
-				for j := 0; j < 10; j++ {
-					if _, err := c.Run(tc.s.hook, tc.s.frame); err != nil {
-						t.Fatal(err)
-					}
-				}
+				runN(t, c, tc.s, 10)
 				hits := c.FastPathHits()
 				want := uint64(0)
 				if tc.fast && !noFast {
@@ -198,11 +193,7 @@ func TestFastPathRepeatedParserCases(t *testing.T) {
 							t.Fatal(err)
 						}
 						for _, p := range tc.pkts {
-							for j := 0; j < 5; j++ {
-								if _, err := c.Run(p.hook, p.frame); err != nil {
-									t.Fatal(err)
-								}
-							}
+							runN(t, c, p, 5)
 						}
 						if nf == 0 {
 							hits += c.FastPathHits()

@@ -31,6 +31,11 @@ type key struct {
 	frag     bool
 }
 
+// keyOf is a flow's key.
+func keyOf(f snapshot.Flow) key {
+	return key{dir: f.Direction, proto: f.Proto, port: f.Port, peer: f.Peer, inferred: f.DirectionInferred, frag: f.Fragment}
+}
+
 func (k key) String() string {
 	s := fmt.Sprintf("%s %s/%d %s", k.dir, k.proto, k.port, k.peer)
 	if k.inferred {
@@ -464,7 +469,7 @@ func runParserCase(t *testing.T, c *Collector, tc parserCase, mapHook func(Hook)
 	got := map[key]counts{}
 	var gotBytes uint64
 	for _, f := range r.Flows {
-		k := key{dir: f.Direction, proto: f.Proto, port: f.Port, peer: f.Peer, inferred: f.DirectionInferred, frag: f.Fragment}
+		k := keyOf(f)
 		if _, dup := got[k]; dup {
 			t.Errorf("duplicate key %s", k)
 		}
