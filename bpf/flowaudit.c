@@ -1167,12 +1167,9 @@ static __always_inline int fast_take(void *data, void *data_end, int egress, __u
  */
 static __always_inline int fast_take_xdp(struct xdp_md *ctx, __u64 now, __u64 epoch, struct fast_sig *sig)
 {
-	void *data, *data_end;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
 
-	if (!ctx || !sig)
-		return 0;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
 	return fast_take(data, data_end, 0, ctx->ingress_ifindex, data_end - data, 1, now, epoch, sig);
 }
 
