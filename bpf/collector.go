@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -85,6 +86,10 @@ type Options struct {
 	// one verifies the whole packet path again, which dominates the load
 	// time, so a replay loads only what it runs.
 	Programs ProgramSet
+
+	// dnsDrain: how long the DNS reader sleeps before reading answers
+	// that did not wake it (default dnsDrainEvery); for tests.
+	dnsDrain time.Duration
 }
 
 // ProgramSet selects programs for Open. flowaudit_clock is always loaded.
@@ -289,13 +294,14 @@ func Open(opts Options) (*Collector, error) {
 	spec.Maps["dns_ring"].MaxEntries = uint32(opts.DNSRing)
 	percpu := perCPU(opts.FlowMapType)
 	for name, v := range map[string]any{
-		"ephemeral_lo":  opts.EphemeralPorts[0],
-		"ephemeral_hi":  opts.EphemeralPorts[1],
-		"percpu_values": boolU8(percpu),
-		"sockets_known": boolU8(opts.SocketsKnown),
-		"bench_cut":     uint8(opts.BenchCut),
-		"flow_cache_on": boolU8(cacheOn),
-		"fast_path_on":  boolU8(fastOn),
+		"ephemeral_lo":   opts.EphemeralPorts[0],
+		"ephemeral_hi":   opts.EphemeralPorts[1],
+		"percpu_values":  boolU8(percpu),
+		"sockets_known":  boolU8(opts.SocketsKnown),
+		"bench_cut":      uint8(opts.BenchCut),
+		"flow_cache_on":  boolU8(cacheOn),
+		"fast_path_on":   boolU8(fastOn),
+		"dns_wake_bytes": uint32(opts.DNSRing / 4),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
@@ -359,7 +365,7 @@ func Open(opts Options) (*Collector, error) {
 		return nil, err
 	}
 	if wantDNS {
-		if c.dns, err = newDNSReader(c); err != nil {
+		if c.dns, err = newDNSReader(c, cmp.Or(opts.dnsDrain, dnsDrainEvery)); err != nil {
 			c.Close()
 			return nil, err
 		}

@@ -38,27 +38,37 @@ type dnsReader struct {
 	flushMu sync.Mutex
 	flushed chan struct{}
 	done    chan struct{}
+	drain   time.Duration // dnsDrainEvery, or Options.dnsDrain
 }
 
-func newDNSReader(c *Collector) (*dnsReader, error) {
+func newDNSReader(c *Collector, drain time.Duration) (*dnsReader, error) {
 	rd, err := ringbuf.NewReader(c.objs.DnsRing)
 	if err != nil {
 		return nil, fmt.Errorf("dns ring buffer: %w", err)
 	}
 	d := &dnsReader{rd: rd, tab: passivedns.NewTable(0), wall: c.boot.wall, log: c.log,
-		flushed: make(chan struct{}, 1), done: make(chan struct{})}
+		flushed: make(chan struct{}, 1), done: make(chan struct{}), drain: drain}
 	go d.loop()
 	return d, nil
 }
 
+// dnsDrainEvery: the programs wake the reader only once a quarter of the
+// ring is taken (dns_wake_bytes in flowaudit.c); fewer answers wait at most
+// this long, or until the next DNS() call flushes them.
+const dnsDrainEvery = 200 * time.Millisecond
+
 func (d *dnsReader) loop() {
 	defer close(d.done)
 	var rec ringbuf.Record
+	d.rd.SetDeadline(time.Now().Add(d.drain))
 	for {
 		err := d.rd.ReadInto(&rec)
 		switch {
 		case err == nil:
 			d.handle(rec.RawSample)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// Everything waiting has been read: wait again.
+			d.rd.SetDeadline(time.Now().Add(d.drain))
 		case errors.Is(err, ringbuf.ErrFlushed):
 			select {
 			case d.flushed <- struct{}{}:

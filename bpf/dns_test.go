@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
+	"unsafe"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -161,4 +163,76 @@ func withUDP(t testing.TB, u *layers.UDP, ip gopacket.NetworkLayer) *layers.UDP 
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestDNSRingWakesAtMarks: an answer wakes the DNS reader only when it
+// takes the bytes waiting in dns_ring across a quarter of the ring
+// (dns_wake_bytes); answers below the mark wait for the reader's
+// deadline. Without that, every answer cost an irq_work (a self-IPI).
+func TestDNSRingWakesAtMarks(t *testing.T) {
+	testenv.RequireBPF(t)
+	const ring = 64 << 10
+	rec := (8 + int(unsafe.Sizeof(flowauditDnsEvent{})) + 7) / 8 * 8 // DNS_RECORD
+	below := (ring/4 - 1) / rec                                      // answers that stay below the first mark
+	frame := serialize(t, eth(in, layers.EthernetTypeIPv4), ip4(in, layers.IPProtocolUDP),
+		withUDP(t, udp(53, 41000), ip4(in, layers.IPProtocolUDP)),
+		gopacket.Payload(dnsAnswer(t, []string{"data.alienvault.com"}, netip.MustParseAddr("203.0.113.7"))))
+	send := func(c *Collector, n int) {
+		t.Helper()
+		for range n {
+			if _, err := c.Run(HookXDP, frame); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// waiting polls the bytes left unread in the ring until cond holds
+	// (true) or limit passes (false).
+	waiting := func(c *Collector, cond func(int) bool, limit time.Duration) bool {
+		for end := time.Now().Add(limit); ; time.Sleep(5 * time.Millisecond) {
+			if cond(c.dns.rd.AvailableBytes()) {
+				return true
+			}
+			if time.Now().After(end) {
+				return false
+			}
+		}
+	}
+	zero := func(n int) bool { return n == 0 }
+
+	t.Run("mark", func(t *testing.T) {
+		c, err := Open(Options{EphemeralPorts: [2]uint16{32768, 60999}, DNSRing: ring, dnsDrain: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		send(c, below)
+		// Nothing woke the reader: the answers stay in the ring.
+		if waiting(c, func(n int) bool { return n != below*rec }, 300*time.Millisecond) {
+			t.Fatalf("%d bytes waiting after %d answers below the mark, want %d: the reader was woken", c.dns.rd.AvailableBytes(), below, below*rec)
+		}
+		send(c, 1) // across the mark: the reader wakes and reads all
+		if !waiting(c, zero, 5*time.Second) {
+			t.Fatalf("%d bytes still waiting 5 s after the answer that crossed the mark", c.dns.rd.AvailableBytes())
+		}
+		d, err := c.DNS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Answers != uint64(below+1) || d.Dropped != 0 {
+			t.Errorf("answers %d dropped %d, want %d, 0", d.Answers, d.Dropped, below+1)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		c, err := Open(Options{EphemeralPorts: [2]uint16{32768, 60999}, DNSRing: ring, dnsDrain: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for range 3 { // the deadline is set again after each drain
+			send(c, 1)
+			if !waiting(c, zero, 5*time.Second) {
+				t.Fatalf("an answer below the mark still unread 5 s later (deadline 50 ms)")
+			}
+		}
+	})
 }

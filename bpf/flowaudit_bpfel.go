@@ -177,6 +177,7 @@ const (
 	flowauditVarActiveGen           = "active_gen"
 	flowauditVarBenchCut            = "bench_cut"
 	flowauditVarClockJiffies        = "clock_jiffies"
+	flowauditVarDnsWakeBytes        = "dns_wake_bytes"
 	flowauditVarEphemeralHi         = "ephemeral_hi"
 	flowauditVarEphemeralLo         = "ephemeral_lo"
 	flowauditVarFastPathOn          = "fast_path_on"
@@ -268,6 +269,7 @@ type flowauditVariableSpecs struct {
 	ActiveGen       *ebpf.VariableSpec `ebpf:"active_gen"`
 	BenchCut        *ebpf.VariableSpec `ebpf:"bench_cut"`
 	ClockJiffies    *ebpf.VariableSpec `ebpf:"clock_jiffies"`
+	DnsWakeBytes    *ebpf.VariableSpec `ebpf:"dns_wake_bytes"`
 	EphemeralHi     *ebpf.VariableSpec `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.VariableSpec `ebpf:"ephemeral_lo"`
 	FastPathOn      *ebpf.VariableSpec `ebpf:"fast_path_on"`
@@ -346,6 +348,7 @@ type flowauditVariables struct {
 	ActiveGen       *ebpf.Variable `ebpf:"active_gen"`
 	BenchCut        *ebpf.Variable `ebpf:"bench_cut"`
 	ClockJiffies    *ebpf.Variable `ebpf:"clock_jiffies"`
+	DnsWakeBytes    *ebpf.Variable `ebpf:"dns_wake_bytes"`
 	EphemeralHi     *ebpf.Variable `ebpf:"ephemeral_hi"`
 	EphemeralLo     *ebpf.Variable `ebpf:"ephemeral_lo"`
 	FastPathOn      *ebpf.Variable `ebpf:"fast_path_on"`
