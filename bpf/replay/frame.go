@@ -26,15 +26,22 @@ type frameInfo struct {
 	// syn: a TCP SYN without ACK (for the local-address tie-break); rst: a
 	// TCP segment with RST set. Both false when the flags were not captured.
 	syn, rst bool
-	// conv is a hash of the unordered address pair of the conversation:
-	// the outer pair, or for an ICMP destination-unreachable error the
-	// pair of the packet it quotes (the error's evidence is added to that
-	// packet's flow, so it must stay in order with it).
-	conv uint64
 	// quoted: a destination-unreachable error whose quoted packet's
 	// addresses are qsrc, qdst (the flow its evidence goes to).
 	quoted     bool
 	qsrc, qdst netip.Addr
+}
+
+// convHash is a hash of the unordered address pair of the conversation:
+// the outer pair, or for an ICMP destination-unreachable error the pair of
+// the packet it quotes (the error's evidence is added to that packet's
+// flow, so it must stay in order with it). Only the replay pass's sharding
+// needs it, so parseFrame leaves it to be computed on demand.
+func (fi *frameInfo) convHash() uint64 {
+	if fi.quoted {
+		return pairHash(fi.qsrc, fi.qdst)
+	}
+	return pairHash(fi.src, fi.dst)
 }
 
 const (
@@ -111,7 +118,6 @@ func parseFrame(f []byte) (fi frameInfo) {
 	if !fi.ip {
 		return fi
 	}
-	fi.conv = pairHash(fi.src, fi.dst)
 	fi.proto = proto
 	if frag || l4 < 0 {
 		return fi
@@ -138,7 +144,6 @@ func parseFrame(f []byte) (fi frameInfo) {
 			s, d, _, _, _, ok = ipv6(f, l4+8)
 		}
 		if ok {
-			fi.conv = pairHash(s, d)
 			fi.quoted, fi.qsrc, fi.qdst = true, s, d
 		}
 	}

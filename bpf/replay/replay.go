@@ -956,8 +956,8 @@ func (r *replayer) replay(ctx context.Context, path, name string, packets int, f
 		}
 		res.Replayed++
 		shard := 0
-		if fi.ip {
-			shard = int(fi.conv % uint64(len(r.cur.shards)))
+		if fi.ip && len(r.cur.shards) > 1 {
+			shard = int(fi.convHash() % uint64(len(r.cur.shards)))
 		}
 		jobs := r.cur.shards[shard]
 		if n := len(jobs); n > 0 && jobs[n-1].hook == hook && jobs[n-1].repeat < 1<<30 && bytes.Equal(jobs[n-1].frame, frame) {
@@ -1419,8 +1419,8 @@ func (r *replayer) conflict(fi *frameInfo, egress bool, shard int) bool {
 func (r *replayer) addFrame(frame []byte, fi *frameInfo, egress bool, ts time.Time, index int) error {
 	stamp := r.stamp(ts)
 	shard := 0
-	if fi.ip {
-		shard = int(fi.conv % uint64(len(r.cur.calls)))
+	if fi.ip && len(r.cur.calls) > 1 {
+		shard = int(fi.convHash() % uint64(len(r.cur.calls)))
 	}
 	if r.conflict(fi, egress, shard) {
 		r.res.Flushes++
