@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
@@ -176,8 +177,8 @@ func within(first, last, lo, hi time.Time) bool {
 }
 
 // TestReplayPeerOnTwoWorkers: a peer talking to two local addresses has
-// one flow per service fed by two conversations, which may go to two
-// workers; the reader runs the batch in between (Result.Flushes), so the
+// one flow per service fed by two conversations; a frame goes to its
+// peer's worker, so no batch needs to run early (Result.Flushes) and the
 // snapshot, first/last seen included, is the same for every worker count.
 func TestReplayPeerOnTwoWorkers(t *testing.T) {
 	c := openCollector(t)
@@ -205,8 +206,8 @@ func TestReplayPeerOnTwoWorkers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if workers > 1 && res.Flushes == 0 {
-			t.Errorf("workers=%d: no batch ran early, though peers talk to two local addresses", workers)
+		if res.Flushes != 0 {
+			t.Errorf("workers=%d: %d batches ran early, though each peer's frames go to one worker", workers, res.Flushes)
 		}
 		if len(res.Snapshot.Flows) != 40 {
 			t.Errorf("workers=%d: %d flows, want 40 (one per peer)", workers, len(res.Snapshot.Flows))
@@ -219,5 +220,125 @@ func TestReplayPeerOnTwoWorkers(t *testing.T) {
 		if d := diffText(one, all); d != "" {
 			t.Errorf("workers=%d: snapshot differs from workers=1 (-1 +%d):\n%s", workers, workers, d)
 		}
+	}
+}
+
+// TestReplayQuotedPeerOnAnotherWorker: a router's ICMP errors quote
+// packets this host sent to other peers, so each error touches the flows
+// of two peers, which may belong to two workers: the quoted peer is lent
+// to the error's worker, or, when it already has frames in the batch, the
+// batch runs first. Every worker count gives the snapshot of one worker,
+// and the flows of feeding the frames one by one.
+func TestReplayQuotedPeerOnAnotherWorker(t *testing.T) {
+	c := openCollector(t)
+	router := netip.MustParseAddr("203.0.113.1")
+	var pkts []pkt
+	ts := epoch
+	add := func(f []byte) {
+		ts = ts.Add(3 * time.Millisecond)
+		pkts = append(pkts, pkt{ts: ts, frame: f})
+	}
+	for round := 0; round < 3; round++ {
+		for i := 0; i < 64; i++ {
+			p := netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
+			sent := ipFrame(t, hostA, p, udpDgram(41000+uint16(i), 514, 20)...)
+			if (i+round)%3 != 0 { // some peers have frames in the batch before the error
+				add(ipFrame(t, p, hostA, udpDgram(514, 41000+uint16(i), 20)...))
+			}
+			add(sent)
+			add(ser(t, &layers.Ethernet{SrcMAC: macB, DstMAC: macA, EthernetType: layers.EthernetTypeIPv4},
+				&layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: router.AsSlice(), DstIP: hostA.AsSlice()},
+				&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 1)}, gopacket.Payload(sent[14:14+28])))
+			if i%2 == 0 { // and after it
+				add(sent)
+			}
+		}
+	}
+	path := filepath.Join(t.TempDir(), "quoted.pcap")
+	writePcap(t, path, layers.LinkTypeEthernet, pkts)
+	ref := reference(t, c, pkts)
+	var one string
+	for _, workers := range []int{1, 2, 3, 4} {
+		res, err := Run(context.Background(), c, path, Options{Local: localPrefixes, Workers: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if workers > 1 && res.Flushes == 0 {
+			t.Errorf("workers=%d: no batch ran early, though errors quote peers with frames on other workers", workers)
+		}
+		if d := diffText(flowsText(ref.Flows), flowsText(res.Snapshot.Flows)); d != "" {
+			t.Errorf("workers=%d: flows differ from the direct feed (-direct +replay):\n%s", workers, d)
+		}
+		all := fullText(res.Snapshot)
+		if one == "" {
+			one = all
+			continue
+		}
+		if d := diffText(one, all); d != "" {
+			t.Errorf("workers=%d: snapshot differs from workers=1 (-1 +%d):\n%s", workers, workers, d)
+		}
+	}
+}
+
+// TestShardForKeepsPeersOnOneWorker: within a batch every address whose
+// flows a frame touches (its peer, and the far end an ICMP error quotes)
+// goes to one worker, whatever the order of the frames; a batch ends early
+// only when an error's quoted address already has frames on another
+// worker. Deterministic, unlike the outcome on the kernel: two workers
+// feeding one flow give a wrong result only when their timing says so.
+func TestShardForKeepsPeersOnOneWorker(t *testing.T) {
+	const workers = 3
+	r := &replayer{present: make([][presentBits / 64]uint64, workers), lent: map[netip.Addr]int{}}
+	router := netip.MustParseAddr("203.0.113.1")
+	owner := map[netip.Addr]int{} // this batch
+	flushes, lent := 0, 0
+	for i := 0; i < 3000; i++ {
+		p := netip.AddrFrom4([4]byte{198, 51, 100, byte(i / 4 % 37)})
+		var fi frameInfo
+		egress := false
+		switch i % 4 {
+		case 0:
+			fi = frameInfo{ip: true, src: p, dst: hostA}
+		case 1:
+			fi, egress = frameInfo{ip: true, src: hostA, dst: p}, true
+		default: // a router's error about a packet this host sent to p
+			fi = frameInfo{ip: true, src: router, dst: hostA, quoted: true, qsrc: hostA, qdst: p}
+		}
+		touched := []netip.Addr{fi.src}
+		if egress {
+			touched[0] = fi.dst
+		}
+		if fi.quoted {
+			touched = append(touched, fi.qdst)
+		}
+		shard, flush := r.shardFor(&fi, egress)
+		if flush {
+			flushes++
+			clear(r.present)
+			clear(r.lent)
+			clear(owner)
+			if shard, flush = r.shardFor(&fi, egress); flush {
+				t.Fatalf("frame %d: a flush asked for in an empty batch", i)
+			}
+		}
+		if fi.quoted {
+			if h, _ := r.peerShard(router); h == shard && int(addrHash(p)%workers) != shard && r.lent[p] == shard {
+				lent++
+			}
+		}
+		for _, a := range touched {
+			if s, ok := owner[a]; ok && s != shard {
+				t.Fatalf("frame %d: %s on worker %d, its earlier frames in the batch on %d", i, a, shard, s)
+			}
+			owner[a] = shard
+		}
+		if i%500 == 499 { // a full batch runs
+			clear(r.present)
+			clear(r.lent)
+			clear(owner)
+		}
+	}
+	if flushes == 0 || lent == 0 {
+		t.Errorf("%d batches run early and %d addresses lent: the test did not reach both ways", flushes, lent)
 	}
 }

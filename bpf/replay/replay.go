@@ -14,6 +14,7 @@ package replay
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -792,12 +793,12 @@ type replayer struct {
 	ifname   string
 
 	// Batch path: stamps are the distinct capture times in file order
-	// (Unix ns); a frame is stamped base+i for stamps[i]. owners: the
-	// worker each peer's flows went to in the batch being filled (with
-	// more than one worker).
-	stamps []int64
-	base   uint64
-	owners map[netip.Addr]int
+	// (Unix ns); a frame is stamped base+i for stamps[i]. With more than
+	// one worker, present and lent (shardFor) for the batch being filled.
+	stamps  []int64
+	base    uint64
+	present [][presentBits / 64]uint64
+	lent    map[netip.Addr]int
 
 	cur     *batch     // being filled by the reader
 	spare   *batch     // free for the next swap
@@ -815,7 +816,8 @@ func newReplayer(c *bpf.Collector, o Options, res *Result, sc *scanResult) *repl
 		r.base = c.JiffiesAt(time.Now())
 		r.stamps = make([]int64, 0, min(sc.packets, 1<<20))
 		if o.Workers > 1 {
-			r.owners = map[netip.Addr]int{}
+			r.present = make([][presentBits / 64]uint64, o.Workers)
+			r.lent = map[netip.Addr]int{}
 		}
 	}
 	for _, h := range []bpf.Hook{bpf.HookXDP, bpf.HookTCIngress, bpf.HookTCEgress} {
@@ -1023,7 +1025,8 @@ func (r *replayer) dispatch() error {
 	for i := range b.fill {
 		b.seal(i)
 	}
-	clear(r.owners)
+	clear(r.present)
+	clear(r.lent)
 	r.cur, r.spare = r.spare, nil
 	done := make(chan error, 1)
 	r.running = done
@@ -1377,57 +1380,89 @@ func (r *replayer) captureStamp(t time.Time) (time.Time, error) {
 	return time.Unix(0, r.stamps[j-r.base]).UTC(), nil
 }
 
-// conflict: with more than one worker, the frame would touch the flows of
-// a peer that another worker has frames of in the batch being filled. The
-// programs overwrite a flow's last seen (and the first packet creates it),
-// so two workers feeding one flow at the same time would make the result
-// depend on their timing; running the batch first keeps the order of the
-// file. A flow's peer is the frame's source for incoming frames, the
-// destination for outgoing ones, and for a destination-unreachable error
-// also the far end of the packet it quotes.
-func (r *replayer) conflict(fi *frameInfo, egress bool, shard int) bool {
-	if r.owners == nil || !fi.ip {
-		return false
+// Batch path, several workers: a flow is keyed by its peer (a frame's
+// source incoming, its destination outgoing), and so is the connection
+// table, so a frame goes to its peer's worker (peerShard) and every flow
+// is fed by one worker, in file order. An ICMP destination-unreachable
+// error also touches the flows of the far end of the packet it quotes:
+// when that address's worker is another one, the address is lent to the
+// error's worker for the rest of the batch (lent), unless it already has
+// frames in the batch (present, a per-worker bit set of addresses: a
+// false positive only costs a batch run early); then the batch is run
+// first (Result.Flushes).
+
+// presentBits: the size of a worker's bit set of addresses in the batch.
+const presentBits = 1 << 16
+
+// addrHash mixes an address into 64 bits (fmix64 of its two halves).
+func addrHash(a netip.Addr) uint64 {
+	b := a.As16()
+	h := binary.LittleEndian.Uint64(b[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[8:])
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return h
+}
+
+// peerShard returns the worker the flows of a go to in the batch being
+// filled, and a's hash.
+func (r *replayer) peerShard(a netip.Addr) (int, uint64) {
+	h := addrHash(a)
+	if len(r.lent) > 0 {
+		if s, ok := r.lent[a]; ok {
+			return s, h
+		}
 	}
-	peer := fi.src
+	return int(h % uint64(len(r.present))), h
+}
+
+func (r *replayer) markPresent(shard int, h uint64) {
+	i := h >> 48 // the top bits: the worker came from the low ones
+	r.present[shard][i/64] |= 1 << (i % 64)
+}
+
+func (r *replayer) isPresent(shard int, h uint64) bool {
+	i := h >> 48
+	return r.present[shard][i/64]&(1<<(i%64)) != 0
+}
+
+// shardFor picks the worker of an IP frame and notes the addresses whose
+// flows it touches; flush is set when the batch must run first.
+func (r *replayer) shardFor(fi *frameInfo, egress bool) (shard int, flush bool) {
+	peer, q := fi.src, fi.qdst
 	if egress {
-		peer = fi.dst
+		peer, q = fi.dst, fi.qsrc
 	}
-	var keys [2]netip.Addr
-	n := 1
-	keys[0] = peer
+	shard, h := r.peerShard(peer)
 	if fi.quoted {
-		q := fi.qdst
-		if egress {
-			q = fi.qsrc
+		qs, qh := r.peerShard(q)
+		if qs != shard {
+			if r.isPresent(qs, qh) {
+				return 0, true
+			}
+			r.lent[q] = shard
 		}
-		keys[1] = q
-		n = 2
+		r.markPresent(shard, qh)
 	}
-	for _, k := range keys[:n] {
-		if s, ok := r.owners[k]; ok && s != shard {
-			return true
-		}
-	}
-	for _, k := range keys[:n] {
-		r.owners[k] = shard
-	}
-	return false
+	r.markPresent(shard, h)
+	return shard, false
 }
 
 // addFrame queues a frame for the batch path.
 func (r *replayer) addFrame(frame []byte, fi *frameInfo, egress bool, ts time.Time, index int) error {
 	stamp := r.stamp(ts)
 	shard := 0
-	if fi.ip && len(r.cur.calls) > 1 {
-		shard = int(fi.convHash() % uint64(len(r.cur.calls)))
-	}
-	if r.conflict(fi, egress, shard) {
-		r.res.Flushes++
-		if err := r.dispatch(); err != nil {
-			return err
+	if fi.ip && len(r.present) > 1 {
+		var flush bool
+		if shard, flush = r.shardFor(fi, egress); flush {
+			r.res.Flushes++
+			if err := r.dispatch(); err != nil {
+				return err
+			}
+			shard, _ = r.shardFor(fi, egress) // the batch is empty: nothing to run first
 		}
-		r.conflict(fi, egress, shard) // the batch is empty: no conflict
 	}
 	b := r.cur
 	need := len(frame) + bpf.ReplayDescLen
