@@ -125,6 +125,26 @@ func (d *dnsReader) close() error {
 	return err
 }
 
+// DNSRecordBytes is what one DNS answer takes in the ring (DNS_RECORD in
+// flowaudit.c: the ring's record header and a dns_event, 8-byte aligned).
+var DNSRecordBytes = (8 + int(unsafe.Sizeof(flowauditDnsEvent{})) + 7) / 8 * 8
+
+// DNSRoom makes room in the DNS ring for n more answers when it can: if
+// the answers waiting there and n more would not fit, it waits until the
+// reader has read every answer submitted so far (replay calls it before
+// each batch it runs, so that its bursts never overflow the ring). It
+// returns how many answers the ring holds when empty; 0 without a reader.
+func (c *Collector) DNSRoom(n int) int {
+	if c.dns == nil {
+		return 0
+	}
+	size := c.dns.rd.BufferSize()
+	if c.dns.rd.AvailableBytes()+n*DNSRecordBytes > size {
+		c.dns.sync()
+	}
+	return size / DNSRecordBytes
+}
+
 // DNS returns what the programs' DNS answers taught so far (passive DNS):
 // it waits until every answer already submitted has been read. nil when
 // the collector carries no DNS reader.

@@ -2,6 +2,7 @@ package replay
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"testing"
@@ -10,6 +11,9 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/flowaudit/flowaudit/bpf"
+	"github.com/flowaudit/flowaudit/bpf/testenv"
 )
 
 // answerMsg is a DNS response giving addr for name.
@@ -86,5 +90,52 @@ func TestReplayDNS(t *testing.T) {
 	}
 	if r.Snapshot.DNS != nil {
 		t.Errorf("dns section without answers: %+v", r.Snapshot.DNS)
+	}
+}
+
+// TestReplayDNSBurstNotDropped: a capture that is a burst of DNS answers,
+// many times what the ring holds, loses none of them on either path, with
+// the live ring size or replay's own, and with one or two workers: a batch
+// carries at most half a ring of answers, and the ring is drained before a
+// batch that would not fit. Some answers are the same frame over and over
+// (the per-packet path runs those as one job with a repeat count).
+func TestReplayDNSBurstNotDropped(t *testing.T) {
+	testenv.RequireBPF(t)
+	resolver := netip.MustParseAddr("198.51.100.53")
+	var pkts []pkt
+	const distinct, repeated = 3000, 1500
+	for i := range distinct {
+		addr := netip.AddrFrom4([4]byte{203, 0, byte(113 + i/250), byte(i % 250)})
+		pkts = append(pkts, pkt{ts: epoch.Add(time.Duration(i) * time.Millisecond),
+			frame: ipFrame(t, resolver, hostA, &layers.UDP{SrcPort: 53, DstPort: 41000},
+				gopacket.Payload(answerMsg(t, fmt.Sprintf("n%d.example.com", i), addr)))})
+	}
+	same := ipFrame(t, resolver, hostA, &layers.UDP{SrcPort: 53, DstPort: 41001},
+		gopacket.Payload(answerMsg(t, "storm.example.com", netip.MustParseAddr("192.0.2.99"))))
+	for i := range repeated {
+		pkts = append(pkts, pkt{ts: epoch.Add(time.Duration(distinct+i) * time.Millisecond), frame: same})
+	}
+	path := filepath.Join(t.TempDir(), "burst.pcap")
+	writePcap(t, path, layers.LinkTypeEthernet, pkts)
+	for _, ring := range []int{0, DNSRing} {
+		for _, o := range []Options{{Workers: 1}, {Workers: 2}, {Workers: 1, PerPacket: true}} {
+			name := fmt.Sprintf("ring=%d/workers=%d/per-packet=%v", ring, o.Workers, o.PerPacket)
+			t.Run(name, func(t *testing.T) {
+				c, err := bpf.Open(bpf.Options{EphemeralPorts: DefaultEphemeralPorts, Programs: Programs(o), DNSRing: ring})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				o.Local = localPrefixes
+				r, err := Run(context.Background(), c, path, o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				d := r.Snapshot.DNS
+				if d == nil || d.Answers != distinct+repeated || d.Dropped != 0 || len(d.Names) != distinct+1 {
+					t.Fatalf("dns: %d answers, %d dropped, %d names; want %d, 0, %d", d.Answers, d.Dropped, len(d.Names), distinct+repeated, distinct+1)
+				}
+			})
+		}
 	}
 }

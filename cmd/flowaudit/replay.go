@@ -111,7 +111,7 @@ func setupReplay(fs *pflag.FlagSet) runFunc {
 			bar = &progressBar{w: e.stderr, name: path}
 			o.Progress = bar.update
 		}
-		c, err := bpf.Open(bpf.Options{FlowEntries: maxFlows, EphemeralPorts: eph, Logger: e.log, Programs: replay.Programs(o)})
+		c, err := bpf.Open(bpf.Options{FlowEntries: maxFlows, EphemeralPorts: eph, Logger: e.log, Programs: replay.Programs(o), DNSRing: replay.DNSRing})
 		if err != nil {
 			return err
 		}

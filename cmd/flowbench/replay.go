@@ -206,7 +206,7 @@ func measureReplay(tmp string, n, conv int, logf func(string, ...any)) (*replayR
 func replayOnce(path string, n int, o replay.Options) (*replayResult, error) {
 	o.Local = []netip.Prefix{netip.PrefixFrom(local4, 32)}
 	t0 := time.Now()
-	c, err := bpf.Open(bpf.Options{EphemeralPorts: replay.DefaultEphemeralPorts, Programs: replay.Programs(o)})
+	c, err := bpf.Open(bpf.Options{EphemeralPorts: replay.DefaultEphemeralPorts, Programs: replay.Programs(o), DNSRing: replay.DNSRing})
 	if err != nil {
 		return nil, err
 	}
