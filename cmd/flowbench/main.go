@@ -245,6 +245,9 @@ func run(cfg *config) error {
 			}
 		}
 	}
+	if err := unpinThreads(); err != nil {
+		return fmt.Errorf("unpin threads: %w", err)
+	}
 	if !skip["4"] {
 		logf("part 4: userspace scale %v", sizes)
 		if rep.scale, err = measureScale(sizes, tmp, logf); err != nil {

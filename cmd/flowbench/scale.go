@@ -185,6 +185,9 @@ func profileStep(step string) func() {
 // runChild is the entry point of a re-executed flowbench: it prints one
 // JSON object on stdout.
 func runChild(args []string) error {
+	if err := unpinThreads(); err != nil {
+		return fmt.Errorf("unpin threads: %w", err)
+	}
 	var v any
 	var err error
 	switch {
