@@ -216,8 +216,12 @@ func pairHash(a, b netip.Addr) uint64 {
 		h = (h ^ w) * 0x9e3779b97f4a7c15
 		h ^= h >> 29
 	}
-	// fmix64 (MurmurHash3): every input bit reaches the low bits, which
-	// pick the worker.
+	return fmix64(h)
+}
+
+// fmix64 is MurmurHash3's 64-bit finaliser: every input bit reaches the
+// low bits, which pick the worker.
+func fmix64(h uint64) uint64 {
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
 	h ^= h >> 33

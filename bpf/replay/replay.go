@@ -1419,13 +1419,7 @@ const presentBits = 1 << 16
 // addrHash mixes an address into 64 bits (fmix64 of its two halves).
 func addrHash(a netip.Addr) uint64 {
 	b := a.As16()
-	h := binary.LittleEndian.Uint64(b[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[8:])
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	h *= 0xc4ceb9fe1a85ec53
-	h ^= h >> 33
-	return h
+	return fmix64(binary.LittleEndian.Uint64(b[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[8:]))
 }
 
 // peerShard returns the worker the flows of a go to in the batch being
