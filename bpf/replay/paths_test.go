@@ -200,18 +200,28 @@ func TestReplayPeerOnTwoWorkers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "two.pcap")
 	writePcap(t, path, layers.LinkTypeEthernet, pkts)
 	local := []netip.Prefix{netip.PrefixFrom(hostA, 32), netip.PrefixFrom(hostA2, 32)}
-	var one string
-	for _, workers := range []int{1, 2, 3, 4} {
-		res, err := Run(context.Background(), c, path, Options{Local: local, Workers: workers})
-		if err != nil {
-			t.Fatal(err)
-		}
+	sameForWorkers(t, c, path, local, func(workers int, res *Result) {
 		if res.Flushes != 0 {
 			t.Errorf("workers=%d: %d batches ran early, though each peer's frames go to one worker", workers, res.Flushes)
 		}
 		if len(res.Snapshot.Flows) != 40 {
 			t.Errorf("workers=%d: %d flows, want 40 (one per peer)", workers, len(res.Snapshot.Flows))
 		}
+	})
+}
+
+// sameForWorkers replays path with 1 to 4 workers on the batch path, hands
+// each result to check, and fails when a snapshot, first/last seen
+// included, differs from the one-worker snapshot.
+func sameForWorkers(t *testing.T, c *bpf.Collector, path string, local []netip.Prefix, check func(workers int, res *Result)) {
+	t.Helper()
+	var one string
+	for _, workers := range []int{1, 2, 3, 4} {
+		res, err := Run(context.Background(), c, path, Options{Local: local, Workers: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(workers, res)
 		all := fullText(res.Snapshot)
 		if one == "" {
 			one = all
@@ -257,27 +267,14 @@ func TestReplayQuotedPeerOnAnotherWorker(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "quoted.pcap")
 	writePcap(t, path, layers.LinkTypeEthernet, pkts)
 	ref := reference(t, c, pkts)
-	var one string
-	for _, workers := range []int{1, 2, 3, 4} {
-		res, err := Run(context.Background(), c, path, Options{Local: localPrefixes, Workers: workers})
-		if err != nil {
-			t.Fatal(err)
-		}
+	sameForWorkers(t, c, path, localPrefixes, func(workers int, res *Result) {
 		if workers > 1 && res.Flushes == 0 {
 			t.Errorf("workers=%d: no batch ran early, though errors quote peers with frames on other workers", workers)
 		}
 		if d := diffText(flowsText(ref.Flows), flowsText(res.Snapshot.Flows)); d != "" {
 			t.Errorf("workers=%d: flows differ from the direct feed (-direct +replay):\n%s", workers, d)
 		}
-		all := fullText(res.Snapshot)
-		if one == "" {
-			one = all
-			continue
-		}
-		if d := diffText(one, all); d != "" {
-			t.Errorf("workers=%d: snapshot differs from workers=1 (-1 +%d):\n%s", workers, workers, d)
-		}
-	}
+	})
 }
 
 // TestShardForKeepsPeersOnOneWorker: within a batch every address whose
