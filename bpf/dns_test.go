@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -172,8 +171,8 @@ func withUDP(t testing.TB, u *layers.UDP, ip gopacket.NetworkLayer) *layers.UDP 
 func TestDNSRingWakesAtMarks(t *testing.T) {
 	testenv.RequireBPF(t)
 	const ring = 64 << 10
-	rec := (8 + int(unsafe.Sizeof(flowauditDnsEvent{})) + 7) / 8 * 8 // DNS_RECORD
-	below := (ring/4 - 1) / rec                                      // answers that stay below the first mark
+	rec := DNSRecordBytes
+	below := (ring/4 - 1) / rec // answers that stay below the first mark
 	frame := serialize(t, eth(in, layers.EthernetTypeIPv4), ip4(in, layers.IPProtocolUDP),
 		withUDP(t, udp(53, 41000), ip4(in, layers.IPProtocolUDP)),
 		gopacket.Payload(dnsAnswer(t, []string{"data.alienvault.com"}, netip.MustParseAddr("203.0.113.7"))))
