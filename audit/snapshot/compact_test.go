@@ -411,3 +411,50 @@ func TestSortFlowsByKeys(t *testing.T) {
 		}
 	}
 }
+
+// A flow list longer than the reader allocates up front grows block by
+// block (growFactor) and arrives whole and in order: with preallocLimit at
+// 7, 50 000 flows in ~17 blocks grow the slice several times, the later
+// growths copying more than one piece (growPiece) of flows.
+func TestCompactGrowsPastPreallocLimit(t *testing.T) {
+	old := preallocLimit
+	preallocLimit = 7
+	t.Cleanup(func() { preallocLimit = old })
+	want := syntheticFlows(50_000)
+	if len(want.Flows) < 2*growPiece+1 {
+		t.Fatalf("%d flows do not span three pieces of %d", len(want.Flows), growPiece)
+	}
+	got, err := Read(bytes.NewReader(compactBytes(t, want)), "grow.fas")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Flows) != len(want.Flows) {
+		t.Fatalf("read %d flows, wrote %d", len(got.Flows), len(want.Flows))
+	}
+	for i := range want.Flows {
+		if !reflect.DeepEqual(got.Flows[i], want.Flows[i]) {
+			t.Fatalf("flow %d:\n got %+v\nwant %+v", i, got.Flows[i], want.Flows[i])
+		}
+	}
+}
+
+// growFlows keeps every flow, in order, across piece boundaries, and makes
+// room for the asked count.
+func TestGrowFlows(t *testing.T) {
+	for _, n := range []int{0, 1, growPiece - 1, growPiece, growPiece + 1, 3*growPiece + 5} {
+		s := make([]Flow, n)
+		for i := range s {
+			s[i].PacketsIn = uint64(i + 1)
+			s[i].Interface = fmt.Sprint("if", i%3)
+		}
+		g := growFlows(s, 2*n+1)
+		if len(g) != n || cap(g) < 2*n+1 {
+			t.Fatalf("n=%d: len %d cap %d, want len %d cap ≥ %d", n, len(g), cap(g), n, 2*n+1)
+		}
+		for i := range g {
+			if g[i] != s[i] {
+				t.Fatalf("n=%d: flow %d is %+v, want %+v", n, i, g[i], s[i])
+			}
+		}
+	}
+}
