@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -237,21 +238,56 @@ type scaleResult struct {
 	audit scaleAudit
 }
 
-func measureScale(sizes []int, tmp string, logf func(string, ...any)) ([]scaleResult, error) {
-	var out []scaleResult
+// scaleBytesPerFlow is the memory a size of part 4 is given room for, per
+// flow: at 10 M flows the read child peaked at ~470 B/flow beside a kernel
+// flow map of ~170 B/flow, the audit child at ~390 B/flow (BENCHMARKS.md).
+const scaleBytesPerFlow = 1024
+
+// memAvailable is MemAvailable from /proc/meminfo, in bytes.
+func memAvailable() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/meminfo: MemAvailable %q: %w", strings.TrimSpace(v), err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("/proc/meminfo: no MemAvailable line")
+}
+
+// measureScale runs each size in its child processes. A size the
+// machine's available memory cannot hold (scaleBytesPerFlow) is skipped;
+// skipped says which and why.
+func measureScale(sizes []int, tmp string, logf func(string, ...any)) (out []scaleResult, skipped map[int]string, err error) {
+	skipped = map[int]string{}
 	for _, n := range sizes {
+		avail, err := memAvailable()
+		if err != nil {
+			return nil, nil, err
+		}
+		if need := int64(n) * scaleBytesPerFlow; need > avail {
+			skipped[n] = fmt.Sprintf("MemAvailable %d MiB < %d MiB needed", avail>>20, need>>20)
+			logf("  %d flows: skipped, %s", n, skipped[n])
+			continue
+		}
 		// The compact encoding (WriteFile picks it for a name not ending
 		// in .json).
 		path := filepath.Join(tmp, fmt.Sprintf("snapshot-%d.fas", n))
 		r := scaleResult{n: n}
 		if err := inChild(&r.read, "scale-read", strconv.Itoa(n), path); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if r.read.Flows != n {
-			return nil, fmt.Errorf("read %d flows back, loaded %d", r.read.Flows, n)
+			return nil, nil, fmt.Errorf("read %d flows back, loaded %d", r.read.Flows, n)
 		}
 		if err := inChild(&r.audit, "scale-audit", path); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		os.Remove(path)
 		logf("  %d flows: read %s (peak RSS %d MiB), file %.1f MiB written in %s, audit %s + load %s (peak RSS %d MiB, %d findings)",
@@ -260,11 +296,12 @@ func measureScale(sizes []int, tmp string, logf func(string, ...any)) ([]scaleRe
 			time.Duration(r.audit.LoadNs).Round(time.Millisecond), r.audit.RSSKB>>10, r.audit.Findings)
 		out = append(out, r)
 	}
-	return out, nil
+	return out, skipped, nil
 }
 
 // Issue 16's targets for 1 M flows.
 const (
+	scaleTopFlows       = 10_000_000 // issue 16: growth up to 10 M flows
 	scaleTargetFlows    = 1_000_000
 	scaleTargetTotal    = 2 * time.Second
 	scaleTargetRSSMiB   = 400
@@ -279,9 +316,10 @@ func (s *scaleResult) total() (wall, cpu time.Duration) {
 }
 
 // scaleVerdicts says met / not met for issue 16's targets, and how the
-// cost grows with the flow count (10 M extrapolated from the largest
-// measured size when it was not measured).
-func scaleVerdicts(res []scaleResult) string {
+// cost grows with the flow count. 10 M flows is extrapolated from the
+// largest measured size when it was not measured; skipped gives the reason
+// for a size measureScale skipped.
+func scaleVerdicts(res []scaleResult, skipped map[int]string) string {
 	var b strings.Builder
 	b.WriteString("\nScale (issue 16, part 4):\n\n")
 	var at *scaleResult
@@ -313,14 +351,19 @@ func scaleVerdicts(res []scaleResult) string {
 				s.audit.RSSKB>>10, float64(s.read.FileBytes)/(1<<20))
 		}
 		last := &res[len(res)-1]
-		if last.n < 10_000_000 {
-			f := 10_000_000 / float64(last.n)
+		if last.n < scaleTopFlows {
+			why, ok := skipped[scaleTopFlows]
+			if !ok {
+				why = "not asked for (-scale)"
+			}
+			f := scaleTopFlows / float64(last.n)
 			_, cpu := last.total()
-			// Memory: the part above the 10 k run's grows with the flows.
+			// Memory: the part above the smallest run's grows with the flows.
 			base := res[0].audit.RSSKB >> 10
 			rss := float64(base) + float64(last.audit.RSSKB>>10-base)*f
-			fmt.Fprintf(&b, "- 10 000 000 flows: **extrapolated**, not measured (the kernel map and 2.5 GiB of flows in memory do not fit beside the other work on this box): ~%s CPU, ~%.0f MiB audit-step peak RSS, ~%.0f MiB file, linear in the flows from the %s-flow run (the per-flow cost above grows little from 100 k to 1 M).\n",
-				(time.Duration(float64(cpu) * f)).Round(100*time.Millisecond), rss, float64(last.read.FileBytes)*f/(1<<20), commas(uint64(last.n)))
+			fmt.Fprintf(&b, "- %s flows: **extrapolated**, not measured (%s): ~%s CPU, ~%.0f MiB audit-step peak RSS, ~%.0f MiB file, linear in the flows from the %s-flow run.\n",
+				commas(scaleTopFlows), why, (time.Duration(float64(cpu) * f)).Round(100*time.Millisecond), rss,
+				float64(last.read.FileBytes)*f/(1<<20), commas(uint64(last.n)))
 		}
 	}
 	return b.String()
