@@ -55,10 +55,10 @@ func TestLearnRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	server, sensor := learnServer(), learnSensor()
-	data, err := catalog.Learn([]catalog.LearnNode{
+	data, err := Learn([]LearnNode{
 		{Name: "server", Role: "server", Addresses: dep.Nodes[0].Addresses, Source: "server.json", Snapshot: server},
 		{Name: "sensor-a", Role: "sensor", Addresses: dep.Nodes[1].Addresses, Source: "sensor-a.json", Snapshot: sensor},
-	}, catalog.LearnOptions{Product: "lab", Site: site})
+	}, LearnOptions{Product: "lab", Site: site})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestLearnNodesFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := LearnNodes(dep, catalog.LearnOptions{Product: "lab"}, DeploymentOptions{})
+	data, err := LearnNodes(dep, LearnOptions{Product: "lab"}, DeploymentOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestLearnNodesFiles(t *testing.T) {
 		t.Errorf("learned catalog lacks its observed sources:\n%s", data)
 	}
 	os.Remove(filepath.Join(dir, "sensor-a.json"))
-	if _, err := LearnNodes(dep, catalog.LearnOptions{Product: "lab"}, DeploymentOptions{}); err == nil || !strings.Contains(err.Error(), "node sensor-a") {
+	if _, err := LearnNodes(dep, LearnOptions{Product: "lab"}, DeploymentOptions{}); err == nil || !strings.Contains(err.Error(), "node sensor-a") {
 		t.Errorf("missing snapshot: %v", err)
 	}
 }

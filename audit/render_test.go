@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goccy/go-yaml"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
@@ -782,24 +783,41 @@ func sarifValidator(t *testing.T) *jsonschema.Schema {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	doc, err := jsonschema.UnmarshalJSON(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const url = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 	c := jsonschema.NewCompiler()
 	c.AssertFormat()
+	return compileSchema(t, c, "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json", f)
+}
+
+// compileSchema compiles the JSON Schema read from r, known as url.
+func compileSchema(t *testing.T, c *jsonschema.Compiler, url string, r io.Reader) *jsonschema.Schema {
+	t.Helper()
+	doc, err := jsonschema.UnmarshalJSON(r)
+	if err != nil {
+		t.Fatalf("%s: %v", url, err)
+	}
 	if err := c.AddResource(url, doc); err != nil {
 		t.Fatal(err)
 	}
 	sch, err := c.Compile(url)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("compile %s: %v", url, err)
 	}
 	return sch
 }
 
-func validateSARIF(sch *jsonschema.Schema, data []byte) error {
+// validateCatalogYAML validates a catalog file against the published
+// catalog schema (catalog.CatalogSchema).
+func validateCatalogYAML(t *testing.T, data []byte) error {
+	t.Helper()
+	sch := compileSchema(t, jsonschema.NewCompiler(), "catalog.schema.json", bytes.NewReader(catalog.CatalogSchema()))
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return err
+	}
+	return validateJSON(sch, j)
+}
+
+func validateJSON(sch *jsonschema.Schema, data []byte) error {
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
 	if err != nil {
 		return err
@@ -811,7 +829,7 @@ func TestSARIFSchema(t *testing.T) {
 	sch := sarifValidator(t)
 	r := fixtureReport(t)
 	out := render(t, r, "sarif")
-	if err := validateSARIF(sch, out); err != nil {
+	if err := validateJSON(sch, out); err != nil {
 		t.Fatalf("SARIF output does not validate against the 2.1.0 schema: %v", err)
 	}
 	// With a catalog root too.
@@ -819,7 +837,7 @@ func TestSARIFSchema(t *testing.T) {
 	if err := WriteSARIF(&buf, r, RenderOptions{CatalogRoot: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := validateSARIF(sch, buf.Bytes()); err != nil {
+	if err := validateJSON(sch, buf.Bytes()); err != nil {
 		t.Fatalf("SARIF with catalog root: %v", err)
 	}
 	// An empty audit validates as well.
@@ -828,7 +846,7 @@ func TestSARIFSchema(t *testing.T) {
 	if err := WriteSARIF(&buf, empty, RenderOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := validateSARIF(sch, buf.Bytes()); err != nil {
+	if err := validateJSON(sch, buf.Bytes()); err != nil {
 		t.Fatalf("empty SARIF: %v", err)
 	}
 
@@ -849,7 +867,7 @@ func TestSARIFSchema(t *testing.T) {
 		res := log["runs"].([]any)[0].(map[string]any)["results"].([]any)[0].(map[string]any)
 		mutate(res)
 		data, _ := json.Marshal(log)
-		if err := validateSARIF(sch, data); err == nil {
+		if err := validateJSON(sch, data); err == nil {
 			t.Errorf("schema accepts a log with %s", name)
 		} else {
 			var ve *jsonschema.ValidationError
@@ -1092,7 +1110,7 @@ func TestSARIFLocationFallbacks(t *testing.T) {
 			if err := WriteSARIF(&buf, r, RenderOptions{CatalogFiles: tc.catalogs}); err != nil {
 				t.Fatal(err)
 			}
-			if err := validateSARIF(sarifValidator(t), buf.Bytes()); err != nil {
+			if err := validateJSON(sarifValidator(t), buf.Bytes()); err != nil {
 				t.Fatal(err)
 			}
 			l := parseSARIF(t, buf.Bytes())
@@ -1256,7 +1274,7 @@ func TestRenderCoverage(t *testing.T) {
 	}
 	// SARIF stays valid and every result keeps its physical location.
 	out := render(t, r, "sarif")
-	if err := validateSARIF(sarifValidator(t), out); err != nil {
+	if err := validateJSON(sarifValidator(t), out); err != nil {
 		t.Fatal(err)
 	}
 	for i, res := range parseSARIF(t, out).Runs[0].Results {

@@ -121,6 +121,10 @@ type rawRule struct {
 	SeeAlso      []rawCitation `yaml:"see_also"`
 }
 
+// ValidID reports whether s is a valid product, family or role ID:
+// lower-case letters, digits and '-', not starting with '-'.
+func ValidID(s string) bool { return reLowerID.MatchString(s) }
+
 var (
 	reLowerID = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 	reZone    = regexp.MustCompile(`^[A-Z][A-Z0-9_]*$`)

@@ -82,6 +82,10 @@ const (
 	SourceSeed          = "seed"
 	SourceSupplementary = "supplementary"
 	SourceUser          = "user"
+	// SourceObserved marks a document that is a recording, not a vendor
+	// text: the snapshots a learned catalog (flowaudit catalog learn,
+	// audit.Learn) was built from.
+	SourceObserved = "observed"
 )
 
 // EditionInfo describes an edition of a family's document: the matrix

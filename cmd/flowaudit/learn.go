@@ -28,7 +28,7 @@ const learnUsage = "flowaudit catalog learn --product ID [--site FILE] [--aggreg
 
 func runCatalogLearn(e *env, args []string) error {
 	var (
-		o       catalog.LearnOptions
+		o       audit.LearnOptions
 		site    string
 		depPath string
 		out     string

@@ -1,4 +1,4 @@
-package catalog
+package audit
 
 import (
 	"net/netip"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/catalog"
 )
 
 var lt0 = time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)
@@ -38,7 +39,7 @@ func TestLearnRules(t *testing.T) {
 		}}
 	agent := &snapshot.Snapshot{Version: 2, Start: lt0, End: lt0.Add(10 * time.Minute),
 		Flows: []snapshot.Flow{lflow(snapshot.Outbound, snapshot.TCP, 9000, "192.0.2.10", openOut, 10, 10)}}
-	site, err := ParseSite("site.yaml", []byte("zones:\n  ADMIN_IP: 198.51.100.0/24\n  UNUSED_NET: 10.0.0.0/8\n"))
+	site, err := catalog.ParseSite("site.yaml", []byte("zones:\n  ADMIN_IP: 198.51.100.0/24\n  UNUSED_NET: 10.0.0.0/8\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +71,7 @@ func TestLearnRules(t *testing.T) {
 			t.Errorf("learned catalog has %q", s)
 		}
 	}
-	if err := validateYAML(compileSchema(t, "catalog.schema.json", CatalogSchema()), data); err != nil {
+	if err := validateCatalogYAML(t, data); err != nil {
 		t.Errorf("learned catalog does not validate against the schema: %v", err)
 	}
 	agg, err := Learn(nodes(), LearnOptions{Product: "mylab", Site: site, Aggregate: true})

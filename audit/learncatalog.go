@@ -1,10 +1,13 @@
-package catalog
+package audit
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flowaudit/flowaudit/catalog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,10 +15,6 @@ import (
 
 	"github.com/flowaudit/flowaudit/audit/snapshot"
 )
-
-// SourceObserved marks a document that is a recording, not a vendor text:
-// the snapshots a learned catalog (flowaudit catalog learn) was built from.
-const SourceObserved = "observed"
 
 // LearnNode is one node's snapshot to learn from.
 type LearnNode struct {
@@ -39,7 +38,7 @@ type LearnOptions struct {
 	Vendor  string
 	Version string
 	// Site widens peers to its zones and roles; nil: none.
-	Site *Site
+	Site *catalog.Site
 	// Aggregate widens peers in no zone or role to their /24 (IPv4) or /64
 	// (IPv6) instead of writing each address.
 	Aggregate bool
@@ -87,7 +86,7 @@ type learnRule struct {
 // unanswered inbound attempts to ports nothing listens on — scans, not
 // services; an audit against the learned catalog reports them.
 func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
-	if !reLowerID.MatchString(o.Product) {
+	if !catalog.ValidID(o.Product) {
 		return nil, fmt.Errorf("product %q: want lower-case letters, digits and '-'", o.Product)
 	}
 	if len(nodes) == 0 {
@@ -102,7 +101,7 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 	if o.Version == "" {
 		o.Version = "1"
 	}
-	ver, err := ParseVersion(o.Version)
+	ver, err := catalog.ParseVersion(o.Version)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +111,7 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 	usedIDs := map[string]bool{}
 	for i := range nodes {
 		n := &nodes[i]
-		if !reLowerID.MatchString(n.Role) {
+		if !catalog.ValidID(n.Role) {
 			return nil, fmt.Errorf("node %s: role %q: want lower-case letters, digits and '-'", n.Name, n.Role)
 		}
 		if n.Snapshot == nil {
@@ -154,12 +153,12 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 			return "role " + r
 		}
 		if s := o.Site; s != nil {
-			for _, r := range sortedKeys(s.Roles) {
+			for _, r := range slices.Sorted(maps.Keys(s.Roles)) {
 				if s.Roles[r].Contains(a) {
 					return "role " + r
 				}
 			}
-			for _, z := range sortedKeys(s.Zones) {
+			for _, z := range slices.Sorted(maps.Keys(s.Zones)) {
 				if s.Zones[z].Contains(a) {
 					return "zone " + z
 				}
@@ -180,12 +179,12 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 		}
 		if s := o.Site; s != nil {
-			for _, r := range sortedKeys(s.Roles) {
+			for _, r := range slices.Sorted(maps.Keys(s.Roles)) {
 				if s.Roles[r].ContainsPrefix(p) {
 					return "role " + r
 				}
 			}
-			for _, z := range sortedKeys(s.Zones) {
+			for _, z := range slices.Sorted(maps.Keys(s.Zones)) {
 				if s.Zones[z].ContainsPrefix(p) {
 					return "zone " + z
 				}
@@ -342,7 +341,7 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 		fmt.Fprintf(&b, " at %s", o.Generated.UTC().Format(time.RFC3339))
 	}
 	b.WriteString(".\n# A baseline of what was observed, not a vendor document: review every rule before\n# auditing against it (docs/DEPLOYMENT.md, \"Learning a baseline\").\n")
-	fmt.Fprintf(&b, "format: %s\nproduct:\n  id: %s\n  name: %s\n  vendor: %s\n", FormatCatalog, o.Product, q(o.Name), q(o.Vendor))
+	fmt.Fprintf(&b, "format: %s\nproduct:\n  id: %s\n  name: %s\n  vendor: %s\n", catalog.FormatCatalog, o.Product, q(o.Name), q(o.Vendor))
 	fmt.Fprintf(&b, "family:\n  id: %s\n  title: %s\n  versions: %s\n  latest: %s\n", famID, q(o.Name+" (observed)"), q(">="+ver.String()), q(ver.String()))
 	b.WriteString("\ndocuments:\n")
 	for i, n := range nodes {
@@ -353,10 +352,10 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 		}
 		fmt.Fprintf(&b, "  - id: %s\n    title: %s\n    source: %s\n", docIDs[i],
 			q(fmt.Sprintf("snapshot %s of %s (role %s), %s – %s", n.Source, host, n.Role,
-				s.Start.UTC().Format(time.RFC3339), s.End.UTC().Format(time.RFC3339))), SourceObserved)
+				s.Start.UTC().Format(time.RFC3339), s.End.UTC().Format(time.RFC3339))), catalog.SourceObserved)
 	}
 	b.WriteString("\nroles:\n")
-	for _, r := range sortedKeys(roles) {
+	for _, r := range slices.Sorted(maps.Keys(roles)) {
 		title := "role seen as a peer only"
 		if roleNodes[r] > 0 {
 			title = fmt.Sprintf("%d node(s) learned", roleNodes[r])
@@ -365,7 +364,7 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 	}
 	if len(zones) > 0 {
 		b.WriteString("\nzones:\n")
-		for _, z := range sortedKeys(zones) {
+		for _, z := range slices.Sorted(maps.Keys(zones)) {
 			fmt.Fprintf(&b, "  - id: %s\n", z)
 		}
 	}
@@ -411,7 +410,7 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 			fmt.Fprintf(&b, "    peer: {%s: %s}\n", kind, q(val))
 		}
 		fmt.Fprintf(&b, "    requirement: %s\n", req)
-		docs := sortedKeys(r.seenBy)
+		docs := slices.Sorted(maps.Keys(r.seenBy))
 		var purpose, quote string
 		switch {
 		case r.listenNo:
@@ -423,7 +422,7 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 				what = "attempts only, never answered"
 			}
 			purpose = fmt.Sprintf("observed %s %s/%s with %s", k.dir, k.proto, portSlug(k.proto, k.port), k.peer)
-			quote = fmt.Sprintf("seen by %s: %d packets, peer(s) %s; %s", peerList(r.nodes, 5), r.packets, peerList(r.peers, 5), what)
+			quote = fmt.Sprintf("seen by %s: %d packets, peer(s) %s; %s", learnPeerList(r.nodes, 5), r.packets, learnPeerList(r.peers, 5), what)
 		}
 		fmt.Fprintf(&b, "    purpose: %s\n", q(purpose))
 		fmt.Fprintf(&b, "    citation: {doc: %s, section: %s, quote: %s}\n", docs[0], q(window(docs[0])), q(quote))
@@ -438,14 +437,14 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 		return nil, errors.New("nothing to learn: the snapshots show no service traffic")
 	}
 	// The result must load: a learned catalog that does not is a bug here.
-	if _, err := Parse(o.Product+".yaml", []byte(b.String())); err != nil {
+	if _, err := catalog.Parse(o.Product+".yaml", []byte(b.String())); err != nil {
 		return nil, fmt.Errorf("learned catalog does not load: %w", err)
 	}
 	return []byte(b.String()), nil
 }
 
-func peerList(m map[string]bool, n int) string {
-	ks := sortedKeys(m)
+func learnPeerList(m map[string]bool, n int) string {
+	ks := slices.Sorted(maps.Keys(m))
 	if len(ks) > n {
 		return strings.Join(ks[:n], ", ") + fmt.Sprintf(" and %d more", len(ks)-n)
 	}
