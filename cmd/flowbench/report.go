@@ -415,7 +415,12 @@ func (r *report) write(w io.Writer) error {
 	p("box shared with other work the wall clock mostly measures waiting for a CPU. The end-to-end total is the\n")
 	p("sum of the four steps; the audit-step RSS is the second child's peak, catalog loading included. A size\n")
 	p("runs only if `MemAvailable` holds 1 KiB per flow (the 10 M-flow children peaked at ~0.5 KiB per flow with\n")
-	p("the kernel map beside them); otherwise it is skipped and 10 M is extrapolated, with the reason.\n\n")
+	p("the kernel map beside them); otherwise it is skipped and 10 M is extrapolated, with the reason. Before\n")
+	p("each size, that much memory is mapped, written once per 4 KiB page and unmapped (\"memory warmed\" below):\n")
+	p("on a VM, the first write to guest memory the VM has never used also makes the host back it, an order of\n")
+	p("magnitude slower than writing memory used before (docs/ARCHITECTURE.md, \"A million flows\"). A freshly\n")
+	p("booted VM has gigabytes of such memory, a sensor that has run for a while none; warmed, the steps measure\n")
+	p("flowaudit rather than the VM's history. The time each warm-up took shows how much of it was new.\n\n")
 	if r.replay != nil {
 		p("**5. Replay throughput.** A pcap of %s frames (%d–%d bytes) of one host (192.0.2.10) with 10 000 peers —\n",
 			commas(uint64(r.replay.replayed)), r.replay.minLen, r.replay.maxLen)

@@ -51,3 +51,18 @@ func TestMemAvailable(t *testing.T) {
 		t.Fatalf("MemAvailable %d bytes", n)
 	}
 }
+
+// warmMemory writes to the memory it maps (it takes time) and asks for
+// nothing when there is nothing to warm.
+func TestWarmMemory(t *testing.T) {
+	d, err := warmMemory(8 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d <= 0 {
+		t.Errorf("8 MiB warmed in %s", d)
+	}
+	if d, err := warmMemory(0); d != 0 || err != nil {
+		t.Errorf("warmMemory(0) = %s, %v", d, err)
+	}
+}
