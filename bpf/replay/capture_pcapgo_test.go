@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 )
 
@@ -193,19 +192,8 @@ func TestPcapRecordsMatchPcapgo(t *testing.T) {
 		}
 	}
 	// Synthetic files: a record of every kind the readers treat apart.
-	pk := threeFrames(t)
-	good := filepath.Join(t.TempDir(), "good.pcap")
-	writePcap(t, good, layers.LinkTypeEthernet, pk)
-	raw, err := os.ReadFile(good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec3 := len(raw) - (16 + len(pk[2].frame))
-	mod := func(off int, v uint32) []byte {
-		b := append([]byte(nil), raw...)
-		binary.LittleEndian.PutUint32(b[off:], v)
-		return b
-	}
+	raw, _, rec3 := threeFramePcap(t)
+	mod := func(off int, v uint32) []byte { return withUint32(raw, off, v) }
 	// Big-endian microseconds, with a fraction whose nanoseconds overflow
 	// 32 bits as pcapgo computes them, and the longest record there is.
 	var be bytes.Buffer

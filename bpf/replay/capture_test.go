@@ -281,19 +281,32 @@ func TestReadPcapAndPcapng(t *testing.T) {
 
 // TestCaptureDamage: a capture cut short or corrupt yields the records
 // before the damage and a CaptureError naming the first bad packet.
-func TestCaptureDamage(t *testing.T) {
-	pk := threeFrames(t)
-	good := filepath.Join(t.TempDir(), "good.pcap")
-	writePcap(t, good, layers.LinkTypeEthernet, pk)
+// threeFramePcap is threeFrames as a classic little-endian pcap file's
+// bytes, the frames, and the offset of the third record (damage tests
+// change it with withUint32).
+func threeFramePcap(tb testing.TB) (raw []byte, pk []pkt, rec3 int) {
+	tb.Helper()
+	pk = threeFrames(tb)
+	good := filepath.Join(tb.TempDir(), "good.pcap")
+	writePcap(tb, good, layers.LinkTypeEthernet, pk)
 	raw, err := os.ReadFile(good)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	rec3 := len(raw) - (16 + len(pk[2].frame)) // offset of the third record
-	corruptLen := append([]byte(nil), raw...)
-	binary.LittleEndian.PutUint32(corruptLen[rec3+8:], 1<<30)
-	origBelowCap := append([]byte(nil), raw...)
-	binary.LittleEndian.PutUint32(origBelowCap[rec3+12:], 10)
+	return raw, pk, len(raw) - (16 + len(pk[2].frame))
+}
+
+// withUint32 is a copy of b with v written little-endian at off.
+func withUint32(b []byte, off int, v uint32) []byte {
+	c := append([]byte(nil), b...)
+	binary.LittleEndian.PutUint32(c[off:], v)
+	return c
+}
+
+func TestCaptureDamage(t *testing.T) {
+	raw, pk, rec3 := threeFramePcap(t)
+	corruptLen := withUint32(raw, rec3+8, 1<<30)
+	origBelowCap := withUint32(raw, rec3+12, 10)
 
 	var ng ngBuilder
 	ng.shb().idb(LinkEthernet, "")
@@ -302,10 +315,8 @@ func TestCaptureDamage(t *testing.T) {
 	}
 	ngRaw := ng.b.Bytes()
 	ngRec3 := len(ngRaw) - (32 + (len(pk[2].frame)+3)/4*4)
-	ngBadLen := append([]byte(nil), ngRaw...)
-	binary.LittleEndian.PutUint32(ngBadLen[ngRec3+4:], 13) // not a multiple of 4
-	ngBadCap := append([]byte(nil), ngRaw...)
-	binary.LittleEndian.PutUint32(ngBadCap[ngRec3+20:], 1<<30)
+	ngBadLen := withUint32(ngRaw, ngRec3+4, 13) // not a multiple of 4
+	ngBadCap := withUint32(ngRaw, ngRec3+20, 1<<30)
 
 	cases := []struct {
 		name      string
