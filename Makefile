@@ -63,10 +63,13 @@ package:
 demo: build
 	$(foreach v,MATRIX ROLE CONDITIONS SITE DURATION OUT,$(if $(filter command line,$(origin $(v))),$(v)='$($(v))')) ./demo/run.sh
 
-# Benchmarks (root, a few minutes): prints one table and rewrites
-# BENCHMARKS.md. The peer comparison needs tcpdump, softflowd and pmacct
-# (apt-get install tcpdump softflowd pmacct); BENCH_FLAGS= passes flags to
-# cmd/flowbench (see bin/flowbench -h). Not part of `make test`.
+# Benchmarks (root, 10-20 minutes on a 2-vCPU VM): prints one table and
+# rewrites BENCHMARKS.md. The peer comparison needs tcpdump, softflowd and
+# pmacct, the replay comparison tshark (apt-get install tcpdump softflowd
+# pmacct tshark; a missing tool is reported as not measured); the 10 M-flow
+# size needs ~10 GiB of available memory (skipped and extrapolated
+# otherwise). BENCH_FLAGS= passes flags to cmd/flowbench (see
+# bin/flowbench -h). Not part of `make test`.
 bench: build
 	$(GO) build -o bin/flowbench ./cmd/flowbench
 	bin/flowbench -flowaudit $(BIN) $(BENCH_FLAGS)
