@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -65,21 +63,32 @@ type scaleAudit struct {
 
 const scaleIface = "if2"
 
-// peakRSS reads VmHWM from /proc/self/status, in KiB.
+// peakRSS reads VmHWM from /proc/self/status, in KiB (-1 if it cannot).
 func peakRSS() int64 {
-	f, err := os.Open("/proc/self/status")
+	kb, err := procKB("/proc/self/status", "VmHWM")
 	if err != nil {
 		return -1
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb
+	return kb
+}
+
+// procKB reads the "key: N kB" line of a /proc file (status, meminfo).
+func procKB(path, key string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			v = strings.TrimSpace(v)
+			kb, err := strconv.ParseInt(strings.TrimSuffix(v, " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %s %q: %w", path, key, v, err)
+			}
+			return kb, nil
 		}
 	}
-	return -1
+	return 0, fmt.Errorf("%s: no %s line", path, key)
 }
 
 // resetPeakRSS resets VmHWM to the current RSS (Linux ≥ 4.0).
@@ -249,20 +258,8 @@ const scaleBytesPerFlow = 1024
 
 // memAvailable is MemAvailable from /proc/meminfo, in bytes.
 func memAvailable() (int64, error) {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("/proc/meminfo: MemAvailable %q: %w", strings.TrimSpace(v), err)
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, errors.New("/proc/meminfo: no MemAvailable line")
+	kb, err := procKB("/proc/meminfo", "MemAvailable")
+	return kb << 10, err
 }
 
 // warmMemory maps size bytes of anonymous memory (advised
@@ -302,12 +299,12 @@ func measureScale(sizes []int, tmp string, logf func(string, ...any)) (out []sca
 		if err != nil {
 			return nil, nil, err
 		}
-		if need := int64(n) * scaleBytesPerFlow; need > avail {
-			skipped[n] = fmt.Sprintf("MemAvailable %d MiB < %d MiB needed", avail>>20, need>>20)
+		r := scaleResult{n: n, warmBytes: int64(n) * scaleBytesPerFlow}
+		if r.warmBytes > avail {
+			skipped[n] = fmt.Sprintf("MemAvailable %d MiB < %d MiB needed", avail>>20, r.warmBytes>>20)
 			logf("  %d flows: skipped, %s", n, skipped[n])
 			continue
 		}
-		r := scaleResult{n: n, warmBytes: int64(n) * scaleBytesPerFlow}
 		if r.warm, err = warmMemory(r.warmBytes); err != nil {
 			return nil, nil, err
 		}
