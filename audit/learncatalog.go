@@ -225,12 +225,12 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 			if learnSkip(f) {
 				continue
 			}
-			st := learnState(f)
+			st := state(f) // as the audit engine judges it
 			lk := [2]int{int(f.Proto), int(f.Port)}
 			if f.Direction == snapshot.Inbound {
 				// Unanswered attempts on a port nothing listens on are
 				// a scan's, not a service's.
-				if st != "open" && !listening[lk] {
+				if st != stateOpen && !listening[lk] {
 					continue
 				}
 				withTraffic[lk] = true
@@ -253,7 +253,7 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 			r.seenBy[docIDs[i]] = true
 			r.nodes[n.Name] = true
 			r.packets += f.Packets()
-			if st == "open" || (f.Proto != snapshot.TCP && st != "closed" && st != "filtered") {
+			if st == stateOpen || (f.Proto != snapshot.TCP && st != stateClosed && st != stateFiltered) {
 				r.ok = true
 				r.okBy[n.Name] = true
 			} else {
@@ -485,49 +485,8 @@ func slug(s string) string {
 // discovery, fragments, port traffic of unknown direction, entries
 // without a peer.
 func learnSkip(f *snapshot.Flow) bool {
-	if f.Proto.IsICMP() {
-		typ := f.Port >> 8
-		if (f.Proto == snapshot.ICMP && typ != 8) || (f.Proto == snapshot.ICMPv6 && typ != 128) {
-			return true
-		}
-	}
-	if f.Fragment || f.Direction == snapshot.Unknown {
+	if infrastructure(f) || f.Fragment || f.Direction == snapshot.Unknown {
 		return true
 	}
 	return !f.Peer.IsValid() && !f.Folded()
-}
-
-// learnState is the flow's state as the audit engine judges it (open,
-// closed, filtered, unanswered).
-func learnState(f *snapshot.Flow) string {
-	e := f.Evidence
-	switch f.Direction {
-	case snapshot.Inbound:
-		switch {
-		case e.SynAckOut > 0:
-			return "open"
-		case f.Proto == snapshot.TCP && e.SynIn == 0 && f.PacketsOut > 0 && e.RstOut == 0:
-			return "open"
-		case f.Proto != snapshot.TCP && f.PacketsOut > 0:
-			return "open"
-		case e.RstOut > 0 || e.ICMPClosedOut > 0:
-			return "closed"
-		case e.ICMPFilteredOut > 0 || (f.Proto == snapshot.TCP && e.SynIn > 0):
-			return "filtered"
-		}
-	case snapshot.Outbound:
-		switch {
-		case e.SynAckIn > 0:
-			return "open"
-		case f.Proto == snapshot.TCP && e.SynOut == 0 && f.PacketsIn > 0 && e.RstIn == 0:
-			return "open"
-		case f.Proto != snapshot.TCP && f.PacketsIn > 0 && e.ICMPClosedIn == 0 && e.ICMPFilteredIn == 0:
-			return "open"
-		case e.RstIn > 0 || e.ICMPClosedIn > 0:
-			return "closed"
-		case e.ICMPFilteredIn > 0 || (f.Proto == snapshot.TCP && e.SynOut > 0):
-			return "filtered"
-		}
-	}
-	return "unanswered"
 }

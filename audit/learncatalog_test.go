@@ -36,6 +36,7 @@ func TestLearnRules(t *testing.T) {
 			lflow(snapshot.Outbound, snapshot.TCP, 443, "203.0.113.80", openOut, 10, 10),
 			lflow(snapshot.Outbound, snapshot.TCP, 443, "203.0.113.81", openOut, 10, 10),
 			lflow(snapshot.Unknown, snapshot.ICMP, 3<<8|3, "203.0.113.80", snapshot.Evidence{}, 1, 0),
+			lflow(snapshot.Inbound, snapshot.ICMPv6, 135<<8, "fe80::1", snapshot.Evidence{}, 2, 2), // neighbour discovery
 		}}
 	agent := &snapshot.Snapshot{Version: 2, Start: lt0, End: lt0.Add(10 * time.Minute),
 		Flows: []snapshot.Flow{lflow(snapshot.Outbound, snapshot.TCP, 9000, "192.0.2.10", openOut, 10, 10)}}
