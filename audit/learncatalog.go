@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/flowaudit/flowaudit/catalog"
 	"maps"
 	"net/netip"
 	"slices"
@@ -13,7 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"go4.org/netipx"
+
 	"github.com/flowaudit/flowaudit/audit/snapshot"
+	"github.com/flowaudit/flowaudit/catalog"
 )
 
 // LearnNode is one node's snapshot to learn from.
@@ -147,22 +149,32 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 			roles[r] = true
 		}
 	}
+	// inSite names the site's first role, else its first zone (in name
+	// order), whose set holds what in asks about; "" if none does.
+	var siteRoles, siteZones []string
+	if s := o.Site; s != nil {
+		siteRoles, siteZones = slices.Sorted(maps.Keys(s.Roles)), slices.Sorted(maps.Keys(s.Zones))
+	}
+	inSite := func(in func(*netipx.IPSet) bool) string {
+		for _, r := range siteRoles {
+			if in(o.Site.Roles[r]) {
+				return "role " + r
+			}
+		}
+		for _, z := range siteZones {
+			if in(o.Site.Zones[z]) {
+				return "zone " + z
+			}
+		}
+		return ""
+	}
 	widen := func(self string, a netip.Addr) string {
 		a = a.Unmap()
 		if r, ok := owner[a]; ok {
 			return "role " + r
 		}
-		if s := o.Site; s != nil {
-			for _, r := range slices.Sorted(maps.Keys(s.Roles)) {
-				if s.Roles[r].Contains(a) {
-					return "role " + r
-				}
-			}
-			for _, z := range slices.Sorted(maps.Keys(s.Zones)) {
-				if s.Zones[z].Contains(a) {
-					return "zone " + z
-				}
-			}
+		if name := inSite(func(set *netipx.IPSet) bool { return set.Contains(a) }); name != "" {
+			return name
 		}
 		bits := a.BitLen()
 		if o.Aggregate {
@@ -178,17 +190,8 @@ func Learn(nodes []LearnNode, o LearnOptions) ([]byte, error) {
 		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
 			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 		}
-		if s := o.Site; s != nil {
-			for _, r := range slices.Sorted(maps.Keys(s.Roles)) {
-				if s.Roles[r].ContainsPrefix(p) {
-					return "role " + r
-				}
-			}
-			for _, z := range slices.Sorted(maps.Keys(s.Zones)) {
-				if s.Zones[z].ContainsPrefix(p) {
-					return "zone " + z
-				}
-			}
+		if name := inSite(func(set *netipx.IPSet) bool { return set.ContainsPrefix(p) }); name != "" {
+			return name
 		}
 		if o.Aggregate {
 			bits := 24

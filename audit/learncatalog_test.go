@@ -17,10 +17,17 @@ func lflow(dir snapshot.Direction, p snapshot.Proto, port uint16, peer string, e
 		PacketsIn: pin, PacketsOut: pout, FirstSeen: lt0.Add(time.Minute), LastSeen: lt0.Add(2 * time.Minute), Evidence: ev}
 }
 
+// folded makes f an entry folded to prefix (its peers not kept one by one).
+func folded(f snapshot.Flow, prefix string) snapshot.Flow {
+	f.Peer, f.PeerPrefix, f.Peers = netip.Addr{}, netip.MustParsePrefix(prefix), 40
+	return f
+}
+
 // TestLearnRules: what is learned and how peers are widened: a learned
 // node's address to its role (written once, as the receiver's rule), a
-// site zone, an exact address or (--aggregate) its /24; scans, ICMP
-// errors and loopback listeners are not learned; a listener without
+// site zone (for a folded entry: the zone holding its prefix), an exact
+// address or (--aggregate) its /24; scans, ICMP errors, neighbour
+// discovery and loopback listeners are not learned; a listener without
 // traffic is optional with any peer; the file validates against the
 // published schema and cites its snapshots as observed documents.
 func TestLearnRules(t *testing.T) {
@@ -36,7 +43,8 @@ func TestLearnRules(t *testing.T) {
 			lflow(snapshot.Outbound, snapshot.TCP, 443, "203.0.113.80", openOut, 10, 10),
 			lflow(snapshot.Outbound, snapshot.TCP, 443, "203.0.113.81", openOut, 10, 10),
 			lflow(snapshot.Unknown, snapshot.ICMP, 3<<8|3, "203.0.113.80", snapshot.Evidence{}, 1, 0),
-			lflow(snapshot.Inbound, snapshot.ICMPv6, 135<<8, "fe80::1", snapshot.Evidence{}, 2, 2), // neighbour discovery
+			lflow(snapshot.Inbound, snapshot.ICMPv6, 135<<8, "fe80::1", snapshot.Evidence{}, 2, 2),               // neighbour discovery
+			folded(lflow(snapshot.Inbound, snapshot.TCP, 8443, "198.51.100.1", open, 5, 5), "198.51.100.128/25"), // ADMIN_IP
 		}}
 	agent := &snapshot.Snapshot{Version: 2, Start: lt0, End: lt0.Add(10 * time.Minute),
 		Flows: []snapshot.Flow{lflow(snapshot.Outbound, snapshot.TCP, 9000, "192.0.2.10", openOut, 10, 10)}}
@@ -59,6 +67,7 @@ func TestLearnRules(t *testing.T) {
 		"  - id: in-tcp-22-zone-admin-ip\n    role: manager\n    direction: inbound\n    proto: tcp\n    ports: 22\n    peer: {zone: \"ADMIN_IP\"}\n    requirement: required\n",
 		"  - id: in-tcp-9000-role-agent\n    role: manager\n    direction: inbound\n    proto: tcp\n    ports: 9000\n    peer: {role: \"agent\"}\n    requirement: required\n",
 		"  - id: out-tcp-443-cidr-203-0-113-80-32\n",
+		"  - id: in-tcp-8443-zone-admin-ip\n",
 		"  - id: in-tcp-9090-any\n    role: manager\n    direction: inbound\n    proto: tcp\n    ports: 9090\n    peer: {any: true}\n    requirement: optional\n",
 		"citation: {doc: observed-mgr-1, section: \"window 2026-11-26T08:00:00Z – 2026-11-26T08:10:00Z (10m0s)\"",
 		"  - id: UNUSED_NET\n",
