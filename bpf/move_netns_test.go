@@ -22,6 +22,7 @@ func TestNetnsMovesLoseNothing(t *testing.T) {
 		datagrams = 60000
 		window    = 64 // datagrams in flight: far below the veth ring (256)
 		minMoves  = 50
+		chunk     = datagrams / (2 * minMoves) // answers between waits for a move
 	)
 	a, b := testenv.NewPair(t)
 	var c *Collector
@@ -62,6 +63,7 @@ func TestNetnsMovesLoseNothing(t *testing.T) {
 
 	// Moves as fast as the kernel allows, until the traffic is done.
 	var stop atomic.Bool
+	var done atomic.Int64 // moves completed so far
 	moves := make(chan int, 1)
 	moveErr := make(chan error, 1)
 	go func() {
@@ -72,6 +74,7 @@ func TestNetnsMovesLoseNothing(t *testing.T) {
 				break
 			}
 			n++
+			done.Store(int64(n))
 			time.Sleep(2 * time.Millisecond)
 		}
 		moves <- n
@@ -87,9 +90,23 @@ func TestNetnsMovesLoseNothing(t *testing.T) {
 		defer conn.Close()
 		buf := make([]byte, 64)
 		sent, got := 0, 0
+		seen := done.Load()
 		for got < datagrams {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("timed out: %d sent, %d answered", sent, got)
+			}
+			// The traffic waits for a move after every chunk of answers,
+			// so at least 2*minMoves-1 moves fall inside it however fast
+			// the box sends (on a slow one the traffic had outrun the
+			// moves: 44-48 of them in 1.4 s).
+			if got > 0 && got%chunk == 0 {
+				for done.Load() == seen {
+					if time.Now().After(deadline) {
+						return fmt.Errorf("timed out waiting for a move: %d sent, %d answered", sent, got)
+					}
+					time.Sleep(time.Millisecond)
+				}
+				seen = done.Load()
 			}
 			for sent < datagrams && sent-got < window {
 				if _, err := conn.Write([]byte("log line")); err != nil {
